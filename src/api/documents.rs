@@ -1,0 +1,320 @@
+//! Face 1: document status events over Server-Sent Events (Gini-style).
+//!
+//! `GET /events/client` streams `client:<sub>` to the token's subject; errors are embedded in a
+//! 200 body because EventSource cannot see status codes. `POST /events/client/{clientId}`
+//! publishes one or many status changes.
+
+use actix::Actor;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::{check_publisher, read_body, AppState, BodyError, PublisherCheck};
+use crate::broker::messages::{Fallback, Publish, Start};
+use crate::event::{StreamKey, StreamKind};
+use crate::session::sse::SseSession;
+
+/// Browsers back off this long (ms) after an auth error instead of hammering the server.
+const AUTH_ERROR_RETRY_MS: u32 = 60_000;
+
+/// Longest accepted client id, so stream names stay small.
+const MAX_CLIENT_ID: usize = 256;
+
+const STATUSES: [&str; 3] = ["PENDING", "COMPLETED", "ERROR"];
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/events/client", web::get().to(subscribe))
+        .route("/events/client/{client_id}", web::post().to(publish));
+}
+
+/// Query parameters of the subscription, for clients that cannot set headers.
+#[derive(Deserialize, Default)]
+struct SubscribeQuery {
+    access_token: Option<String>,
+    #[serde(rename = "lastEventId")]
+    last_event_id: Option<String>,
+}
+
+async fn subscribe(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    if !accepts_event_stream(&req) {
+        return HttpResponse::Ok()
+            .content_type("text/plain; charset=utf-8")
+            .body("not_accepted");
+    }
+    let query = web::Query::<SubscribeQuery>::from_query(req.query_string())
+        .map(web::Query::into_inner)
+        .unwrap_or_default();
+    let token = match req.headers().get(header::AUTHORIZATION) {
+        // A header that is present but not a bearer token is a failed attempt, not a missing one.
+        Some(value) => value.to_str().ok().and_then(crate::auth::bearer),
+        None => query.access_token.as_deref(),
+    };
+    let claims = match token {
+        None if req.headers().contains_key(header::AUTHORIZATION) => {
+            return sse_error("auth_failed")
+        }
+        None => return sse_error("auth_required"),
+        Some(token) => match state.verifier.verify(token) {
+            Ok(claims) => claims,
+            Err(e) => {
+                log::debug!("SSE token refused: {e}");
+                return sse_error("auth_failed");
+            }
+        },
+    };
+    let cursor = req
+        .headers()
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or(query.last_event_id)
+        .filter(|c| !c.is_empty());
+    let (session, body) = SseSession::new(
+        StreamKey::new(StreamKind::Client, claims.sub),
+        Start {
+            cursor,
+            fallback: Fallback::Latest,
+        },
+        state.broker.clone(),
+        state.config.subscriber_queue,
+        state.config.sse_keepalive,
+    );
+    session.start();
+    event_stream_response().streaming(body)
+}
+
+fn event_stream_response() -> actix_web::HttpResponseBuilder {
+    let mut builder = HttpResponse::Ok();
+    builder
+        .content_type("text/event-stream")
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        // Tells nginx-style proxies not to buffer the stream.
+        .insert_header(("x-accel-buffering", "no"));
+    builder
+}
+
+/// A one-event stream carrying an auth error, then the end of the body.
+fn sse_error(code: &str) -> HttpResponse {
+    event_stream_response().body(format!(
+        "retry: {AUTH_ERROR_RETRY_MS}\nevent: error\ndata: {{\"error\":\"{code}\"}}\n\n"
+    ))
+}
+
+/// Whether the `Accept` header (absent means anything) admits `text/event-stream`.
+fn accepts_event_stream(req: &HttpRequest) -> bool {
+    let Some(accept) = req.headers().get(header::ACCEPT) else {
+        return true;
+    };
+    let Ok(accept) = accept.to_str() else {
+        return false;
+    };
+    accept.split(',').any(|range| {
+        let mut parts = range.split(';');
+        let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let refused = parts.any(|p| {
+            p.trim()
+                .strip_prefix("q=")
+                .and_then(|q| q.trim().parse::<f32>().ok())
+                == Some(0.0)
+        });
+        !refused && matches!(media.as_str(), "text/event-stream" | "text/*" | "*/*")
+    })
+}
+
+/// The face's error body: `{"error": "...", "field": "..."}`.
+#[derive(Debug, Serialize)]
+pub struct PublishError {
+    #[serde(skip)]
+    status: actix_web::http::StatusCode,
+    error: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<String>,
+}
+
+impl PublishError {
+    fn new(status: u16, error: impl Into<String>, field: Option<String>) -> Self {
+        Self {
+            status: actix_web::http::StatusCode::from_u16(status)
+                .expect("status codes used here are valid"),
+            error: error.into(),
+            field,
+        }
+    }
+
+    fn invalid(error: impl Into<String>, field: impl Into<String>) -> Self {
+        Self::new(422, error, Some(field.into()))
+    }
+}
+
+impl std::fmt::Display for PublishError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.error)
+    }
+}
+
+impl ResponseError for PublishError {
+    fn status_code(&self) -> actix_web::http::StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut res = HttpResponse::build(self.status).json(self);
+        if self.status == actix_web::http::StatusCode::UNAUTHORIZED {
+            res.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        res
+    }
+}
+
+#[derive(Serialize)]
+struct Published {
+    ids: Vec<String>,
+}
+
+async fn publish(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, PublishError> {
+    match check_publisher(&req, &state) {
+        PublisherCheck::Allowed => {}
+        PublisherCheck::Missing => {
+            return Err(PublishError::new(
+                401,
+                "publisher credential required",
+                None,
+            ))
+        }
+        PublisherCheck::Refused => {
+            return Err(PublishError::new(401, "publisher credential refused", None))
+        }
+    }
+    let client_id = path.into_inner();
+    if client_id.is_empty() || client_id.len() > MAX_CLIENT_ID {
+        return Err(PublishError::invalid(
+            format!("client id must be 1 to {MAX_CLIENT_ID} bytes"),
+            "clientId",
+        ));
+    }
+    let body = read_body(payload, state.config.max_body)
+        .await
+        .map_err(|e| match e {
+            BodyError::TooLarge(_) => PublishError::new(413, e.to_string(), None),
+            BodyError::Read(_) => PublishError::new(400, e.to_string(), None),
+        })?;
+    let data = parse_statuses(&body)?;
+    let events = state
+        .broker
+        .send(Publish {
+            stream: StreamKey::new(StreamKind::Client, client_id),
+            data,
+        })
+        .await
+        .map_err(|_| PublishError::new(503, "broker unavailable", None))?
+        .map_err(|e| PublishError::new(503, e.to_string(), None))?;
+    Ok(HttpResponse::Accepted().json(Published {
+        ids: events.iter().map(|e| e.cursor.clone()).collect(),
+    }))
+}
+
+/// Validates one status object or an array of them into the JSON delivered to subscribers.
+fn parse_statuses(body: &[u8]) -> Result<Vec<Box<serde_json::value::RawValue>>, PublishError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| PublishError::new(422, format!("invalid JSON: {e}"), None))?;
+    let (items, prefix) = match value {
+        Value::Array(items) if items.is_empty() => {
+            return Err(PublishError::new(
+                422,
+                "at least one event is required",
+                None,
+            ))
+        }
+        Value::Array(items) => (items, true),
+        single => (vec![single], false),
+    };
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let at = |field: &str| {
+                if prefix {
+                    format!("[{i}].{field}")
+                } else {
+                    field.to_string()
+                }
+            };
+            let obj = match item {
+                Value::Object(obj) => obj,
+                _ => {
+                    let field = if prefix {
+                        format!("[{i}]")
+                    } else {
+                        String::new()
+                    };
+                    return Err(PublishError::invalid("expected an object", field));
+                }
+            };
+            parse_status(obj, at)
+        })
+        .collect()
+}
+
+fn parse_status(
+    mut obj: Map<String, Value>,
+    at: impl Fn(&str) -> String,
+) -> Result<Box<serde_json::value::RawValue>, PublishError> {
+    let document_id = match obj.remove("documentId") {
+        None => return Err(PublishError::invalid("missing field", at("documentId"))),
+        Some(Value::String(s)) => uuid::Uuid::parse_str(&s)
+            .map_err(|_| PublishError::invalid("must be a UUID", at("documentId")))?,
+        Some(_) => return Err(PublishError::invalid("must be a string", at("documentId"))),
+    };
+    let status = match obj.remove("status") {
+        None => return Err(PublishError::invalid("missing field", at("status"))),
+        Some(Value::String(s)) if STATUSES.contains(&s.as_str()) => s,
+        Some(_) => {
+            return Err(PublishError::invalid(
+                "must be one of PENDING, COMPLETED, ERROR",
+                at("status"),
+            ))
+        }
+    };
+    if let Some(unknown) = obj.keys().next() {
+        return Err(PublishError::invalid("unknown field", at(unknown)));
+    }
+    let json =
+        serde_json::json!({ "documentId": document_id.hyphenated().to_string(), "status": status });
+    Ok(serde_json::value::to_raw_value(&json).expect("a JSON object serializes"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field_of(body: &str) -> Option<String> {
+        parse_statuses(body.as_bytes()).err().and_then(|e| e.field)
+    }
+
+    #[test]
+    fn validates_and_names_fields() {
+        let id = "626626a0-749f-11e2-bfd6-000000000000";
+        let one = format!(r#"{{"documentId":"{id}","status":"COMPLETED"}}"#);
+        assert_eq!(parse_statuses(one.as_bytes()).unwrap().len(), 1);
+        assert_eq!(
+            field_of(r#"{"status":"PENDING"}"#).as_deref(),
+            Some("documentId")
+        );
+        let bad = format!(r#"[{one},{{"documentId":"{id}","status":"DONE"}}]"#);
+        assert_eq!(field_of(&bad).as_deref(), Some("[1].status"));
+        let typed = format!(r#"{{"documentId":"{id}","status":1}}"#);
+        assert_eq!(field_of(&typed).as_deref(), Some("status"));
+        let extra = format!(r#"{{"documentId":"{id}","status":"ERROR","x":1}}"#);
+        assert_eq!(field_of(&extra).as_deref(), Some("x"));
+        assert_eq!(field_of(r#"[1]"#).as_deref(), Some("[0]"));
+        assert!(parse_statuses(b"[]").is_err());
+        assert!(parse_statuses(b"{").is_err());
+    }
+}

@@ -1,0 +1,90 @@
+//! The HTTP faces, one module each, merged into one app in `configure`; plus the pieces every
+//! face needs: the shared state handlers receive, bounded body reading, publisher checks.
+
+pub mod documents;
+pub mod ops;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use actix::Addr;
+use actix_web::{web, HttpRequest};
+use futures_util::StreamExt;
+
+use crate::auth::{self, Verifier};
+use crate::broker::Broker;
+use crate::config::Config;
+
+/// Everything a handler may reach, handed out through `web::Data`.
+pub struct AppState {
+    /// The one owner of stream state.
+    pub broker: Addr<Broker>,
+    /// The validated configuration.
+    pub config: Config,
+    /// Token and publisher-key checks.
+    pub verifier: Verifier,
+    /// Set when a graceful shutdown begins; `/health` turns 503.
+    pub draining: AtomicBool,
+}
+
+impl AppState {
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+}
+
+/// Registers every face's routes.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    documents::configure(cfg);
+    ops::configure(cfg);
+}
+
+/// The bearer credential of the `Authorization` header, if it has one.
+pub fn bearer_header(req: &HttpRequest) -> Option<&str> {
+    req.headers()
+        .get(actix_web::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()
+        .and_then(auth::bearer)
+}
+
+/// How a publishing request failed its credential check.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PublisherCheck {
+    Allowed,
+    Missing,
+    Refused,
+}
+
+/// Publishing needs a publisher key or a `publish` token, except in `--dev`.
+pub fn check_publisher(req: &HttpRequest, state: &AppState) -> PublisherCheck {
+    if state.config.dev {
+        return PublisherCheck::Allowed;
+    }
+    match bearer_header(req) {
+        None => PublisherCheck::Missing,
+        Some(credential) if state.verifier.is_publisher(credential) => PublisherCheck::Allowed,
+        Some(_) => PublisherCheck::Refused,
+    }
+}
+
+/// Why a request body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("request body is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("request body could not be read: {0}")]
+    Read(#[from] actix_web::error::PayloadError),
+}
+
+/// Reads a body of at most `limit` bytes, refusing larger ones before buffering them.
+pub async fn read_body(mut payload: web::Payload, limit: usize) -> Result<web::Bytes, BodyError> {
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk?;
+        if body.len() + chunk.len() > limit {
+            return Err(BodyError::TooLarge(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}

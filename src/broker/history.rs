@@ -1,0 +1,252 @@
+//! One stream's retained events and the rules for resuming from a cursor: plain data and
+//! functions, owned by the Broker, tested here without an actor.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::event::{Event, Position};
+
+/// Retention bounds shared by every stream.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Most events kept per stream.
+    pub max_events: usize,
+    /// Oldest event kept, by age.
+    pub ttl: Duration,
+}
+
+/// Why a cursor cannot be resumed from. Rendered as the `reason` of a gap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gap {
+    /// Not a cursor Herald handed out.
+    Malformed,
+    /// From an earlier life of the stream whose history was lost.
+    StreamReset,
+    /// Events after it have already left history.
+    Expired,
+    /// Beyond the newest event of the stream.
+    Unknown,
+}
+
+impl Gap {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Gap::Malformed => "malformed_cursor",
+            Gap::StreamReset => "stream_reset",
+            Gap::Expired => "expired",
+            Gap::Unknown => "unknown_cursor",
+        }
+    }
+}
+
+/// One stream's position counter and retained events.
+#[derive(Debug)]
+pub struct History {
+    /// Changes only when history is lost (a new stream, or a store that forgot it).
+    pub epoch: u32,
+    /// The sequence number of the newest event ever assigned (0 before the first).
+    head: u64,
+    /// Every event with a sequence number at or below this has left history. Resuming from a
+    /// cursor at or above it misses nothing, even when history is empty.
+    evicted_through: u64,
+    /// Retained events, oldest first, strictly increasing `seq` (with holes where a commit
+    /// failed: those events were never acknowledged, so nothing is missing).
+    events: VecDeque<Arc<Event>>,
+}
+
+impl History {
+    pub fn new(epoch: u32) -> Self {
+        Self::restore(epoch, 0, 0, VecDeque::new())
+    }
+
+    /// Rebuilds a stream from what the store kept.
+    pub fn restore(
+        epoch: u32,
+        head: u64,
+        evicted_through: u64,
+        events: VecDeque<Arc<Event>>,
+    ) -> Self {
+        Self {
+            epoch,
+            head,
+            evicted_through,
+            events,
+        }
+    }
+
+    /// Reserves the position of the next event.
+    pub fn next_position(&mut self) -> Position {
+        self.head += 1;
+        Position {
+            epoch: self.epoch,
+            seq: self.head,
+        }
+    }
+
+    /// The position of the newest assigned event: "now" for a subscriber that starts live.
+    pub fn head(&self) -> Position {
+        Position {
+            epoch: self.epoch,
+            seq: self.head,
+        }
+    }
+
+    /// The position just before the oldest retained event: where "earliest" starts.
+    pub fn tail(&self) -> Position {
+        Position {
+            epoch: self.epoch,
+            seq: self.evicted_through,
+        }
+    }
+
+    /// Appends a committed event (positions arrive in increasing order).
+    pub fn push(&mut self, event: Arc<Event>, retention: Retention, now: SystemTime) {
+        debug_assert!(self
+            .events
+            .back()
+            .is_none_or(|e| e.position.seq < event.position.seq));
+        self.events.push_back(event);
+        self.prune(retention, now);
+    }
+
+    /// Drops events beyond the count bound or older than the ttl.
+    pub fn prune(&mut self, retention: Retention, now: SystemTime) {
+        while let Some(oldest) = self.events.front() {
+            let too_many = self.events.len() > retention.max_events;
+            let too_old = now
+                .duration_since(oldest.created)
+                .is_ok_and(|age| age > retention.ttl);
+            if !(too_many || too_old) {
+                break;
+            }
+            self.evicted_through = oldest.position.seq;
+            self.events.pop_front();
+        }
+    }
+
+    /// Checks that resuming after `from` misses nothing.
+    pub fn check(&self, from: Position) -> Result<(), Gap> {
+        if from.epoch != self.epoch {
+            Err(Gap::StreamReset)
+        } else if from.seq > self.head {
+            Err(Gap::Unknown)
+        } else if from.seq < self.evicted_through {
+            Err(Gap::Expired)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Retained events strictly after `seq`, oldest first.
+    pub fn after(&self, seq: u64) -> impl DoubleEndedIterator<Item = &Arc<Event>> + '_ {
+        let start = self.events.partition_point(|e| e.position.seq <= seq);
+        self.events.range(start..)
+    }
+
+    /// The retained event at exactly this position.
+    pub fn get(&self, position: Position) -> Option<&Arc<Event>> {
+        if position.epoch != self.epoch {
+            return None;
+        }
+        let i = self
+            .events
+            .binary_search_by_key(&position.seq, |e| e.position.seq)
+            .ok()?;
+        self.events.get(i)
+    }
+
+    /// All retained events, oldest first.
+    pub fn events(&self) -> &VecDeque<Arc<Event>> {
+        &self.events
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{StreamKey, StreamKind};
+
+    const RET: Retention = Retention {
+        max_events: 3,
+        ttl: Duration::from_secs(60),
+    };
+
+    fn push(h: &mut History, at: SystemTime) -> Position {
+        let pos = h.next_position();
+        let data = serde_json::value::RawValue::from_string("{}".into()).unwrap();
+        let ev = Event::new(StreamKey::new(StreamKind::Client, "c"), pos, at, data);
+        h.push(Arc::new(ev), RET, at);
+        pos
+    }
+
+    fn seqs<'a>(it: impl Iterator<Item = &'a Arc<Event>>) -> Vec<u64> {
+        it.map(|e| e.position.seq).collect()
+    }
+
+    #[test]
+    fn keeps_the_newest_by_count() {
+        let now = SystemTime::now();
+        let mut h = History::new(7);
+        for _ in 0..5 {
+            push(&mut h, now);
+        }
+        assert_eq!(seqs(h.after(0)), vec![3, 4, 5]);
+        assert_eq!(h.tail().seq, 2);
+        assert_eq!(h.head().seq, 5);
+    }
+
+    #[test]
+    fn resume_rules() {
+        let now = SystemTime::now();
+        let mut h = History::new(7);
+        for _ in 0..5 {
+            push(&mut h, now);
+        }
+        let at = |seq| Position { epoch: 7, seq };
+        assert_eq!(
+            h.check(at(2)),
+            Ok(()),
+            "evicted 1..2, so after 2 is complete"
+        );
+        assert_eq!(h.check(at(1)), Err(Gap::Expired));
+        assert_eq!(h.check(at(5)), Ok(()));
+        assert_eq!(h.check(at(6)), Err(Gap::Unknown));
+        assert_eq!(
+            h.check(Position { epoch: 8, seq: 3 }),
+            Err(Gap::StreamReset)
+        );
+        assert_eq!(seqs(h.after(3)), vec![4, 5]);
+        assert_eq!(seqs(h.after(5)), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn ages_out_and_stays_resumable_at_head() {
+        let then = SystemTime::now() - Duration::from_secs(120);
+        let mut h = History::new(1);
+        let last = push(&mut h, then);
+        h.prune(RET, SystemTime::now());
+        assert!(h.events().is_empty());
+        assert_eq!(
+            h.check(last),
+            Ok(()),
+            "nothing after the last event was lost"
+        );
+        assert_eq!(h.check(Position { epoch: 1, seq: 0 }), Err(Gap::Expired));
+    }
+
+    #[test]
+    fn get_finds_exact_positions() {
+        let now = SystemTime::now();
+        let mut h = History::new(1);
+        let p = push(&mut h, now);
+        assert!(h.get(p).is_some());
+        assert!(h
+            .get(Position {
+                epoch: 2,
+                seq: p.seq
+            })
+            .is_none());
+        assert!(h.get(Position { epoch: 1, seq: 9 }).is_none());
+    }
+}

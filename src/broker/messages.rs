@@ -1,0 +1,143 @@
+//! The whole vocabulary between the Broker, the handlers that publish, the sessions that
+//! subscribe, and the store writer that acknowledges commits.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+use serde_json::value::RawValue;
+use tokio::sync::oneshot;
+
+use super::history::Gap;
+use crate::event::{Event, Position, StreamKey};
+use crate::store::StoreError;
+
+/// Appends events to one stream. Answered only after the events are durable, with the events
+/// as stored (positions, cursors, timestamps), in the order given.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<Arc<Event>>, PublishError>")]
+pub struct Publish {
+    /// The stream to append to.
+    pub stream: StreamKey,
+    /// One validated JSON document per event.
+    pub data: Vec<Box<RawValue>>,
+}
+
+/// Why a publish was not acknowledged. Nothing of the batch was delivered or kept.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PublishError {
+    #[error("the store could not commit the events: {0}")]
+    Store(#[from] StoreError),
+    #[error("the broker is not running")]
+    Unavailable,
+}
+
+/// The store writer's answer to an append; sent back into the Broker's mailbox so the Broker
+/// fans out and acks on its own thread, in commit order.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Committed {
+    /// The events that were (or failed to be) made durable.
+    pub events: Vec<Arc<Event>>,
+    /// The commit's outcome.
+    pub result: Result<(), StoreError>,
+    /// Where the publisher waits for its acknowledgement.
+    pub reply: oneshot::Sender<Result<Vec<Arc<Event>>, PublishError>>,
+}
+
+/// Where a new subscriber starts reading.
+#[derive(Debug, Clone)]
+pub struct Start {
+    /// Resume strictly after this cursor, if it is still in history.
+    pub cursor: Option<String>,
+    /// Where to start when there is no cursor, or it is a gap.
+    pub fallback: Fallback,
+}
+
+/// The starting point used without a usable cursor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fallback {
+    /// Only events published from now on.
+    Latest,
+    /// Every retained event.
+    Earliest,
+}
+
+/// A session's two inboxes, registered with the Broker for one stream.
+#[derive(Clone)]
+pub struct Subscriber {
+    /// Unique per session, so it can unregister.
+    pub id: u64,
+    /// Receives every live event of the stream.
+    pub deliver: Recipient<Deliver>,
+    /// Told to end the session (drain, drop).
+    pub close: Recipient<Close>,
+}
+
+/// Registers a subscriber and answers with its backlog in the same handler call, so nothing
+/// published in between is missed or delivered twice.
+#[derive(Message)]
+#[rtype(result = "SubscribeReply")]
+pub struct Subscribe {
+    /// The stream to follow.
+    pub stream: StreamKey,
+    /// Where to start.
+    pub start: Start,
+    /// The session's inboxes.
+    pub subscriber: Subscriber,
+}
+
+/// What a new subscriber must deliver before live events.
+#[derive(Debug, MessageResponse)]
+pub struct SubscribeReply {
+    /// Set when the given cursor could not be resumed from.
+    pub gap: Option<Gap>,
+    /// Retained events after the start, oldest first.
+    pub backlog: Vec<Arc<Event>>,
+    /// The position live delivery continues from: the last backlog event, or where the
+    /// subscriber started when the backlog is empty.
+    pub position: Position,
+}
+
+/// Removes a subscriber; sent by sessions when they stop.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Unsubscribe {
+    /// The stream it followed.
+    pub stream: StreamKey,
+    /// Its `Subscriber::id`.
+    pub id: u64,
+}
+
+/// One live event for a session.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Deliver {
+    /// Shared by every subscriber of the stream.
+    pub event: Arc<Event>,
+}
+
+/// Tells a session to end.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Close {
+    /// Why, so the session can say so on its wire.
+    pub reason: CloseReason,
+}
+
+/// Why the Broker ends a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The server is draining; the client should come back.
+    Shutdown,
+}
+
+/// Starts the drain: every session, and every session that subscribes from now on, is told
+/// to close.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Drain;
+
+/// Answered once everything acknowledged so far is durable; the last step of a shutdown.
+#[derive(Message)]
+#[rtype(result = "Result<(), StoreError>")]
+pub struct Flush;

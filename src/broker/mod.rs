@@ -1,0 +1,219 @@
+//! The Broker actor: the only owner of stream state.
+//!
+//! State: per stream, its `History` (positions and retained events) and its subscribers.
+//! Handles `Publish` (assigns positions, hands the batch to the store writer), `Committed`
+//! (appends to history, fans out `Deliver` to subscribers, acks the publisher), `Subscribe` /
+//! `Unsubscribe`, and `Drain`. Sends `Deliver` and `Close` to sessions.
+//!
+//! Subscribers see an event only after the store has committed it, so nothing a subscriber
+//! saw can be lost by a crash.
+
+pub mod history;
+pub mod messages;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use actix::prelude::*;
+use tokio::sync::oneshot;
+
+use crate::event::{Event, Position, StreamKey};
+use crate::store::{StoreError, StoreWriter};
+use history::{Gap, History, Retention};
+use messages::*;
+
+/// How often age-based retention runs over every stream (it also runs on every append).
+const PRUNE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Requests (`send`) queued for the Broker before senders wait for room. Large, because one
+/// Broker serves every handler of every worker, and a wait here is a publish delayed.
+const MAILBOX: usize = 64 * 1024;
+
+/// One stream as the Broker sees it.
+struct StreamState {
+    /// Positions and retained events.
+    history: History,
+    /// Sessions following the stream, by `Subscriber::id`.
+    subscribers: HashMap<u64, Subscriber>,
+}
+
+pub struct Broker {
+    /// Every stream that was published to or subscribed to since start.
+    streams: HashMap<StreamKey, StreamState>,
+    /// Where batches go to become durable.
+    store: StoreWriter,
+    /// Bounds of every stream's history.
+    retention: Retention,
+    /// Set by `Drain`: sessions that subscribe from now on are closed at once.
+    draining: bool,
+}
+
+impl Broker {
+    pub fn new(store: StoreWriter, retention: Retention) -> Self {
+        Self {
+            streams: HashMap::new(),
+            store,
+            retention,
+            draining: false,
+        }
+    }
+
+    fn stream_mut(&mut self, key: &StreamKey) -> &mut StreamState {
+        self.streams
+            .entry(key.clone())
+            .or_insert_with(|| StreamState {
+                // A fresh random epoch makes cursors of a forgotten earlier life of this
+                // stream read as gaps instead of pointing at unrelated events.
+                history: History::new(rand::random()),
+                subscribers: HashMap::new(),
+            })
+    }
+}
+
+impl Actor for Broker {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(MAILBOX);
+        ctx.run_interval(PRUNE_INTERVAL, |broker, _| {
+            let now = SystemTime::now();
+            for state in broker.streams.values_mut() {
+                state.history.prune(broker.retention, now);
+            }
+        });
+    }
+}
+
+impl Handler<Publish> for Broker {
+    type Result = ResponseFuture<Result<Vec<Arc<Event>>, PublishError>>;
+
+    fn handle(&mut self, msg: Publish, ctx: &mut Self::Context) -> Self::Result {
+        let now = SystemTime::now();
+        let state = self.stream_mut(&msg.stream);
+        let events: Vec<Arc<Event>> = msg
+            .data
+            .into_iter()
+            .map(|data| {
+                let position = state.history.next_position();
+                Arc::new(Event::new(msg.stream.clone(), position, now, data))
+            })
+            .collect();
+        let (reply, acked) = oneshot::channel();
+        let broker = ctx.address();
+        let committed = events.clone();
+        self.store.append(
+            events,
+            Box::new(move |result| {
+                broker.do_send(Committed {
+                    events: committed,
+                    result,
+                    reply,
+                })
+            }),
+        );
+        Box::pin(async move { acked.await.unwrap_or(Err(PublishError::Unavailable)) })
+    }
+}
+
+impl Handler<Committed> for Broker {
+    type Result = ();
+
+    fn handle(&mut self, msg: Committed, _: &mut Self::Context) {
+        if let Err(e) = msg.result {
+            log::error!("publish of {} events failed: {e}", msg.events.len());
+            let _ = msg.reply.send(Err(e.into()));
+            return;
+        }
+        let Some(first) = msg.events.first() else {
+            let _ = msg.reply.send(Ok(msg.events));
+            return;
+        };
+        let now = SystemTime::now();
+        let retention = self.retention;
+        let state = self.stream_mut(&first.stream.clone());
+        for event in &msg.events {
+            state.history.push(event.clone(), retention, now);
+            for subscriber in state.subscribers.values() {
+                subscriber.deliver.do_send(Deliver {
+                    event: event.clone(),
+                });
+            }
+        }
+        // The publisher may have gone away; the events are committed and delivered anyway.
+        let _ = msg.reply.send(Ok(msg.events));
+    }
+}
+
+impl Handler<Subscribe> for Broker {
+    type Result = SubscribeReply;
+
+    fn handle(&mut self, msg: Subscribe, _: &mut Self::Context) -> SubscribeReply {
+        let (retention, draining) = (self.retention, self.draining);
+        let state = self.stream_mut(&msg.stream);
+        let history = &mut state.history;
+        history.prune(retention, SystemTime::now());
+        let fallback = match msg.start.fallback {
+            Fallback::Latest => history.head(),
+            Fallback::Earliest => history.tail(),
+        };
+        let (gap, from) = match msg.start.cursor.as_deref() {
+            None => (None, fallback),
+            Some(cursor) => match Position::from_cursor(cursor)
+                .ok_or(Gap::Malformed)
+                .and_then(|p| history.check(p).map(|()| p))
+            {
+                Ok(p) => (None, p),
+                Err(gap) => (Some(gap), fallback),
+            },
+        };
+        let backlog: Vec<Arc<Event>> = history.after(from.seq).cloned().collect();
+        let position = backlog.last().map_or(from, |e| e.position);
+        if draining {
+            msg.subscriber.close.do_send(Close {
+                reason: CloseReason::Shutdown,
+            });
+        }
+        state.subscribers.insert(msg.subscriber.id, msg.subscriber);
+        SubscribeReply {
+            gap,
+            backlog,
+            position,
+        }
+    }
+}
+
+impl Handler<Unsubscribe> for Broker {
+    type Result = ();
+
+    fn handle(&mut self, msg: Unsubscribe, _: &mut Self::Context) {
+        if let Some(state) = self.streams.get_mut(&msg.stream) {
+            state.subscribers.remove(&msg.id);
+        }
+    }
+}
+
+impl Handler<Drain> for Broker {
+    type Result = ();
+
+    fn handle(&mut self, _: Drain, _: &mut Self::Context) {
+        self.draining = true;
+        for subscriber in self.streams.values().flat_map(|s| s.subscribers.values()) {
+            subscriber.close.do_send(Close {
+                reason: CloseReason::Shutdown,
+            });
+        }
+    }
+}
+
+impl Handler<Flush> for Broker {
+    type Result = ResponseFuture<Result<(), StoreError>>;
+
+    fn handle(&mut self, _: Flush, _: &mut Self::Context) -> Self::Result {
+        let (done, flushed) = oneshot::channel();
+        self.store.flush(Box::new(move |result| {
+            let _ = done.send(result);
+        }));
+        Box::pin(async move { flushed.await.unwrap_or(Err(StoreError::Stopped)) })
+    }
+}

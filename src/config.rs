@@ -1,0 +1,210 @@
+//! Command-line flags and environment variables of `herald serve`, validated into the
+//! `Config` that the rest of the server reads (shared as `Arc<Config>`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+/// Name of the file in the data dir that keeps the `--dev` JWT secret across restarts.
+pub const DEV_SECRET_FILE: &str = "dev-jwt-secret";
+
+/// Flags of `herald serve`. Every flag has an environment variable and a default in `--help`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on. `--dev` forces a loopback address.
+    #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Directory for the store and the `--dev` JWT secret.
+    #[arg(long, env = "HERALD_DATA_DIR", default_value = "./herald-data")]
+    pub data_dir: PathBuf,
+
+    /// Keep everything in memory: nothing survives a restart (tests, demos).
+    #[arg(long, env = "HERALD_MEMORY")]
+    pub memory: bool,
+
+    /// Laptop mode: loopback only, generated JWT secret, open publishing, `/dev/token`.
+    #[arg(long, env = "HERALD_DEV")]
+    pub dev: bool,
+
+    /// HS256 secret that subscriber and publisher tokens are signed with.
+    #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// JWKS file with the RS256/ES256 public keys that tokens are signed with (by `kid`).
+    #[arg(long, env = "HERALD_JWKS")]
+    pub jwks: Option<PathBuf>,
+
+    /// Static API key accepted as `Authorization: Bearer <key>` on publishing endpoints.
+    /// Repeat the flag for several keys; the variable takes a comma-separated list.
+    #[arg(
+        long = "publisher-key",
+        env = "HERALD_PUBLISHER_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub publisher_keys: Vec<String>,
+
+    /// Events kept per stream for resuming subscribers.
+    #[arg(long, env = "HERALD_HISTORY_SIZE", default_value_t = 1000)]
+    pub history_size: usize,
+
+    /// How long an event stays in history.
+    #[arg(long, env = "HERALD_HISTORY_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub history_ttl: Duration,
+
+    /// Interval of SSE keep-alive comments, so proxies keep idle streams open.
+    #[arg(long, env = "HERALD_SSE_KEEPALIVE", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub sse_keepalive: Duration,
+
+    /// Events a subscriber may fall behind before it is disconnected as a slow consumer.
+    #[arg(long, env = "HERALD_SUBSCRIBER_QUEUE", default_value_t = 1024)]
+    pub subscriber_queue: usize,
+
+    /// Largest request body accepted by publishing endpoints, in bytes.
+    #[arg(long, env = "HERALD_MAX_BODY", default_value_t = 1024 * 1024)]
+    pub max_body: usize,
+
+    /// How long a graceful shutdown may take before connections are cut.
+    #[arg(long, env = "HERALD_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Duration,
+}
+
+/// How subscriber and publisher tokens are verified.
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    /// HS256 with this secret.
+    Secret(String),
+    /// RS256/ES256 with the keys of this JWKS file, and HS256 too if a secret is also given.
+    Jwks {
+        path: PathBuf,
+        secret: Option<String>,
+    },
+}
+
+/// The validated configuration of one server.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub memory: bool,
+    pub dev: bool,
+    pub keys: KeySource,
+    pub publisher_keys: Vec<String>,
+    pub history_size: usize,
+    pub history_ttl: Duration,
+    pub sse_keepalive: Duration,
+    pub subscriber_queue: usize,
+    pub max_body: usize,
+    pub shutdown_timeout: Duration,
+}
+
+/// Why a configuration cannot be used; each message says which flag to change.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("no token verification key: set --jwt-secret (HERALD_JWT_SECRET) or --jwks (HERALD_JWKS), or run with --dev")]
+    NoVerificationKey,
+    #[error("--history-size must be at least 1")]
+    HistorySize,
+    #[error("--subscriber-queue must be at least 1")]
+    SubscriberQueue,
+    #[error("cannot keep the dev JWT secret in {path}: {source}")]
+    DevSecret {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl ServeArgs {
+    /// Applies the `--dev` rules and refuses configurations that cannot serve safely.
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        if self.history_size == 0 {
+            return Err(ConfigError::HistorySize);
+        }
+        if self.subscriber_queue == 0 {
+            return Err(ConfigError::SubscriberQueue);
+        }
+        let mut listen = self.listen;
+        if self.dev && !listen.ip().is_loopback() {
+            log::warn!(
+                "--dev listens on loopback only; using 127.0.0.1:{}",
+                listen.port()
+            );
+            listen.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        let secret = match (self.jwt_secret, self.dev) {
+            (Some(s), _) => Some(s),
+            (None, true) if self.jwks.is_none() => Some(dev_secret(&self.data_dir, self.memory)?),
+            (None, _) => None,
+        };
+        let keys = match (self.jwks, secret) {
+            (Some(path), secret) => KeySource::Jwks { path, secret },
+            (None, Some(secret)) => KeySource::Secret(secret),
+            (None, None) => return Err(ConfigError::NoVerificationKey),
+        };
+        Ok(Config {
+            listen,
+            data_dir: self.data_dir,
+            memory: self.memory,
+            dev: self.dev,
+            keys,
+            publisher_keys: self.publisher_keys,
+            history_size: self.history_size,
+            history_ttl: self.history_ttl,
+            sse_keepalive: self.sse_keepalive,
+            subscriber_queue: self.subscriber_queue,
+            max_body: self.max_body,
+            shutdown_timeout: self.shutdown_timeout,
+        })
+    }
+}
+
+/// The `--dev` secret: read from the data dir, or generated and written there so tokens
+/// minted before a restart keep working. With `--memory` nothing is written.
+fn dev_secret(data_dir: &std::path::Path, memory: bool) -> Result<String, ConfigError> {
+    let generate = || {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
+    };
+    if memory {
+        return Ok(generate());
+    }
+    if let Some(secret) = read_dev_secret(data_dir) {
+        return Ok(secret);
+    }
+    let path = data_dir.join(DEV_SECRET_FILE);
+    let secret = generate();
+    std::fs::create_dir_all(data_dir)
+        .and_then(|()| std::fs::write(&path, &secret))
+        .map_err(|source| ConfigError::DevSecret { path, source })?;
+    Ok(secret)
+}
+
+/// Reads the `--dev` secret that a server keeps in `data_dir`, for `herald token`.
+pub fn read_dev_secret(data_dir: &std::path::Path) -> Option<String> {
+    let s = std::fs::read_to_string(data_dir.join(DEV_SECRET_FILE)).ok()?;
+    let s = s.trim();
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+impl Config {
+    /// A configuration for tests and embedding: in memory, on a random loopback port.
+    pub fn for_tests(jwt_secret: &str) -> Self {
+        Config {
+            listen: "127.0.0.1:0".parse().expect("valid literal address"),
+            data_dir: PathBuf::from("./herald-data"),
+            memory: true,
+            dev: false,
+            keys: KeySource::Secret(jwt_secret.to_string()),
+            publisher_keys: Vec::new(),
+            history_size: 1000,
+            history_ttl: Duration::from_secs(24 * 3600),
+            sse_keepalive: Duration::from_secs(15),
+            subscriber_queue: 1024,
+            max_body: 1024 * 1024,
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}

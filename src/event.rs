@@ -1,0 +1,198 @@
+//! The event model shared by every face: stream keys, positions, opaque cursors and the
+//! immutable `Event` that the Broker fans out as `Arc<Event>`.
+//!
+//! Each face renders its wire bytes from an event once (`OnceLock`), however many subscribers
+//! receive it: "render once, deliver many".
+
+use std::fmt;
+use std::sync::OnceLock;
+use std::time::SystemTime;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use bytes::Bytes;
+
+/// The four families of streams; each belongs to one face of the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum StreamKind {
+    /// Document status events, read over SSE.
+    Client,
+    /// Instance notifications, read by long-poll and paging.
+    Instance,
+    /// Access events, read over WebSocket.
+    Access,
+    /// Dashboard events, the webhook source.
+    Country,
+}
+
+impl StreamKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StreamKind::Client => "client",
+            StreamKind::Instance => "instance",
+            StreamKind::Access => "access",
+            StreamKind::Country => "country",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "client" => StreamKind::Client,
+            "instance" => StreamKind::Instance,
+            "access" => StreamKind::Access,
+            "country" => StreamKind::Country,
+            _ => return None,
+        })
+    }
+}
+
+/// `<kind>:<id>`, the name of one stream.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StreamKey {
+    pub kind: StreamKind,
+    pub id: String,
+}
+
+impl StreamKey {
+    pub fn new(kind: StreamKind, id: impl Into<String>) -> Self {
+        Self {
+            kind,
+            id: id.into(),
+        }
+    }
+
+    /// Parses `<kind>:<id>` as the store writes it.
+    pub fn parse(s: &str) -> Option<Self> {
+        let (kind, id) = s.split_once(':')?;
+        Some(Self::new(StreamKind::parse(kind)?, id))
+    }
+}
+
+impl fmt::Display for StreamKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.kind.as_str(), self.id)
+    }
+}
+
+/// Where an event sits in its stream. `seq` 0 is the start of the stream (before the first
+/// event), so "the position a subscriber waited from" always has a name even in an empty
+/// stream. `epoch` changes only when the stream's history is lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Position {
+    pub epoch: u32,
+    pub seq: u64,
+}
+
+impl Position {
+    /// The opaque, URL-safe rendering handed to clients as ids and cursors.
+    pub fn cursor(self) -> String {
+        let mut raw = [0u8; 12];
+        raw[..4].copy_from_slice(&self.epoch.to_be_bytes());
+        raw[4..].copy_from_slice(&self.seq.to_be_bytes());
+        URL_SAFE_NO_PAD.encode(raw)
+    }
+
+    /// Decodes a cursor; `None` for anything that is not one of ours.
+    pub fn from_cursor(cursor: &str) -> Option<Self> {
+        // 12 bytes are exactly 16 base64 characters; rejecting other lengths early keeps
+        // garbage from allocating.
+        if cursor.len() != 16 {
+            return None;
+        }
+        let raw = URL_SAFE_NO_PAD.decode(cursor).ok()?;
+        let epoch = u32::from_be_bytes(raw.get(..4)?.try_into().ok()?);
+        let seq = u64::from_be_bytes(raw.get(4..12)?.try_into().ok()?);
+        Some(Self { epoch, seq })
+    }
+}
+
+/// One published event. Immutable once created; shared as `Arc<Event>`.
+#[derive(Debug)]
+pub struct Event {
+    pub stream: StreamKey,
+    pub position: Position,
+    /// `position.cursor()`, computed once.
+    pub cursor: String,
+    /// When the broker accepted it; drives age-based retention and `created` fields.
+    pub created: SystemTime,
+    /// The face's JSON document for this event, as validated at publish time.
+    pub data: Box<serde_json::value::RawValue>,
+    /// The SSE frame (`id:` + `data:`), rendered on first use.
+    sse_frame: OnceLock<Bytes>,
+}
+
+impl Event {
+    pub fn new(
+        stream: StreamKey,
+        position: Position,
+        created: SystemTime,
+        data: Box<serde_json::value::RawValue>,
+    ) -> Self {
+        Self {
+            cursor: position.cursor(),
+            stream,
+            position,
+            created,
+            data,
+            sse_frame: OnceLock::new(),
+        }
+    }
+
+    /// `id: <cursor>\ndata: <json>\n\n`. The JSON is compact (one line) because it was
+    /// re-serialized at publish time, so it needs no `data:` line splitting.
+    pub fn sse_frame(&self) -> Bytes {
+        self.sse_frame
+            .get_or_init(|| {
+                let data = self.data.get();
+                let mut frame = String::with_capacity(data.len() + self.cursor.len() + 12);
+                frame.push_str("id: ");
+                frame.push_str(&self.cursor);
+                frame.push_str("\ndata: ");
+                frame.push_str(data);
+                frame.push_str("\n\n");
+                Bytes::from(frame)
+            })
+            .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursor_round_trips_and_is_url_safe() {
+        for pos in [
+            Position { epoch: 0, seq: 0 },
+            Position {
+                epoch: u32::MAX,
+                seq: u64::MAX,
+            },
+            Position {
+                epoch: 0xdead_beef,
+                seq: 42,
+            },
+        ] {
+            let c = pos.cursor();
+            assert!(c
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_'));
+            assert_eq!(Position::from_cursor(&c), Some(pos));
+        }
+    }
+
+    #[test]
+    fn garbage_is_not_a_cursor() {
+        for junk in ["", "abc", "!!!!!!!!!!!!!!!!", "AAAAAAAAAAAAAAAAAAAA", "ü"] {
+            assert_eq!(Position::from_cursor(junk), None, "{junk}");
+        }
+    }
+
+    #[test]
+    fn stream_key_round_trips() {
+        let key = StreamKey::new(StreamKind::Client, "a:b");
+        assert_eq!(key.to_string(), "client:a:b");
+        assert_eq!(StreamKey::parse("client:a:b"), Some(key));
+        assert_eq!(StreamKey::parse("nope:x"), None);
+    }
+}

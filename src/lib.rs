@@ -1,0 +1,135 @@
+//! Herald: an event broker that delivers events over Server-Sent Events, HTTP long-poll,
+//! WebSocket and webhooks from one actix server.
+//!
+//! `start` wires the actors and the HTTP server together and is the one entry point used by
+//! `main` and by the integration tests; `Herald::shutdown` is the graceful drain.
+
+pub mod api;
+pub mod auth;
+pub mod broker;
+pub mod config;
+pub mod event;
+pub mod session;
+pub mod store;
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use actix::{Actor, Addr, Arbiter};
+use actix_web::{dev::ServerHandle, web, App, HttpServer};
+
+use api::AppState;
+use broker::history::Retention;
+use broker::messages::{Drain, Flush};
+use broker::Broker;
+pub use config::Config;
+use store::{MemoryStore, StoreWriter};
+
+/// Why the server could not start. Each message names what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Keys(#[from] auth::KeyError),
+    #[error("cannot start the store writer: {0}")]
+    Store(std::io::Error),
+}
+
+/// A running server.
+pub struct Herald {
+    /// The address actually bound (the port is chosen by the OS when asked for port 0).
+    addr: SocketAddr,
+    /// Stops the HTTP server.
+    server: ServerHandle,
+    /// Completes when the HTTP server has stopped.
+    served: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// State shared with handlers; its drain flag turns `/health` to 503.
+    state: web::Data<AppState>,
+    /// Keeps the Broker's thread alive for the server's lifetime.
+    _broker_thread: Arbiter,
+}
+
+/// Starts the Broker, the store writer and the HTTP server. Must run inside an actix system.
+pub async fn start(config: Config) -> Result<Herald, StartError> {
+    let verifier = auth::Verifier::new(&config.keys, config.publisher_keys.clone())?;
+    let store = StoreWriter::spawn(MemoryStore).map_err(StartError::Store)?;
+    let retention = Retention {
+        max_events: config.history_size,
+        ttl: config.history_ttl,
+    };
+    // The Broker gets a thread of its own so that HTTP workers never delay fan-out.
+    let broker_thread = Arbiter::new();
+    let broker: Addr<Broker> = Broker::start_in_arbiter(&broker_thread.handle(), move |_| {
+        Broker::new(store, retention)
+    });
+
+    let listener = TcpListener::bind(config.listen).map_err(|source| StartError::Listen {
+        addr: config.listen,
+        source,
+    })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Listen {
+        addr: config.listen,
+        source,
+    })?;
+    if config.dev {
+        log::warn!("--dev mode: open publishing and token minting; not for production");
+    }
+    let shutdown_timeout = config.shutdown_timeout.as_secs();
+    let state = web::Data::new(AppState {
+        broker,
+        config,
+        verifier,
+        draining: AtomicBool::new(false),
+    });
+    let app_state = state.clone();
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(app_state.clone())
+            .wrap(actix_web::middleware::Logger::default())
+            .configure(api::configure)
+    })
+    .listen(listener)
+    .map_err(|source| StartError::Listen { addr, source })?
+    .disable_signals()
+    .shutdown_timeout(shutdown_timeout)
+    .run();
+    let handle = server.handle();
+    log::info!("Herald listening on http://{addr}/");
+    Ok(Herald {
+        addr,
+        server: handle,
+        served: actix_web::rt::spawn(server),
+        state,
+        _broker_thread: broker_thread,
+    })
+}
+
+impl Herald {
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Graceful drain: `/health` turns 503, sessions are told to come back later, in-flight
+    /// requests finish (up to `--shutdown-timeout`), and the store is flushed.
+    pub async fn shutdown(self) {
+        self.state.draining.store(true, Ordering::Relaxed);
+        let broker = self.state.broker.clone();
+        if broker.send(Drain).await.is_err() {
+            log::error!("broker stopped before the drain");
+        }
+        self.server.stop(true).await;
+        if let Err(e) = self.served.await {
+            log::error!("HTTP server task failed: {e}");
+        }
+        match broker.send(Flush).await {
+            Ok(Ok(())) => log::info!("store flushed; shutdown complete"),
+            Ok(Err(e)) => log::error!("store flush failed: {e}"),
+            Err(_) => log::error!("broker stopped before the flush"),
+        }
+    }
+}

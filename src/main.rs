@@ -1,0 +1,91 @@
+//! The `herald` command: `serve` runs the server, `token` mints an HS256 token.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use herald::config::{read_dev_secret, ServeArgs};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Herald: events to subscribers over SSE, long-poll, WebSocket and webhooks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Print an HS256 token signed with the server's secret.
+    Token(TokenArgs),
+}
+
+#[derive(clap::Args)]
+struct TokenArgs {
+    /// The subject: the client, instance or access id the token speaks for.
+    #[arg(long)]
+    sub: String,
+    /// A permission to grant; repeat for several.
+    #[arg(long = "permission")]
+    permissions: Vec<String>,
+    /// How long the token is valid.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    ttl: Duration,
+    /// The secret to sign with; defaults to the `--dev` secret kept in the data dir.
+    #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+    /// Where a `--dev` server keeps its secret.
+    #[arg(long, env = "HERALD_DATA_DIR", default_value = "./herald-data")]
+    data_dir: PathBuf,
+}
+
+fn main() -> anyhow::Result<()> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    match Cli::parse().command {
+        Command::Serve(args) => serve(args),
+        Command::Token(args) => {
+            let secret = args
+                .jwt_secret
+                .or_else(|| read_dev_secret(&args.data_dir))
+                .with_context(|| {
+                    format!(
+                        "no secret: set --jwt-secret (HERALD_JWT_SECRET), or run `herald serve --dev` once so {} holds one",
+                        args.data_dir.display()
+                    )
+                })?;
+            println!(
+                "{}",
+                herald::auth::mint(&secret, &args.sub, &args.permissions, args.ttl)
+            );
+            Ok(())
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = args.into_config()?;
+    actix_web::rt::System::new().block_on(async move {
+        let herald = herald::start(config).await?;
+        shutdown_signal().await?;
+        log::info!("signal received; draining");
+        herald.shutdown().await;
+        Ok(())
+    })
+}
+
+/// Completes on the first SIGINT or SIGTERM.
+async fn shutdown_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,4 @@
+//! Session actors, one per connected subscriber; each registers with the Broker in `started`
+//! and unregisters in `stopping`.
+
+pub mod sse;

@@ -1,0 +1,159 @@
+//! `SseSession`: one actor per connected Server-Sent Events subscriber.
+//!
+//! State: the stream it follows, its id with the Broker, and the bounded channel whose receiving
+//! end is the HTTP response body. Handles `Deliver` (writes the event's pre-rendered frame) and
+//! `Close` (writes a `retry:` hint and ends the body). Sends `Subscribe` in `started` and
+//! `Unsubscribe` in `stopping`.
+//!
+//! The channel is the subscriber's queue: when it is full the client has fallen
+//! `--subscriber-queue` events behind, and the session ends. Frames already queued still reach
+//! the client, which reconnects with `Last-Event-ID` and resumes from history.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use actix::prelude::*;
+use bytes::Bytes;
+use futures_util::Stream;
+use tokio::sync::mpsc;
+
+use crate::broker::messages::{Close, Deliver, Start, Subscribe, Subscriber, Unsubscribe};
+use crate::broker::Broker;
+use crate::event::StreamKey;
+
+/// The keep-alive comment. Proxies and browsers drop idle connections without it.
+const KEEPALIVE: &[u8] = b": keep-alive\n\n";
+
+/// Sent first, so the client sees the stream open even before any event.
+const OPENING: &[u8] = b": ok\n\n";
+
+/// Reconnect delay suggested to clients when the server drains, in milliseconds.
+const DRAIN_RETRY_MS: u32 = 1000;
+
+pub struct SseSession {
+    /// The stream this session follows.
+    stream: StreamKey,
+    /// Where it starts; taken when subscribing.
+    start: Option<Start>,
+    /// Its identity in the Broker's subscriber set.
+    id: u64,
+    /// The Broker it subscribes to.
+    broker: Addr<Broker>,
+    /// The response body; bounded by `--subscriber-queue`.
+    tx: mpsc::Sender<Bytes>,
+    /// Interval of keep-alive comments.
+    keepalive: Duration,
+}
+
+impl SseSession {
+    /// Creates the session and the body stream it writes to.
+    pub fn new(
+        stream: StreamKey,
+        start: Start,
+        broker: Addr<Broker>,
+        queue: usize,
+        keepalive: Duration,
+    ) -> (Self, impl Stream<Item = Result<Bytes, Infallible>>) {
+        let (tx, mut rx) = mpsc::channel(queue);
+        let session = Self {
+            stream,
+            start: Some(start),
+            id: rand::random(),
+            broker,
+            tx,
+            keepalive,
+        };
+        let body = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|f| f.map(Ok)));
+        (session, body)
+    }
+
+    /// Queues a frame; ends the session if the client is gone or too far behind.
+    fn send(&mut self, frame: Bytes, ctx: &mut Context<Self>) {
+        match self.tx.try_send(frame) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                log::info!("{}: slow consumer disconnected", self.stream);
+                ctx.stop();
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => ctx.stop(),
+        }
+    }
+}
+
+impl Actor for SseSession {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.send(Bytes::from_static(OPENING), ctx);
+        let subscribe = Subscribe {
+            stream: self.stream.clone(),
+            start: self.start.take().expect("started runs once"),
+            subscriber: Subscriber {
+                id: self.id,
+                deliver: ctx.address().recipient(),
+                close: ctx.address().recipient(),
+            },
+        };
+        // `wait` holds back `Deliver`s until the backlog is written: backlog, then live.
+        ctx.wait(
+            self.broker
+                .send(subscribe)
+                .into_actor(self)
+                .map(|reply, session, ctx| {
+                    let Ok(reply) = reply else {
+                        ctx.stop();
+                        return;
+                    };
+                    if let Some(gap) = reply.gap {
+                        let frame = format!(
+                            "event: gap\nid: {}\ndata: {{\"reason\":\"{}\"}}\n\n",
+                            reply.position.cursor(),
+                            gap.reason()
+                        );
+                        session.send(Bytes::from(frame), ctx);
+                    }
+                    for event in reply.backlog {
+                        session.send(event.sse_frame(), ctx);
+                    }
+                }),
+        );
+        ctx.run_interval(self.keepalive, |session, ctx| {
+            session.send(Bytes::from_static(KEEPALIVE), ctx)
+        });
+        // Notice a client that went away even when no event or keep-alive is due.
+        let tx = self.tx.clone();
+        ctx.spawn(
+            async move { tx.closed().await }
+                .into_actor(self)
+                .map(|(), _, ctx| ctx.stop()),
+        );
+    }
+
+    fn stopping(&mut self, _: &mut Self::Context) -> Running {
+        self.broker.do_send(Unsubscribe {
+            stream: self.stream.clone(),
+            id: self.id,
+        });
+        Running::Stop
+    }
+}
+
+impl Handler<Deliver> for SseSession {
+    type Result = ();
+
+    fn handle(&mut self, msg: Deliver, ctx: &mut Self::Context) {
+        self.send(msg.event.sse_frame(), ctx);
+    }
+}
+
+impl Handler<Close> for SseSession {
+    type Result = ();
+
+    fn handle(&mut self, _: Close, ctx: &mut Self::Context) {
+        // A full queue cannot take the hint; the client reconnects on its own default then.
+        let _ = self
+            .tx
+            .try_send(Bytes::from(format!("retry: {DRAIN_RETRY_MS}\n\n")));
+        ctx.stop();
+    }
+}

@@ -1,0 +1,117 @@
+//! Durability behind one trait, and the writer thread that owns the implementation.
+//!
+//! The Broker never touches the store directly: it hands batches to `StoreWriter`, whose
+//! dedicated thread commits whatever has queued up as one transaction (group commit) and
+//! calls each batch's completion from that thread. Nothing here runs on the Broker's or an HTTP
+//! worker's thread.
+
+mod memory;
+
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread;
+
+pub use memory::MemoryStore;
+
+use crate::event::Event;
+
+/// Batches committed together at most; bounds the latency of the first publisher in a group.
+const MAX_GROUP: usize = 1024;
+
+/// Commands queued for the writer before `append` pushes back on the Broker.
+const QUEUE_DEPTH: usize = 64 * 1024;
+
+/// Why the store could not do what was asked. Cloned to every publisher of a failed group.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage failed: {0}")]
+    Backend(Arc<str>),
+    #[error("the store writer has stopped")]
+    Stopped,
+}
+
+/// A durable home for events. Called only from the writer thread.
+pub trait Store: Send + 'static {
+    /// Makes every event of the group durable, all or nothing.
+    fn append(&mut self, events: &[Arc<Event>]) -> Result<(), StoreError>;
+    /// Makes sure everything acknowledged is on disk, for shutdown.
+    fn flush(&mut self) -> Result<(), StoreError>;
+}
+
+/// Called on the writer thread once the batch's group is committed (or failed).
+pub type Done = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
+enum Command {
+    Append { events: Vec<Arc<Event>>, done: Done },
+    Flush { done: Done },
+}
+
+/// The handle through which the Broker reaches the writer thread.
+pub struct StoreWriter {
+    /// Bounded, so a store that cannot keep up slows publishers instead of growing memory.
+    tx: mpsc::SyncSender<Command>,
+}
+
+impl StoreWriter {
+    /// Moves `store` onto its own thread.
+    pub fn spawn(mut store: impl Store) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::sync_channel(QUEUE_DEPTH);
+        thread::Builder::new()
+            .name("herald-store".into())
+            .spawn(move || write_loop(&mut store, rx))?;
+        Ok(Self { tx })
+    }
+
+    /// Queues a batch; `done` runs on the writer thread after the commit.
+    pub fn append(&self, events: Vec<Arc<Event>>, done: Done) {
+        if let Err(mpsc::SendError(cmd)) = self.tx.send(Command::Append { events, done }) {
+            if let Command::Append { done, .. } = cmd {
+                done(Err(StoreError::Stopped));
+            }
+        }
+    }
+
+    /// Runs `done` once everything queued before it is durable.
+    pub fn flush(&self, done: Done) {
+        if let Err(mpsc::SendError(Command::Flush { done })) = self.tx.send(Command::Flush { done })
+        {
+            done(Err(StoreError::Stopped));
+        }
+    }
+}
+
+fn write_loop(store: &mut impl Store, rx: mpsc::Receiver<Command>) {
+    while let Ok(first) = rx.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(cmd) => group.push(cmd),
+                Err(_) => break,
+            }
+        }
+        let events: Vec<Arc<Event>> = group
+            .iter()
+            .filter_map(|cmd| match cmd {
+                Command::Append { events, .. } => Some(events.iter().cloned()),
+                Command::Flush { .. } => None,
+            })
+            .flatten()
+            .collect();
+        let appended = if events.is_empty() {
+            Ok(())
+        } else {
+            store.append(&events)
+        };
+        let flushed = if group.iter().any(|c| matches!(c, Command::Flush { .. })) {
+            store.flush()
+        } else {
+            Ok(())
+        };
+        for cmd in group {
+            match cmd {
+                Command::Append { done, .. } => done(appended.clone()),
+                Command::Flush { done } => done(appended.clone().and(flushed.clone())),
+            }
+        }
+    }
+}
