@@ -70,7 +70,7 @@ async fn subscribe(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse
         .map(str::to_string)
         .or(query.last_event_id)
         .filter(|c| !c.is_empty());
-    let (session, body) = SseSession::new(
+    let (session, subscribed, body) = SseSession::new(
         StreamKey::new(StreamKind::Client, claims.sub),
         Start {
             cursor,
@@ -81,6 +81,9 @@ async fn subscribe(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse
         state.config.sse_keepalive,
     );
     session.start();
+    // If the session died before subscribing, its body is already closed; either way the
+    // response is safe to send.
+    let _ = subscribed.await;
     event_stream_response().streaming(body)
 }
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use bytes::Bytes;
 use futures_util::Stream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::broker::messages::{Close, Deliver, Start, Subscribe, Subscriber, Unsubscribe};
 use crate::broker::Broker;
@@ -24,7 +24,7 @@ use crate::event::StreamKey;
 /// The keep-alive comment. Proxies and browsers drop idle connections without it.
 const KEEPALIVE: &[u8] = b": keep-alive\n\n";
 
-/// Sent first, so the client sees the stream open even before any event.
+/// Sent first, so clients and proxies see bytes flow even before any event.
 const OPENING: &[u8] = b": ok\n\n";
 
 /// Reconnect delay suggested to clients when the server drains, in milliseconds.
@@ -43,6 +43,9 @@ pub struct SseSession {
     tx: mpsc::Sender<Bytes>,
     /// Interval of keep-alive comments.
     keepalive: Duration,
+    /// Fired once the Broker has registered the session, so the handler sends the response
+    /// head only then: a client that sees the stream open cannot miss a later publish.
+    ready: Option<oneshot::Sender<()>>,
 }
 
 impl SseSession {
@@ -53,8 +56,13 @@ impl SseSession {
         broker: Addr<Broker>,
         queue: usize,
         keepalive: Duration,
-    ) -> (Self, impl Stream<Item = Result<Bytes, Infallible>>) {
+    ) -> (
+        Self,
+        oneshot::Receiver<()>,
+        impl Stream<Item = Result<Bytes, Infallible>>,
+    ) {
         let (tx, mut rx) = mpsc::channel(queue);
+        let (ready, subscribed) = oneshot::channel();
         let session = Self {
             stream,
             start: Some(start),
@@ -62,9 +70,10 @@ impl SseSession {
             broker,
             tx,
             keepalive,
+            ready: Some(ready),
         };
         let body = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|f| f.map(Ok)));
-        (session, body)
+        (session, subscribed, body)
     }
 
     /// Queues a frame; ends the session if the client is gone or too far behind.
@@ -114,6 +123,9 @@ impl Actor for SseSession {
                     }
                     for event in reply.backlog {
                         session.send(event.sse_frame(), ctx);
+                    }
+                    if let Some(ready) = session.ready.take() {
+                        let _ = ready.send(());
                     }
                 }),
         );

@@ -64,10 +64,10 @@ impl StoreWriter {
 
     /// Queues a batch; `done` runs on the writer thread after the commit.
     pub fn append(&self, events: Vec<Arc<Event>>, done: Done) {
-        if let Err(mpsc::SendError(cmd)) = self.tx.send(Command::Append { events, done }) {
-            if let Command::Append { done, .. } = cmd {
-                done(Err(StoreError::Stopped));
-            }
+        if let Err(mpsc::SendError(Command::Append { done, .. })) =
+            self.tx.send(Command::Append { events, done })
+        {
+            done(Err(StoreError::Stopped));
         }
     }
 

@@ -1,0 +1,159 @@
+//! The `herald` binary as an operator runs it: start-up refusals, `herald token`, `--dev`,
+//! and the graceful drain on SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use awc::http::StatusCode;
+use serde_json::{json, Value};
+
+use crate::common::*;
+
+fn herald() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+    cmd.env_clear().env("RUST_LOG", "info");
+    cmd
+}
+
+/// A `herald serve` child process; killed if the test ends early.
+struct Served {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `herald serve` on a random port and reads the bound address from its log.
+fn serve(args: &[&str]) -> Served {
+    let mut child = herald()
+        .arg("serve")
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn herald");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(addr) = line.split("listening on http://").nth(1) {
+                let _ = tx.send(addr.trim_end_matches('/').to_string());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(DEADLINE)
+        .expect("server announces its address");
+    Served { child, addr }
+}
+
+#[test]
+fn refuses_to_start_without_a_verification_key() {
+    let out = herald()
+        .args(["serve", "--memory", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {stderr}");
+    assert!(lines[0].contains("--jwt-secret"), "{stderr}");
+    assert!(!stderr.contains("panicked"));
+}
+
+#[test]
+fn help_lists_every_flag_with_its_variable() {
+    let out = herald().args(["serve", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--listen",
+        "HERALD_LISTEN",
+        "--history-size",
+        "[default: 1000]",
+        "--dev",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from:\n{help}");
+    }
+}
+
+#[actix_rt::test]
+async fn dev_mode_keeps_its_secret_and_mints_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_str().unwrap();
+    let srv = serve(&["--dev", "--data-dir", data_dir]);
+    let base = format!("http://{}", srv.addr);
+
+    let mut res = client()
+        .get(format!("{base}/dev/token?sub=ivy&permission=publish"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let token = String::from_utf8(res.body().await.unwrap().to_vec()).unwrap();
+
+    // `herald token` signs with the same kept secret.
+    let out = herald()
+        .args(["token", "--sub", "ivy", "--data-dir", data_dir])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let cli_token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+
+    for t in [&token, &cli_token] {
+        let req = client()
+            .get(format!("{base}/events/client"))
+            .insert_header(("Accept", "text/event-stream"))
+            .bearer_auth(t);
+        let mut sub = SseClient::open(req).await;
+        // Publishing is open in --dev: no credential.
+        let doc = uuid::Uuid::new_v4();
+        let res = client()
+            .post(format!("{base}/events/client/ivy"))
+            .send_json(&json!({"documentId": doc, "status": "PENDING"}))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::ACCEPTED);
+        let event = sub.expect_event().await;
+        let data: Value = serde_json::from_str(&event.data).unwrap();
+        assert_eq!(data["documentId"], doc.to_string());
+    }
+}
+
+#[actix_rt::test]
+async fn sigterm_drains_streams_and_exits_zero() {
+    let mut srv = serve(&["--memory", "--jwt-secret", SECRET]);
+    let base = format!("http://{}", srv.addr);
+    let mut res = client()
+        .get(format!("{base}/events/client"))
+        .insert_header(("Accept", "text/event-stream"))
+        .bearer_auth(token("jack", &[]))
+        .send()
+        .await
+        .unwrap();
+
+    let pid = srv.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+
+    // The stream ends cleanly, with a hint to come back soon.
+    let body = actix_rt::time::timeout(DEADLINE, res.body().limit(1 << 20))
+        .await
+        .expect("stream ends within the deadline")
+        .expect("clean end of body");
+    let body = String::from_utf8(body.to_vec()).unwrap();
+    assert!(body.ends_with("retry: 1000\n\n"), "{body:?}");
+    let status = wait_for("exit", || {
+        let status = srv.child.try_wait().unwrap();
+        async move { status }
+    })
+    .await;
+    assert!(status.success(), "{status:?}");
+}
