@@ -63,6 +63,10 @@ pub struct ServeArgs {
     #[arg(long, env = "HERALD_SUBSCRIBER_QUEUE", default_value_t = 1024)]
     pub subscriber_queue: usize,
 
+    /// Most subscribers connected at once, across SSE, WebSocket and long-poll.
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS", default_value_t = 65_536)]
+    pub max_connections: usize,
+
     /// Largest request body accepted by publishing endpoints, in bytes.
     #[arg(long, env = "HERALD_MAX_BODY", default_value_t = 1024 * 1024)]
     pub max_body: usize,
@@ -97,6 +101,7 @@ pub struct Config {
     pub history_ttl: Duration,
     pub sse_keepalive: Duration,
     pub subscriber_queue: usize,
+    pub max_connections: usize,
     pub max_body: usize,
     pub shutdown_timeout: Duration,
 }
@@ -155,6 +160,7 @@ impl ServeArgs {
             history_ttl: self.history_ttl,
             sse_keepalive: self.sse_keepalive,
             subscriber_queue: self.subscriber_queue,
+            max_connections: self.max_connections,
             max_body: self.max_body,
             shutdown_timeout: self.shutdown_timeout,
         })
@@ -203,6 +209,7 @@ impl Config {
             history_ttl: Duration::from_secs(24 * 3600),
             sse_keepalive: Duration::from_secs(15),
             subscriber_queue: 1024,
+            max_connections: 65_536,
             max_body: 1024 * 1024,
             shutdown_timeout: Duration::from_secs(30),
         }

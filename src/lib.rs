@@ -9,6 +9,7 @@ pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod event;
+pub mod limits;
 pub mod session;
 pub mod store;
 
@@ -80,6 +81,7 @@ pub async fn start(config: Config) -> Result<Herald, StartError> {
     }
     let shutdown_timeout = config.shutdown_timeout.as_secs();
     let state = web::Data::new(AppState {
+        connections: limits::Connections::new(config.max_connections),
         broker,
         config,
         verifier,

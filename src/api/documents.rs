@@ -15,7 +15,7 @@ use crate::broker::messages::{Fallback, Publish, Start};
 use crate::event::{StreamKey, StreamKind};
 use crate::session::sse::SseSession;
 
-/// Browsers back off this long (ms) after an auth error instead of hammering the server.
+/// Browsers back off this long (ms) after an error instead of hammering the server.
 const AUTH_ERROR_RETRY_MS: u32 = 60_000;
 
 /// Longest accepted client id, so stream names stay small.
@@ -63,6 +63,9 @@ async fn subscribe(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse
             }
         },
     };
+    let Some(permit) = state.connections.try_acquire() else {
+        return sse_error("connection_limit_reached");
+    };
     let cursor = req
         .headers()
         .get("last-event-id")
@@ -79,6 +82,7 @@ async fn subscribe(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse
         state.broker.clone(),
         state.config.subscriber_queue,
         state.config.sse_keepalive,
+        permit,
     );
     session.start();
     // If the session died before subscribing, its body is already closed; either way the
@@ -97,7 +101,8 @@ fn event_stream_response() -> actix_web::HttpResponseBuilder {
     builder
 }
 
-/// A one-event stream carrying an auth error, then the end of the body.
+/// A one-event stream carrying an error, then the end of the body. The long `retry` keeps
+/// browsers from hammering a server that refused them.
 fn sse_error(code: &str) -> HttpResponse {
     event_stream_response().body(format!(
         "retry: {AUTH_ERROR_RETRY_MS}\nevent: error\ndata: {{\"error\":\"{code}\"}}\n\n"

@@ -5,6 +5,7 @@ pub mod documents;
 pub mod ops;
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use actix::Addr;
 use actix_web::{web, HttpRequest};
@@ -13,6 +14,7 @@ use futures_util::StreamExt;
 use crate::auth::{self, Verifier};
 use crate::broker::Broker;
 use crate::config::Config;
+use crate::limits::Connections;
 
 /// Everything a handler may reach, handed out through `web::Data`.
 pub struct AppState {
@@ -24,6 +26,8 @@ pub struct AppState {
     pub verifier: Verifier,
     /// Set when a graceful shutdown begins; `/health` turns 503.
     pub draining: AtomicBool,
+    /// Connected subscribers, against `--max-connections`.
+    pub connections: Arc<Connections>,
 }
 
 impl AppState {

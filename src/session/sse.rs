@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::broker::messages::{Close, Deliver, Start, Subscribe, Subscriber, Unsubscribe};
 use crate::broker::Broker;
 use crate::event::StreamKey;
+use crate::limits::Permit;
 
 /// The keep-alive comment. Proxies and browsers drop idle connections without it.
 const KEEPALIVE: &[u8] = b": keep-alive\n\n";
@@ -46,6 +47,8 @@ pub struct SseSession {
     /// Fired once the Broker has registered the session, so the handler sends the response
     /// head only then: a client that sees the stream open cannot miss a later publish.
     ready: Option<oneshot::Sender<()>>,
+    /// This subscriber's place under `--max-connections`, released when the session ends.
+    _permit: Permit,
 }
 
 impl SseSession {
@@ -56,6 +59,7 @@ impl SseSession {
         broker: Addr<Broker>,
         queue: usize,
         keepalive: Duration,
+        permit: Permit,
     ) -> (
         Self,
         oneshot::Receiver<()>,
@@ -71,6 +75,7 @@ impl SseSession {
             tx,
             keepalive,
             ready: Some(ready),
+            _permit: permit,
         };
         let body = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|f| f.map(Ok)));
         (session, subscribed, body)

@@ -396,3 +396,22 @@ async fn shutdown_ends_streams_and_health_reports_it() {
     srv.herald.take().unwrap().shutdown().await;
     assert!(sub.next().await.is_none(), "the stream ends on shutdown");
 }
+
+#[actix_rt::test]
+async fn the_connection_limit_is_an_embedded_error() {
+    let srv = TestServer::start_with(|c| c.max_connections = 2).await;
+    let t = token("lee", &[]);
+    let first = srv.subscribe(&t, &[]).await;
+    let _second = srv.subscribe(&t, &[]).await;
+    expect_error(srv.subscribe(&t, &[]).await, "connection_limit_reached").await;
+    // A place frees up when a subscriber leaves.
+    drop(first);
+    let mut again = wait_for("a free place", || async {
+        let mut c = srv.subscribe(&t, &[]).await;
+        let id = srv.publish_status("lee", "PENDING").await;
+        let e = c.expect_event().await;
+        (e.event != "error" && e.id == id).then_some(c)
+    })
+    .await;
+    again.expect_silence(Duration::from_millis(50)).await;
+}

@@ -1,0 +1,64 @@
+//! Server-wide connection accounting for `--max-connections`: every streaming or waiting
+//! subscriber (SSE, WebSocket, long-poll) holds a `Permit` for as long as it is connected.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// Counts connected subscribers across faces.
+#[derive(Debug)]
+pub struct Connections {
+    /// Most subscribers at once.
+    max: usize,
+    /// Subscribers connected now.
+    current: AtomicUsize,
+}
+
+impl Connections {
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max,
+            current: AtomicUsize::new(0),
+        })
+    }
+
+    /// A permit for one more subscriber, or `None` at the limit.
+    pub fn try_acquire(self: &Arc<Self>) -> Option<Permit> {
+        self.current
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Permit(self.clone()))
+    }
+
+    /// Subscribers connected now.
+    pub fn current(&self) -> usize {
+        self.current.load(Ordering::Acquire)
+    }
+}
+
+/// One connected subscriber; releases its place when dropped.
+#[derive(Debug)]
+pub struct Permit(Arc<Connections>);
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.0.current.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permits_are_counted_and_released() {
+        let c = Connections::new(2);
+        let a = c.try_acquire().unwrap();
+        let _b = c.try_acquire().unwrap();
+        assert!(c.try_acquire().is_none());
+        drop(a);
+        assert_eq!(c.current(), 1);
+        assert!(c.try_acquire().is_some());
+    }
+}
