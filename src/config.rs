@@ -74,6 +74,23 @@ pub struct ServeArgs {
     /// How long a graceful shutdown may take before connections are cut.
     #[arg(long, env = "HERALD_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
+
+    /// Limit of one webhook attempt, from connecting to the end of the answer.
+    #[arg(long, env = "HERALD_WEBHOOK_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub webhook_timeout: Duration,
+
+    /// Delays before each retry of a failed webhook delivery (jittered by up to 20%); after
+    /// the last one the delivery is given up.
+    #[arg(long, env = "HERALD_WEBHOOK_RETRY_SCHEDULE", default_value = crate::webhook::retry::DEFAULT_SCHEDULE)]
+    pub webhook_retry_schedule: String,
+
+    /// Let webhooks target loopback, private and other non-public addresses (implied by --dev).
+    #[arg(long, env = "HERALD_WEBHOOK_ALLOW_PRIVATE")]
+    pub webhook_allow_private: bool,
+
+    /// Require a publisher credential on the dashboard endpoints (open by default).
+    #[arg(long, env = "HERALD_DASHBOARD_AUTH")]
+    pub dashboard_auth: bool,
 }
 
 /// How subscriber and publisher tokens are verified.
@@ -104,6 +121,11 @@ pub struct Config {
     pub max_connections: usize,
     pub max_body: usize,
     pub shutdown_timeout: Duration,
+    pub webhook_timeout: Duration,
+    /// Parsed `--webhook-retry-schedule`.
+    pub webhook_retry_schedule: Vec<Duration>,
+    pub webhook_allow_private: bool,
+    pub dashboard_auth: bool,
 }
 
 /// Why a configuration cannot be used; each message says which flag to change.
@@ -115,6 +137,8 @@ pub enum ConfigError {
     HistorySize,
     #[error("--subscriber-queue must be at least 1")]
     SubscriberQueue,
+    #[error("--webhook-retry-schedule: {0}")]
+    RetrySchedule(#[from] crate::webhook::retry::ScheduleError),
     #[error("cannot keep the dev JWT secret in {path}: {source}")]
     DevSecret {
         path: PathBuf,
@@ -131,6 +155,8 @@ impl ServeArgs {
         if self.subscriber_queue == 0 {
             return Err(ConfigError::SubscriberQueue);
         }
+        let webhook_retry_schedule =
+            crate::webhook::retry::parse_schedule(&self.webhook_retry_schedule)?;
         let mut listen = self.listen;
         if self.dev && !listen.ip().is_loopback() {
             log::warn!(
@@ -163,6 +189,10 @@ impl ServeArgs {
             max_connections: self.max_connections,
             max_body: self.max_body,
             shutdown_timeout: self.shutdown_timeout,
+            webhook_timeout: self.webhook_timeout,
+            webhook_retry_schedule,
+            webhook_allow_private: self.webhook_allow_private,
+            dashboard_auth: self.dashboard_auth,
         })
     }
 }
@@ -212,6 +242,13 @@ impl Config {
             max_connections: 65_536,
             max_body: 1024 * 1024,
             shutdown_timeout: Duration::from_secs(30),
+            webhook_timeout: Duration::from_secs(10),
+            webhook_retry_schedule: crate::webhook::retry::parse_schedule(
+                crate::webhook::retry::DEFAULT_SCHEDULE,
+            )
+            .expect("the default schedule parses"),
+            webhook_allow_private: false,
+            dashboard_auth: false,
         }
     }
 }

@@ -8,10 +8,12 @@ pub mod api;
 pub mod auth;
 pub mod broker;
 pub mod config;
+pub mod dashboard;
 pub mod event;
 pub mod limits;
 pub mod session;
 pub mod store;
+pub mod webhook;
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,10 +23,11 @@ use actix_web::{dev::ServerHandle, web, App, HttpServer};
 
 use api::AppState;
 use broker::history::Retention;
-use broker::messages::{Drain, Flush};
+use broker::messages::{Drain, Flush, WatchKind};
 use broker::Broker;
 pub use config::Config;
 use store::{MemoryStore, StoreWriter};
+use webhook::{DispatcherSettings, WebhookDispatcher, WebhookState};
 
 /// Why the server could not start. Each message names what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +55,8 @@ pub struct Herald {
     state: web::Data<AppState>,
     /// Keeps the Broker's thread alive for the server's lifetime.
     _broker_thread: Arbiter,
+    /// Keeps the WebhookDispatcher's thread alive for the server's lifetime.
+    _webhook_thread: Arbiter,
 }
 
 /// Starts the Broker, the store writer and the HTTP server. Must run inside an actix system.
@@ -67,6 +72,31 @@ pub async fn start(config: Config) -> Result<Herald, StartError> {
     let broker: Addr<Broker> = Broker::start_in_arbiter(&broker_thread.handle(), move |_| {
         Broker::new(store, retention)
     });
+
+    // Webhook delivery gets a thread of its own too: its outbound HTTP never competes with
+    // fan-out or with the HTTP workers.
+    let webhook_thread = Arbiter::new();
+    let settings = DispatcherSettings {
+        timeout: config.webhook_timeout,
+        schedule: config.webhook_retry_schedule.clone(),
+        allow_private: config.dev || config.webhook_allow_private,
+    };
+    let webhooks: Addr<WebhookDispatcher> =
+        WebhookDispatcher::start_in_arbiter(&webhook_thread.handle(), move |_| {
+            WebhookDispatcher::new(settings, WebhookState::default())
+        });
+    // Registered before the server accepts requests, so no dashboard event precedes it.
+    if broker
+        .send(WatchKind {
+            kind: event::StreamKind::Country,
+            deliver: webhooks.clone().recipient(),
+        })
+        .await
+        .is_err()
+    {
+        log::error!("broker stopped before the webhook dispatcher could watch it");
+    }
+    let registry = dashboard::Registry::new(broker.clone(), Vec::new()).start();
 
     let listener = TcpListener::bind(config.listen).map_err(|source| StartError::Listen {
         addr: config.listen,
@@ -86,6 +116,10 @@ pub async fn start(config: Config) -> Result<Herald, StartError> {
         config,
         verifier,
         draining: AtomicBool::new(false),
+        registry,
+        webhooks,
+        started: std::time::Instant::now(),
+        dev_sink: api::dashboard::dev_sink::DevSink::default(),
     });
     let app_state = state.clone();
     let server = HttpServer::new(move || {
@@ -107,6 +141,7 @@ pub async fn start(config: Config) -> Result<Herald, StartError> {
         served: actix_web::rt::spawn(server),
         state,
         _broker_thread: broker_thread,
+        _webhook_thread: webhook_thread,
     })
 }
 

@@ -1,6 +1,7 @@
 //! The HTTP faces, one module each, merged into one app in `configure`; plus the pieces every
 //! face needs: the shared state handlers receive, bounded body reading, publisher checks.
 
+pub mod dashboard;
 pub mod documents;
 pub mod ops;
 
@@ -28,6 +29,14 @@ pub struct AppState {
     pub draining: AtomicBool,
     /// Connected subscribers, against `--max-connections`.
     pub connections: Arc<Connections>,
+    /// Owner of the dashboard registrations.
+    pub registry: Addr<crate::dashboard::Registry>,
+    /// Owner of webhook subscriptions and deliveries.
+    pub webhooks: Addr<crate::webhook::WebhookDispatcher>,
+    /// When the server started, for `/dashboard/v1/status`.
+    pub started: std::time::Instant,
+    /// What `/dev/webhook-sink` received (`--dev` only).
+    pub dev_sink: dashboard::dev_sink::DevSink,
 }
 
 impl AppState {
@@ -39,6 +48,7 @@ impl AppState {
 /// Registers every face's routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     documents::configure(cfg);
+    dashboard::configure(cfg);
     ops::configure(cfg);
 }
 

@@ -8,7 +8,7 @@ use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
 use super::history::Gap;
-use crate::event::{Event, Position, StreamKey};
+use crate::event::{Event, Position, StreamKey, StreamKind};
 use crate::store::StoreError;
 
 /// Appends events to one stream. Answered only after the events are durable, with the events
@@ -141,3 +141,14 @@ pub struct Drain;
 #[derive(Message)]
 #[rtype(result = "Result<(), StoreError>")]
 pub struct Flush;
+
+/// Registers a recipient for every committed event of every stream of one kind, whatever the
+/// stream's id (the WebhookDispatcher watches all `country:` streams this way).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WatchKind {
+    /// The kind of stream to watch.
+    pub kind: StreamKind,
+    /// Receives each committed event once, after the stream's own subscribers.
+    pub deliver: Recipient<Deliver>,
+}

@@ -4,6 +4,7 @@
 //! Handles `Publish` (assigns positions, hands the batch to the store writer), `Committed`
 //! (appends to history, fans out `Deliver` to subscribers, acks the publisher), `Subscribe` /
 //! `Unsubscribe`, and `Drain`. Sends `Deliver` and `Close` to sessions.
+//! `WatchKind` registers a recipient (the WebhookDispatcher) for every stream of one kind.
 //!
 //! Subscribers see an event only after the store has committed it, so nothing a subscriber
 //! saw can be lost by a crash.
@@ -18,7 +19,7 @@ use std::time::{Duration, SystemTime};
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
-use crate::event::{Event, Position, StreamKey};
+use crate::event::{Event, Position, StreamKey, StreamKind};
 use crate::store::{StoreError, StoreWriter};
 use history::{Gap, History, Retention};
 use messages::*;
@@ -47,6 +48,8 @@ pub struct Broker {
     retention: Retention,
     /// Set by `Drain`: sessions that subscribe from now on are closed at once.
     draining: bool,
+    /// Recipients of every committed event of a kind of stream (`WatchKind`).
+    watchers: HashMap<StreamKind, Vec<Recipient<Deliver>>>,
 }
 
 impl Broker {
@@ -56,6 +59,7 @@ impl Broker {
             store,
             retention,
             draining: false,
+            watchers: HashMap::new(),
         }
     }
 
@@ -131,11 +135,17 @@ impl Handler<Committed> for Broker {
         };
         let now = SystemTime::now();
         let retention = self.retention;
+        let watchers = self.watchers.get(&first.stream.kind).cloned();
         let state = self.stream_mut(&first.stream.clone());
         for event in &msg.events {
             state.history.push(event.clone(), retention, now);
             for subscriber in state.subscribers.values() {
                 subscriber.deliver.do_send(Deliver {
+                    event: event.clone(),
+                });
+            }
+            for watcher in watchers.iter().flatten() {
+                watcher.do_send(Deliver {
                     event: event.clone(),
                 });
             }
@@ -215,5 +225,13 @@ impl Handler<Flush> for Broker {
             let _ = done.send(result);
         }));
         Box::pin(async move { flushed.await.unwrap_or(Err(StoreError::Stopped)) })
+    }
+}
+
+impl Handler<WatchKind> for Broker {
+    type Result = ();
+
+    fn handle(&mut self, msg: WatchKind, _: &mut Self::Context) {
+        self.watchers.entry(msg.kind).or_default().push(msg.deliver);
     }
 }

@@ -1,0 +1,134 @@
+//! `/dev/webhook-sink` (`--dev` only): a webhook receiver built into the server, so the demo
+//! page can subscribe a webhook and show what arrived without any other program.
+//!
+//! `POST` records the delivery (headers, body, whether the signature verifies with the
+//! subscription's secret) and answers `?status=` (default 200), so retries and 410 can be
+//! tried out; `GET` lists what arrived, newest first; `DELETE` forgets it.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::api::AppState;
+use crate::dashboard::registration::rfc3339;
+use crate::webhook::messages::GetSubscription;
+use crate::webhook::signing;
+
+/// Deliveries kept; the oldest are dropped first.
+const KEPT: usize = 200;
+
+/// Largest delivery recorded, in bytes.
+const MAX_BODY: usize = 64 * 1024;
+
+/// What the sink received. A plain mutex: handlers on every worker write to it, briefly.
+#[derive(Debug, Default)]
+pub struct DevSink {
+    received: Mutex<VecDeque<Value>>,
+}
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/dev/webhook-sink")
+            .route(web::get().to(list))
+            .route(web::post().to(receive))
+            .route(web::delete().to(clear)),
+    );
+}
+
+#[derive(Deserialize)]
+struct Answer {
+    status: Option<u16>,
+}
+
+fn not_dev() -> HttpResponse {
+    HttpResponse::NotFound().json(json!({"error": "only in --dev"}))
+}
+
+async fn receive(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>) -> HttpResponse {
+    if !state.config.dev {
+        return not_dev();
+    }
+    let status = web::Query::<Answer>::from_query(req.query_string())
+        .ok()
+        .and_then(|q| q.status)
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(StatusCode::OK);
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let (id, timestamp, signature) = (
+        header("webhook-id"),
+        header("webhook-timestamp"),
+        header("webhook-signature"),
+    );
+    let text = String::from_utf8_lossy(&body[..body.len().min(MAX_BODY)]).to_string();
+    let parsed: Value = serde_json::from_str(&text).unwrap_or(Value::String(text.clone()));
+    let verified = match parsed.get("id").and_then(Value::as_str) {
+        Some(sub) => {
+            let secret = state
+                .webhooks
+                .send(GetSubscription {
+                    id: sub.to_string(),
+                })
+                .await
+                .ok()
+                .flatten()
+                .map(|s| s.secret);
+            match (secret, timestamp.parse::<i64>()) {
+                (Some(secret), Ok(ts)) => signing::secret_key(&secret)
+                    .ok()
+                    .map(|key| signing::sign(&key, &id, ts, &text) == signature),
+                _ => None,
+            }
+        }
+        None => None,
+    };
+    let record = json!({
+        "received": rfc3339(SystemTime::now()),
+        "webhookId": id,
+        "webhookTimestamp": timestamp,
+        "webhookSignature": signature,
+        "verified": verified,
+        "body": parsed,
+        "answered": status.as_u16(),
+    });
+    if let Ok(mut received) = state.dev_sink.received.lock() {
+        if received.len() >= KEPT {
+            received.pop_back();
+        }
+        received.push_front(record);
+    }
+    HttpResponse::build(status).finish()
+}
+
+async fn list(state: web::Data<AppState>) -> HttpResponse {
+    if !state.config.dev {
+        return not_dev();
+    }
+    let received: Vec<Value> = state
+        .dev_sink
+        .received
+        .lock()
+        .map(|r| r.iter().cloned().collect())
+        .unwrap_or_default();
+    HttpResponse::Ok().json(received)
+}
+
+async fn clear(state: web::Data<AppState>) -> HttpResponse {
+    if !state.config.dev {
+        return not_dev();
+    }
+    if let Ok(mut received) = state.dev_sink.received.lock() {
+        received.clear();
+    }
+    HttpResponse::NoContent().finish()
+}

@@ -1,0 +1,276 @@
+//! Webhook subscriptions of the dashboard face: `/dashboard/v1/notifications`.
+//!
+//! Bodies are validated here (keys case-insensitive, every missing field named, every other
+//! problem blamed on its field), targets are checked against the address policy, and the
+//! `WebhookDispatcher` keeps the rest.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::{json, Map, Value};
+use url::Url;
+
+use super::{authorize, read_json, DashboardError};
+use crate::api::AppState;
+use crate::dashboard::registration::rfc3339;
+use crate::webhook::address_policy;
+use crate::webhook::messages::{
+    CreateSubscription, DeleteSubscription, GetSubscription, ListAttempts, ListSubscriptions,
+};
+use crate::webhook::{Attempt, EventKind, Subscription};
+
+/// Longest accepted webhook URL.
+const MAX_URL: usize = 2048;
+
+/// The subscription body's fields, in the order missing ones are named.
+const FIELDS: [&str; 3] = ["url", "country", "event"];
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    for path in [
+        "/dashboard/v1/notifications",
+        "/dashboard/v1/notifications/",
+    ] {
+        cfg.service(
+            web::resource(path)
+                .route(web::get().to(list))
+                .route(web::post().to(create)),
+        );
+    }
+    cfg.service(
+        web::resource("/dashboard/v1/notifications/{id}")
+            .route(web::get().to(get))
+            .route(web::delete().to(delete)),
+    )
+    .route(
+        "/dashboard/v1/notifications/{id}/deliveries",
+        web::get().to(deliveries),
+    );
+}
+
+/// A validated subscription body.
+#[derive(Debug, PartialEq, Eq)]
+pub struct NewSubscription {
+    pub url: Url,
+    pub country: String,
+    pub event: EventKind,
+}
+
+/// Validates a subscription body; keys match case-insensitively (`Url`, `URL`, `url`).
+pub fn parse(body: &Value) -> Result<NewSubscription, DashboardError> {
+    let Value::Object(obj) = body else {
+        return Err(DashboardError::invalid("body", "expected a JSON object"));
+    };
+    let mut fields: Map<String, Value> = Map::new();
+    for (key, value) in obj {
+        let name = key.to_ascii_lowercase();
+        if !FIELDS.contains(&name.as_str()) {
+            return Err(DashboardError::invalid(key, "unknown field"));
+        }
+        if fields.insert(name.clone(), value.clone()).is_some() {
+            return Err(DashboardError::invalid(name, "given more than once"));
+        }
+    }
+    let missing: Vec<&str> = FIELDS
+        .into_iter()
+        .filter(|f| !fields.contains_key(*f))
+        .collect();
+    if !missing.is_empty() {
+        return Err(DashboardError::missing(&missing));
+    }
+    let text = |name: &str| match &fields[name] {
+        Value::String(s) => Ok(s.trim()),
+        _ => Err(DashboardError::invalid(name, "must be a string")),
+    };
+    let url = parse_url(text("url")?)?;
+    let country = text("country")?;
+    let valid_country = country.is_empty()
+        || (country.len() == 2
+            && country.bytes().all(|b| b.is_ascii_uppercase())
+            && isocountry::CountryCode::for_alpha2(country).is_ok());
+    if !valid_country {
+        return Err(DashboardError::invalid(
+            "country",
+            "must be an upper-case ISO 3166 alpha-2 code, or empty for every country",
+        ));
+    }
+    let event = EventKind::parse(text("event")?).ok_or_else(|| {
+        DashboardError::invalid("event", "must be one of REGISTER, CHANGE, DELETE, INVOKE")
+    })?;
+    Ok(NewSubscription {
+        url,
+        country: country.to_string(),
+        event,
+    })
+}
+
+fn parse_url(s: &str) -> Result<Url, DashboardError> {
+    let bad = |why: &str| DashboardError::invalid("url", why);
+    if s.len() > MAX_URL {
+        return Err(bad(&format!("must be at most {MAX_URL} characters")));
+    }
+    let url = Url::parse(s).map_err(|_| bad("must be an absolute http or https URL"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(bad("must be an absolute http or https URL"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(bad("must not contain credentials"));
+    }
+    Ok(url)
+}
+
+/// The wire form of a subscription. The secret is shown only once, at creation.
+fn subscription_json(s: &Subscription) -> Value {
+    json!({
+        "id": s.id,
+        "url": s.url,
+        "country": s.country,
+        "event": s.event,
+        "disabled": s.disabled,
+    })
+}
+
+fn attempt_json(a: &Attempt) -> Value {
+    json!({
+        "webhookId": a.webhook_id,
+        "attempt": a.attempt,
+        "event": a.event,
+        "country": a.country,
+        "time": rfc3339(a.time),
+        "status": a.status,
+        "error": a.error,
+        "durationMs": a.duration.as_millis() as u64,
+        "outcome": a.outcome,
+    })
+}
+
+async fn create(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, DashboardError> {
+    authorize(&req, &state)?;
+    let new = parse(&read_json(payload, &state).await?)?;
+    if !(state.config.dev || state.config.webhook_allow_private) {
+        address_policy::check_url(&new.url)
+            .await
+            .map_err(|e| DashboardError::invalid("url", e.to_string()))?;
+    }
+    let created = state
+        .webhooks
+        .send(CreateSubscription {
+            url: new.url.to_string(),
+            country: new.country,
+            event: new.event,
+        })
+        .await?;
+    Ok(HttpResponse::Created()
+        .insert_header((
+            actix_web::http::header::LOCATION,
+            format!("/dashboard/v1/notifications/{}", created.id),
+        ))
+        .json(json!({"id": created.id, "secret": created.secret})))
+}
+
+async fn list(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, DashboardError> {
+    authorize(&req, &state)?;
+    let all = state.webhooks.send(ListSubscriptions).await?;
+    Ok(HttpResponse::Ok().json(all.iter().map(subscription_json).collect::<Vec<_>>()))
+}
+
+async fn get(
+    req: HttpRequest,
+    id: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, DashboardError> {
+    authorize(&req, &state)?;
+    let id = id.into_inner();
+    match state.webhooks.send(GetSubscription { id }).await? {
+        Some(s) => Ok(HttpResponse::Ok().json(subscription_json(&s))),
+        None => Err(DashboardError::not_found("notification")),
+    }
+}
+
+async fn delete(
+    req: HttpRequest,
+    id: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, DashboardError> {
+    authorize(&req, &state)?;
+    let id = id.into_inner();
+    state.webhooks.send(DeleteSubscription { id }).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+async fn deliveries(
+    req: HttpRequest,
+    id: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, DashboardError> {
+    authorize(&req, &state)?;
+    let subscription = id.into_inner();
+    match state.webhooks.send(ListAttempts { subscription }).await? {
+        Some(attempts) => {
+            Ok(HttpResponse::Ok().json(attempts.iter().map(attempt_json).collect::<Vec<_>>()))
+        }
+        None => Err(DashboardError::not_found("notification")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(body: Value) -> (Option<String>, String) {
+        let e = parse(&body).unwrap_err();
+        (e.field, e.error)
+    }
+
+    #[test]
+    fn keys_match_case_insensitively() {
+        let sub = parse(&json!({"Url": "https://x.test/h", "COUNTRY": "NO", "event": "REGISTER"}))
+            .unwrap();
+        assert_eq!(sub.url.as_str(), "https://x.test/h");
+        assert_eq!(
+            (sub.country.as_str(), sub.event),
+            ("NO", EventKind::Register)
+        );
+        let all = parse(&json!({"url": "http://x.test", "country": "", "event": "INVOKE"}));
+        assert_eq!(all.unwrap().country, "");
+    }
+
+    #[test]
+    fn names_every_missing_field() {
+        assert_eq!(
+            error(json!({"country": "NO"})),
+            (None, "missing field(s): url, event".to_string())
+        );
+        assert_eq!(error(json!({})).1, "missing field(s): url, country, event");
+    }
+
+    #[test]
+    fn blames_the_field() {
+        let ok = json!({"url": "https://x.test/h", "country": "NO", "event": "CHANGE"});
+        let with = |key: &str, value: Value| {
+            let mut body = ok.clone();
+            body[key] = value;
+            error(body).0
+        };
+        let url = Some("url".to_string());
+        assert_eq!(with("url", json!("/relative")), url);
+        assert_eq!(with("url", json!("ftp://x.test/")), url);
+        assert_eq!(with("url", json!("mailto:a@x.test")), url);
+        assert_eq!(with("url", json!("https://u:p@x.test/")), url);
+        assert_eq!(with("url", json!(7)), url);
+        assert_eq!(with("country", json!("no")), Some("country".into()));
+        assert_eq!(with("country", json!("XX")), Some("country".into()));
+        assert_eq!(with("country", json!("NOR")), Some("country".into()));
+        assert_eq!(with("country", json!(null)), Some("country".into()));
+        assert_eq!(with("event", json!("register")), Some("event".into()));
+        assert_eq!(with("event", json!(["REGISTER"])), Some("event".into()));
+        assert_eq!(with("extra", json!(1)), Some("extra".into()));
+        let twice = json!({"url": "https://x.test", "URL": "https://y.test", "country": "", "event": "CHANGE"});
+        assert_eq!(error(twice).0, url);
+        assert_eq!(error(json!([ok])).0, Some("body".into()));
+    }
+}

@@ -1,0 +1,434 @@
+//! The WebhookDispatcher actor: owns webhook subscriptions, the queue of pending deliveries
+//! and the attempt log.
+//!
+//! Handles `Deliver` (a committed dashboard event from the Broker, which it watches for every
+//! `country:` stream) and the subscription messages of `messages.rs`. For each event it creates
+//! one delivery per matching subscription and POSTs it with `awc`. Attempts run as spawned
+//! futures, never `ctx.wait`, so one endpoint that hangs until its timeout delays no other;
+//! retries are `ctx.run_later` timers. Every attempt is logged; 2xx ends a delivery, 410
+//! disables the subscription, anything else is retried on the schedule and then given up.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use actix::prelude::*;
+use url::Url;
+
+use super::messages::*;
+use super::{
+    address_policy, retry, signing, Attempt, DashboardEvent, DispatcherSettings, Outcome,
+    PendingDelivery, Subscription, WebhookState,
+};
+use crate::broker::messages::Deliver;
+
+/// Attempts kept per subscription for `.../deliveries`; older ones are dropped first.
+const ATTEMPTS_KEPT: usize = 1000;
+
+/// Connections open at once across all endpoints: high enough that endpoints hanging until
+/// their timeout cannot starve healthy ones.
+const MAX_CONNECTIONS: usize = 4096;
+
+/// Bytes of an endpoint's answer read (and discarded) so that the connection can be reused.
+const ANSWER_LIMIT: usize = 64 * 1024;
+
+/// Why an attempt got no usable answer. Stored in the attempt log as text.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error("target refused: {0}")]
+    Policy(#[from] address_policy::PolicyError),
+    #[error("subscription secret unusable: {0}")]
+    Secret(#[from] signing::SecretError),
+    #[error("request failed: {0}")]
+    Send(String),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// What an attempt brought back.
+struct Answer {
+    started: SystemTime,
+    duration: Duration,
+    result: Result<u16, DeliveryError>,
+}
+
+/// Everything an attempt needs, moved into its future.
+struct Request {
+    url: String,
+    secret: String,
+    msg_id: String,
+    body: String,
+}
+
+pub struct WebhookDispatcher {
+    /// Subscriptions by id.
+    subscriptions: HashMap<String, Subscription>,
+    /// Deliveries not yet delivered or given up, by `webhook-id`.
+    pending: HashMap<String, PendingDelivery>,
+    /// Attempt log per subscription, oldest first, at most `ATTEMPTS_KEPT` each.
+    attempts: HashMap<String, VecDeque<Attempt>>,
+    /// Deliveries with an attempt under way, so a timer never starts a second one.
+    in_flight: HashSet<String>,
+    /// Timeout, retry schedule, address policy.
+    settings: DispatcherSettings,
+    /// Made in `started`: an awc client belongs to the thread that made it.
+    client: Option<awc::Client>,
+}
+
+impl WebhookDispatcher {
+    /// A dispatcher that resumes from `state` (empty for a fresh server, or loaded from a
+    /// store); pending deliveries are attempted when they are due.
+    pub fn new(settings: DispatcherSettings, state: WebhookState) -> Self {
+        let mut attempts: HashMap<String, VecDeque<Attempt>> = HashMap::new();
+        for attempt in state.attempts {
+            attempts
+                .entry(attempt.subscription.clone())
+                .or_default()
+                .push_back(attempt);
+        }
+        Self {
+            subscriptions: state
+                .subscriptions
+                .into_iter()
+                .map(|s| (s.id.clone(), s))
+                .collect(),
+            pending: state
+                .pending
+                .into_iter()
+                .map(|d| (d.id.clone(), d))
+                .collect(),
+            attempts,
+            in_flight: HashSet::new(),
+            settings,
+            client: None,
+        }
+    }
+
+    fn build_client(&self) -> awc::Client {
+        let connector = awc::Connector::new()
+            .timeout(self.settings.timeout)
+            .limit(MAX_CONNECTIONS);
+        let builder = awc::Client::builder()
+            .timeout(self.settings.timeout)
+            // A redirect is an answer like any other non-2xx; following it could lead
+            // anywhere, including where the address policy forbids.
+            .disable_redirects();
+        if self.settings.allow_private {
+            builder.connector(connector).finish()
+        } else {
+            let resolver = actix_tls::connect::Resolver::custom(address_policy::PublicOnlyResolver);
+            let tcp = actix_tls::connect::Connector::new(resolver).service();
+            builder.connector(connector.connector(tcp)).finish()
+        }
+    }
+
+    /// Creates one delivery per matching subscription and starts its first attempt.
+    fn dispatch(&mut self, event: DashboardEvent, at: SystemTime, ctx: &mut Context<Self>) {
+        let time = humantime::format_rfc3339_millis(at).to_string();
+        let targets: Vec<&Subscription> = self
+            .subscriptions
+            .values()
+            .filter(|s| s.matches(event.event, &event.country))
+            .collect();
+        let mut started = Vec::with_capacity(targets.len());
+        for subscription in targets {
+            let body = serde_json::json!({
+                "id": subscription.id,
+                "country": event.country,
+                "event": event.event,
+                "time": time,
+            });
+            let delivery = PendingDelivery {
+                id: format!("msg_{}", uuid::Uuid::new_v4().simple()),
+                subscription: subscription.id.clone(),
+                event: event.event,
+                country: event.country.clone(),
+                body: body.to_string(),
+                attempts: 0,
+                next_attempt: SystemTime::now(),
+            };
+            started.push(delivery.id.clone());
+            self.pending.insert(delivery.id.clone(), delivery);
+        }
+        for id in started {
+            self.attempt(id, ctx);
+        }
+    }
+
+    /// Starts an attempt of a pending delivery, unless it is gone, already under way, or its
+    /// subscription was deleted or disabled meanwhile.
+    fn attempt(&mut self, id: String, ctx: &mut Context<Self>) {
+        let Some(delivery) = self.pending.get(&id) else {
+            return;
+        };
+        let Some(subscription) = self
+            .subscriptions
+            .get(&delivery.subscription)
+            .filter(|s| !s.disabled)
+        else {
+            self.pending.remove(&id);
+            return;
+        };
+        if !self.in_flight.insert(id.clone()) {
+            return;
+        }
+        let request = Request {
+            url: subscription.url.clone(),
+            secret: subscription.secret.clone(),
+            msg_id: delivery.id.clone(),
+            body: delivery.body.clone(),
+        };
+        let client = match &self.client {
+            Some(client) => client.clone(),
+            None => {
+                let client = self.build_client();
+                self.client = Some(client.clone());
+                client
+            }
+        };
+        let (timeout, allow_private) = (self.settings.timeout, self.settings.allow_private);
+        ctx.spawn(
+            post(client, request, timeout, allow_private)
+                .into_actor(self)
+                .map(move |answer, dispatcher, ctx| dispatcher.finished(id, answer, ctx)),
+        );
+    }
+
+    /// Records an attempt and decides what happens to its delivery.
+    fn finished(&mut self, id: String, answer: Answer, ctx: &mut Context<Self>) {
+        self.in_flight.remove(&id);
+        let Some(delivery) = self.pending.get_mut(&id) else {
+            return;
+        };
+        let Some(subscription) = self.subscriptions.get_mut(&delivery.subscription) else {
+            // Deleted while the attempt was under way: nothing more is owed to it.
+            self.pending.remove(&id);
+            return;
+        };
+        delivery.attempts += 1;
+        let number = delivery.attempts;
+        let (status, error) = match answer.result {
+            Ok(status) => (Some(status), None),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        let outcome = match status {
+            Some(200..=299) => Outcome::Succeeded,
+            Some(410) => Outcome::Disabled,
+            _ => match retry::next_delay_jittered(&self.settings.schedule, number as usize) {
+                Some(delay) => {
+                    delivery.next_attempt = SystemTime::now() + delay;
+                    let retry_id = id.clone();
+                    ctx.run_later(delay, move |dispatcher, ctx| {
+                        dispatcher.attempt(retry_id, ctx)
+                    });
+                    Outcome::Retrying
+                }
+                None => Outcome::Failed,
+            },
+        };
+        let attempt = Attempt {
+            webhook_id: id.clone(),
+            subscription: subscription.id.clone(),
+            event: delivery.event,
+            country: delivery.country.clone(),
+            attempt: number,
+            time: answer.started,
+            status,
+            error,
+            duration: answer.duration,
+            outcome,
+        };
+        match outcome {
+            Outcome::Succeeded => {
+                self.pending.remove(&id);
+            }
+            Outcome::Retrying => {}
+            Outcome::Failed => {
+                log::warn!(
+                    "webhook {id} to {} given up after {number} attempts (last: {})",
+                    subscription.url,
+                    attempt.error.as_deref().map_or_else(
+                        || format!("status {}", status.unwrap_or_default()),
+                        str::to_string
+                    ),
+                );
+                self.pending.remove(&id);
+            }
+            Outcome::Disabled => {
+                log::warn!(
+                    "webhook subscription {} disabled: {} answered 410 Gone",
+                    subscription.id,
+                    subscription.url
+                );
+                subscription.disabled = true;
+                let gone = subscription.id.clone();
+                self.pending.retain(|_, d| d.subscription != gone);
+            }
+        }
+        let log = self
+            .attempts
+            .entry(attempt.subscription.clone())
+            .or_default();
+        if log.len() >= ATTEMPTS_KEPT {
+            log.pop_front();
+        }
+        log.push_back(attempt);
+    }
+}
+
+/// One POST with the Standard Webhooks headers, bounded by `timeout` from start to finish.
+async fn post(
+    client: awc::Client,
+    request: Request,
+    timeout: Duration,
+    allow_private: bool,
+) -> Answer {
+    let started = SystemTime::now();
+    let clock = Instant::now();
+    let result =
+        match actix_web::rt::time::timeout(timeout, send(client, request, allow_private)).await {
+            Ok(result) => result,
+            Err(_) => Err(DeliveryError::Timeout(timeout)),
+        };
+    Answer {
+        started,
+        duration: clock.elapsed(),
+        result,
+    }
+}
+
+async fn send(
+    client: awc::Client,
+    request: Request,
+    allow_private: bool,
+) -> Result<u16, DeliveryError> {
+    if !allow_private {
+        // IP literals never reach the resolver, so they are checked here; names are checked
+        // by `PublicOnlyResolver` when the connection is made.
+        let url = Url::parse(&request.url).map_err(|_| address_policy::PolicyError::NotHttp)?;
+        address_policy::check_literal(&url)?;
+    }
+    let key = signing::secret_key(&request.secret)?;
+    let timestamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let signature = signing::sign(&key, &request.msg_id, timestamp, &request.body);
+    let mut response = client
+        .post(request.url.as_str())
+        .insert_header(("content-type", "application/json"))
+        .insert_header(("webhook-id", request.msg_id.as_str()))
+        .insert_header(("webhook-timestamp", timestamp.to_string()))
+        .insert_header(("webhook-signature", signature))
+        .send_body(request.body)
+        .await
+        .map_err(|e| DeliveryError::Send(e.to_string()))?;
+    // The answer's body is not used, but reading it lets the connection be reused.
+    let _ = response.body().limit(ANSWER_LIMIT).await;
+    Ok(response.status().as_u16())
+}
+
+impl Actor for WebhookDispatcher {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.client = Some(self.build_client());
+        let now = SystemTime::now();
+        let due: Vec<(String, Duration)> = self
+            .pending
+            .values()
+            .map(|d| {
+                let wait = d.next_attempt.duration_since(now).unwrap_or_default();
+                (d.id.clone(), wait)
+            })
+            .collect();
+        for (id, wait) in due {
+            ctx.run_later(wait, move |dispatcher, ctx| dispatcher.attempt(id, ctx));
+        }
+    }
+}
+
+impl Handler<Deliver> for WebhookDispatcher {
+    type Result = ();
+
+    fn handle(&mut self, msg: Deliver, ctx: &mut Self::Context) {
+        match serde_json::from_str::<DashboardEvent>(msg.event.data.get()) {
+            Ok(event) => self.dispatch(event, msg.event.created, ctx),
+            Err(e) => log::error!(
+                "event {} on {} is not a dashboard event: {e}",
+                msg.event.cursor,
+                msg.event.stream
+            ),
+        }
+    }
+}
+
+impl Handler<CreateSubscription> for WebhookDispatcher {
+    type Result = MessageResult<CreateSubscription>;
+
+    fn handle(&mut self, msg: CreateSubscription, _: &mut Self::Context) -> Self::Result {
+        let subscription = Subscription {
+            id: uuid::Uuid::new_v4().to_string(),
+            url: msg.url,
+            country: msg.country,
+            event: msg.event,
+            secret: signing::generate_secret(),
+            disabled: false,
+            created: SystemTime::now(),
+        };
+        self.subscriptions
+            .insert(subscription.id.clone(), subscription.clone());
+        MessageResult(subscription)
+    }
+}
+
+impl Handler<ListSubscriptions> for WebhookDispatcher {
+    type Result = MessageResult<ListSubscriptions>;
+
+    fn handle(&mut self, _: ListSubscriptions, _: &mut Self::Context) -> Self::Result {
+        let mut all: Vec<Subscription> = self.subscriptions.values().cloned().collect();
+        all.sort_by(|a, b| a.created.cmp(&b.created).then_with(|| a.id.cmp(&b.id)));
+        MessageResult(all)
+    }
+}
+
+impl Handler<GetSubscription> for WebhookDispatcher {
+    type Result = Option<Subscription>;
+
+    fn handle(&mut self, msg: GetSubscription, _: &mut Self::Context) -> Self::Result {
+        self.subscriptions.get(&msg.id).cloned()
+    }
+}
+
+impl Handler<DeleteSubscription> for WebhookDispatcher {
+    type Result = ();
+
+    fn handle(&mut self, msg: DeleteSubscription, _: &mut Self::Context) {
+        if self.subscriptions.remove(&msg.id).is_some() {
+            self.pending.retain(|_, d| d.subscription != msg.id);
+            self.attempts.remove(&msg.id);
+        }
+    }
+}
+
+impl Handler<ListAttempts> for WebhookDispatcher {
+    type Result = Option<Vec<Attempt>>;
+
+    fn handle(&mut self, msg: ListAttempts, _: &mut Self::Context) -> Self::Result {
+        self.subscriptions.get(&msg.subscription)?;
+        let log = self.attempts.get(&msg.subscription);
+        Some(log.map_or_else(Vec::new, |log| log.iter().rev().cloned().collect()))
+    }
+}
+
+impl Handler<Snapshot> for WebhookDispatcher {
+    type Result = MessageResult<Snapshot>;
+
+    fn handle(&mut self, _: Snapshot, _: &mut Self::Context) -> Self::Result {
+        let mut attempts: Vec<Attempt> = self.attempts.values().flatten().cloned().collect();
+        attempts.sort_by_key(|a| a.time);
+        MessageResult(WebhookState {
+            subscriptions: self.subscriptions.values().cloned().collect(),
+            pending: self.pending.values().cloned().collect(),
+            attempts,
+        })
+    }
+}
