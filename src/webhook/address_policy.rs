@@ -68,9 +68,9 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
     // Global unicast is 2000::/3; everything else (::1, ::, fc00::/7, fe80::/10, ff00::/8,
     // IPv4-compatible ::a.b.c.d, discard 100::/64) is not public.
     let global = (s[0] & 0xe000) == 0x2000;
-    let special = (s[0] == 0x2001 && s[1] < 0x0200) // 2001::/23 IETF assignments, Teredo
-        || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
-        || (s[0] == 0x3fff && s[1] < 0x1000); // documentation, RFC 9637
+    // 2001::/23 (IETF assignments, Teredo), 2001:db8::/32 and 3fff::/20 (documentation).
+    let special =
+        (s[0] == 0x2001 && (s[1] < 0x0200 || s[1] == 0x0db8)) || (s[0] == 0x3fff && s[1] < 0x1000);
     global && !special
 }
 

@@ -285,7 +285,9 @@ async fn post(
     let started = SystemTime::now();
     let clock = Instant::now();
     let result =
-        match actix_web::rt::time::timeout(timeout, send(client, request, allow_private)).await {
+        match actix_web::rt::time::timeout(timeout, send(client, request, timeout, allow_private))
+            .await
+        {
             Ok(result) => result,
             Err(_) => Err(DeliveryError::Timeout(timeout)),
         };
@@ -299,6 +301,7 @@ async fn post(
 async fn send(
     client: awc::Client,
     request: Request,
+    timeout: Duration,
     allow_private: bool,
 ) -> Result<u16, DeliveryError> {
     if !allow_private {
@@ -320,7 +323,10 @@ async fn send(
         .insert_header(("webhook-signature", signature))
         .send_body(request.body)
         .await
-        .map_err(|e| DeliveryError::Send(e.to_string()))?;
+        .map_err(|e| match e {
+            awc::error::SendRequestError::Timeout => DeliveryError::Timeout(timeout),
+            e => DeliveryError::Send(e.to_string()),
+        })?;
     // The answer's body is not used, but reading it lets the connection be reused.
     let _ = response.body().limit(ANSWER_LIMIT).await;
     Ok(response.status().as_u16())

@@ -2,5 +2,6 @@
 //! on a random port with real clients.
 
 mod common;
+mod dashboard;
 mod documents;
 mod process;
