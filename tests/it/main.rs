@@ -4,4 +4,5 @@
 mod browser;
 mod common;
 mod documents;
+mod durability;
 mod process;
