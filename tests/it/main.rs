@@ -5,4 +5,5 @@ mod browser;
 mod common;
 mod documents;
 mod durability;
+mod ops;
 mod process;
