@@ -11,6 +11,7 @@ pub mod config;
 pub mod dashboard;
 pub mod event;
 pub mod limits;
+pub mod metrics;
 pub mod session;
 pub mod store;
 pub mod webhook;
@@ -26,7 +27,7 @@ use broker::history::Retention;
 use broker::messages::{Drain, Flush, WatchKind};
 use broker::Broker;
 pub use config::Config;
-use store::{MemoryStore, StoreWriter};
+use store::{MemoryStore, SqliteStore, Store, StoreWriter};
 use webhook::{DispatcherSettings, WebhookDispatcher, WebhookState};
 
 /// Why the server could not start. Each message names what to fix.
@@ -41,6 +42,13 @@ pub enum StartError {
     Keys(#[from] auth::KeyError),
     #[error("cannot start the store writer: {0}")]
     Store(std::io::Error),
+    #[error(transparent)]
+    Open(#[from] store::sqlite::OpenError),
+    #[error("cannot read the store in {path}: {source}")]
+    Load {
+        path: std::path::PathBuf,
+        source: store::StoreError,
+    },
 }
 
 /// A running server.
@@ -62,15 +70,27 @@ pub struct Herald {
 /// Starts the Broker, the store writer and the HTTP server. Must run inside an actix system.
 pub async fn start(config: Config) -> Result<Herald, StartError> {
     let verifier = auth::Verifier::new(&config.keys, config.publisher_keys.clone())?;
-    let store = StoreWriter::spawn(MemoryStore).map_err(StartError::Store)?;
     let retention = Retention {
         max_events: config.history_size,
         ttl: config.history_ttl,
     };
+    let metrics = metrics::Metrics::new();
+    let (store, kept) = if config.memory {
+        (StoreWriter::spawn(MemoryStore, metrics.clone()), Vec::new())
+    } else {
+        let mut sqlite = SqliteStore::open(&config.data_dir, retention)?;
+        let kept = sqlite.load().map_err(|e| StartError::Load {
+            path: config.data_dir.clone(),
+            source: e,
+        })?;
+        (StoreWriter::spawn(sqlite, metrics.clone()), kept)
+    };
+    let store = store.map_err(StartError::Store)?;
     // The Broker gets a thread of its own so that HTTP workers never delay fan-out.
     let broker_thread = Arbiter::new();
+    let broker_metrics = metrics.clone();
     let broker: Addr<Broker> = Broker::start_in_arbiter(&broker_thread.handle(), move |_| {
-        Broker::new(store, retention)
+        Broker::new(store, retention, kept, &broker_metrics)
     });
 
     // Webhook delivery gets a thread of its own too: its outbound HTTP never competes with
@@ -112,6 +132,7 @@ pub async fn start(config: Config) -> Result<Herald, StartError> {
     let shutdown_timeout = config.shutdown_timeout.as_secs();
     let state = web::Data::new(AppState {
         connections: limits::Connections::new(config.max_connections),
+        metrics,
         broker,
         config,
         verifier,

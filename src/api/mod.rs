@@ -16,6 +16,7 @@ use crate::auth::{self, Verifier};
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::limits::Connections;
+use crate::metrics::Metrics;
 
 /// Everything a handler may reach, handed out through `web::Data`.
 pub struct AppState {
@@ -37,6 +38,8 @@ pub struct AppState {
     pub started: std::time::Instant,
     /// What `/dev/webhook-sink` received (`--dev` only).
     pub dev_sink: dashboard::dev_sink::DevSink,
+    /// What `/metrics` exposes.
+    pub metrics: Arc<Metrics>,
 }
 
 impl AppState {

@@ -20,9 +20,11 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use crate::event::{Event, Position, StreamKey, StreamKind};
-use crate::store::{StoreError, StoreWriter};
+use crate::metrics::Metrics;
+use crate::store::{StoreError, StoreWriter, StoredStream};
 use history::{Gap, History, Retention};
 use messages::*;
+use prometheus_client::metrics::counter::Counter;
 
 /// How often age-based retention runs over every stream (it also runs on every append).
 const PRUNE_INTERVAL: Duration = Duration::from_secs(5);
@@ -46,6 +48,8 @@ pub struct Broker {
     store: StoreWriter,
     /// Bounds of every stream's history.
     retention: Retention,
+    /// Events committed, by stream kind.
+    published: HashMap<StreamKind, Counter>,
     /// Set by `Drain`: sessions that subscribe from now on are closed at once.
     draining: bool,
     /// Recipients of every committed event of a kind of stream (`WatchKind`).
@@ -53,9 +57,48 @@ pub struct Broker {
 }
 
 impl Broker {
-    pub fn new(store: StoreWriter, retention: Retention) -> Self {
+    /// A Broker that resumes the streams the store kept.
+    pub fn new(
+        store: StoreWriter,
+        retention: Retention,
+        kept: Vec<StoredStream>,
+        metrics: &Metrics,
+    ) -> Self {
+        let now = SystemTime::now();
+        let streams = kept
+            .into_iter()
+            .map(|stream| {
+                // Whatever came before the oldest kept event has left history.
+                let evicted_through = stream
+                    .events
+                    .first()
+                    .map_or(stream.head, |e| e.position.seq - 1);
+                let mut history = History::restore(
+                    stream.epoch,
+                    stream.head,
+                    evicted_through,
+                    stream.events.into(),
+                );
+                history.prune(retention, now);
+                let state = StreamState {
+                    history,
+                    subscribers: HashMap::new(),
+                };
+                (stream.key, state)
+            })
+            .collect();
+        let published = [
+            StreamKind::Client,
+            StreamKind::Instance,
+            StreamKind::Access,
+            StreamKind::Country,
+        ]
+        .into_iter()
+        .map(|kind| (kind, metrics.published(kind)))
+        .collect();
         Self {
-            streams: HashMap::new(),
+            streams,
+            published,
             store,
             retention,
             draining: false,
@@ -133,10 +176,13 @@ impl Handler<Committed> for Broker {
             let _ = msg.reply.send(Ok(msg.events));
             return;
         };
+        if let Some(counter) = self.published.get(&first.stream.kind) {
+            counter.inc_by(msg.events.len() as u64);
+        }
         let now = SystemTime::now();
         let retention = self.retention;
         let watchers = self.watchers.get(&first.stream.kind).cloned();
-        let state = self.stream_mut(&first.stream.clone());
+        let state = self.stream_mut(&first.stream);
         for event in &msg.events {
             state.history.push(event.clone(), retention, now);
             for subscriber in state.subscribers.values() {

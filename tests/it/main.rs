@@ -1,7 +1,10 @@
 //! Herald's integration tests: one binary, a module per face, each test against a real server
 //! on a random port with real clients.
 
+mod browser;
 mod common;
 mod dashboard;
 mod documents;
+mod durability;
+mod ops;
 mod process;
