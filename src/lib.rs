@@ -101,9 +101,10 @@ pub async fn start(config: Config) -> Result<Herald, StartError> {
         schedule: config.webhook_retry_schedule.clone(),
         allow_private: config.dev || config.webhook_allow_private,
     };
+    let webhook_metrics = metrics.clone();
     let webhooks: Addr<WebhookDispatcher> =
         WebhookDispatcher::start_in_arbiter(&webhook_thread.handle(), move |_| {
-            WebhookDispatcher::new(settings, WebhookState::default())
+            WebhookDispatcher::new(settings, WebhookState::default(), webhook_metrics)
         });
     // Registered before the server accepts requests, so no dashboard event precedes it.
     if broker

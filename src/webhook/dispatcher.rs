@@ -7,8 +7,10 @@
 //! futures, never `ctx.wait`, so one endpoint that hangs until its timeout delays no other;
 //! retries are `ctx.run_later` timers. Every attempt is logged; 2xx ends a delivery, 410
 //! disables the subscription, anything else is retried on the schedule and then given up.
+//! Attempts by outcome, their latency and the queue depth are counted in `/metrics`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
@@ -20,6 +22,7 @@ use super::{
     PendingDelivery, Subscription, WebhookState,
 };
 use crate::broker::messages::Deliver;
+use crate::metrics::{Face, FaceMetrics, Metrics};
 
 /// Attempts kept per subscription for `.../deliveries`; older ones are dropped first.
 const ATTEMPTS_KEPT: usize = 1000;
@@ -72,12 +75,16 @@ pub struct WebhookDispatcher {
     settings: DispatcherSettings,
     /// Made in `started`: an awc client belongs to the thread that made it.
     client: Option<awc::Client>,
+    /// Attempts by outcome, latency, queue depth.
+    metrics: Arc<Metrics>,
+    /// Successful deliveries, counted as the webhook face's delivered events.
+    face: FaceMetrics,
 }
 
 impl WebhookDispatcher {
     /// A dispatcher that resumes from `state` (empty for a fresh server, or loaded from a
     /// store); pending deliveries are attempted when they are due.
-    pub fn new(settings: DispatcherSettings, state: WebhookState) -> Self {
+    pub fn new(settings: DispatcherSettings, state: WebhookState, metrics: Arc<Metrics>) -> Self {
         let mut attempts: HashMap<String, VecDeque<Attempt>> = HashMap::new();
         for attempt in state.attempts {
             attempts
@@ -100,7 +107,13 @@ impl WebhookDispatcher {
             in_flight: HashSet::new(),
             settings,
             client: None,
+            face: metrics.face(Face::Webhook),
+            metrics,
         }
+    }
+
+    fn count_queue(&self) {
+        self.metrics.webhook_queue.set(self.pending.len() as i64);
     }
 
     fn build_client(&self) -> awc::Client {
@@ -149,6 +162,7 @@ impl WebhookDispatcher {
             started.push(delivery.id.clone());
             self.pending.insert(delivery.id.clone(), delivery);
         }
+        self.count_queue();
         for id in started {
             self.attempt(id, ctx);
         }
@@ -264,6 +278,19 @@ impl WebhookDispatcher {
                 self.pending.retain(|_, d| d.subscription != gone);
             }
         }
+        self.metrics.webhook_attempt(match outcome {
+            Outcome::Succeeded => "succeeded",
+            Outcome::Retrying => "retrying",
+            Outcome::Failed => "failed",
+            Outcome::Disabled => "disabled",
+        });
+        self.metrics
+            .webhook_latency
+            .observe(answer.duration.as_secs_f64());
+        if outcome == Outcome::Succeeded {
+            self.face.delivered.inc();
+        }
+        self.count_queue();
         let log = self
             .attempts
             .entry(attempt.subscription.clone())
@@ -337,6 +364,7 @@ impl Actor for WebhookDispatcher {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         self.client = Some(self.build_client());
+        self.count_queue();
         let now = SystemTime::now();
         let due: Vec<(String, Duration)> = self
             .pending
@@ -411,6 +439,7 @@ impl Handler<DeleteSubscription> for WebhookDispatcher {
         if self.subscriptions.remove(&msg.id).is_some() {
             self.pending.retain(|_, d| d.subscription != msg.id);
             self.attempts.remove(&msg.id);
+            self.count_queue();
         }
     }
 }

@@ -152,6 +152,15 @@ async fn a_flaky_receiver_gets_three_attempts_with_one_webhook_id() {
         3,
         "no attempt after the success"
     );
+    let mut res = client().get(srv.url("/metrics")).send().await.unwrap();
+    let metrics = String::from_utf8(res.body().await.unwrap().to_vec()).unwrap();
+    for line in [
+        r#"herald_webhook_attempts_total{outcome="retrying"} 2"#,
+        r#"herald_webhook_attempts_total{outcome="succeeded"} 1"#,
+        "herald_webhook_queue_depth 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
 }
 
 #[actix_rt::test]
