@@ -141,3 +141,71 @@ async fn demo_page_publishes_and_shows_sse_events() {
         .await;
     browser.client.clone().close().await.unwrap();
 }
+
+#[actix_rt::test]
+async fn demo_page_registers_and_shows_signed_webhook_deliveries() {
+    let srv = TestServer::start_with(|c| c.dev = true).await;
+    let browser = Browser::start().await;
+    browser.client.goto(&srv.url("/")).await.unwrap();
+
+    // Subscribe the built-in sink (the URL field is pre-filled with it) to REGISTER in NO.
+    browser.fill("#wh-country", "NO").await;
+    browser
+        .find("#wh-event option[value=REGISTER]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser.find("#wh-subscribe").await.click().await.unwrap();
+    browser
+        .wait_text("#wh-result", |t| {
+            t.starts_with("201") && t.contains("whsec_")
+        })
+        .await;
+    // And to DELETE in every country.
+    browser.fill("#wh-country", "").await;
+    browser
+        .find("#wh-event option[value=DELETE]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser.find("#wh-subscribe").await.click().await.unwrap();
+    browser
+        .wait_text("#wh-list", |t| t.contains("DELETE *"))
+        .await;
+
+    browser.fill("#reg-country", "").await;
+    browser.fill("#reg-iso", "NO").await;
+    browser.find("#reg-create").await.click().await.unwrap();
+    browser
+        .wait_text("#reg-result", |t| t.starts_with("201"))
+        .await;
+    let delivered = browser
+        .find("#sink-log li[data-event=REGISTER][data-country=NO]")
+        .await;
+    assert_eq!(
+        delivered.attr("data-verified").await.unwrap().as_deref(),
+        Some("true")
+    );
+    browser
+        .wait_text("#wh-list", |t| {
+            t.contains("REGISTER NO") && t.contains("1 attempts, last: succeeded 200")
+        })
+        .await;
+
+    // Delete the registration from its row: the DELETE subscription hears about it.
+    browser
+        .wait_text("#reg-list", |t| t.contains("NO Norway"))
+        .await;
+    let delete = browser.find("#reg-list li button:nth-of-type(3)").await;
+    assert_eq!(delete.text().await.unwrap(), "Delete");
+    delete.click().await.unwrap();
+    browser
+        .wait_text("#reg-result", |t| t.starts_with("DELETE 204"))
+        .await;
+    browser
+        .find("#sink-log li[data-event=DELETE][data-country=NO][data-verified=true]")
+        .await;
+    browser.client.clone().close().await.unwrap();
+}
