@@ -302,3 +302,68 @@ async fn the_address_policy_refuses_non_public_targets() {
     let (_, list) = call(&srv, "GET", "/dashboard/v1/notifications", None).await;
     assert_eq!(list, json!([]));
 }
+
+#[actix_rt::test]
+async fn a_dispatcher_resumes_the_pending_deliveries_it_is_started_with() {
+    use actix::Actor;
+    use herald::webhook::messages::Snapshot;
+    use herald::webhook::*;
+    use std::time::SystemTime;
+
+    let rx = Receiver::start().await;
+    let secret = signing::generate_secret();
+    let subscription = Subscription {
+        id: "sub-1".into(),
+        url: rx.url("/ok-resumed"),
+        country: "NO".into(),
+        event: EventKind::Change,
+        secret: secret.clone(),
+        disabled: false,
+        created: SystemTime::now(),
+    };
+    let body = json!({"id": "sub-1", "country": "NO", "event": "CHANGE",
+        "time": "2026-01-01T00:00:00.000Z"})
+    .to_string();
+    // As a store would hand it back after a restart: one attempt already failed.
+    let state = WebhookState {
+        subscriptions: vec![subscription],
+        pending: vec![PendingDelivery {
+            id: "msg_resumed".into(),
+            subscription: "sub-1".into(),
+            event: EventKind::Change,
+            country: "NO".into(),
+            body: body.clone(),
+            attempts: 1,
+            next_attempt: SystemTime::now(),
+        }],
+        attempts: Vec::new(),
+    };
+    let settings = DispatcherSettings {
+        timeout: Duration::from_secs(5),
+        schedule: vec![Duration::from_millis(20); 3],
+        allow_private: true,
+    };
+    let dispatcher =
+        WebhookDispatcher::new(settings, state, herald::metrics::Metrics::new()).start();
+    let got = rx.wait_for("/ok-resumed", 1).await;
+    assert_eq!(got[0].headers["webhook-id"], "msg_resumed");
+    assert_eq!(got[0].body, body);
+    verify(&got[0], &secret, "sub-1", "NO", "CHANGE");
+    let snapshot = wait_for("the delivery to complete", || {
+        let dispatcher = dispatcher.clone();
+        async move {
+            let s = dispatcher.send(Snapshot).await.ok()?;
+            s.pending.is_empty().then_some(s)
+        }
+    })
+    .await;
+    assert_eq!(snapshot.attempts.len(), 1);
+    assert_eq!(
+        snapshot.attempts[0].attempt, 2,
+        "counts on from the stored attempts"
+    );
+    assert_eq!(snapshot.attempts[0].outcome, Outcome::Succeeded);
+    let stored = serde_json::to_string(&snapshot).unwrap();
+    let restored: WebhookState = serde_json::from_str(&stored).unwrap();
+    assert_eq!(restored, snapshot, "the state round-trips through serde");
+}
