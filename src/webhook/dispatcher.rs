@@ -31,6 +31,9 @@ const ATTEMPTS_KEPT: usize = 1000;
 /// their timeout cannot starve healthy ones.
 const MAX_CONNECTIONS: usize = 4096;
 
+/// How deliveries introduce themselves, so receivers can tell them apart in their logs.
+const USER_AGENT: &str = concat!("herald-webhooks/", env!("CARGO_PKG_VERSION"));
+
 /// Bytes of an endpoint's answer read (and discarded) so that the connection can be reused.
 const ANSWER_LIMIT: usize = 64 * 1024;
 
@@ -345,6 +348,7 @@ async fn send(
     let mut response = client
         .post(request.url.as_str())
         .insert_header(("content-type", "application/json"))
+        .insert_header(("user-agent", USER_AGENT))
         .insert_header(("webhook-id", request.msg_id.as_str()))
         .insert_header(("webhook-timestamp", timestamp.to_string()))
         .insert_header(("webhook-signature", signature))

@@ -74,16 +74,19 @@ pub struct DashboardEvent {
 /// A webhook subscription.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Subscription {
+    /// A UUID, the `id` of every body delivered for it.
     pub id: String,
     /// Absolute http(s) URL that receives the POSTs.
     pub url: String,
     /// Upper-case ISO 3166 alpha-2 code, or empty for every country.
     pub country: String,
+    /// The one event it receives.
     pub event: EventKind,
     /// `whsec_...`, the Standard Webhooks signing secret.
     pub secret: String,
     /// Set when the endpoint answered 410 Gone: it receives nothing more.
     pub disabled: bool,
+    /// When it was created; subscriptions are listed in this order.
     pub created: SystemTime,
 }
 
@@ -101,7 +104,9 @@ impl Subscription {
 pub struct PendingDelivery {
     /// The `webhook-id` header, the same on every attempt so receivers can deduplicate.
     pub id: String,
+    /// The subscription it goes to.
     pub subscription: String,
+    /// The event and country it reports, for the attempt log.
     pub event: EventKind,
     pub country: String,
     /// The exact JSON body, identical on every attempt.
@@ -131,7 +136,9 @@ pub enum Outcome {
 pub struct Attempt {
     /// The delivery's `webhook-id`.
     pub webhook_id: String,
+    /// The subscription it was for.
     pub subscription: String,
+    /// The event and country delivered.
     pub event: EventKind,
     pub country: String,
     /// 1 for the first attempt of the delivery.
@@ -142,7 +149,9 @@ pub struct Attempt {
     pub status: Option<u16>,
     /// Why there was no usable answer (timeout, refused address, connection error).
     pub error: Option<String>,
+    /// From sending to the answer, the error or the timeout.
     pub duration: Duration,
+    /// What became of the delivery after this attempt.
     pub outcome: Outcome,
 }
 
@@ -150,6 +159,7 @@ pub struct Attempt {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WebhookState {
     pub subscriptions: Vec<Subscription>,
+    /// Deliveries not yet delivered or given up.
     pub pending: Vec<PendingDelivery>,
     /// Oldest first.
     pub attempts: Vec<Attempt>,

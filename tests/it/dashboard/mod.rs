@@ -217,6 +217,10 @@ pub fn verify(r: &Received, secret: &str, sub: &str, country: &str, event: &str)
     wh.verify(r.body.as_bytes(), &r.headers)
         .unwrap_or_else(|e| panic!("signature of {} does not verify: {e}", r.body));
     assert_eq!(r.headers["content-type"], "application/json");
+    assert!(r.headers["user-agent"]
+        .to_str()
+        .unwrap()
+        .starts_with("herald-webhooks/"));
     let body: Value = serde_json::from_str(&r.body).unwrap();
     assert_eq!(body["id"], sub);
     assert_eq!(body["country"], country);
