@@ -185,6 +185,17 @@ impl Herald {
         if let Err(e) = self.served.await {
             log::error!("HTTP server task failed: {e}");
         }
+        // Webhook attempts under way finish (each within --webhook-timeout); due ones stay
+        // pending.
+        if self
+            .state
+            .webhooks
+            .send(webhook::messages::DrainWebhooks)
+            .await
+            .is_err()
+        {
+            log::error!("webhook dispatcher stopped before the drain");
+        }
         match broker.send(Flush).await {
             Ok(Ok(())) => log::info!("store flushed; shutdown complete"),
             Ok(Err(e)) => log::error!("store flush failed: {e}"),

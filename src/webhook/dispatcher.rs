@@ -8,12 +8,14 @@
 //! retries are `ctx.run_later` timers. Every attempt is logged; 2xx ends a delivery, 410
 //! disables the subscription, anything else is retried on the schedule and then given up.
 //! Attempts by outcome, their latency and the queue depth are counted in `/metrics`.
+//! `DrainWebhooks` (shutdown) stops new attempts and waits for those under way.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
+use tokio::sync::oneshot;
 use url::Url;
 
 use super::messages::*;
@@ -82,6 +84,10 @@ pub struct WebhookDispatcher {
     metrics: Arc<Metrics>,
     /// Successful deliveries, counted as the webhook face's delivered events.
     face: FaceMetrics,
+    /// Set by `DrainWebhooks`: no new attempt starts.
+    draining: bool,
+    /// `DrainWebhooks` callers waiting for the attempts under way to finish.
+    drained: Vec<oneshot::Sender<()>>,
 }
 
 impl WebhookDispatcher {
@@ -112,6 +118,8 @@ impl WebhookDispatcher {
             client: None,
             face: metrics.face(Face::Webhook),
             metrics,
+            draining: false,
+            drained: Vec::new(),
         }
     }
 
@@ -185,7 +193,7 @@ impl WebhookDispatcher {
             self.pending.remove(&id);
             return;
         };
-        if !self.in_flight.insert(id.clone()) {
+        if self.draining || !self.in_flight.insert(id.clone()) {
             return;
         }
         let request = Request {
@@ -213,6 +221,16 @@ impl WebhookDispatcher {
     /// Records an attempt and decides what happens to its delivery.
     fn finished(&mut self, id: String, answer: Answer, ctx: &mut Context<Self>) {
         self.in_flight.remove(&id);
+        self.record(id, answer, ctx);
+        if self.in_flight.is_empty() {
+            for waiter in self.drained.drain(..) {
+                let _ = waiter.send(());
+            }
+        }
+    }
+
+    /// Logs an attempt and moves its delivery on: done, retry later, given up or disabled.
+    fn record(&mut self, id: String, answer: Answer, ctx: &mut Context<Self>) {
         let Some(delivery) = self.pending.get_mut(&id) else {
             return;
         };
@@ -468,6 +486,26 @@ impl Handler<Snapshot> for WebhookDispatcher {
             subscriptions: self.subscriptions.values().cloned().collect(),
             pending: self.pending.values().cloned().collect(),
             attempts,
+        })
+    }
+}
+
+impl Handler<DrainWebhooks> for WebhookDispatcher {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: DrainWebhooks, _: &mut Self::Context) -> Self::Result {
+        self.draining = true;
+        if self.in_flight.is_empty() {
+            return Box::pin(async {});
+        }
+        let (done, finished) = oneshot::channel();
+        self.drained.push(done);
+        log::info!(
+            "waiting for {} webhook attempts under way",
+            self.in_flight.len()
+        );
+        Box::pin(async move {
+            let _ = finished.await;
         })
     }
 }

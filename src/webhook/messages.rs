@@ -50,3 +50,9 @@ pub struct ListAttempts {
 #[derive(Message)]
 #[rtype(result = "WebhookState")]
 pub struct Snapshot;
+
+/// Stops starting attempts (due ones stay pending, for a store to keep) and answers once the
+/// attempts under way have finished, each within its timeout. Part of the graceful shutdown.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DrainWebhooks;

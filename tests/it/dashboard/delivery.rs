@@ -367,3 +367,26 @@ async fn a_dispatcher_resumes_the_pending_deliveries_it_is_started_with() {
     let restored: WebhookState = serde_json::from_str(&stored).unwrap();
     assert_eq!(restored, snapshot, "the state round-trips through serde");
 }
+
+#[actix_rt::test]
+async fn shutdown_waits_for_the_attempt_under_way() {
+    let rx = Receiver::start().await;
+    let timeout = Duration::from_secs(1);
+    let mut srv = server_with(&[20], timeout).await;
+    subscribe(&srv, &rx.url("/hang"), "NO", "REGISTER").await;
+    register(&srv, "NO").await;
+    rx.wait_for("/hang", 1).await;
+    let start = Instant::now();
+    srv.herald.take().unwrap().shutdown().await;
+    let took = start.elapsed();
+    assert!(
+        took >= timeout - Duration::from_millis(200),
+        "the drain did not wait for the attempt: {took:?}"
+    );
+    assert!(took < DEADLINE, "{took:?}");
+    assert_eq!(
+        rx.received("/hang").len(),
+        1,
+        "no retry starts while draining"
+    );
+}
