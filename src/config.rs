@@ -138,7 +138,7 @@ pub enum ConfigError {
     #[error("--subscriber-queue must be at least 1")]
     SubscriberQueue,
     #[error("--webhook-retry-schedule: {0}")]
-    RetrySchedule(#[from] crate::webhook::retry::ScheduleError),
+    RetrySchedule(crate::webhook::retry::ScheduleError),
     #[error("cannot keep the dev JWT secret in {path}: {source}")]
     DevSecret {
         path: PathBuf,
@@ -156,7 +156,8 @@ impl ServeArgs {
             return Err(ConfigError::SubscriberQueue);
         }
         let webhook_retry_schedule =
-            crate::webhook::retry::parse_schedule(&self.webhook_retry_schedule)?;
+            crate::webhook::retry::parse_schedule(&self.webhook_retry_schedule)
+                .map_err(ConfigError::RetrySchedule)?;
         let mut listen = self.listen;
         if self.dev && !listen.ip().is_loopback() {
             log::warn!(

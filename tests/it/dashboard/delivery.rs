@@ -390,3 +390,72 @@ async fn shutdown_waits_for_the_attempt_under_way() {
         "no retry starts while draining"
     );
 }
+
+#[actix_rt::test]
+async fn the_address_policy_is_checked_again_at_delivery() {
+    use actix::Actor;
+    use herald::webhook::messages::Snapshot;
+    use herald::webhook::*;
+    use std::time::SystemTime;
+
+    // Subscriptions that passed the policy when created, but whose names now lead to
+    // loopback (as after a DNS change); the receiver listens there and must get nothing.
+    let rx = Receiver::start().await;
+    let port = rx.addr.port();
+    let urls = [
+        format!("http://localhost:{port}/ok-name"),
+        format!("http://127.0.0.1:{port}/ok-literal"),
+    ];
+    let subscriptions: Vec<Subscription> = urls
+        .iter()
+        .enumerate()
+        .map(|(i, url)| Subscription {
+            id: format!("sub-{i}"),
+            url: url.clone(),
+            country: String::new(),
+            event: EventKind::Delete,
+            secret: signing::generate_secret(),
+            disabled: false,
+            created: SystemTime::now(),
+        })
+        .collect();
+    let pending = subscriptions
+        .iter()
+        .map(|s| PendingDelivery {
+            id: format!("msg_{}", s.id),
+            subscription: s.id.clone(),
+            event: EventKind::Delete,
+            country: "NO".into(),
+            body: "{}".into(),
+            attempts: 0,
+            next_attempt: SystemTime::now(),
+        })
+        .collect();
+    let settings = DispatcherSettings {
+        timeout: Duration::from_secs(5),
+        schedule: Vec::new(),
+        allow_private: false,
+    };
+    let state = WebhookState {
+        subscriptions,
+        pending,
+        attempts: Vec::new(),
+    };
+    let dispatcher =
+        WebhookDispatcher::new(settings, state, herald::metrics::Metrics::new()).start();
+    let snapshot = wait_for("both deliveries to be refused", || {
+        let dispatcher = dispatcher.clone();
+        async move {
+            let s = dispatcher.send(Snapshot).await.ok()?;
+            (s.attempts.len() == 2).then_some(s)
+        }
+    })
+    .await;
+    for attempt in &snapshot.attempts {
+        assert_eq!(attempt.status, None);
+        assert_eq!(attempt.outcome, Outcome::Failed);
+        let error = attempt.error.as_deref().unwrap();
+        assert!(error.contains("not a public address"), "{error}");
+    }
+    assert!(rx.received("/ok-name").is_empty() && rx.received("/ok-literal").is_empty());
+}

@@ -36,7 +36,7 @@ struct Log {
 /// A webhook endpoint on 127.0.0.1:0 whose answer depends on the path: `/ok*` 200,
 /// `/gone*` 410, `/fail*` 500, `/flaky*` 500 twice then 200, `/hang*` never answers.
 pub struct Receiver {
-    addr: SocketAddr,
+    pub addr: SocketAddr,
     log: Arc<Mutex<Log>>,
     server: actix_web::dev::ServerHandle,
 }
