@@ -154,8 +154,8 @@ pub fn parse(body: &Value) -> Result<RegistrationInput, Invalid> {
 }
 
 /// Applies a PATCH body to `current` and validates the result. Keys present replace the
-/// current ones (`features` key by key); changing only one of `country` and `isoCode` makes
-/// the other follow it.
+/// current ones (`features` key by key); a new value for only one of `country` and `isoCode`
+/// makes the other follow it.
 pub fn patch(current: &RegistrationInput, body: &Value) -> Result<RegistrationInput, Invalid> {
     let Value::Object(changes) = body else {
         return Err(invalid("body", "expected a JSON object"));
@@ -164,10 +164,14 @@ pub fn patch(current: &RegistrationInput, body: &Value) -> Result<RegistrationIn
         Ok(Value::Object(obj)) => obj,
         _ => Map::new(),
     };
-    match (
-        changes.contains_key("country"),
-        changes.contains_key("isoCode"),
-    ) {
+    // A new non-empty name or code replaces the whole country; clearing one keeps the other.
+    let given = |key: &str| {
+        changes
+            .get(key)
+            .and_then(Value::as_str)
+            .is_some_and(|s| !s.trim().is_empty())
+    };
+    match (given("country"), given("isoCode")) {
         (true, false) => merged.insert("isoCode".into(), Value::from("")),
         (false, true) => merged.insert("country".into(), Value::from("")),
         _ => None,
@@ -328,6 +332,13 @@ mod tests {
         );
         let renamed = patch(&current, &json!({"country": "Denmark"})).unwrap();
         assert_eq!(renamed.iso_code, "DK");
+        let by_name = patch(&current, &json!({"isoCode": ""})).unwrap();
+        assert_eq!(
+            (by_name.country.as_str(), by_name.iso_code.as_str()),
+            ("Norway", "NO")
+        );
+        let both = patch(&current, &json!({"country": "", "isoCode": null}));
+        assert_eq!(both.unwrap_err().field, "country");
         let flags = patch(&current, &json!({"features": {"area": true}})).unwrap();
         assert!(flags.features.area && flags.features.temperature);
         assert_eq!(flags.features.target_currencies, ["EUR"]);
