@@ -156,6 +156,15 @@ impl SseClient {
             .expect("stream ended before the expected event")
     }
 
+    /// The next event if one arrives within `wait`; `None` on quiet or the end of the stream.
+    pub async fn next_within(&mut self, wait: Duration) -> Option<SseEvent> {
+        match actix_rt::time::timeout(wait, self.events.next()).await {
+            Ok(Some(Ok(event))) => Some(event),
+            Ok(Some(Err(e))) => panic!("SSE stream error: {e}"),
+            Ok(None) | Err(_) => None,
+        }
+    }
+
     /// Asserts nothing arrives within `quiet`.
     pub async fn expect_silence(&mut self, quiet: Duration) {
         if let Ok(item) = actix_rt::time::timeout(quiet, self.events.next()).await {
