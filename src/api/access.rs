@@ -145,11 +145,16 @@ fn require_publisher(req: &HttpRequest, state: &AppState) -> Result<(), AccessEr
     }
 }
 
-async fn read_json_body(payload: web::Payload, state: &AppState) -> Result<web::Bytes, AccessError> {
+async fn read_json_body(
+    payload: web::Payload,
+    state: &AppState,
+) -> Result<web::Bytes, AccessError> {
     read_body(payload, state.config.max_body)
         .await
         .map_err(|e| match e {
-            BodyError::TooLarge(_) => AccessError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
+            BodyError::TooLarge(_) => {
+                AccessError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
+            }
             BodyError::Read(_) => AccessError::new(StatusCode::BAD_REQUEST, e.to_string()),
         })
 }
@@ -198,7 +203,10 @@ struct WireEvent<'a> {
 /// the element and field, e.g. `[2].created_at`. Unknown keys are ignored, as the notifier does.
 fn parse_events(body: &[u8]) -> Result<Vec<(String, Box<RawValue>)>, AccessError> {
     let invalid_json = |e: serde_json::Error| {
-        AccessError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("invalid JSON: {e}"))
+        AccessError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("invalid JSON: {e}"),
+        )
     };
     let raw: &RawValue = serde_json::from_slice(body).map_err(invalid_json)?;
     let items: Vec<&RawValue> = serde_json::from_str(raw.get()).map_err(|_| {
@@ -248,7 +256,10 @@ async fn drop_user(
     require_publisher(&req, &state)?;
     let body = read_json_body(payload, &state).await?;
     let value: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
-        AccessError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("invalid JSON: {e}"))
+        AccessError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("invalid JSON: {e}"),
+        )
     })?;
     let access_id = match value.get("drop_access_id") {
         None => return Err(AccessError::invalid("missing field", "drop_access_id")),
@@ -310,11 +321,23 @@ mod tests {
         let good = r#"{"accessid":"c","created_at":1,"payload":"p"}"#;
         let cases = [
             (r#"[{"created_at":1,"payload":1}]"#, "[0].accessid"),
-            (r#"[{"accessid":5,"created_at":1,"payload":1}]"#, "[0].accessid"),
-            (r#"[{"accessid":"","created_at":1,"payload":1}]"#, "[0].accessid"),
+            (
+                r#"[{"accessid":5,"created_at":1,"payload":1}]"#,
+                "[0].accessid",
+            ),
+            (
+                r#"[{"accessid":"","created_at":1,"payload":1}]"#,
+                "[0].accessid",
+            ),
             (r#"[{"accessid":"c","payload":1}]"#, "[0].created_at"),
-            (r#"[{"accessid":"c","created_at":1.5,"payload":1}]"#, "[0].created_at"),
-            (r#"[{"accessid":"c","created_at":"1","payload":1}]"#, "[0].created_at"),
+            (
+                r#"[{"accessid":"c","created_at":1.5,"payload":1}]"#,
+                "[0].created_at",
+            ),
+            (
+                r#"[{"accessid":"c","created_at":"1","payload":1}]"#,
+                "[0].created_at",
+            ),
             (r#"[{"accessid":"c","created_at":1}]"#, "[0].payload"),
             ("[1]", "[0]"),
         ];

@@ -64,9 +64,7 @@ impl Announcement {
     pub fn parse(text: &str) -> Option<Self> {
         let announcement: Self = serde_json::from_str(text).ok()?;
         let len = announcement.access_id.len();
-        (1..=MAX_ACCESS_ID)
-            .contains(&len)
-            .then_some(announcement)
+        (1..=MAX_ACCESS_ID).contains(&len).then_some(announcement)
     }
 }
 
