@@ -326,11 +326,8 @@ impl Handler<Deliver> for WsFeed {
     type Result = ();
 
     fn handle(&mut self, msg: Deliver, ctx: &mut Self::Context) {
-        if !msg
-            .event
-            .access_created_at()
-            .is_some_and(|created_at| created_at >= self.since)
-        {
+        let created_at = msg.event.access_created_at();
+        if created_at.is_none_or(|created_at| created_at < self.since) {
             return;
         }
         match self.tx.try_send(msg.event) {
