@@ -2,6 +2,8 @@
 //! on a random port with real clients.
 
 mod access;
+mod browser;
 mod common;
 mod documents;
+mod durability;
 mod process;
