@@ -239,17 +239,22 @@ async fn replay_is_ordered_by_created_at_then_publish_order() {
 async fn replay_then_live_has_no_gap_or_duplicate_at_the_seam() {
     let srv = TestServer::start_with(|c| c.dev = true).await;
     const TOTAL: i64 = 300;
+    let published = std::cell::Cell::new(0);
     let publisher = async {
         for n in 1..=TOTAL {
             push_ok(&srv, json!([event("seam", n, json!(n))])).await;
+            published.set(n);
         }
     };
-    // Subscribers join while the publisher runs, each at a different moment.
+    // Subscribers join while the publisher runs, each at a different point of its progress.
     let subscribers = async {
         let mut clients = Vec::new();
-        for _ in 0..5 {
+        for k in 1..=5 {
+            wait_for("the publisher's progress", || async {
+                (published.get() >= k * 50).then_some(())
+            })
+            .await;
             clients.push(WsClient::announce(&srv, "seam", 0).await);
-            actix_rt::time::sleep(Duration::from_millis(15)).await;
         }
         clients
     };
