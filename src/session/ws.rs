@@ -267,9 +267,6 @@ impl StreamHandler<Vec<Arc<Event>>> for WsSession {
 
     /// The feed let go of the queue: it overflowed while the client was not reading.
     fn finished(&mut self, ctx: &mut Self::Context) {
-        if let Some(stream) = &self.stream {
-            log::info!("{stream}: slow consumer disconnected");
-        }
         close(ctx, CloseCode::Policy, "slow consumer");
     }
 }
@@ -333,7 +330,10 @@ impl Handler<Deliver> for WsFeed {
         match self.tx.try_send(msg.event) {
             Ok(()) => {}
             // Stopping drops `tx`: the session sends what is queued, then closes.
-            Err(mpsc::error::TrySendError::Full(_)) => ctx.stop(),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                log::info!("{}: slow consumer cut off", self.stream);
+                ctx.stop();
+            }
             Err(mpsc::error::TrySendError::Closed(_)) => ctx.stop(),
         }
     }
