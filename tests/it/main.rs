@@ -6,4 +6,5 @@ mod browser;
 mod common;
 mod documents;
 mod durability;
+mod ops;
 mod process;
