@@ -17,6 +17,7 @@ use serde_json::value::RawValue;
 use super::{bearer_header, check_publisher, read_body, AppState, BodyError, PublisherCheck};
 use crate::broker::messages::{CloseReason, CloseStream, ListSubscribed, Publish};
 use crate::event::{StreamKey, StreamKind};
+use crate::metrics::Face;
 use crate::session::ws::{
     Announcement, Authorize, Refusal, WsRefused, WsSession, WsSettings, MAX_ACCESS_ID,
 };
@@ -50,6 +51,7 @@ async fn subscribe(
         authorize(&req, &state),
         settings,
         permit,
+        state.metrics.face(Face::Websocket),
     );
     ws::start(session, &req, payload)
 }

@@ -22,6 +22,7 @@ use actix::prelude::*;
 use actix_web_actors::ws::{self, CloseCode, WebsocketContext};
 use bytestring::ByteString;
 use futures_util::StreamExt;
+use prometheus_client::metrics::counter::Counter;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
@@ -31,6 +32,7 @@ use crate::broker::messages::{
 use crate::broker::Broker;
 use crate::event::{Event, StreamKey, StreamKind};
 use crate::limits::Permit;
+use crate::metrics::FaceMetrics;
 
 /// Longest access id accepted, so stream names stay small (as for client ids).
 pub const MAX_ACCESS_ID: usize = 256;
@@ -116,6 +118,8 @@ pub struct WsSession {
     id: u64,
     /// When the client last answered a ping (or connected).
     last_pong: Instant,
+    /// The WebSocket face's counters.
+    metrics: FaceMetrics,
     /// This subscriber's place under `--max-connections`, released when the session ends.
     _permit: Permit,
 }
@@ -126,6 +130,7 @@ impl WsSession {
         authorize: Authorize,
         settings: WsSettings,
         permit: Permit,
+        metrics: FaceMetrics,
     ) -> Self {
         Self {
             broker,
@@ -134,7 +139,8 @@ impl WsSession {
             stream: None,
             id: rand::random(),
             last_pong: Instant::now(),
-            _permit: permit,
+            _permit: permit.tracked(metrics.connected.clone()),
+            metrics,
         }
     }
 
@@ -156,6 +162,7 @@ impl WsSession {
             broker: self.broker.clone(),
             stream: stream.clone(),
             id: self.id,
+            slow_consumers: self.metrics.slow_consumers.clone(),
         }
         .start();
         let subscribe = Subscribe {
@@ -177,11 +184,12 @@ impl WsSession {
             self.broker
                 .send(subscribe)
                 .into_actor(self)
-                .map(move |reply, _, ctx| {
+                .map(move |reply, session, ctx| {
                     let Ok(reply) = reply else {
                         ctx.stop();
                         return;
                     };
+                    session.metrics.delivered.inc_by(reply.backlog.len() as u64);
                     for frame in frames(&reply.backlog) {
                         ctx.text(frame);
                     }
@@ -260,6 +268,7 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
 /// Live events from the feed, as many as were ready at once.
 impl StreamHandler<Vec<Arc<Event>>> for WsSession {
     fn handle(&mut self, events: Vec<Arc<Event>>, ctx: &mut Self::Context) {
+        self.metrics.delivered.inc_by(events.len() as u64);
         for frame in frames(&events) {
             ctx.text(frame);
         }
@@ -295,6 +304,8 @@ struct WsFeed {
     stream: StreamKey,
     /// The session's id with the Broker.
     id: u64,
+    /// Counts the sessions it cuts off.
+    slow_consumers: Counter,
 }
 
 impl Actor for WsFeed {
@@ -332,6 +343,7 @@ impl Handler<Deliver> for WsFeed {
             // Stopping drops `tx`: the session sends what is queued, then closes.
             Err(mpsc::error::TrySendError::Full(_)) => {
                 log::info!("{}: slow consumer cut off", self.stream);
+                self.slow_consumers.inc();
                 ctx.stop();
             }
             Err(mpsc::error::TrySendError::Closed(_)) => ctx.stop(),

@@ -13,6 +13,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 
 use crate::common::*;
+use crate::ops::Scrape;
 
 /// Large enough for any frame these tests provoke.
 const MAX_FRAME: usize = 16 * 1024 * 1024;
@@ -194,6 +195,17 @@ async fn the_notifier_scenario() {
     assert_eq!(client1.next_events().await, vec![event1]);
     assert_eq!(client2.next_events().await, vec![event2.clone()]);
     client1.expect_silence(Duration::from_millis(200)).await;
+    let metrics = Scrape::take(&srv).await;
+    assert_eq!(
+        metrics.value("herald_subscribers", ("face", "websocket")),
+        2.0
+    );
+    let delivered = ("herald_events_delivered_total", ("face", "websocket"));
+    assert_eq!(metrics.value(delivered.0, delivered.1), 2.0);
+    assert_eq!(
+        metrics.value("herald_events_published_total", ("kind", "access")),
+        4.0
+    );
 
     assert_eq!(
         drop_user(&srv, "client1").await,
@@ -484,6 +496,11 @@ async fn a_client_that_stops_reading_is_cut_off_without_slowing_anyone() {
     let mut slow = WsClient::announce(&srv, "slow", 0).await;
     let mut fast = WsClient::announce(&srv, "fast", 0).await;
     wait_connected(&srv, &["fast", "slow"]).await;
+    let cut_off = (
+        "herald_slow_consumers_disconnected_total",
+        ("face", "websocket"),
+    );
+    let before = Scrape::take(&srv).await.value(cut_off.0, cut_off.1);
 
     // The fast client reads on its own task while the test publishes.
     let received = Rc::new(RefCell::new(Vec::new()));
@@ -521,6 +538,8 @@ async fn a_client_that_stops_reading_is_cut_off_without_slowing_anyone() {
     .await;
     assert_eq!(*received.borrow(), (1..=pushed).collect::<Vec<_>>());
     reader.abort();
+    let after = Scrape::take(&srv).await.value(cut_off.0, cut_off.1);
+    assert_eq!(after - before, 1.0);
 
     // Reading again, the slow client gets what was queued, in order, then the close.
     let mut got = Vec::new();
