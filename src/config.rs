@@ -74,6 +74,14 @@ pub struct ServeArgs {
     /// How long a graceful shutdown may take before connections are cut.
     #[arg(long, env = "HERALD_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
+
+    /// Interval of WebSocket pings; a client that sends no pong for two intervals is closed.
+    #[arg(long, env = "HERALD_WS_PING", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub ws_ping: Duration,
+
+    /// How long a new WebSocket may take to send its announcement before it is closed.
+    #[arg(long, env = "HERALD_WS_ANNOUNCE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub ws_announce_timeout: Duration,
 }
 
 /// How subscriber and publisher tokens are verified.
@@ -104,6 +112,8 @@ pub struct Config {
     pub max_connections: usize,
     pub max_body: usize,
     pub shutdown_timeout: Duration,
+    pub ws_ping: Duration,
+    pub ws_announce_timeout: Duration,
 }
 
 /// Why a configuration cannot be used; each message says which flag to change.
@@ -115,6 +125,8 @@ pub enum ConfigError {
     HistorySize,
     #[error("--subscriber-queue must be at least 1")]
     SubscriberQueue,
+    #[error("--ws-ping must be longer than zero")]
+    WsPing,
     #[error("cannot keep the dev JWT secret in {path}: {source}")]
     DevSecret {
         path: PathBuf,
@@ -130,6 +142,9 @@ impl ServeArgs {
         }
         if self.subscriber_queue == 0 {
             return Err(ConfigError::SubscriberQueue);
+        }
+        if self.ws_ping.is_zero() {
+            return Err(ConfigError::WsPing);
         }
         let mut listen = self.listen;
         if self.dev && !listen.ip().is_loopback() {
@@ -163,6 +178,8 @@ impl ServeArgs {
             max_connections: self.max_connections,
             max_body: self.max_body,
             shutdown_timeout: self.shutdown_timeout,
+            ws_ping: self.ws_ping,
+            ws_announce_timeout: self.ws_announce_timeout,
         })
     }
 }
@@ -212,6 +229,8 @@ impl Config {
             max_connections: 65_536,
             max_body: 1024 * 1024,
             shutdown_timeout: Duration::from_secs(30),
+            ws_ping: Duration::from_secs(30),
+            ws_announce_timeout: Duration::from_secs(10),
         }
     }
 }

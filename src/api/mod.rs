@@ -1,6 +1,7 @@
 //! The HTTP faces, one module each, merged into one app in `configure`; plus the pieces every
 //! face needs: the shared state handlers receive, bounded body reading, publisher checks.
 
+pub mod access;
 pub mod documents;
 pub mod ops;
 
@@ -42,6 +43,7 @@ impl AppState {
 /// Registers every face's routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     documents::configure(cfg);
+    access::configure(cfg);
     ops::configure(cfg);
 }
 

@@ -8,7 +8,7 @@ use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
 use super::history::Gap;
-use crate::event::{Event, Position, StreamKey};
+use crate::event::{Event, Position, StreamKey, StreamKind};
 use crate::store::StoreError;
 
 /// Appends events to one stream. Answered only after the events are durable, with the events
@@ -60,6 +60,9 @@ pub enum Fallback {
     Latest,
     /// Every retained event.
     Earliest,
+    /// Every retained access event whose `created_at` is at least this, ordered by
+    /// `created_at` then publish order (the WebSocket face's announcement `timestamp`).
+    CreatedSince { created_at: i64 },
 }
 
 /// A session's two inboxes, registered with the Broker for one stream.
@@ -129,6 +132,27 @@ pub struct Close {
 pub enum CloseReason {
     /// The server is draining; the client should come back.
     Shutdown,
+    /// An operator dropped every session of the stream (`POST /drop_user`).
+    Dropped,
+}
+
+/// Closes every session following one stream and forgets them at once, so a listing right
+/// after the answer no longer shows them. Answers how many were told to close.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct CloseStream {
+    /// The stream whose sessions end.
+    pub stream: StreamKey,
+    /// What the sessions tell their clients.
+    pub reason: CloseReason,
+}
+
+/// Lists the ids of the streams of one kind that have at least one subscriber now, sorted.
+#[derive(Message)]
+#[rtype(result = "Vec<String>")]
+pub struct ListSubscribed {
+    /// Which family of streams.
+    pub kind: StreamKind,
 }
 
 /// Starts the drain: every session, and every session that subscribes from now on, is told

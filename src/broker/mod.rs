@@ -4,6 +4,7 @@
 //! Handles `Publish` (assigns positions, hands the batch to the store writer), `Committed`
 //! (appends to history, fans out `Deliver` to subscribers, acks the publisher), `Subscribe` /
 //! `Unsubscribe`, and `Drain`. Sends `Deliver` and `Close` to sessions.
+//! `CloseStream` and `ListSubscribed` answer the WebSocket face's `drop_user` and `clients`.
 //!
 //! Subscribers see an event only after the store has committed it, so nothing a subscriber
 //! saw can be lost by a crash.
@@ -201,7 +202,7 @@ impl Handler<Subscribe> for Broker {
         history.prune(retention, SystemTime::now());
         let fallback = match msg.start.fallback {
             Fallback::Latest => history.head(),
-            Fallback::Earliest => history.tail(),
+            Fallback::Earliest | Fallback::CreatedSince { .. } => history.tail(),
         };
         let (gap, from) = match msg.start.cursor.as_deref() {
             None => (None, fallback),
@@ -213,8 +214,13 @@ impl Handler<Subscribe> for Broker {
                 Err(gap) => (Some(gap), fallback),
             },
         };
-        let backlog: Vec<Arc<Event>> = history.after(from.seq).cloned().collect();
+        let mut backlog: Vec<Arc<Event>> = history.after(from.seq).cloned().collect();
         let position = backlog.last().map_or(from, |e| e.position);
+        if let Fallback::CreatedSince { created_at } = msg.start.fallback {
+            backlog.retain(|e| e.access_created_at().is_some_and(|c| c >= created_at));
+            // Stable: events with equal `created_at` keep their publish order.
+            backlog.sort_by_key(|e| e.access_created_at());
+        }
         if draining {
             msg.subscriber.close.do_send(Close {
                 reason: CloseReason::Shutdown,
@@ -249,6 +255,36 @@ impl Handler<Drain> for Broker {
                 reason: CloseReason::Shutdown,
             });
         }
+    }
+}
+
+impl Handler<CloseStream> for Broker {
+    type Result = usize;
+
+    fn handle(&mut self, msg: CloseStream, _: &mut Self::Context) -> usize {
+        let Some(state) = self.streams.get_mut(&msg.stream) else {
+            return 0;
+        };
+        let closed = state.subscribers.len();
+        for (_, subscriber) in state.subscribers.drain() {
+            subscriber.close.do_send(Close { reason: msg.reason });
+        }
+        closed
+    }
+}
+
+impl Handler<ListSubscribed> for Broker {
+    type Result = Vec<String>;
+
+    fn handle(&mut self, msg: ListSubscribed, _: &mut Self::Context) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .streams
+            .iter()
+            .filter(|(key, state)| key.kind == msg.kind && !state.subscribers.is_empty())
+            .map(|(key, _)| key.id.clone())
+            .collect();
+        ids.sort_unstable();
+        ids
     }
 }
 

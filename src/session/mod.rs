@@ -2,3 +2,4 @@
 //! and unregisters in `stopping`.
 
 pub mod sse;
+pub mod ws;
