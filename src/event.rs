@@ -119,6 +119,8 @@ pub struct Event {
     pub data: Box<serde_json::value::RawValue>,
     /// The SSE frame (`id:` + `data:`), rendered on first use.
     sse_frame: OnceLock<Bytes>,
+    /// The instance face's Notification JSON, rendered on first use.
+    notification: OnceLock<Bytes>,
 }
 
 impl Event {
@@ -135,6 +137,7 @@ impl Event {
             created,
             data,
             sse_frame: OnceLock::new(),
+            notification: OnceLock::new(),
         }
     }
 
@@ -151,6 +154,21 @@ impl Event {
                 frame.push_str(data);
                 frame.push_str("\n\n");
                 Bytes::from(frame)
+            })
+            .clone()
+    }
+
+    /// The instance face's Notification: the stored NotificationCreate fields plus
+    /// `notification_id` (the cursor) and `created` (RFC 3339, UTC, microseconds).
+    pub fn notification_json(&self) -> Bytes {
+        self.notification
+            .get_or_init(|| {
+                let mut fields: serde_json::Map<String, serde_json::Value> =
+                    serde_json::from_str(self.data.get()).unwrap_or_default();
+                fields.insert("notification_id".into(), self.cursor.clone().into());
+                let created = humantime::format_rfc3339_micros(self.created).to_string();
+                fields.insert("created".into(), created.into());
+                Bytes::from(serde_json::to_vec(&fields).expect("a JSON map serializes"))
             })
             .clone()
     }
@@ -186,6 +204,28 @@ mod tests {
         for junk in ["", "abc", "!!!!!!!!!!!!!!!!", "AAAAAAAAAAAAAAAAAAAA", "ü"] {
             assert_eq!(Position::from_cursor(junk), None, "{junk}");
         }
+    }
+
+    #[test]
+    fn notification_adds_id_and_creation_time() {
+        let data = serde_json::value::RawValue::from_string(r#"{"message":"hi"}"#.into()).unwrap();
+        let position = Position { epoch: 1, seq: 2 };
+        let created = SystemTime::UNIX_EPOCH + std::time::Duration::from_micros(1_500_000);
+        let event = Event::new(
+            StreamKey::new(StreamKind::Instance, "i"),
+            position,
+            created,
+            data,
+        );
+        let json: serde_json::Value = serde_json::from_slice(&event.notification_json()).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "message": "hi",
+                "notification_id": position.cursor(),
+                "created": "1970-01-01T00:00:01.500000Z",
+            })
+        );
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! face needs: the shared state handlers receive, bounded body reading, publisher checks.
 
 pub mod documents;
+pub mod instances;
+pub mod openapi;
 pub mod ops;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,6 +41,7 @@ impl AppState {
 /// Registers every face's routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     documents::configure(cfg);
+    instances::configure(cfg);
     ops::configure(cfg);
 }
 
