@@ -192,3 +192,12 @@ pub struct GetEvent {
     /// The event's position.
     pub position: Position,
 }
+
+/// How many sessions follow a stream now; for operators and tests that must know a session
+/// is registered before they act.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct CountSubscribers {
+    /// The stream asked about.
+    pub stream: StreamKey,
+}

@@ -4,6 +4,9 @@
 //! Handles `Publish` (assigns positions, hands the batch to the store writer), `Committed`
 //! (appends to history, fans out `Deliver` to subscribers, acks the publisher), `Subscribe` /
 //! `Unsubscribe`, and `Drain`. Sends `Deliver` and `Close` to sessions.
+//! Also answers read queries from history without registering anyone (`ReadPage`,
+//! `GetEvent`, `CountSubscribers`) and `SubscribeBounded`, a `Subscribe` with a per-stream
+//! subscriber limit.
 //!
 //! Subscribers see an event only after the store has committed it, so nothing a subscriber
 //! saw can be lost by a crash.
@@ -278,5 +281,15 @@ impl Handler<GetEvent> for Broker {
         let history = &mut self.streams.get_mut(&msg.stream)?.history;
         history.prune(retention, SystemTime::now());
         history.get(msg.position).cloned()
+    }
+}
+
+impl Handler<CountSubscribers> for Broker {
+    type Result = usize;
+
+    fn handle(&mut self, msg: CountSubscribers, _: &mut Self::Context) -> usize {
+        self.streams
+            .get(&msg.stream)
+            .map_or(0, |s| s.subscribers.len())
     }
 }

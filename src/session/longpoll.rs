@@ -9,7 +9,8 @@
 //!
 //! The `Unsubscribe` goes out *before* the answer, so a client that polls again as soon as
 //! it has its answer is never counted twice against the listener limit: the Broker's mailbox
-//! sees the `Unsubscribe` before the next poll's `SubscribeBounded`.
+//! sees the `Unsubscribe` before the next poll's `SubscribeBounded`. The connection permit is
+//! released before the answer for the same reason.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,8 +69,8 @@ pub struct LongPoll {
     reply: Option<oneshot::Sender<PollOutcome>>,
     /// Resolves when the handler is gone (the client disconnected): then nobody waits.
     client_gone: Option<oneshot::Receiver<()>>,
-    /// This poll's place under `--max-connections`, released when the actor stops.
-    _permit: Permit,
+    /// This poll's place under `--max-connections`, released before the answer goes out.
+    permit: Option<Permit>,
 }
 
 /// The handler's side of a poll.
@@ -99,7 +100,7 @@ impl LongPoll {
             registered: false,
             reply: Some(reply),
             client_gone: Some(client_gone),
-            _permit: permit,
+            permit: Some(permit),
         };
         (
             poll,
@@ -119,9 +120,11 @@ impl LongPoll {
         }
     }
 
-    /// Answers once and stops.
+    /// Answers once and stops. Its listener slot and connection permit are given back first,
+    /// so the client's next poll finds them free.
     fn answer(&mut self, outcome: PollOutcome, ctx: &mut Context<Self>) {
         self.unsubscribe();
+        drop(self.permit.take());
         if let Some(reply) = self.reply.take() {
             let _ = reply.send(outcome);
         }

@@ -3,4 +3,5 @@
 
 mod common;
 mod documents;
+mod instances;
 mod process;
