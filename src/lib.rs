@@ -24,7 +24,7 @@ use broker::history::Retention;
 use broker::messages::{Drain, Flush};
 use broker::Broker;
 pub use config::Config;
-use store::{MemoryStore, StoreWriter};
+use store::{MemoryStore, SqliteStore, Store, StoreWriter};
 
 /// Why the server could not start. Each message names what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +38,13 @@ pub enum StartError {
     Keys(#[from] auth::KeyError),
     #[error("cannot start the store writer: {0}")]
     Store(std::io::Error),
+    #[error(transparent)]
+    Open(#[from] store::sqlite::OpenError),
+    #[error("cannot read the store in {path}: {source}")]
+    Load {
+        path: std::path::PathBuf,
+        source: store::StoreError,
+    },
 }
 
 /// A running server.
@@ -57,15 +64,25 @@ pub struct Herald {
 /// Starts the Broker, the store writer and the HTTP server. Must run inside an actix system.
 pub async fn start(config: Config) -> Result<Herald, StartError> {
     let verifier = auth::Verifier::new(&config.keys, config.publisher_keys.clone())?;
-    let store = StoreWriter::spawn(MemoryStore).map_err(StartError::Store)?;
     let retention = Retention {
         max_events: config.history_size,
         ttl: config.history_ttl,
     };
+    let (store, kept) = if config.memory {
+        (StoreWriter::spawn(MemoryStore), Vec::new())
+    } else {
+        let mut sqlite = SqliteStore::open(&config.data_dir, retention)?;
+        let kept = sqlite.load().map_err(|e| StartError::Load {
+            path: config.data_dir.clone(),
+            source: e,
+        })?;
+        (StoreWriter::spawn(sqlite), kept)
+    };
+    let store = store.map_err(StartError::Store)?;
     // The Broker gets a thread of its own so that HTTP workers never delay fan-out.
     let broker_thread = Arbiter::new();
     let broker: Addr<Broker> = Broker::start_in_arbiter(&broker_thread.handle(), move |_| {
-        Broker::new(store, retention)
+        Broker::new(store, retention, kept)
     });
 
     let listener = TcpListener::bind(config.listen).map_err(|source| StartError::Listen {

@@ -22,7 +22,7 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use crate::event::{Event, Position, StreamKey};
-use crate::store::{StoreError, StoreWriter};
+use crate::store::{StoreError, StoreWriter, StoredStream};
 use history::{Gap, History, Retention};
 use messages::*;
 
@@ -53,9 +53,33 @@ pub struct Broker {
 }
 
 impl Broker {
-    pub fn new(store: StoreWriter, retention: Retention) -> Self {
+    /// A Broker that resumes the streams the store kept.
+    pub fn new(store: StoreWriter, retention: Retention, kept: Vec<StoredStream>) -> Self {
+        let now = SystemTime::now();
+        let streams = kept
+            .into_iter()
+            .map(|stream| {
+                // Whatever came before the oldest kept event has left history.
+                let evicted_through = stream
+                    .events
+                    .first()
+                    .map_or(stream.head, |e| e.position.seq - 1);
+                let mut history = History::restore(
+                    stream.epoch,
+                    stream.head,
+                    evicted_through,
+                    stream.events.into(),
+                );
+                history.prune(retention, now);
+                let state = StreamState {
+                    history,
+                    subscribers: HashMap::new(),
+                };
+                (stream.key, state)
+            })
+            .collect();
         Self {
-            streams: HashMap::new(),
+            streams,
             store,
             retention,
             draining: false,

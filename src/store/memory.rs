@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use super::{Store, StoreError};
+use std::time::SystemTime;
+
+use super::{Store, StoreError, StoredStream};
 use crate::event::Event;
 
 /// Acknowledges every append at once.
@@ -16,6 +18,14 @@ impl Store for MemoryStore {
     }
 
     fn flush(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn load(&mut self) -> Result<Vec<StoredStream>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    fn maintain(&mut self, _now: SystemTime) -> Result<(), StoreError> {
         Ok(())
     }
 }

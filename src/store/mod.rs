@@ -6,14 +6,20 @@
 //! worker's thread.
 
 mod memory;
+pub mod sqlite;
 
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
+use std::time::{Duration, Instant, SystemTime};
 
 pub use memory::MemoryStore;
+pub use sqlite::SqliteStore;
 
-use crate::event::Event;
+use crate::event::{Event, StreamKey};
+
+/// How often the writer runs retention upkeep on what is stored.
+const MAINTAIN_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Batches committed together at most; bounds the latency of the first publisher in a group.
 const MAX_GROUP: usize = 1024;
@@ -30,12 +36,27 @@ pub enum StoreError {
     Stopped,
 }
 
-/// A durable home for events. Called only from the writer thread.
+/// One stream as the store kept it, for the Broker to start from.
+#[derive(Debug)]
+pub struct StoredStream {
+    pub key: StreamKey,
+    pub epoch: u32,
+    /// The newest position ever committed.
+    pub head: u64,
+    /// Retained events, oldest first.
+    pub events: Vec<Arc<Event>>,
+}
+
+/// A durable home for events. After `load`, called only from the writer thread.
 pub trait Store: Send + 'static {
     /// Makes every event of the group durable, all or nothing.
     fn append(&mut self, events: &[Arc<Event>]) -> Result<(), StoreError>;
     /// Makes sure everything acknowledged is on disk, for shutdown.
     fn flush(&mut self) -> Result<(), StoreError>;
+    /// Every stream kept, with its retained events; called once, at start.
+    fn load(&mut self) -> Result<Vec<StoredStream>, StoreError>;
+    /// Background upkeep (retention), run by the writer between groups.
+    fn maintain(&mut self, now: SystemTime) -> Result<(), StoreError>;
 }
 
 /// Called on the writer thread once the batch's group is committed (or failed).
@@ -81,37 +102,54 @@ impl StoreWriter {
 }
 
 fn write_loop(store: &mut impl Store, rx: mpsc::Receiver<Command>) {
-    while let Ok(first) = rx.recv() {
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(cmd) => group.push(cmd),
-                Err(_) => break,
-            }
+    let mut next_upkeep = Instant::now() + MAINTAIN_INTERVAL;
+    loop {
+        match rx.recv_timeout(next_upkeep.saturating_duration_since(Instant::now())) {
+            Ok(first) => commit_group(store, first, &rx),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
         }
-        let events: Vec<Arc<Event>> = group
-            .iter()
-            .filter_map(|cmd| match cmd {
-                Command::Append { events, .. } => Some(events.iter().cloned()),
-                Command::Flush { .. } => None,
-            })
-            .flatten()
-            .collect();
-        let appended = if events.is_empty() {
-            Ok(())
-        } else {
-            store.append(&events)
-        };
-        let flushed = if group.iter().any(|c| matches!(c, Command::Flush { .. })) {
-            store.flush()
-        } else {
-            Ok(())
-        };
-        for cmd in group {
-            match cmd {
-                Command::Append { done, .. } => done(appended.clone()),
-                Command::Flush { done } => done(appended.clone().and(flushed.clone())),
+        // Checked after every group too, so a store that is never idle still gets upkeep.
+        if Instant::now() >= next_upkeep {
+            if let Err(e) = store.maintain(SystemTime::now()) {
+                log::error!("store upkeep failed: {e}");
             }
+            next_upkeep = Instant::now() + MAINTAIN_INTERVAL;
+        }
+    }
+}
+
+/// Commits `first` and whatever else is queued already as one group.
+fn commit_group(store: &mut impl Store, first: Command, rx: &mpsc::Receiver<Command>) {
+    let mut group = vec![first];
+    while group.len() < MAX_GROUP {
+        match rx.try_recv() {
+            Ok(cmd) => group.push(cmd),
+            Err(_) => break,
+        }
+    }
+    let events: Vec<Arc<Event>> = group
+        .iter()
+        .filter_map(|cmd| match cmd {
+            Command::Append { events, .. } => Some(events.iter().cloned()),
+            Command::Flush { .. } => None,
+        })
+        .flatten()
+        .collect();
+    let appended = if events.is_empty() {
+        Ok(())
+    } else {
+        store.append(&events)
+    };
+    let flushed = if group.iter().any(|c| matches!(c, Command::Flush { .. })) {
+        store.flush()
+    } else {
+        Ok(())
+    };
+    for cmd in group {
+        match cmd {
+            Command::Append { done, .. } => done(appended.clone()),
+            Command::Flush { done } => done(appended.clone().and(flushed.clone())),
         }
     }
 }

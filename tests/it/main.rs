@@ -1,7 +1,9 @@
 //! Herald's integration tests: one binary, a module per face, each test against a real server
 //! on a random port with real clients.
 
+mod browser;
 mod common;
 mod documents;
+mod durability;
 mod instances;
 mod process;

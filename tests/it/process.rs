@@ -9,16 +9,16 @@ use serde_json::{json, Value};
 
 use crate::common::*;
 
-fn herald() -> Command {
+pub fn herald() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
     cmd.env_clear().env("RUST_LOG", "info");
     cmd
 }
 
 /// A `herald serve` child process; killed if the test ends early.
-struct Served {
-    child: Child,
-    addr: String,
+pub struct Served {
+    pub child: Child,
+    pub addr: String,
 }
 
 impl Drop for Served {
@@ -29,7 +29,7 @@ impl Drop for Served {
 }
 
 /// Starts `herald serve` on a random port and reads the bound address from its log.
-fn serve(args: &[&str]) -> Served {
+pub fn serve(args: &[&str]) -> Served {
     let mut child = herald()
         .arg("serve")
         .args(["--listen", "127.0.0.1:0"])
@@ -156,4 +156,21 @@ async fn sigterm_drains_streams_and_exits_zero() {
     })
     .await;
     assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn a_corrupt_store_is_a_one_line_error_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("herald.db"), vec![0x42u8; 8192]).unwrap();
+    let out = herald()
+        .args(["serve", "--listen", "127.0.0.1:0", "--jwt-secret", SECRET])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("herald.db"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }

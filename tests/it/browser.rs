@@ -1,0 +1,188 @@
+//! The demo page in headless Chromium (Debian's `chromium` and `chromium-driver`), driven
+//! through WebDriver like a person would: click, type, and see the result on the page.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::json;
+
+use crate::common::*;
+
+/// A chromedriver process and a browser session on it; both end when dropped.
+pub struct Browser {
+    pub client: Client,
+    driver: Child,
+    _profile: tempfile::TempDir,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+impl Browser {
+    pub async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let driver = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver runs (apt-get install chromium chromium-driver; see .ci/run)");
+        let profile = tempfile::tempdir().unwrap();
+        // Flags for a root, offline sandbox: no setuid sandbox, no background networking.
+        let caps = json!({
+            "goog:chromeOptions": {
+                "binary": "/usr/bin/chromium",
+                "args": [
+                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    "--disable-quic", "--no-first-run", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync",
+                    format!("--user-data-dir={}", profile.path().display()),
+                ]
+            }
+        });
+        let caps = caps.as_object().unwrap().clone();
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        let url = format!("http://127.0.0.1:{port}");
+        let client = wait_for("chromedriver to accept a session", || {
+            let (caps, connector, url) = (caps.clone(), connector.clone(), url.clone());
+            async move {
+                ClientBuilder::new(connector)
+                    .capabilities(caps)
+                    .connect(&url)
+                    .await
+                    .ok()
+            }
+        })
+        .await;
+        Self {
+            client,
+            driver,
+            _profile: profile,
+        }
+    }
+
+    /// Waits for an element to appear.
+    pub async fn find(&self, css: &str) -> fantoccini::elements::Element {
+        self.client
+            .wait()
+            .at_most(DEADLINE)
+            .every(Duration::from_millis(20))
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("{css} did not appear: {e}"))
+    }
+
+    /// Waits until an element's text satisfies `check`.
+    pub async fn wait_text(&self, css: &str, check: impl Fn(&str) -> bool) -> String {
+        wait_for(css, || async {
+            let text = self.find(css).await.text().await.ok()?;
+            check(&text).then_some(text)
+        })
+        .await
+    }
+
+    pub async fn fill(&self, css: &str, value: &str) {
+        let input = self.find(css).await;
+        input.clear().await.unwrap();
+        input.send_keys(value).await.unwrap();
+    }
+}
+
+#[actix_rt::test]
+async fn demo_page_publishes_and_shows_sse_events() {
+    let srv = TestServer::start_with(|c| c.dev = true).await;
+    let browser = Browser::start().await;
+    browser.client.goto(&srv.url("/")).await.unwrap();
+
+    browser.fill("#sse-sub", "browser-user").await;
+    browser.find("#sse-connect").await.click().await.unwrap();
+    browser
+        .wait_text("#sse-status", |t| t.contains("connected as browser-user"))
+        .await;
+
+    let doc = browser
+        .find("#pub-doc")
+        .await
+        .prop("value")
+        .await
+        .unwrap()
+        .unwrap();
+    browser
+        .find("#pub-status option[value=COMPLETED]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser.find("#pub-btn").await.click().await.unwrap();
+    browser
+        .wait_text("#pub-result", |t| t.starts_with("202"))
+        .await;
+
+    let item = browser
+        .find(&format!("#sse-events li[data-document-id='{doc}']"))
+        .await;
+    assert_eq!(
+        item.attr("data-status").await.unwrap().as_deref(),
+        Some("COMPLETED")
+    );
+
+    // An event published by another client (curl, a producer) shows up too.
+    srv.publish_status("browser-user", "ERROR").await;
+    browser
+        .wait_text("#sse-events li:first-child", |t| t.starts_with("ERROR"))
+        .await;
+    browser.client.clone().close().await.unwrap();
+}
+
+#[actix_rt::test]
+async fn demo_page_long_polls_instance_notifications_with_the_cursor() {
+    let srv = TestServer::start_with(|c| c.dev = true).await;
+    let browser = Browser::start().await;
+    browser.client.goto(&srv.url("/")).await.unwrap();
+    let id = uuid::Uuid::new_v4().to_string();
+    browser.fill("#lp-instance", &id).await;
+    browser.find("#lp-start").await.click().await.unwrap();
+    browser
+        .wait_text("#lp-status", |t| t.starts_with("polling"))
+        .await;
+    // The page's first poll is waiting in the server.
+    wait_for("the page's poll", || async {
+        (srv.subscribers(&format!("instance:{id}")).await == 1).then_some(())
+    })
+    .await;
+
+    browser.fill("#lp-message", "from the page").await;
+    browser.find("#lp-create").await.click().await.unwrap();
+    browser
+        .wait_text("#lp-result", |t| t.starts_with("200"))
+        .await;
+    browser
+        .find("#lp-events li[data-message='from the page']")
+        .await;
+
+    // The loop polls again from the cursor it got: a notification created elsewhere arrives
+    // exactly once, and the cursor shown is its id.
+    let last =
+        crate::instances::create_messages(&srv.url(""), &id, &["from curl".to_string()]).await;
+    browser
+        .find("#lp-events li[data-message='from curl']")
+        .await;
+    browser.wait_text("#lp-cursor", |t| t == last).await;
+    let items = browser
+        .client
+        .find_all(Locator::Css("#lp-events li"))
+        .await
+        .unwrap();
+    assert_eq!(items.len(), 2, "each notification is shown once");
+    browser.find("#lp-stop").await.click().await.unwrap();
+    browser.wait_text("#lp-status", |t| t == "stopped").await;
+    browser.client.clone().close().await.unwrap();
+}

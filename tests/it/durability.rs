@@ -1,0 +1,141 @@
+//! The embedded SQLite store: nothing acknowledged is lost when the process is killed.
+
+use std::cell::RefCell;
+use std::process::Command;
+use std::rc::Rc;
+use std::time::Duration;
+
+use awc::http::StatusCode;
+use serde_json::{json, Value};
+
+use crate::common::*;
+use crate::process::{serve, Served};
+
+fn start(dir: &std::path::Path) -> Served {
+    serve(&[
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--jwt-secret",
+        SECRET,
+        "--publisher-key",
+        PUBLISHER_KEY,
+    ])
+}
+
+async fn publish(base: &str, doc: &str) -> Option<String> {
+    let mut res = client()
+        .post(format!("{base}/events/client/durable"))
+        .bearer_auth(PUBLISHER_KEY)
+        .send_json(&json!({"documentId": doc, "status": "PENDING"}))
+        .await
+        .ok()?;
+    if res.status() != StatusCode::ACCEPTED {
+        return None;
+    }
+    let body: Value = res.json().await.ok()?;
+    Some(body["ids"][0].as_str()?.to_string())
+}
+
+/// Reads events after `cursor` until `until` returns true for the collected (id, documentId)s.
+async fn read_after(
+    base: &str,
+    cursor: &str,
+    until: impl Fn(&[(String, String)]) -> bool,
+) -> Vec<(String, String)> {
+    let req = client()
+        .get(format!("{base}/events/client"))
+        .insert_header(("Accept", "text/event-stream"))
+        .insert_header(("Last-Event-ID", cursor))
+        .bearer_auth(token("durable", &[]));
+    let mut sub = SseClient::open(req).await;
+    let mut seen = Vec::new();
+    while !until(&seen) {
+        let event = sub.expect_event().await;
+        assert_eq!(event.event, "message", "no gap after a restart: {event:?}");
+        let data: Value = serde_json::from_str(&event.data).unwrap();
+        seen.push((event.id, data["documentId"].as_str().unwrap().to_string()));
+    }
+    sub.expect_silence(Duration::from_millis(200)).await;
+    seen
+}
+
+#[actix_rt::test]
+async fn sigkill_mid_stream_loses_no_acknowledged_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut srv = start(dir.path());
+    let base = format!("http://{}", srv.addr);
+    let marker = publish(&base, &uuid::Uuid::new_v4().to_string())
+        .await
+        .expect("marker published");
+
+    // Eight concurrent publishers; each records what was acknowledged.
+    let acked: Rc<RefCell<Vec<(String, String)>>> = Rc::default();
+    let publishers: Vec<_> = (0..8)
+        .map(|_| {
+            let (acked, base) = (acked.clone(), base.clone());
+            actix_rt::spawn(async move {
+                loop {
+                    let doc = uuid::Uuid::new_v4().to_string();
+                    match publish(&base, &doc).await {
+                        Some(id) => acked.borrow_mut().push((id, doc)),
+                        None => break,
+                    }
+                }
+            })
+        })
+        .collect();
+    wait_for("300 acknowledged publishes", || {
+        let n = acked.borrow().len();
+        async move { (n >= 300).then_some(()) }
+    })
+    .await;
+    let pid = srv.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-KILL", &pid])
+        .status()
+        .unwrap()
+        .success());
+    for p in publishers {
+        p.await.unwrap();
+    }
+    let _ = srv.child.wait();
+    let acked = acked.take();
+
+    let srv = start(dir.path());
+    let base = format!("http://{}", srv.addr);
+    let after_marker = read_after(&base, &marker, |seen| {
+        acked.iter().all(|a| seen.iter().any(|s| s.0 == a.0))
+    })
+    .await;
+    // Same cursors and documents, in cursor order.
+    for (id, doc) in &acked {
+        let found = after_marker.iter().find(|s| &s.0 == id).unwrap();
+        assert_eq!(
+            &found.1, doc,
+            "cursor {id} names the same event after the restart"
+        );
+    }
+    let positions: Vec<_> = after_marker
+        .iter()
+        .map(|(id, _)| herald::event::Position::from_cursor(id).unwrap())
+        .collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "in order");
+
+    // Resuming from a pre-crash cursor in the middle gives exactly the later events.
+    let middle = &acked[acked.len() / 2].0;
+    let expected: Vec<_> = after_marker
+        .iter()
+        .skip_while(|(id, _)| id != middle)
+        .skip(1)
+        .cloned()
+        .collect();
+    let resumed = read_after(&base, middle, |seen| seen.len() >= expected.len()).await;
+    assert_eq!(resumed, expected);
+
+    // And the restarted server keeps numbering after the old events.
+    let next = publish(&base, &uuid::Uuid::new_v4().to_string())
+        .await
+        .unwrap();
+    let last = herald::event::Position::from_cursor(&after_marker.last().unwrap().0).unwrap();
+    assert!(herald::event::Position::from_cursor(&next).unwrap() > last);
+}
