@@ -10,6 +10,7 @@ pub mod broker;
 pub mod config;
 pub mod event;
 pub mod limits;
+pub mod metrics;
 pub mod session;
 pub mod store;
 
@@ -68,21 +69,23 @@ pub async fn start(config: Config) -> Result<Herald, StartError> {
         max_events: config.history_size,
         ttl: config.history_ttl,
     };
+    let metrics = metrics::Metrics::new();
     let (store, kept) = if config.memory {
-        (StoreWriter::spawn(MemoryStore), Vec::new())
+        (StoreWriter::spawn(MemoryStore, metrics.clone()), Vec::new())
     } else {
         let mut sqlite = SqliteStore::open(&config.data_dir, retention)?;
         let kept = sqlite.load().map_err(|e| StartError::Load {
             path: config.data_dir.clone(),
             source: e,
         })?;
-        (StoreWriter::spawn(sqlite), kept)
+        (StoreWriter::spawn(sqlite, metrics.clone()), kept)
     };
     let store = store.map_err(StartError::Store)?;
     // The Broker gets a thread of its own so that HTTP workers never delay fan-out.
     let broker_thread = Arbiter::new();
+    let broker_metrics = metrics.clone();
     let broker: Addr<Broker> = Broker::start_in_arbiter(&broker_thread.handle(), move |_| {
-        Broker::new(store, retention, kept)
+        Broker::new(store, retention, kept, &broker_metrics)
     });
 
     let listener = TcpListener::bind(config.listen).map_err(|source| StartError::Listen {
@@ -99,6 +102,7 @@ pub async fn start(config: Config) -> Result<Herald, StartError> {
     let shutdown_timeout = config.shutdown_timeout.as_secs();
     let state = web::Data::new(AppState {
         connections: limits::Connections::new(config.max_connections),
+        metrics,
         broker,
         config,
         verifier,

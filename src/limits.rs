@@ -4,6 +4,8 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use prometheus_client::metrics::gauge::Gauge;
+
 /// Counts connected subscribers across faces.
 #[derive(Debug)]
 pub struct Connections {
@@ -28,7 +30,10 @@ impl Connections {
                 (n < self.max).then_some(n + 1)
             })
             .ok()
-            .map(|_| Permit(self.clone()))
+            .map(|_| Permit {
+                pool: self.clone(),
+                gauge: None,
+            })
     }
 
     /// Subscribers connected now.
@@ -39,11 +44,28 @@ impl Connections {
 
 /// One connected subscriber; releases its place when dropped.
 #[derive(Debug)]
-pub struct Permit(Arc<Connections>);
+pub struct Permit {
+    /// The pool it counts against.
+    pool: Arc<Connections>,
+    /// The face's connected-subscribers gauge, if the permit is counted in metrics.
+    gauge: Option<Gauge>,
+}
+
+impl Permit {
+    /// Counts this subscriber in a face's gauge too, for as long as the permit lives.
+    pub fn tracked(mut self, gauge: Gauge) -> Self {
+        gauge.inc();
+        self.gauge = Some(gauge);
+        self
+    }
+}
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.0.current.fetch_sub(1, Ordering::AcqRel);
+        self.pool.current.fetch_sub(1, Ordering::AcqRel);
+        if let Some(gauge) = &self.gauge {
+            gauge.dec();
+        }
     }
 }
 

@@ -13,6 +13,7 @@ use serde_json::{Map, Value};
 use super::{check_publisher, read_body, AppState, BodyError, PublisherCheck};
 use crate::broker::messages::{Fallback, Publish, Start};
 use crate::event::{StreamKey, StreamKind};
+use crate::metrics::Face;
 use crate::session::sse::SseSession;
 
 /// Browsers back off this long (ms) after an error instead of hammering the server.
@@ -83,6 +84,7 @@ async fn subscribe(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse
         state.config.subscriber_queue,
         state.config.sse_keepalive,
         permit,
+        state.metrics.face(Face::Sse),
     );
     session.start();
     // If the session died before subscribing, its body is already closed; either way the

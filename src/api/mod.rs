@@ -17,6 +17,7 @@ use crate::auth::{self, Verifier};
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::limits::Connections;
+use crate::metrics::Metrics;
 
 /// Everything a handler may reach, handed out through `web::Data`.
 pub struct AppState {
@@ -30,6 +31,8 @@ pub struct AppState {
     pub draining: AtomicBool,
     /// Connected subscribers, against `--max-connections`.
     pub connections: Arc<Connections>,
+    /// What `/metrics` exposes.
+    pub metrics: Arc<Metrics>,
 }
 
 impl AppState {

@@ -18,6 +18,7 @@ const DEV_TOKEN_TTL: Duration = Duration::from_secs(3600);
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/health", web::get().to(health))
+        .route("/metrics", web::get().to(metrics))
         .route("/dev/token", web::get().to(dev_token))
         .route("/openapi.json", web::get().to(openapi_json))
         .route("/", web::get().to(index));
@@ -33,6 +34,12 @@ async fn health(state: web::Data<AppState>) -> HttpResponse {
 
 async fn openapi_json() -> HttpResponse {
     HttpResponse::Ok().json(super::openapi::document())
+}
+
+async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .body(state.metrics.render())
 }
 
 async fn index() -> HttpResponse {

@@ -21,10 +21,12 @@ use std::time::{Duration, SystemTime};
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
-use crate::event::{Event, Position, StreamKey};
+use crate::event::{Event, Position, StreamKey, StreamKind};
+use crate::metrics::Metrics;
 use crate::store::{StoreError, StoreWriter, StoredStream};
 use history::{Gap, History, Retention};
 use messages::*;
+use prometheus_client::metrics::counter::Counter;
 
 /// How often age-based retention runs over every stream (it also runs on every append).
 const PRUNE_INTERVAL: Duration = Duration::from_secs(5);
@@ -48,13 +50,20 @@ pub struct Broker {
     store: StoreWriter,
     /// Bounds of every stream's history.
     retention: Retention,
+    /// Events committed, by stream kind.
+    published: HashMap<StreamKind, Counter>,
     /// Set by `Drain`: sessions that subscribe from now on are closed at once.
     draining: bool,
 }
 
 impl Broker {
     /// A Broker that resumes the streams the store kept.
-    pub fn new(store: StoreWriter, retention: Retention, kept: Vec<StoredStream>) -> Self {
+    pub fn new(
+        store: StoreWriter,
+        retention: Retention,
+        kept: Vec<StoredStream>,
+        metrics: &Metrics,
+    ) -> Self {
         let now = SystemTime::now();
         let streams = kept
             .into_iter()
@@ -78,8 +87,18 @@ impl Broker {
                 (stream.key, state)
             })
             .collect();
+        let published = [
+            StreamKind::Client,
+            StreamKind::Instance,
+            StreamKind::Access,
+            StreamKind::Country,
+        ]
+        .into_iter()
+        .map(|kind| (kind, metrics.published(kind)))
+        .collect();
         Self {
             streams,
+            published,
             store,
             retention,
             draining: false,
@@ -156,9 +175,12 @@ impl Handler<Committed> for Broker {
             let _ = msg.reply.send(Ok(msg.events));
             return;
         };
+        if let Some(counter) = self.published.get(&first.stream.kind) {
+            counter.inc_by(msg.events.len() as u64);
+        }
         let now = SystemTime::now();
         let retention = self.retention;
-        let state = self.stream_mut(&first.stream.clone());
+        let state = self.stream_mut(&first.stream);
         for event in &msg.events {
             state.history.push(event.clone(), retention, now);
             for subscriber in state.subscribers.values() {

@@ -21,6 +21,7 @@ use crate::broker::messages::{Close, Deliver, Start, Subscribe, Subscriber, Unsu
 use crate::broker::Broker;
 use crate::event::StreamKey;
 use crate::limits::Permit;
+use crate::metrics::FaceMetrics;
 
 /// The keep-alive comment. Proxies and browsers drop idle connections without it.
 const KEEPALIVE: &[u8] = b": keep-alive\n\n";
@@ -49,6 +50,8 @@ pub struct SseSession {
     ready: Option<oneshot::Sender<()>>,
     /// This subscriber's place under `--max-connections`, released when the session ends.
     _permit: Permit,
+    /// The SSE face's counters.
+    metrics: FaceMetrics,
 }
 
 impl SseSession {
@@ -60,6 +63,7 @@ impl SseSession {
         queue: usize,
         keepalive: Duration,
         permit: Permit,
+        metrics: FaceMetrics,
     ) -> (
         Self,
         oneshot::Receiver<()>,
@@ -75,7 +79,8 @@ impl SseSession {
             tx,
             keepalive,
             ready: Some(ready),
-            _permit: permit,
+            _permit: permit.tracked(metrics.connected.clone()),
+            metrics,
         };
         let body = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|f| f.map(Ok)));
         (session, subscribed, body)
@@ -87,6 +92,7 @@ impl SseSession {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 log::info!("{}: slow consumer disconnected", self.stream);
+                self.metrics.slow_consumers.inc();
                 ctx.stop();
             }
             Err(mpsc::error::TrySendError::Closed(_)) => ctx.stop(),
@@ -119,6 +125,7 @@ impl Actor for SseSession {
                         return;
                     };
                     if let Some(gap) = reply.gap {
+                        session.metrics.gaps.inc();
                         let frame = format!(
                             "event: gap\nid: {}\ndata: {{\"reason\":\"{}\"}}\n\n",
                             reply.position.cursor(),
@@ -126,6 +133,7 @@ impl Actor for SseSession {
                         );
                         session.send(Bytes::from(frame), ctx);
                     }
+                    session.metrics.delivered.inc_by(reply.backlog.len() as u64);
                     for event in reply.backlog {
                         session.send(event.sse_frame(), ctx);
                     }
@@ -137,7 +145,8 @@ impl Actor for SseSession {
         ctx.run_interval(self.keepalive, |session, ctx| {
             session.send(Bytes::from_static(KEEPALIVE), ctx)
         });
-        // Notice a client that went away even when no event or keep-alive is due.
+        // Ends the session as soon as the body is dropped. The HTTP server drops it when a write
+        // fails, so a silent client is noticed at the next event or keep-alive.
         let tx = self.tx.clone();
         ctx.spawn(
             async move { tx.closed().await }
@@ -159,6 +168,7 @@ impl Handler<Deliver> for SseSession {
     type Result = ();
 
     fn handle(&mut self, msg: Deliver, ctx: &mut Self::Context) {
+        self.metrics.delivered.inc();
         self.send(msg.event.sse_frame(), ctx);
     }
 }

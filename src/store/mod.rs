@@ -17,6 +17,7 @@ pub use memory::MemoryStore;
 pub use sqlite::SqliteStore;
 
 use crate::event::{Event, StreamKey};
+use crate::metrics::Metrics;
 
 /// How often the writer runs retention upkeep on what is stored.
 const MAINTAIN_INTERVAL: Duration = Duration::from_secs(10);
@@ -75,11 +76,11 @@ pub struct StoreWriter {
 
 impl StoreWriter {
     /// Moves `store` onto its own thread.
-    pub fn spawn(mut store: impl Store) -> std::io::Result<Self> {
+    pub fn spawn(mut store: impl Store, metrics: Arc<Metrics>) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::sync_channel(QUEUE_DEPTH);
         thread::Builder::new()
             .name("herald-store".into())
-            .spawn(move || write_loop(&mut store, rx))?;
+            .spawn(move || write_loop(&mut store, rx, &metrics))?;
         Ok(Self { tx })
     }
 
@@ -101,11 +102,11 @@ impl StoreWriter {
     }
 }
 
-fn write_loop(store: &mut impl Store, rx: mpsc::Receiver<Command>) {
+fn write_loop(store: &mut impl Store, rx: mpsc::Receiver<Command>, metrics: &Metrics) {
     let mut next_upkeep = Instant::now() + MAINTAIN_INTERVAL;
     loop {
         match rx.recv_timeout(next_upkeep.saturating_duration_since(Instant::now())) {
-            Ok(first) => commit_group(store, first, &rx),
+            Ok(first) => commit_group(store, first, &rx, metrics),
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
         }
@@ -120,7 +121,12 @@ fn write_loop(store: &mut impl Store, rx: mpsc::Receiver<Command>) {
 }
 
 /// Commits `first` and whatever else is queued already as one group.
-fn commit_group(store: &mut impl Store, first: Command, rx: &mpsc::Receiver<Command>) {
+fn commit_group(
+    store: &mut impl Store,
+    first: Command,
+    rx: &mpsc::Receiver<Command>,
+    metrics: &Metrics,
+) {
     let mut group = vec![first];
     while group.len() < MAX_GROUP {
         match rx.try_recv() {
@@ -139,7 +145,13 @@ fn commit_group(store: &mut impl Store, first: Command, rx: &mpsc::Receiver<Comm
     let appended = if events.is_empty() {
         Ok(())
     } else {
-        store.append(&events)
+        let started = Instant::now();
+        let result = store.append(&events);
+        metrics
+            .store_commit
+            .observe(started.elapsed().as_secs_f64());
+        metrics.store_batch.observe(events.len() as f64);
+        result
     };
     let flushed = if group.iter().any(|c| matches!(c, Command::Flush { .. })) {
         store.flush()

@@ -415,3 +415,70 @@ async fn the_connection_limit_is_an_embedded_error() {
     .await;
     again.expect_silence(Duration::from_millis(50)).await;
 }
+
+/// Opens an SSE subscription over a raw socket with a tiny receive buffer, then never reads.
+fn stalled_subscriber(srv: &TestServer, token: &str) -> std::net::TcpStream {
+    use std::io::Write;
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&srv.addr.into()).unwrap();
+    let mut stream: std::net::TcpStream = socket.into();
+    write!(
+        stream,
+        "GET /events/client HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\nAuthorization: Bearer {token}\r\n\r\n"
+    )
+    .unwrap();
+    stream
+}
+
+#[actix_rt::test]
+async fn a_stalled_subscriber_is_dropped_and_others_get_everything() {
+    let srv = TestServer::start().await;
+    let t = token("nora", &[]);
+    // Fifty healthy subscribers read continuously in their own tasks.
+    let received: Vec<std::rc::Rc<std::cell::RefCell<Vec<String>>>> =
+        (0..50).map(|_| Default::default()).collect();
+    for ids in &received {
+        let mut client = srv.subscribe(&t, &[]).await;
+        let ids = ids.clone();
+        actix_rt::spawn(async move {
+            while let Some(event) = client.next().await {
+                ids.borrow_mut().push(event.id);
+            }
+        });
+    }
+    let _stalled = stalled_subscriber(&srv, &t);
+    let scrape = |name: &'static str| {
+        let srv = &srv;
+        async move {
+            crate::ops::Scrape::take(srv)
+                .await
+                .value(name, ("face", "sse"))
+        }
+    };
+    wait_for("the stalled subscriber to register", || async {
+        (scrape("herald_subscribers").await == 51.0).then_some(())
+    })
+    .await;
+
+    // Publish in batches until the stalled one is dropped; publishers are never held up.
+    let mut published = Vec::new();
+    while scrape("herald_slow_consumers_disconnected_total").await == 0.0 {
+        assert!(published.len() < 50_000, "stalled subscriber never dropped");
+        let batch: Vec<Value> = (0..100)
+            .map(|_| json!({"documentId": uuid::Uuid::new_v4(), "status": "PENDING"}))
+            .collect();
+        let (code, body) = srv.publish("nora", &json!(batch)).await;
+        assert_eq!(code, StatusCode::ACCEPTED);
+        let ids = body["ids"].as_array().unwrap();
+        published.extend(ids.iter().map(|v| v.as_str().unwrap().to_string()));
+    }
+    assert_eq!(scrape("herald_subscribers").await, 50.0);
+    for ids in &received {
+        wait_for("every event at every healthy subscriber", || async {
+            (ids.borrow().len() >= published.len()).then_some(())
+        })
+        .await;
+        assert_eq!(*ids.borrow(), published);
+    }
+}

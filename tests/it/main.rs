@@ -6,4 +6,5 @@ mod common;
 mod documents;
 mod durability;
 mod instances;
+mod ops;
 mod process;

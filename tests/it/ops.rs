@@ -1,0 +1,81 @@
+//! Operator endpoints: `/metrics` parsed by a real Prometheus text parser, and `/health`.
+
+use crate::common::*;
+
+/// Scrapes `/metrics` and returns the value of one sample, by name and one label.
+pub struct Scrape(prometheus_parse::Scrape);
+
+impl Scrape {
+    pub async fn take(srv: &TestServer) -> Self {
+        let mut res = client().get(srv.url("/metrics")).send().await.unwrap();
+        assert_eq!(res.status(), 200);
+        let ct = res
+            .headers()
+            .get("content-type")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(ct.starts_with("application/openmetrics-text"), "{ct}");
+        let body = String::from_utf8(res.body().await.unwrap().to_vec()).unwrap();
+        let lines = body.lines().map(|l| Ok(l.to_string()));
+        Self(prometheus_parse::Scrape::parse(lines).expect("valid exposition"))
+    }
+
+    pub fn value(&self, name: &str, label: (&str, &str)) -> f64 {
+        let sample = self
+            .0
+            .samples
+            .iter()
+            .find(|s| s.metric == name && s.labels.get(label.0) == Some(label.1))
+            .unwrap_or_else(|| panic!("no sample {name}{{{}={}}}", label.0, label.1));
+        match sample.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            ref other => panic!("{name} is not a number: {other:?}"),
+        }
+    }
+}
+
+#[actix_rt::test]
+async fn metrics_move_as_events_flow() {
+    // Disconnects are noticed when a write fails, so keep-alives must flow for the last check.
+    let srv =
+        TestServer::start_with(|c| c.sse_keepalive = std::time::Duration::from_millis(50)).await;
+    let before = Scrape::take(&srv).await;
+    assert_eq!(before.value("herald_subscribers", ("face", "sse")), 0.0);
+
+    let t = token("mia", &[]);
+    let mut a = srv.subscribe(&t, &[]).await;
+    let mut b = srv.subscribe(&t, &[]).await;
+    for _ in 0..3 {
+        srv.publish_status("mia", "PENDING").await;
+    }
+    for _ in 0..3 {
+        a.expect_event().await;
+        b.expect_event().await;
+    }
+    let _gap = srv.subscribe(&t, &[("Last-Event-ID", "garbage")]).await;
+
+    let after = Scrape::take(&srv).await;
+    let delta = |name, label| after.value(name, label) - before.value(name, label);
+    assert_eq!(
+        delta("herald_events_published_total", ("kind", "client")),
+        3.0
+    );
+    assert_eq!(delta("herald_events_delivered_total", ("face", "sse")), 6.0);
+    assert_eq!(delta("herald_gaps_total", ("face", "sse")), 1.0);
+    assert_eq!(after.value("herald_subscribers", ("face", "sse")), 3.0);
+    assert_eq!(
+        delta("herald_events_published_total", ("kind", "access")),
+        0.0
+    );
+
+    drop((a, b));
+    wait_for("subscribers to leave", || async {
+        let now = Scrape::take(&srv).await;
+        (now.value("herald_subscribers", ("face", "sse")) == 1.0).then_some(())
+    })
+    .await;
+}
