@@ -148,7 +148,7 @@ async fn long_poll(
         deadline: query.deadline,
         max_listeners: state.config.max_listeners_per_instance,
     };
-    let (poll, handle) = LongPoll::new(spec, state.broker.clone(), permit);
+    let (poll, handle) = LongPoll::new(spec, state.broker.clone(), permit, state.metrics.clone());
     poll.start();
     match handle.outcome().await {
         Some(PollOutcome::Page { events, cursor }) => Ok(HttpResponse::Ok()

@@ -24,6 +24,7 @@ use crate::broker::messages::{
 use crate::broker::Broker;
 use crate::event::{Event, Position, StreamKey};
 use crate::limits::Permit;
+use crate::metrics::{Face, FaceMetrics, Metrics};
 
 /// How a poll ended.
 #[derive(Debug)]
@@ -71,6 +72,10 @@ pub struct LongPoll {
     client_gone: Option<oneshot::Receiver<()>>,
     /// This poll's place under `--max-connections`, released before the answer goes out.
     permit: Option<Permit>,
+    /// Counts answers by outcome.
+    metrics: Arc<Metrics>,
+    /// The long-poll face's counters.
+    face: FaceMetrics,
 }
 
 /// The handler's side of a poll.
@@ -89,7 +94,13 @@ impl PollHandle {
 }
 
 impl LongPoll {
-    pub fn new(spec: PollSpec, broker: Addr<Broker>, permit: Permit) -> (Self, PollHandle) {
+    pub fn new(
+        spec: PollSpec,
+        broker: Addr<Broker>,
+        permit: Permit,
+        metrics: Arc<Metrics>,
+    ) -> (Self, PollHandle) {
+        let face = metrics.face(Face::Longpoll);
         let (reply, answer) = oneshot::channel();
         let (waiting, client_gone) = oneshot::channel();
         let poll = Self {
@@ -100,7 +111,9 @@ impl LongPoll {
             registered: false,
             reply: Some(reply),
             client_gone: Some(client_gone),
-            permit: Some(permit),
+            permit: Some(permit.tracked(face.connected.clone())),
+            metrics,
+            face,
         };
         (
             poll,
@@ -126,9 +139,23 @@ impl LongPoll {
         self.unsubscribe();
         drop(self.permit.take());
         if let Some(reply) = self.reply.take() {
+            self.count(&outcome);
             let _ = reply.send(outcome);
         }
         ctx.stop();
+    }
+
+    /// Counts an answer in `/metrics`.
+    fn count(&self, outcome: &PollOutcome) {
+        let label = match outcome {
+            PollOutcome::Page { events, .. } if events.is_empty() => "deadline",
+            PollOutcome::Page { events, .. } => {
+                self.face.delivered.inc_by(events.len() as u64);
+                "data"
+            }
+            PollOutcome::TooManyListeners => "limit",
+        };
+        self.metrics.longpoll_answered(label);
     }
 
     /// The empty answer of a deadline or a drain.
@@ -173,6 +200,9 @@ impl Actor for LongPoll {
                 Ok(Err(_)) => poll.answer(PollOutcome::TooManyListeners, ctx),
                 Ok(Ok(reply)) => {
                     poll.registered = true;
+                    if reply.gap.is_some() {
+                        poll.face.gaps.inc();
+                    }
                     poll.waited_from = Some(reply.position);
                     if reply.backlog.is_empty() {
                         ctx.run_later(poll.spec.deadline, |poll, ctx| poll.answer_empty(ctx));

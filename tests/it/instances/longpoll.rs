@@ -325,3 +325,51 @@ async fn a_drain_answers_waiting_polls_with_their_cursor() {
     assert_eq!(cursor(&r), from, "the client resumes where it was");
     assert!(took < Duration::from_secs(30));
 }
+
+#[actix_rt::test]
+async fn polls_are_counted_in_metrics() {
+    use crate::ops::Scrape;
+    let srv = TestServer::start_with(|c| c.max_listeners_per_instance = 1).await;
+    let root = srv.url("");
+    let id = instance();
+    let before = Scrape::take(&srv).await;
+    let waiting = spawn_poll(&root, &id, "exclude_before=garbage&deadline=20");
+    polls_waiting(&srv, &id, 1).await;
+    let during = Scrape::take(&srv).await;
+    assert_eq!(
+        during.value("herald_subscribers", ("face", "longpoll")),
+        1.0
+    );
+    assert_error(
+        &poll(&root, &id, "deadline=0", &reader(&id)).await,
+        409,
+        "too_many_listening_to_single_client",
+    );
+    create_messages(&root, &id, &names(0..2)).await;
+    waiting.await.unwrap();
+    poll(&root, &id, "deadline=0", &reader(&id)).await;
+    let after = Scrape::take(&srv).await;
+    let delta = |name, label| after.value(name, label) - before.value(name, label);
+    assert_eq!(
+        delta("herald_longpolls_answered_total", ("outcome", "data")),
+        1.0
+    );
+    assert_eq!(
+        delta("herald_longpolls_answered_total", ("outcome", "deadline")),
+        1.0
+    );
+    assert_eq!(
+        delta("herald_longpolls_answered_total", ("outcome", "limit")),
+        1.0
+    );
+    assert_eq!(
+        delta("herald_events_delivered_total", ("face", "longpoll")),
+        1.0
+    );
+    assert_eq!(delta("herald_gaps_total", ("face", "longpoll")), 1.0);
+    assert_eq!(
+        delta("herald_events_published_total", ("kind", "instance")),
+        2.0
+    );
+    assert_eq!(after.value("herald_subscribers", ("face", "longpoll")), 0.0);
+}
