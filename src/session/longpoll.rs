@@ -55,6 +55,7 @@ pub struct PollSpec {
     pub max_listeners: usize,
 }
 
+/// One waiting long-poll request (see the module docs).
 pub struct LongPoll {
     /// What to poll and how.
     spec: PollSpec,
