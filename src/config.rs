@@ -67,6 +67,10 @@ pub struct ServeArgs {
     #[arg(long, env = "HERALD_MAX_CONNECTIONS", default_value_t = 65_536)]
     pub max_connections: usize,
 
+    /// Concurrent long-polls of one instance's notifications; more get 409.
+    #[arg(long, env = "HERALD_MAX_LISTENERS_PER_INSTANCE", default_value_t = 4)]
+    pub max_listeners_per_instance: usize,
+
     /// Largest request body accepted by publishing endpoints, in bytes.
     #[arg(long, env = "HERALD_MAX_BODY", default_value_t = 1024 * 1024)]
     pub max_body: usize,
@@ -110,6 +114,7 @@ pub struct Config {
     pub sse_keepalive: Duration,
     pub subscriber_queue: usize,
     pub max_connections: usize,
+    pub max_listeners_per_instance: usize,
     pub max_body: usize,
     pub shutdown_timeout: Duration,
     pub ws_ping: Duration,
@@ -127,6 +132,8 @@ pub enum ConfigError {
     SubscriberQueue,
     #[error("--ws-ping must be longer than zero")]
     WsPing,
+    #[error("--max-listeners-per-instance must be at least 1")]
+    MaxListeners,
     #[error("cannot keep the dev JWT secret in {path}: {source}")]
     DevSecret {
         path: PathBuf,
@@ -145,6 +152,9 @@ impl ServeArgs {
         }
         if self.ws_ping.is_zero() {
             return Err(ConfigError::WsPing);
+        }
+        if self.max_listeners_per_instance == 0 {
+            return Err(ConfigError::MaxListeners);
         }
         let mut listen = self.listen;
         if self.dev && !listen.ip().is_loopback() {
@@ -176,6 +186,7 @@ impl ServeArgs {
             sse_keepalive: self.sse_keepalive,
             subscriber_queue: self.subscriber_queue,
             max_connections: self.max_connections,
+            max_listeners_per_instance: self.max_listeners_per_instance,
             max_body: self.max_body,
             shutdown_timeout: self.shutdown_timeout,
             ws_ping: self.ws_ping,
@@ -227,6 +238,7 @@ impl Config {
             sse_keepalive: Duration::from_secs(15),
             subscriber_queue: 1024,
             max_connections: 65_536,
+            max_listeners_per_instance: 4,
             max_body: 1024 * 1024,
             shutdown_timeout: Duration::from_secs(30),
             ws_ping: Duration::from_secs(30),

@@ -124,6 +124,8 @@ pub struct Event {
     ws_frame: OnceLock<ByteString>,
     /// The producer's `created_at` of an access event, read from `data` on first use.
     access_created_at: OnceLock<Option<i64>>,
+    /// The instance face's Notification JSON, rendered on first use.
+    notification: OnceLock<Bytes>,
 }
 
 impl Event {
@@ -142,6 +144,7 @@ impl Event {
             sse_frame: OnceLock::new(),
             ws_frame: OnceLock::new(),
             access_created_at: OnceLock::new(),
+            notification: OnceLock::new(),
         }
     }
 
@@ -192,6 +195,20 @@ impl Event {
                 .ok()
                 .map(|c| c.created_at)
         })
+    }
+    /// The instance face's Notification: the stored NotificationCreate fields plus
+    /// `notification_id` (the cursor) and `created` (RFC 3339, UTC, microseconds).
+    pub fn notification_json(&self) -> Bytes {
+        self.notification
+            .get_or_init(|| {
+                let mut fields: serde_json::Map<String, serde_json::Value> =
+                    serde_json::from_str(self.data.get()).unwrap_or_default();
+                fields.insert("notification_id".into(), self.cursor.clone().into());
+                let created = humantime::format_rfc3339_micros(self.created).to_string();
+                fields.insert("created".into(), created.into());
+                Bytes::from(serde_json::to_vec(&fields).expect("a JSON map serializes"))
+            })
+            .clone()
     }
 }
 
@@ -245,6 +262,28 @@ mod tests {
         let key = StreamKey::new(StreamKind::Client, "a");
         let event = Event::new(key, pos, SystemTime::now(), other);
         assert_eq!(event.access_created_at(), None);
+    }
+
+    #[test]
+    fn notification_adds_id_and_creation_time() {
+        let data = serde_json::value::RawValue::from_string(r#"{"message":"hi"}"#.into()).unwrap();
+        let position = Position { epoch: 1, seq: 2 };
+        let created = SystemTime::UNIX_EPOCH + std::time::Duration::from_micros(1_500_000);
+        let event = Event::new(
+            StreamKey::new(StreamKind::Instance, "i"),
+            position,
+            created,
+            data,
+        );
+        let json: serde_json::Value = serde_json::from_slice(&event.notification_json()).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "message": "hi",
+                "notification_id": position.cursor(),
+                "created": "1970-01-01T00:00:01.500000Z",
+            })
+        );
     }
 
     #[test]

@@ -3,6 +3,8 @@
 
 pub mod access;
 pub mod documents;
+pub mod instances;
+pub mod openapi;
 pub mod ops;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,6 +46,7 @@ impl AppState {
 pub fn configure(cfg: &mut web::ServiceConfig) {
     documents::configure(cfg);
     access::configure(cfg);
+    instances::configure(cfg);
     ops::configure(cfg);
 }
 

@@ -5,6 +5,9 @@
 //! (appends to history, fans out `Deliver` to subscribers, acks the publisher), `Subscribe` /
 //! `Unsubscribe`, and `Drain`. Sends `Deliver` and `Close` to sessions.
 //! `CloseStream` and `ListSubscribed` answer the WebSocket face's `drop_user` and `clients`.
+//! Also answers read queries from history without registering anyone (`ReadPage`,
+//! `GetEvent`, `CountSubscribers`) and `SubscribeBounded`, a `Subscribe` with a per-stream
+//! subscriber limit.
 //!
 //! Subscribers see an event only after the store has committed it, so nothing a subscriber
 //! saw can be lost by a crash.
@@ -297,5 +300,78 @@ impl Handler<Flush> for Broker {
             let _ = done.send(result);
         }));
         Box::pin(async move { flushed.await.unwrap_or(Err(StoreError::Stopped)) })
+    }
+}
+
+impl Handler<SubscribeBounded> for Broker {
+    type Result = Result<SubscribeReply, TooManySubscribers>;
+
+    fn handle(&mut self, msg: SubscribeBounded, ctx: &mut Self::Context) -> Self::Result {
+        let present = self
+            .streams
+            .get(&msg.subscribe.stream)
+            .map_or(0, |s| s.subscribers.len());
+        if present >= msg.max_subscribers {
+            return Err(TooManySubscribers(present));
+        }
+        Ok(<Self as Handler<Subscribe>>::handle(
+            self,
+            msg.subscribe,
+            ctx,
+        ))
+    }
+}
+
+impl Handler<ReadPage> for Broker {
+    type Result = PageReply;
+
+    fn handle(&mut self, msg: ReadPage, _: &mut Self::Context) -> PageReply {
+        let retention = self.retention;
+        let Some(state) = self.streams.get_mut(&msg.stream) else {
+            return PageReply {
+                events: Vec::new(),
+                next: Position { epoch: 0, seq: 0 },
+            };
+        };
+        let history = &mut state.history;
+        history.prune(retention, SystemTime::now());
+        let epoch = history.epoch;
+        let ours = |cursor: &str| Position::from_cursor(cursor).filter(|p| p.epoch == epoch);
+        // A start that is not a position of this stream's life has nothing at or before it.
+        let through = match msg.start_at.as_deref() {
+            None => u64::MAX,
+            Some(cursor) => ours(cursor).map_or(0, |p| p.seq),
+        };
+        let after = msg
+            .exclude_before
+            .as_deref()
+            .and_then(ours)
+            .map_or(0, |p| p.seq);
+        let (events, next) = history.page_back(through, after, msg.limit);
+        PageReply {
+            events,
+            next: Position { epoch, seq: next },
+        }
+    }
+}
+
+impl Handler<GetEvent> for Broker {
+    type Result = Option<Arc<Event>>;
+
+    fn handle(&mut self, msg: GetEvent, _: &mut Self::Context) -> Self::Result {
+        let retention = self.retention;
+        let history = &mut self.streams.get_mut(&msg.stream)?.history;
+        history.prune(retention, SystemTime::now());
+        history.get(msg.position).cloned()
+    }
+}
+
+impl Handler<CountSubscribers> for Broker {
+    type Result = usize;
+
+    fn handle(&mut self, msg: CountSubscribers, _: &mut Self::Context) -> usize {
+        self.streams
+            .get(&msg.stream)
+            .map_or(0, |s| s.subscribers.len())
     }
 }

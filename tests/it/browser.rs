@@ -191,3 +191,48 @@ async fn demo_page_announces_pushes_and_drops_over_websocket() {
         .await;
     browser.client.clone().close().await.unwrap();
 }
+
+#[actix_rt::test]
+async fn demo_page_long_polls_instance_notifications_with_the_cursor() {
+    let srv = TestServer::start_with(|c| c.dev = true).await;
+    let browser = Browser::start().await;
+    browser.client.goto(&srv.url("/")).await.unwrap();
+    let id = uuid::Uuid::new_v4().to_string();
+    browser.fill("#lp-instance", &id).await;
+    browser.find("#lp-start").await.click().await.unwrap();
+    browser
+        .wait_text("#lp-status", |t| t.starts_with("polling"))
+        .await;
+    // The page's first poll is waiting in the server.
+    wait_for("the page's poll", || async {
+        (srv.subscribers(&format!("instance:{id}")).await == 1).then_some(())
+    })
+    .await;
+
+    browser.fill("#lp-message", "from the page").await;
+    browser.find("#lp-create").await.click().await.unwrap();
+    browser
+        .wait_text("#lp-result", |t| t.starts_with("200"))
+        .await;
+    browser
+        .find("#lp-events li[data-message='from the page']")
+        .await;
+
+    // The loop polls again from the cursor it got: a notification created elsewhere arrives
+    // exactly once, and the cursor shown is its id.
+    let last =
+        crate::instances::create_messages(&srv.url(""), &id, &["from curl".to_string()]).await;
+    browser
+        .find("#lp-events li[data-message='from curl']")
+        .await;
+    browser.wait_text("#lp-cursor", |t| t == last).await;
+    let items = browser
+        .client
+        .find_all(Locator::Css("#lp-events li"))
+        .await
+        .unwrap();
+    assert_eq!(items.len(), 2, "each notification is shown once");
+    browser.find("#lp-stop").await.click().await.unwrap();
+    browser.wait_text("#lp-status", |t| t == "stopped").await;
+    browser.client.clone().close().await.unwrap();
+}

@@ -68,6 +68,16 @@ impl TestServer {
         json["ids"][0].as_str().expect("one id").to_string()
     }
 
+    /// How many sessions follow `stream` (`<kind>:<id>`) now.
+    pub async fn subscribers(&self, stream: &str) -> usize {
+        let key = herald::event::StreamKey::parse(stream).expect("a stream name");
+        self.herald
+            .as_ref()
+            .expect("running")
+            .subscribers(key)
+            .await
+    }
+
     /// Opens `GET /events/client` with a bearer token and extra headers.
     pub async fn subscribe(&self, token: &str, headers: &[(&str, &str)]) -> SseClient {
         let mut req = client()

@@ -6,5 +6,6 @@ mod browser;
 mod common;
 mod documents;
 mod durability;
+mod instances;
 mod ops;
 mod process;
