@@ -155,7 +155,8 @@ fn map_jwt_error(e: jsonwebtoken::errors::Error) -> AuthError {
         K::MissingRequiredClaim(c) => AuthError::InvalidClaim(format!("missing {c}")),
         K::InvalidClaimFormat(c) => AuthError::InvalidClaim(c.clone()),
         K::ImmatureSignature => AuthError::InvalidClaim("nbf".into()),
-        K::Base64(_) | K::Json(_) | K::Utf8(_) => AuthError::TokenFormat(e.to_string()),
+        // The header was decoded before, so a Base64/JSON/UTF-8 failure here is in the
+        // signature or the claims: like anything else, a token that cannot be parsed.
         _ => AuthError::Unknown,
     }
 }
@@ -283,6 +284,28 @@ mod tests {
             base64_url(r#"{"sub":"a","exp":9999999999}"#)
         );
         assert_eq!(v.verify(&none).unwrap_err().code(), "auth_token_format");
+    }
+
+    #[test]
+    fn signed_garbage_claims_are_unparseable() {
+        let signing_input = format!(
+            "{}.{}",
+            base64_url(r#"{"alg":"HS256","typ":"JWT"}"#),
+            base64_url("not json")
+        );
+        let signature = jsonwebtoken::crypto::sign(
+            signing_input.as_bytes(),
+            &EncodingKey::from_secret(b"s3cret"),
+            Algorithm::HS256,
+        )
+        .unwrap();
+        let token = format!("{signing_input}.{signature}");
+        assert_eq!(verifier().verify(&token).unwrap_err(), AuthError::Unknown);
+        let bad_signature = format!("{signing_input}.!!!");
+        assert_eq!(
+            verifier().verify(&bad_signature).unwrap_err(),
+            AuthError::Unknown
+        );
     }
 
     #[test]

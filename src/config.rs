@@ -67,6 +67,10 @@ pub struct ServeArgs {
     #[arg(long, env = "HERALD_MAX_CONNECTIONS", default_value_t = 65_536)]
     pub max_connections: usize,
 
+    /// Concurrent long-polls of one instance's notifications; more get 409.
+    #[arg(long, env = "HERALD_MAX_LISTENERS_PER_INSTANCE", default_value_t = 4)]
+    pub max_listeners_per_instance: usize,
+
     /// Largest request body accepted by publishing endpoints, in bytes.
     #[arg(long, env = "HERALD_MAX_BODY", default_value_t = 1024 * 1024)]
     pub max_body: usize,
@@ -91,6 +95,14 @@ pub struct ServeArgs {
     /// Require a publisher credential on the dashboard endpoints (open by default).
     #[arg(long, env = "HERALD_DASHBOARD_AUTH")]
     pub dashboard_auth: bool,
+
+    /// Interval of WebSocket pings; a client that sends no pong for two intervals is closed.
+    #[arg(long, env = "HERALD_WS_PING", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub ws_ping: Duration,
+
+    /// How long a new WebSocket may take to send its announcement before it is closed.
+    #[arg(long, env = "HERALD_WS_ANNOUNCE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub ws_announce_timeout: Duration,
 }
 
 /// How subscriber and publisher tokens are verified.
@@ -119,6 +131,7 @@ pub struct Config {
     pub sse_keepalive: Duration,
     pub subscriber_queue: usize,
     pub max_connections: usize,
+    pub max_listeners_per_instance: usize,
     pub max_body: usize,
     pub shutdown_timeout: Duration,
     pub webhook_timeout: Duration,
@@ -126,6 +139,8 @@ pub struct Config {
     pub webhook_retry_schedule: Vec<Duration>,
     pub webhook_allow_private: bool,
     pub dashboard_auth: bool,
+    pub ws_ping: Duration,
+    pub ws_announce_timeout: Duration,
 }
 
 /// Why a configuration cannot be used; each message says which flag to change.
@@ -139,6 +154,10 @@ pub enum ConfigError {
     SubscriberQueue,
     #[error("--webhook-retry-schedule: {0}")]
     RetrySchedule(crate::webhook::retry::ScheduleError),
+    #[error("--ws-ping must be longer than zero")]
+    WsPing,
+    #[error("--max-listeners-per-instance must be at least 1")]
+    MaxListeners,
     #[error("cannot keep the dev JWT secret in {path}: {source}")]
     DevSecret {
         path: PathBuf,
@@ -158,6 +177,12 @@ impl ServeArgs {
         let webhook_retry_schedule =
             crate::webhook::retry::parse_schedule(&self.webhook_retry_schedule)
                 .map_err(ConfigError::RetrySchedule)?;
+        if self.ws_ping.is_zero() {
+            return Err(ConfigError::WsPing);
+        }
+        if self.max_listeners_per_instance == 0 {
+            return Err(ConfigError::MaxListeners);
+        }
         let mut listen = self.listen;
         if self.dev && !listen.ip().is_loopback() {
             log::warn!(
@@ -188,12 +213,15 @@ impl ServeArgs {
             sse_keepalive: self.sse_keepalive,
             subscriber_queue: self.subscriber_queue,
             max_connections: self.max_connections,
+            max_listeners_per_instance: self.max_listeners_per_instance,
             max_body: self.max_body,
             shutdown_timeout: self.shutdown_timeout,
             webhook_timeout: self.webhook_timeout,
             webhook_retry_schedule,
             webhook_allow_private: self.webhook_allow_private,
             dashboard_auth: self.dashboard_auth,
+            ws_ping: self.ws_ping,
+            ws_announce_timeout: self.ws_announce_timeout,
         })
     }
 }
@@ -241,6 +269,7 @@ impl Config {
             sse_keepalive: Duration::from_secs(15),
             subscriber_queue: 1024,
             max_connections: 65_536,
+            max_listeners_per_instance: 4,
             max_body: 1024 * 1024,
             shutdown_timeout: Duration::from_secs(30),
             webhook_timeout: Duration::from_secs(10),
@@ -250,6 +279,8 @@ impl Config {
             .expect("the default schedule parses"),
             webhook_allow_private: false,
             dashboard_auth: false,
+            ws_ping: Duration::from_secs(30),
+            ws_announce_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -11,6 +11,7 @@ use std::time::SystemTime;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use bytes::Bytes;
+use bytestring::ByteString;
 
 /// The four families of streams; each belongs to one face of the API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -119,6 +120,12 @@ pub struct Event {
     pub data: Box<serde_json::value::RawValue>,
     /// The SSE frame (`id:` + `data:`), rendered on first use.
     sse_frame: OnceLock<Bytes>,
+    /// The WebSocket text frame of this event alone (`[<data>]`), rendered on first use.
+    ws_frame: OnceLock<ByteString>,
+    /// The producer's `created_at` of an access event, read from `data` on first use.
+    access_created_at: OnceLock<Option<i64>>,
+    /// The instance face's Notification JSON, rendered on first use.
+    notification: OnceLock<Bytes>,
 }
 
 impl Event {
@@ -135,6 +142,9 @@ impl Event {
             created,
             data,
             sse_frame: OnceLock::new(),
+            ws_frame: OnceLock::new(),
+            access_created_at: OnceLock::new(),
+            notification: OnceLock::new(),
         }
     }
 
@@ -151,6 +161,52 @@ impl Event {
                 frame.push_str(data);
                 frame.push_str("\n\n");
                 Bytes::from(frame)
+            })
+            .clone()
+    }
+
+    /// A WebSocket text frame holding this event alone: the JSON array `[<data>]`.
+    pub fn ws_frame(&self) -> ByteString {
+        self.ws_frame
+            .get_or_init(|| {
+                let data = self.data.get();
+                let mut frame = String::with_capacity(data.len() + 2);
+                frame.push('[');
+                frame.push_str(data);
+                frame.push(']');
+                ByteString::from(frame)
+            })
+            .clone()
+    }
+
+    /// The `created_at` an access event was pushed with; `None` for other events. Replay and
+    /// live delivery of the WebSocket face filter and order by it.
+    pub fn access_created_at(&self) -> Option<i64> {
+        /// The one field read; the payload is skipped without being built.
+        #[derive(serde::Deserialize)]
+        struct CreatedAt {
+            created_at: i64,
+        }
+        *self.access_created_at.get_or_init(|| {
+            if self.stream.kind != StreamKind::Access {
+                return None;
+            }
+            serde_json::from_str::<CreatedAt>(self.data.get())
+                .ok()
+                .map(|c| c.created_at)
+        })
+    }
+    /// The instance face's Notification: the stored NotificationCreate fields plus
+    /// `notification_id` (the cursor) and `created` (RFC 3339, UTC, microseconds).
+    pub fn notification_json(&self) -> Bytes {
+        self.notification
+            .get_or_init(|| {
+                let mut fields: serde_json::Map<String, serde_json::Value> =
+                    serde_json::from_str(self.data.get()).unwrap_or_default();
+                fields.insert("notification_id".into(), self.cursor.clone().into());
+                let created = humantime::format_rfc3339_micros(self.created).to_string();
+                fields.insert("created".into(), created.into());
+                Bytes::from(serde_json::to_vec(&fields).expect("a JSON map serializes"))
             })
             .clone()
     }
@@ -186,6 +242,48 @@ mod tests {
         for junk in ["", "abc", "!!!!!!!!!!!!!!!!", "AAAAAAAAAAAAAAAAAAAA", "ü"] {
             assert_eq!(Position::from_cursor(junk), None, "{junk}");
         }
+    }
+
+    #[test]
+    fn access_events_render_a_ws_frame_and_know_their_created_at() {
+        let data = serde_json::value::RawValue::from_string(
+            r#"{"accessid":"a","created_at":-7,"payload":{"z":1,"a":[2]}}"#.into(),
+        )
+        .unwrap();
+        let pos = Position { epoch: 1, seq: 1 };
+        let key = StreamKey::new(StreamKind::Access, "a");
+        let event = Event::new(key, pos, SystemTime::now(), data);
+        assert_eq!(
+            &*event.ws_frame(),
+            r#"[{"accessid":"a","created_at":-7,"payload":{"z":1,"a":[2]}}]"#
+        );
+        assert_eq!(event.access_created_at(), Some(-7));
+        let other = serde_json::value::RawValue::from_string(r#"{"created_at":1}"#.into()).unwrap();
+        let key = StreamKey::new(StreamKind::Client, "a");
+        let event = Event::new(key, pos, SystemTime::now(), other);
+        assert_eq!(event.access_created_at(), None);
+    }
+
+    #[test]
+    fn notification_adds_id_and_creation_time() {
+        let data = serde_json::value::RawValue::from_string(r#"{"message":"hi"}"#.into()).unwrap();
+        let position = Position { epoch: 1, seq: 2 };
+        let created = SystemTime::UNIX_EPOCH + std::time::Duration::from_micros(1_500_000);
+        let event = Event::new(
+            StreamKey::new(StreamKind::Instance, "i"),
+            position,
+            created,
+            data,
+        );
+        let json: serde_json::Value = serde_json::from_slice(&event.notification_json()).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "message": "hi",
+                "notification_id": position.cursor(),
+                "created": "1970-01-01T00:00:01.500000Z",
+            })
+        );
     }
 
     #[test]

@@ -150,6 +150,9 @@ pub async fn start(config: Config) -> Result<Herald, StartError> {
             .wrap(actix_web::middleware::Logger::default())
             .configure(api::configure)
     })
+    // A client that closes its side has gone away: drop its handler (a waiting long-poll
+    // frees its listener slot) instead of keeping a half-closed connection open.
+    .h1_allow_half_closed(false)
     .listen(listener)
     .map_err(|source| StartError::Listen { addr, source })?
     .disable_signals()
@@ -171,6 +174,15 @@ impl Herald {
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// How many sessions follow `stream` now (0 if the Broker is gone).
+    pub async fn subscribers(&self, stream: event::StreamKey) -> usize {
+        self.state
+            .broker
+            .send(broker::messages::CountSubscribers { stream })
+            .await
+            .unwrap_or(0)
     }
 
     /// Graceful drain: `/health` turns 503, sessions are told to come back later, in-flight

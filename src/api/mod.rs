@@ -1,8 +1,11 @@
 //! The HTTP faces, one module each, merged into one app in `configure`; plus the pieces every
 //! face needs: the shared state handlers receive, bounded body reading, publisher checks.
 
+pub mod access;
 pub mod dashboard;
 pub mod documents;
+pub mod instances;
+pub mod openapi;
 pub mod ops;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -52,6 +55,8 @@ impl AppState {
 pub fn configure(cfg: &mut web::ServiceConfig) {
     documents::configure(cfg);
     dashboard::configure(cfg);
+    access::configure(cfg);
+    instances::configure(cfg);
     ops::configure(cfg);
 }
 

@@ -1,5 +1,6 @@
 //! Operator and developer endpoints: `/health`, the demo page at `/`, and (in `--dev` only)
 //! `/dev/token`, which mints tokens for the demo page.
+//! `/openapi.json` serves the document that `api::openapi` assembles from every face.
 
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/health", web::get().to(health))
         .route("/metrics", web::get().to(metrics))
         .route("/dev/token", web::get().to(dev_token))
+        .route("/openapi.json", web::get().to(openapi_json))
         .route("/", web::get().to(index));
 }
 
@@ -28,6 +30,10 @@ async fn health(state: web::Data<AppState>) -> HttpResponse {
     } else {
         HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
     }
+}
+
+async fn openapi_json() -> HttpResponse {
+    HttpResponse::Ok().json(super::openapi::document())
 }
 
 async fn metrics(state: web::Data<AppState>) -> HttpResponse {

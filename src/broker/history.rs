@@ -156,6 +156,22 @@ impl History {
         self.events.get(i)
     }
 
+    /// A page of the listing that runs newer to older: retained events with `after < seq <=
+    /// through`, newest first, at most `limit`; and the `through` of the next (older) page.
+    /// When the page is empty the next one is too, so a client paging until it sees an empty
+    /// page stops.
+    pub fn page_back(&self, through: u64, after: u64, limit: usize) -> (Vec<Arc<Event>>, u64) {
+        let page: Vec<Arc<Event>> = self
+            .after(after)
+            .rev()
+            .skip_while(|e| e.position.seq > through)
+            .take(limit)
+            .cloned()
+            .collect();
+        let next = page.last().map_or(after, |oldest| oldest.position.seq - 1);
+        (page, next)
+    }
+
     /// All retained events, oldest first.
     pub fn events(&self) -> &VecDeque<Arc<Event>> {
         &self.events
@@ -233,6 +249,40 @@ mod tests {
             "nothing after the last event was lost"
         );
         assert_eq!(h.check(Position { epoch: 1, seq: 0 }), Err(Gap::Expired));
+    }
+
+    #[test]
+    fn pages_run_newer_to_older_without_overlap() {
+        let now = SystemTime::now();
+        let mut h = History::new(1);
+        for _ in 0..3 {
+            push(&mut h, now);
+        }
+        // History keeps 3..=5 of five events (RET keeps three).
+        for _ in 0..2 {
+            push(&mut h, now);
+        }
+        let (page, next) = h.page_back(u64::MAX, 0, 2);
+        assert_eq!(seqs(page.iter()), vec![5, 4]);
+        let (page, next) = h.page_back(next, 0, 2);
+        assert_eq!(seqs(page.iter()), vec![3]);
+        let (page, next) = h.page_back(next, 0, 2);
+        assert!(page.is_empty());
+        assert_eq!(next, 0);
+        assert_eq!(
+            seqs(h.page_back(4, 0, 10).0.iter()),
+            vec![4, 3],
+            "start inclusive"
+        );
+        assert_eq!(
+            seqs(h.page_back(u64::MAX, 3, 10).0.iter()),
+            vec![5, 4],
+            "exclusion"
+        );
+        let (page, next) = h.page_back(5, 4, 10);
+        assert_eq!((seqs(page.iter()), next), (vec![5], 4));
+        assert!(h.page_back(next, 4, 10).0.is_empty());
+        assert!(h.page_back(0, 0, 10).0.is_empty());
     }
 
     #[test]

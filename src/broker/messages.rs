@@ -60,6 +60,9 @@ pub enum Fallback {
     Latest,
     /// Every retained event.
     Earliest,
+    /// Every retained access event whose `created_at` is at least this, ordered by
+    /// `created_at` then publish order (the WebSocket face's announcement `timestamp`).
+    CreatedSince { created_at: i64 },
 }
 
 /// A session's two inboxes, registered with the Broker for one stream.
@@ -129,6 +132,27 @@ pub struct Close {
 pub enum CloseReason {
     /// The server is draining; the client should come back.
     Shutdown,
+    /// An operator dropped every session of the stream (`POST /drop_user`).
+    Dropped,
+}
+
+/// Closes every session following one stream and forgets them at once, so a listing right
+/// after the answer no longer shows them. Answers how many were told to close.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct CloseStream {
+    /// The stream whose sessions end.
+    pub stream: StreamKey,
+    /// What the sessions tell their clients.
+    pub reason: CloseReason,
+}
+
+/// Lists the ids of the streams of one kind that have at least one subscriber now, sorted.
+#[derive(Message)]
+#[rtype(result = "Vec<String>")]
+pub struct ListSubscribed {
+    /// Which family of streams.
+    pub kind: StreamKind,
 }
 
 /// Starts the drain: every session, and every session that subscribes from now on, is told
@@ -151,4 +175,64 @@ pub struct WatchKind {
     pub kind: StreamKind,
     /// Receives each committed event once, after the stream's own subscribers.
     pub deliver: Recipient<Deliver>,
+}
+
+/// `Subscribe`, refused instead when the stream already has `max_subscribers` subscribers
+/// (the per-instance long-poll limit). Checked and registered in one handler call, so
+/// concurrent subscribers cannot both slip under the limit.
+#[derive(Message)]
+#[rtype(result = "Result<SubscribeReply, TooManySubscribers>")]
+pub struct SubscribeBounded {
+    /// The subscription to make if there is room.
+    pub subscribe: Subscribe,
+    /// Most subscribers the stream may have, this one included.
+    pub max_subscribers: usize,
+}
+
+/// The refusal of a `SubscribeBounded`: nothing was registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the stream already has {0} subscribers")]
+pub struct TooManySubscribers(pub usize);
+
+/// Reads one page of a stream's history, newer to older, without subscribing.
+#[derive(Message)]
+#[rtype(result = "PageReply")]
+pub struct ReadPage {
+    /// The stream to read.
+    pub stream: StreamKey,
+    /// The page's newest event, inclusive: a cursor. `None` starts at the newest event.
+    pub start_at: Option<String>,
+    /// Events at or before this cursor are left out; `None` (or a cursor of another epoch)
+    /// leaves nothing out.
+    pub exclude_before: Option<String>,
+    /// Most events on the page.
+    pub limit: usize,
+}
+
+/// One page of history, newest first.
+#[derive(Debug, MessageResponse)]
+pub struct PageReply {
+    /// The page's events, newest first.
+    pub events: Vec<Arc<Event>>,
+    /// The `start_at` of the next (older) page; it reads as empty when the listing is done.
+    pub next: Position,
+}
+
+/// Looks up the retained event at exactly one position, without subscribing.
+#[derive(Message)]
+#[rtype(result = "Option<Arc<Event>>")]
+pub struct GetEvent {
+    /// The stream to look in.
+    pub stream: StreamKey,
+    /// The event's position.
+    pub position: Position,
+}
+
+/// How many sessions follow a stream now; for operators and tests that must know a session
+/// is registered before they act.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct CountSubscribers {
+    /// The stream asked about.
+    pub stream: StreamKey,
 }

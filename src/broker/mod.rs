@@ -5,6 +5,10 @@
 //! (appends to history, fans out `Deliver` to subscribers, acks the publisher), `Subscribe` /
 //! `Unsubscribe`, and `Drain`. Sends `Deliver` and `Close` to sessions.
 //! `WatchKind` registers a recipient (the WebhookDispatcher) for every stream of one kind.
+//! `CloseStream` and `ListSubscribed` answer the WebSocket face's `drop_user` and `clients`.
+//! Also answers read queries from history without registering anyone (`ReadPage`,
+//! `GetEvent`, `CountSubscribers`) and `SubscribeBounded`, a `Subscribe` with a per-stream
+//! subscriber limit.
 //!
 //! Subscribers see an event only after the store has committed it, so nothing a subscriber
 //! saw can be lost by a crash.
@@ -211,7 +215,7 @@ impl Handler<Subscribe> for Broker {
         history.prune(retention, SystemTime::now());
         let fallback = match msg.start.fallback {
             Fallback::Latest => history.head(),
-            Fallback::Earliest => history.tail(),
+            Fallback::Earliest | Fallback::CreatedSince { .. } => history.tail(),
         };
         let (gap, from) = match msg.start.cursor.as_deref() {
             None => (None, fallback),
@@ -223,8 +227,13 @@ impl Handler<Subscribe> for Broker {
                 Err(gap) => (Some(gap), fallback),
             },
         };
-        let backlog: Vec<Arc<Event>> = history.after(from.seq).cloned().collect();
+        let mut backlog: Vec<Arc<Event>> = history.after(from.seq).cloned().collect();
         let position = backlog.last().map_or(from, |e| e.position);
+        if let Fallback::CreatedSince { created_at } = msg.start.fallback {
+            backlog.retain(|e| e.access_created_at().is_some_and(|c| c >= created_at));
+            // Stable: events with equal `created_at` keep their publish order.
+            backlog.sort_by_key(|e| e.access_created_at());
+        }
         if draining {
             msg.subscriber.close.do_send(Close {
                 reason: CloseReason::Shutdown,
@@ -262,6 +271,36 @@ impl Handler<Drain> for Broker {
     }
 }
 
+impl Handler<CloseStream> for Broker {
+    type Result = usize;
+
+    fn handle(&mut self, msg: CloseStream, _: &mut Self::Context) -> usize {
+        let Some(state) = self.streams.get_mut(&msg.stream) else {
+            return 0;
+        };
+        let closed = state.subscribers.len();
+        for (_, subscriber) in state.subscribers.drain() {
+            subscriber.close.do_send(Close { reason: msg.reason });
+        }
+        closed
+    }
+}
+
+impl Handler<ListSubscribed> for Broker {
+    type Result = Vec<String>;
+
+    fn handle(&mut self, msg: ListSubscribed, _: &mut Self::Context) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .streams
+            .iter()
+            .filter(|(key, state)| key.kind == msg.kind && !state.subscribers.is_empty())
+            .map(|(key, _)| key.id.clone())
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+}
+
 impl Handler<Flush> for Broker {
     type Result = ResponseFuture<Result<(), StoreError>>;
 
@@ -279,5 +318,78 @@ impl Handler<WatchKind> for Broker {
 
     fn handle(&mut self, msg: WatchKind, _: &mut Self::Context) {
         self.watchers.entry(msg.kind).or_default().push(msg.deliver);
+    }
+}
+
+impl Handler<SubscribeBounded> for Broker {
+    type Result = Result<SubscribeReply, TooManySubscribers>;
+
+    fn handle(&mut self, msg: SubscribeBounded, ctx: &mut Self::Context) -> Self::Result {
+        let present = self
+            .streams
+            .get(&msg.subscribe.stream)
+            .map_or(0, |s| s.subscribers.len());
+        if present >= msg.max_subscribers {
+            return Err(TooManySubscribers(present));
+        }
+        Ok(<Self as Handler<Subscribe>>::handle(
+            self,
+            msg.subscribe,
+            ctx,
+        ))
+    }
+}
+
+impl Handler<ReadPage> for Broker {
+    type Result = PageReply;
+
+    fn handle(&mut self, msg: ReadPage, _: &mut Self::Context) -> PageReply {
+        let retention = self.retention;
+        let Some(state) = self.streams.get_mut(&msg.stream) else {
+            return PageReply {
+                events: Vec::new(),
+                next: Position { epoch: 0, seq: 0 },
+            };
+        };
+        let history = &mut state.history;
+        history.prune(retention, SystemTime::now());
+        let epoch = history.epoch;
+        let ours = |cursor: &str| Position::from_cursor(cursor).filter(|p| p.epoch == epoch);
+        // A start that is not a position of this stream's life has nothing at or before it.
+        let through = match msg.start_at.as_deref() {
+            None => u64::MAX,
+            Some(cursor) => ours(cursor).map_or(0, |p| p.seq),
+        };
+        let after = msg
+            .exclude_before
+            .as_deref()
+            .and_then(ours)
+            .map_or(0, |p| p.seq);
+        let (events, next) = history.page_back(through, after, msg.limit);
+        PageReply {
+            events,
+            next: Position { epoch, seq: next },
+        }
+    }
+}
+
+impl Handler<GetEvent> for Broker {
+    type Result = Option<Arc<Event>>;
+
+    fn handle(&mut self, msg: GetEvent, _: &mut Self::Context) -> Self::Result {
+        let retention = self.retention;
+        let history = &mut self.streams.get_mut(&msg.stream)?.history;
+        history.prune(retention, SystemTime::now());
+        history.get(msg.position).cloned()
+    }
+}
+
+impl Handler<CountSubscribers> for Broker {
+    type Result = usize;
+
+    fn handle(&mut self, msg: CountSubscribers, _: &mut Self::Context) -> usize {
+        self.streams
+            .get(&msg.stream)
+            .map_or(0, |s| s.subscribers.len())
     }
 }

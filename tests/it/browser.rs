@@ -143,6 +143,101 @@ async fn demo_page_publishes_and_shows_sse_events() {
 }
 
 #[actix_rt::test]
+async fn demo_page_announces_pushes_and_drops_over_websocket() {
+    let srv = TestServer::start_with(|c| c.dev = true).await;
+    let browser = Browser::start().await;
+    browser.client.goto(&srv.url("/")).await.unwrap();
+
+    browser.fill("#ws-access", "browser-ws").await;
+    browser.fill("#ws-ts", "100").await;
+    browser.find("#ws-connect").await.click().await.unwrap();
+    browser
+        .wait_text("#ws-status", |t| t.contains("announced as browser-ws"))
+        .await;
+
+    // Pushed from the panel; even if it beats the subscription, the replay brings it.
+    browser.fill("#ws-created", "150").await;
+    browser.fill("#ws-payload", r#"{"from":"page"}"#).await;
+    browser.find("#ws-push").await.click().await.unwrap();
+    browser
+        .wait_text("#ws-result", |t| t == "push: 200 true")
+        .await;
+    let item = browser.find("#ws-events li[data-created-at='150']").await;
+    assert!(item.text().await.unwrap().contains(r#"{"from":"page"}"#));
+
+    // Pushed by a producer: one too old for the announced timestamp, one in range.
+    let res = client()
+        .post(srv.url("/push_events"))
+        .send_json(&json!([
+            {"accessid": "browser-ws", "created_at": 99, "payload": "too old"},
+            {"accessid": "browser-ws", "created_at": 200, "payload": "from curl"}
+        ]))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    browser
+        .wait_text("#ws-events li:first-child", |t| t.contains("from curl"))
+        .await;
+    let events = browser.find("#ws-events").await.text().await.unwrap();
+    assert!(!events.contains("too old"), "{events}");
+
+    browser.find("#ws-clients").await.click().await.unwrap();
+    browser
+        .wait_text("#ws-result", |t| t == r#"clients: ["browser-ws"]"#)
+        .await;
+    browser.find("#ws-drop").await.click().await.unwrap();
+    browser
+        .wait_text("#ws-status", |t| t == "closed 1000 dropped")
+        .await;
+    browser.client.clone().close().await.unwrap();
+}
+
+#[actix_rt::test]
+async fn demo_page_long_polls_instance_notifications_with_the_cursor() {
+    let srv = TestServer::start_with(|c| c.dev = true).await;
+    let browser = Browser::start().await;
+    browser.client.goto(&srv.url("/")).await.unwrap();
+    let id = uuid::Uuid::new_v4().to_string();
+    browser.fill("#lp-instance", &id).await;
+    browser.find("#lp-start").await.click().await.unwrap();
+    browser
+        .wait_text("#lp-status", |t| t.starts_with("polling"))
+        .await;
+    // The page's first poll is waiting in the server.
+    wait_for("the page's poll", || async {
+        (srv.subscribers(&format!("instance:{id}")).await == 1).then_some(())
+    })
+    .await;
+
+    browser.fill("#lp-message", "from the page").await;
+    browser.find("#lp-create").await.click().await.unwrap();
+    browser
+        .wait_text("#lp-result", |t| t.starts_with("200"))
+        .await;
+    browser
+        .find("#lp-events li[data-message='from the page']")
+        .await;
+
+    // The loop polls again from the cursor it got: a notification created elsewhere arrives
+    // exactly once, and the cursor shown is its id.
+    let last =
+        crate::instances::create_messages(&srv.url(""), &id, &["from curl".to_string()]).await;
+    browser
+        .find("#lp-events li[data-message='from curl']")
+        .await;
+    browser.wait_text("#lp-cursor", |t| t == last).await;
+    let items = browser
+        .client
+        .find_all(Locator::Css("#lp-events li"))
+        .await
+        .unwrap();
+    assert_eq!(items.len(), 2, "each notification is shown once");
+    browser.find("#lp-stop").await.click().await.unwrap();
+    browser.wait_text("#lp-status", |t| t == "stopped").await;
+    browser.client.clone().close().await.unwrap();
+}
+
+#[actix_rt::test]
 async fn demo_page_registers_and_shows_signed_webhook_deliveries() {
     let srv = TestServer::start_with(|c| c.dev = true).await;
     let browser = Browser::start().await;

@@ -68,6 +68,16 @@ impl TestServer {
         json["ids"][0].as_str().expect("one id").to_string()
     }
 
+    /// How many sessions follow `stream` (`<kind>:<id>`) now.
+    pub async fn subscribers(&self, stream: &str) -> usize {
+        let key = herald::event::StreamKey::parse(stream).expect("a stream name");
+        self.herald
+            .as_ref()
+            .expect("running")
+            .subscribers(key)
+            .await
+    }
+
     /// Opens `GET /events/client` with a bearer token and extra headers.
     pub async fn subscribe(&self, token: &str, headers: &[(&str, &str)]) -> SseClient {
         let mut req = client()
@@ -154,6 +164,15 @@ impl SseClient {
         self.next()
             .await
             .expect("stream ended before the expected event")
+    }
+
+    /// The next event if one arrives within `wait`; `None` on quiet or the end of the stream.
+    pub async fn next_within(&mut self, wait: Duration) -> Option<SseEvent> {
+        match actix_rt::time::timeout(wait, self.events.next()).await {
+            Ok(Some(Ok(event))) => Some(event),
+            Ok(Some(Err(e))) => panic!("SSE stream error: {e}"),
+            Ok(None) | Err(_) => None,
+        }
     }
 
     /// Asserts nothing arrives within `quiet`.

@@ -1,10 +1,12 @@
 //! Herald's integration tests: one binary, a module per face, each test against a real server
 //! on a random port with real clients.
 
+mod access;
 mod browser;
 mod common;
 mod dashboard;
 mod documents;
 mod durability;
+mod instances;
 mod ops;
 mod process;

@@ -1,0 +1,357 @@
+//! Face 3: access events over WebSocket (notifier-style).
+//!
+//! `GET /subscribe_to_events` upgrades to a `WsSession` that follows `access:<access_id>` once
+//! the client announces itself; `POST /push_events` publishes, `POST /drop_user` closes every
+//! session of one access id, `GET /clients` lists the access ids connected now. The three HTTP
+//! endpoints take a publisher credential, except in `--dev`.
+
+use std::collections::HashMap;
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use actix_web_actors::ws;
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use super::{bearer_header, check_publisher, read_body, AppState, BodyError, PublisherCheck};
+use crate::broker::messages::{CloseReason, CloseStream, ListSubscribed, Publish};
+use crate::event::{StreamKey, StreamKind};
+use crate::metrics::Face;
+use crate::session::ws::{
+    Announcement, Authorize, Refusal, WsRefused, WsSession, WsSettings, MAX_ACCESS_ID,
+};
+
+/// Permission to follow any access id, not only the token's own `sub`.
+pub const ACCESS_READ: &str = "access:read";
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/subscribe_to_events", web::get().to(subscribe))
+        .route("/push_events", web::post().to(push_events))
+        .route("/drop_user", web::post().to(drop_user))
+        .route("/clients", web::get().to(clients));
+}
+
+async fn subscribe(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, actix_web::Error> {
+    // Refused after the upgrade, so WebSocket clients see a close code, not an HTTP status.
+    let Some(permit) = state.connections.try_acquire() else {
+        return ws::start(WsRefused, &req, payload);
+    };
+    let settings = WsSettings {
+        ping: state.config.ws_ping,
+        announce_timeout: state.config.ws_announce_timeout,
+        queue: state.config.subscriber_queue,
+    };
+    let session = WsSession::new(
+        state.broker.clone(),
+        authorize(&req, &state),
+        settings,
+        permit,
+        state.metrics.face(Face::Websocket),
+    );
+    ws::start(session, &req, payload)
+}
+
+/// The announcement's access rule: a token from the announcement or the upgrade request whose
+/// `sub` is the access id, or that has `access:read`. `--dev` needs no token.
+fn authorize(req: &HttpRequest, state: &web::Data<AppState>) -> Authorize {
+    if state.config.dev {
+        return Box::new(|_| Ok(()));
+    }
+    let header_present = req.headers().contains_key(header::AUTHORIZATION);
+    let header_token = bearer_header(req).map(str::to_string);
+    let state = state.clone();
+    Box::new(move |announcement: &Announcement| {
+        let token = match (announcement.token.as_deref(), header_token.as_deref()) {
+            (Some(token), _) | (None, Some(token)) => token,
+            // A header that is present but not a bearer token is a failed attempt.
+            (None, None) if header_present => return Err(Refusal::AuthFailed),
+            (None, None) => return Err(Refusal::AuthRequired),
+        };
+        let claims = state.verifier.verify(token).map_err(|e| {
+            log::debug!("WebSocket token refused: {e}");
+            Refusal::AuthFailed
+        })?;
+        if claims.sub == announcement.access_id || claims.has(ACCESS_READ) {
+            Ok(())
+        } else {
+            Err(Refusal::Forbidden)
+        }
+    })
+}
+
+/// The face's error body: `{"error": "...", "field": "..."}`.
+#[derive(Debug, Serialize, thiserror::Error)]
+#[error("{error}")]
+pub struct AccessError {
+    #[serde(skip)]
+    status: StatusCode,
+    error: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<String>,
+}
+
+impl AccessError {
+    fn new(status: StatusCode, error: impl Into<String>) -> Self {
+        Self {
+            status,
+            error: error.into(),
+            field: None,
+        }
+    }
+
+    fn invalid(error: impl Into<String>, field: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            error: error.into(),
+            field: Some(field.into()),
+        }
+    }
+
+    fn unavailable() -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "broker unavailable")
+    }
+}
+
+impl ResponseError for AccessError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut res = HttpResponse::build(self.status).json(self);
+        if self.status == StatusCode::UNAUTHORIZED {
+            res.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        res
+    }
+}
+
+/// The publisher credential rule of every publishing endpoint.
+fn require_publisher(req: &HttpRequest, state: &AppState) -> Result<(), AccessError> {
+    match check_publisher(req, state) {
+        PublisherCheck::Allowed => Ok(()),
+        PublisherCheck::Missing => Err(AccessError::new(
+            StatusCode::UNAUTHORIZED,
+            "publisher credential required",
+        )),
+        PublisherCheck::Refused => Err(AccessError::new(
+            StatusCode::UNAUTHORIZED,
+            "publisher credential refused",
+        )),
+    }
+}
+
+async fn read_json_body(
+    payload: web::Payload,
+    state: &AppState,
+) -> Result<web::Bytes, AccessError> {
+    read_body(payload, state.config.max_body)
+        .await
+        .map_err(|e| match e {
+            BodyError::TooLarge(_) => {
+                AccessError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
+            }
+            BodyError::Read(_) => AccessError::new(StatusCode::BAD_REQUEST, e.to_string()),
+        })
+}
+
+async fn push_events(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AccessError> {
+    require_publisher(&req, &state)?;
+    let body = read_json_body(payload, &state).await?;
+    let events = parse_events(&body)?;
+    // One publish per access id, in the order of first appearance; each keeps its events' order.
+    let mut streams: Vec<(String, Vec<Box<RawValue>>)> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    for (access_id, data) in events {
+        let i = *index.entry(access_id.clone()).or_insert_with(|| {
+            streams.push((access_id, Vec::new()));
+            streams.len() - 1
+        });
+        streams[i].1.push(data);
+    }
+    let publishes = streams.into_iter().map(|(access_id, data)| {
+        state.broker.send(Publish {
+            stream: StreamKey::new(StreamKind::Access, access_id),
+            data,
+        })
+    });
+    for acked in futures_util::future::join_all(publishes).await {
+        acked
+            .map_err(|_| AccessError::unavailable())?
+            .map_err(|e| AccessError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    }
+    Ok(HttpResponse::Ok().json(true))
+}
+
+/// An access event as delivered: the three documented fields, `payload` verbatim.
+#[derive(Serialize)]
+struct WireEvent<'a> {
+    accessid: &'a str,
+    created_at: i64,
+    payload: &'a RawValue,
+}
+
+/// Validates a `push_events` body into (access id, event JSON) pairs, in order. Errors name
+/// the element and field, e.g. `[2].created_at`. Unknown keys are ignored, as the notifier does.
+fn parse_events(body: &[u8]) -> Result<Vec<(String, Box<RawValue>)>, AccessError> {
+    let invalid_json = |e: serde_json::Error| {
+        AccessError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("invalid JSON: {e}"),
+        )
+    };
+    let raw: &RawValue = serde_json::from_slice(body).map_err(invalid_json)?;
+    let items: Vec<&RawValue> = serde_json::from_str(raw.get()).map_err(|_| {
+        AccessError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "expected a JSON array of events",
+        )
+    })?;
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let at = |field: &str| format!("[{i}].{field}");
+            let obj: HashMap<String, &RawValue> = serde_json::from_str(item.get())
+                .map_err(|_| AccessError::invalid("expected an object", format!("[{i}]")))?;
+            let field = |name: &str| {
+                obj.get(name)
+                    .copied()
+                    .ok_or_else(|| AccessError::invalid("missing field", at(name)))
+            };
+            let accessid: String = serde_json::from_str(field("accessid")?.get())
+                .map_err(|_| AccessError::invalid("must be a string", at("accessid")))?;
+            if !(1..=MAX_ACCESS_ID).contains(&accessid.len()) {
+                return Err(AccessError::invalid(
+                    format!("must be 1 to {MAX_ACCESS_ID} bytes"),
+                    at("accessid"),
+                ));
+            }
+            let created_at: i64 = serde_json::from_str(field("created_at")?.get())
+                .map_err(|_| AccessError::invalid("must be an integer", at("created_at")))?;
+            let wire = WireEvent {
+                accessid: &accessid,
+                created_at,
+                payload: field("payload")?,
+            };
+            let data = serde_json::value::to_raw_value(&wire).expect("an event serializes");
+            Ok((accessid, data))
+        })
+        .collect()
+}
+
+async fn drop_user(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AccessError> {
+    require_publisher(&req, &state)?;
+    let body = read_json_body(payload, &state).await?;
+    let value: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+        AccessError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("invalid JSON: {e}"),
+        )
+    })?;
+    let access_id = match value.get("drop_access_id") {
+        None => return Err(AccessError::invalid("missing field", "drop_access_id")),
+        Some(serde_json::Value::String(id)) => id.clone(),
+        Some(_) => return Err(AccessError::invalid("must be a string", "drop_access_id")),
+    };
+    let closed = state
+        .broker
+        .send(CloseStream {
+            stream: StreamKey::new(StreamKind::Access, access_id.clone()),
+            reason: CloseReason::Dropped,
+        })
+        .await
+        .map_err(|_| AccessError::unavailable())?;
+    log::info!("dropped {closed} session(s) of access id {access_id}");
+    Ok(HttpResponse::Ok().json(true))
+}
+
+async fn clients(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AccessError> {
+    require_publisher(&req, &state)?;
+    let ids = state
+        .broker
+        .send(ListSubscribed {
+            kind: StreamKind::Access,
+        })
+        .await
+        .map_err(|_| AccessError::unavailable())?;
+    Ok(HttpResponse::Ok().json(ids))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field_of(body: &str) -> Option<String> {
+        parse_events(body.as_bytes()).err().and_then(|e| e.field)
+    }
+
+    #[test]
+    fn validates_and_names_element_and_field() {
+        let ok = r#"[{"accessid":"c1","created_at":10,"payload":{"b":1, "a":[true]},"x":0},
+                     {"accessid":"c2","created_at":-3,"payload":null}]"#;
+        let events = parse_events(ok.as_bytes()).unwrap();
+        assert_eq!(events[0].0, "c1");
+        assert_eq!(
+            events[0].1.get(),
+            r#"{"accessid":"c1","created_at":10,"payload":{"b":1, "a":[true]}}"#,
+            "payload kept verbatim, unknown keys dropped"
+        );
+        assert_eq!(
+            events[1].1.get(),
+            r#"{"accessid":"c2","created_at":-3,"payload":null}"#
+        );
+        assert!(parse_events(b"[]").unwrap().is_empty());
+
+        let good = r#"{"accessid":"c","created_at":1,"payload":"p"}"#;
+        let cases = [
+            (r#"[{"created_at":1,"payload":1}]"#, "[0].accessid"),
+            (
+                r#"[{"accessid":5,"created_at":1,"payload":1}]"#,
+                "[0].accessid",
+            ),
+            (
+                r#"[{"accessid":"","created_at":1,"payload":1}]"#,
+                "[0].accessid",
+            ),
+            (r#"[{"accessid":"c","payload":1}]"#, "[0].created_at"),
+            (
+                r#"[{"accessid":"c","created_at":1.5,"payload":1}]"#,
+                "[0].created_at",
+            ),
+            (
+                r#"[{"accessid":"c","created_at":"1","payload":1}]"#,
+                "[0].created_at",
+            ),
+            (r#"[{"accessid":"c","created_at":1}]"#, "[0].payload"),
+            ("[1]", "[0]"),
+        ];
+        for (body, field) in cases {
+            assert_eq!(field_of(body).as_deref(), Some(field), "{body}");
+        }
+        let third = format!(r#"[{good},{good},{{"accessid":"c","created_at":null,"payload":1}}]"#);
+        assert_eq!(field_of(&third).as_deref(), Some("[2].created_at"));
+        for body in ["{", r#"{"accessid":"c"}"#, "7"] {
+            let err = parse_events(body.as_bytes()).unwrap_err();
+            assert_eq!(err.status, StatusCode::UNPROCESSABLE_ENTITY);
+            assert_eq!(err.field, None, "{body}");
+        }
+    }
+}
