@@ -25,6 +25,7 @@ pub fn document() -> OpenApi {
         )
         .build();
     doc.merge(instances::ApiDoc::openapi());
+    doc.merge(super::dashboard::ApiDoc::openapi());
     doc
 }
 

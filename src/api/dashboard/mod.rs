@@ -7,6 +7,7 @@
 //! `{"error": "...", "field": "..."}` (field only when one is to blame), from `DashboardError`.
 
 pub mod dev_sink;
+pub mod schema;
 pub mod webhooks;
 
 use actix_web::http::header::{self, HeaderValue};
@@ -15,6 +16,7 @@ use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use super::openapi::route;
 use super::{check_publisher, read_body, AppState, BodyError, PublisherCheck};
 use crate::dashboard::registration::{self, rfc3339};
 use crate::dashboard::{
@@ -22,30 +24,61 @@ use crate::dashboard::{
     PatchRegistration, RegistryError, ReplaceRegistration,
 };
 use crate::webhook::messages::ListSubscriptions;
+use schema::*;
 
 /// The API version reported by `/dashboard/v1/status`.
 const VERSION: &str = "v1";
 
+/// Tag of every operation of this face in the OpenAPI document.
+const TAG: &str = "Dashboard";
+
+/// The 401 of every operation, which happens only with `--dashboard-auth`.
+const UNAUTHORIZED: &str = "Only with `--dashboard-auth`: no publisher credential (a \
+`--publisher-key` or a token with `publish`) as `Authorization: Bearer`";
+
+/// The OpenAPI part of this face, merged into `/openapi.json` by `api::openapi`.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(
+        list_registrations,
+        create_registration,
+        get_registration,
+        replace_registration,
+        patch_registration,
+        delete_registration,
+        dashboard,
+        status,
+        webhooks::create,
+        webhooks::list,
+        webhooks::get,
+        webhooks::delete,
+        webhooks::deliveries,
+    ),
+    tags((name = TAG, description = "Dashboard registrations (the event source) and webhook \
+subscriptions to their REGISTER, CHANGE, DELETE and INVOKE events. Open unless the server runs \
+with `--dashboard-auth`."))
+)]
+pub struct ApiDoc;
+
+/// Registers the face's routes from their OpenAPI declarations, so `/openapi.json` cannot
+/// miss one; the collection paths also answer with a trailing slash.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    for path in [
-        "/dashboard/v1/registrations",
+    route::<__path_list_registrations, _, _>(cfg, list_registrations);
+    route::<__path_create_registration, _, _>(cfg, create_registration);
+    route::<__path_get_registration, _, _>(cfg, get_registration);
+    route::<__path_replace_registration, _, _>(cfg, replace_registration);
+    route::<__path_patch_registration, _, _>(cfg, patch_registration);
+    route::<__path_delete_registration, _, _>(cfg, delete_registration);
+    route::<__path_dashboard, _, _>(cfg, dashboard);
+    route::<__path_status, _, _>(cfg, status);
+    cfg.route(
         "/dashboard/v1/registrations/",
-    ] {
-        cfg.service(
-            web::resource(path)
-                .route(web::get().to(list_registrations))
-                .route(web::post().to(create_registration)),
-        );
-    }
-    cfg.service(
-        web::resource("/dashboard/v1/registrations/{id}")
-            .route(web::get().to(get_registration))
-            .route(web::put().to(replace_registration))
-            .route(web::patch().to(patch_registration))
-            .route(web::delete().to(delete_registration)),
+        web::get().to(list_registrations),
     )
-    .route("/dashboard/v1/dashboards/{id}", web::get().to(dashboard))
-    .route("/dashboard/v1/status", web::get().to(status));
+    .route(
+        "/dashboard/v1/registrations/",
+        web::post().to(create_registration),
+    );
     webhooks::configure(cfg);
     dev_sink::configure(cfg);
 }
@@ -170,6 +203,19 @@ pub async fn read_json(payload: web::Payload, state: &AppState) -> Result<Value,
         .map_err(|e| DashboardError::invalid("body", format!("invalid JSON: {e}")))
 }
 
+/// List registrations
+///
+/// Oldest first.
+#[utoipa::path(
+    get,
+    path = "/dashboard/v1/registrations",
+    tag = TAG,
+    operation_id = "list_registrations",
+    responses(
+        (status = 200, description = "Every registration", body = [Registration]),
+        (status = 401, description = UNAUTHORIZED, body = DashboardErrorBody),
+    )
+)]
 async fn list_registrations(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -180,6 +226,22 @@ async fn list_registrations(
     Ok(HttpResponse::Ok().json(body))
 }
 
+/// Register a dashboard
+///
+/// Fires REGISTER on `country:<isoCode>`.
+#[utoipa::path(
+    post,
+    path = "/dashboard/v1/registrations",
+    tag = TAG,
+    operation_id = "create_registration",
+    request_body = RegistrationInput,
+    responses(
+        (status = 201, description = "Created", body = RegistrationCreated),
+        (status = 401, description = UNAUTHORIZED, body = DashboardErrorBody),
+        (status = 422, description = "Invalid body; `field` names the culprit", body = DashboardErrorBody),
+        (status = 503, description = "The change is applied but its event could not be made durable", body = DashboardErrorBody),
+    )
+)]
 async fn create_registration(
     req: HttpRequest,
     payload: web::Payload,
@@ -196,6 +258,19 @@ async fn create_registration(
         .json(json!({"id": created.id, "lastChange": rfc3339(created.last_change)})))
 }
 
+/// Get a registration
+#[utoipa::path(
+    get,
+    path = "/dashboard/v1/registrations/{id}",
+    tag = TAG,
+    operation_id = "get_registration",
+    params(("id" = String, Path, description = "The registration id")),
+    responses(
+        (status = 200, description = "The registration", body = Registration),
+        (status = 401, description = UNAUTHORIZED, body = DashboardErrorBody),
+        (status = 404, description = "No registration with that id", body = DashboardErrorBody),
+    )
+)]
 async fn get_registration(
     req: HttpRequest,
     id: web::Path<String>,
@@ -209,6 +284,24 @@ async fn get_registration(
     }
 }
 
+/// Replace a registration
+///
+/// Fires CHANGE on the registration's (new) country.
+#[utoipa::path(
+    put,
+    path = "/dashboard/v1/registrations/{id}",
+    tag = TAG,
+    operation_id = "replace_registration",
+    params(("id" = String, Path, description = "The registration id")),
+    request_body = RegistrationInput,
+    responses(
+        (status = 204, description = "Replaced"),
+        (status = 401, description = UNAUTHORIZED, body = DashboardErrorBody),
+        (status = 404, description = "No registration with that id", body = DashboardErrorBody),
+        (status = 422, description = "Invalid body; `field` names the culprit", body = DashboardErrorBody),
+        (status = 503, description = "The change is applied but its event could not be made durable", body = DashboardErrorBody),
+    )
+)]
 async fn replace_registration(
     req: HttpRequest,
     id: web::Path<String>,
@@ -225,6 +318,25 @@ async fn replace_registration(
     Ok(HttpResponse::NoContent().finish())
 }
 
+/// Change part of a registration
+///
+/// Fields present replace the current ones, `features` key by key; a new value for only one
+/// of `country` and `isoCode` makes the other follow. Fires CHANGE.
+#[utoipa::path(
+    patch,
+    path = "/dashboard/v1/registrations/{id}",
+    tag = TAG,
+    operation_id = "patch_registration",
+    params(("id" = String, Path, description = "The registration id")),
+    request_body = RegistrationInput,
+    responses(
+        (status = 204, description = "Changed"),
+        (status = 401, description = UNAUTHORIZED, body = DashboardErrorBody),
+        (status = 404, description = "No registration with that id", body = DashboardErrorBody),
+        (status = 422, description = "Invalid body; `field` names the culprit", body = DashboardErrorBody),
+        (status = 503, description = "The change is applied but its event could not be made durable", body = DashboardErrorBody),
+    )
+)]
 async fn patch_registration(
     req: HttpRequest,
     id: web::Path<String>,
@@ -241,6 +353,22 @@ async fn patch_registration(
     Ok(HttpResponse::NoContent().finish())
 }
 
+/// Delete a registration
+///
+/// Fires DELETE on its country.
+#[utoipa::path(
+    delete,
+    path = "/dashboard/v1/registrations/{id}",
+    tag = TAG,
+    operation_id = "delete_registration",
+    params(("id" = String, Path, description = "The registration id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = UNAUTHORIZED, body = DashboardErrorBody),
+        (status = 404, description = "No registration with that id", body = DashboardErrorBody),
+        (status = 503, description = "The change is applied but its event could not be made durable", body = DashboardErrorBody),
+    )
+)]
 async fn delete_registration(
     req: HttpRequest,
     id: web::Path<String>,
@@ -252,6 +380,22 @@ async fn delete_registration(
     Ok(HttpResponse::NoContent().finish())
 }
 
+/// Retrieve a dashboard
+///
+/// The registration with `lastRetrieval`; fires INVOKE.
+#[utoipa::path(
+    get,
+    path = "/dashboard/v1/dashboards/{id}",
+    tag = TAG,
+    operation_id = "get_dashboard",
+    params(("id" = String, Path, description = "The registration id")),
+    responses(
+        (status = 200, description = "The dashboard", body = Dashboard),
+        (status = 401, description = UNAUTHORIZED, body = DashboardErrorBody),
+        (status = 404, description = "No registration with that id", body = DashboardErrorBody),
+        (status = 503, description = "The change is applied but its event could not be made durable", body = DashboardErrorBody),
+    )
+)]
 async fn dashboard(
     req: HttpRequest,
     id: web::Path<String>,
@@ -267,6 +411,18 @@ async fn dashboard(
     Ok(HttpResponse::Ok().json(body))
 }
 
+/// Dashboard service status
+#[utoipa::path(
+    get,
+    path = "/dashboard/v1/status",
+    tag = TAG,
+    operation_id = "dashboard_status",
+    responses(
+        (status = 200, description = "Serving", body = DashboardStatus),
+        (status = 401, description = UNAUTHORIZED, body = DashboardErrorBody),
+        (status = 503, description = "The webhook dispatcher does not answer", body = DashboardStatus),
+    )
+)]
 async fn status(
     req: HttpRequest,
     state: web::Data<AppState>,

@@ -8,7 +8,9 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Map, Value};
 use url::Url;
 
-use super::{authorize, read_json, DashboardError};
+use super::schema::*;
+use super::{authorize, read_json, DashboardError, TAG, UNAUTHORIZED};
+use crate::api::openapi::route;
 use crate::api::AppState;
 use crate::dashboard::registration::rfc3339;
 use crate::webhook::address_policy;
@@ -23,26 +25,15 @@ const MAX_URL: usize = 2048;
 /// The subscription body's fields, in the order missing ones are named.
 const FIELDS: [&str; 3] = ["url", "country", "event"];
 
+/// Registers the routes from their OpenAPI declarations (see `super::ApiDoc`).
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    for path in [
-        "/dashboard/v1/notifications",
-        "/dashboard/v1/notifications/",
-    ] {
-        cfg.service(
-            web::resource(path)
-                .route(web::get().to(list))
-                .route(web::post().to(create)),
-        );
-    }
-    cfg.service(
-        web::resource("/dashboard/v1/notifications/{id}")
-            .route(web::get().to(get))
-            .route(web::delete().to(delete)),
-    )
-    .route(
-        "/dashboard/v1/notifications/{id}/deliveries",
-        web::get().to(deliveries),
-    );
+    route::<__path_create, _, _>(cfg, create);
+    route::<__path_list, _, _>(cfg, list);
+    route::<__path_get, _, _>(cfg, get);
+    route::<__path_delete, _, _>(cfg, delete);
+    route::<__path_deliveries, _, _>(cfg, deliveries);
+    cfg.route("/dashboard/v1/notifications/", web::get().to(list))
+        .route("/dashboard/v1/notifications/", web::post().to(create));
 }
 
 /// A validated subscription body.
@@ -141,6 +132,22 @@ fn attempt_json(a: &Attempt) -> Value {
     })
 }
 
+/// Subscribe a webhook
+///
+/// Every matching event is POSTed to `url`, signed per Standard Webhooks with the returned
+/// secret, and retried on `--webhook-retry-schedule`; 410 disables the subscription.
+#[utoipa::path(
+    post,
+    path = "/dashboard/v1/notifications",
+    tag = TAG,
+    operation_id = "create_webhook",
+    request_body = WebhookSubscriptionInput,
+    responses(
+        (status = 201, description = "Created", body = WebhookSubscriptionCreated),
+        (status = 401, description = UNAUTHORIZED, body = DashboardErrorBody),
+        (status = 422, description = "Missing fields (all named in `error`), or an invalid one named in `field`", body = DashboardErrorBody),
+    )
+)]
 async fn create(
     req: HttpRequest,
     payload: web::Payload,
@@ -169,6 +176,19 @@ async fn create(
         .json(json!({"id": created.id, "secret": created.secret})))
 }
 
+/// List webhook subscriptions
+///
+/// Oldest first; `[]` when none.
+#[utoipa::path(
+    get,
+    path = "/dashboard/v1/notifications",
+    tag = TAG,
+    operation_id = "list_webhooks",
+    responses(
+        (status = 200, description = "Every subscription", body = [WebhookSubscription]),
+        (status = 401, description = UNAUTHORIZED, body = DashboardErrorBody),
+    )
+)]
 async fn list(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -178,6 +198,19 @@ async fn list(
     Ok(HttpResponse::Ok().json(all.iter().map(subscription_json).collect::<Vec<_>>()))
 }
 
+/// Get a webhook subscription
+#[utoipa::path(
+    get,
+    path = "/dashboard/v1/notifications/{id}",
+    tag = TAG,
+    operation_id = "get_webhook",
+    params(("id" = String, Path, description = "The subscription id")),
+    responses(
+        (status = 200, description = "The subscription", body = WebhookSubscription),
+        (status = 401, description = UNAUTHORIZED, body = DashboardErrorBody),
+        (status = 404, description = "No subscription with that id", body = DashboardErrorBody),
+    )
+)]
 async fn get(
     req: HttpRequest,
     id: web::Path<String>,
@@ -191,6 +224,20 @@ async fn get(
     }
 }
 
+/// Delete a webhook subscription
+///
+/// Idempotent; its pending deliveries get no more attempts.
+#[utoipa::path(
+    delete,
+    path = "/dashboard/v1/notifications/{id}",
+    tag = TAG,
+    operation_id = "delete_webhook",
+    params(("id" = String, Path, description = "The subscription id")),
+    responses(
+        (status = 204, description = "Deleted, or never existed"),
+        (status = 401, description = UNAUTHORIZED, body = DashboardErrorBody),
+    )
+)]
 async fn delete(
     req: HttpRequest,
     id: web::Path<String>,
@@ -202,6 +249,21 @@ async fn delete(
     Ok(HttpResponse::NoContent().finish())
 }
 
+/// List delivery attempts
+///
+/// Newest first; the last 1000 attempts of the subscription.
+#[utoipa::path(
+    get,
+    path = "/dashboard/v1/notifications/{id}/deliveries",
+    tag = TAG,
+    operation_id = "list_webhook_attempts",
+    params(("id" = String, Path, description = "The subscription id")),
+    responses(
+        (status = 200, description = "The attempts", body = [WebhookAttempt]),
+        (status = 401, description = UNAUTHORIZED, body = DashboardErrorBody),
+        (status = 404, description = "No subscription with that id", body = DashboardErrorBody),
+    )
+)]
 async fn deliveries(
     req: HttpRequest,
     id: web::Path<String>,

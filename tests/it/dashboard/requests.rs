@@ -277,3 +277,47 @@ async fn dashboard_auth_requires_a_publisher_credential() {
         "open without --dashboard-auth"
     );
 }
+
+#[actix_rt::test]
+async fn openapi_describes_every_dashboard_route() {
+    let srv = TestServer::start().await;
+    let (code, doc) = call(&srv, "GET", "/openapi.json", None).await;
+    assert_eq!(code, StatusCode::OK);
+    let paths = doc["paths"].as_object().unwrap();
+    let expected = [
+        ("/dashboard/v1/registrations", vec!["get", "post"]),
+        (
+            "/dashboard/v1/registrations/{id}",
+            vec!["get", "put", "patch", "delete"],
+        ),
+        ("/dashboard/v1/dashboards/{id}", vec!["get"]),
+        ("/dashboard/v1/status", vec!["get"]),
+        ("/dashboard/v1/notifications", vec!["get", "post"]),
+        ("/dashboard/v1/notifications/{id}", vec!["get", "delete"]),
+        ("/dashboard/v1/notifications/{id}/deliveries", vec!["get"]),
+    ];
+    let ours: Vec<&String> = paths
+        .keys()
+        .filter(|p| p.starts_with("/dashboard/"))
+        .collect();
+    assert_eq!(ours.len(), expected.len(), "{ours:?}");
+    for (path, methods) in expected {
+        let item = paths[path].as_object().unwrap_or_else(|| panic!("{path}"));
+        let mut have: Vec<&str> = item.keys().map(String::as_str).collect();
+        have.sort();
+        let mut want = methods.clone();
+        want.sort();
+        assert_eq!(have, want, "{path}");
+    }
+    let schemas = &doc["components"]["schemas"];
+    for name in [
+        "Registration",
+        "WebhookSubscriptionInput",
+        "WebhookAttempt",
+        "DashboardErrorBody",
+    ] {
+        assert!(schemas[name].is_object(), "{name} in components");
+    }
+    let post = &paths["/dashboard/v1/notifications"]["post"];
+    assert!(post["responses"]["201"].is_object() && post["responses"]["422"].is_object());
+}
