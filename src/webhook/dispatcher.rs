@@ -218,7 +218,7 @@ impl WebhookDispatcher {
         );
     }
 
-    /// Records an attempt and decides what happens to its delivery.
+    /// Ends an attempt: records it, and wakes a drain waiting for the last one under way.
     fn finished(&mut self, id: String, answer: Answer, ctx: &mut Context<Self>) {
         self.in_flight.remove(&id);
         self.record(id, answer, ctx);
@@ -299,12 +299,7 @@ impl WebhookDispatcher {
                 self.pending.retain(|_, d| d.subscription != gone);
             }
         }
-        self.metrics.webhook_attempt(match outcome {
-            Outcome::Succeeded => "succeeded",
-            Outcome::Retrying => "retrying",
-            Outcome::Failed => "failed",
-            Outcome::Disabled => "disabled",
-        });
+        self.metrics.webhook_attempt(outcome.as_str());
         self.metrics
             .webhook_latency
             .observe(answer.duration.as_secs_f64());

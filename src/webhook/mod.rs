@@ -131,6 +131,18 @@ pub enum Outcome {
     Disabled,
 }
 
+impl Outcome {
+    /// The wire and metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::Retrying => "retrying",
+            Outcome::Failed => "failed",
+            Outcome::Disabled => "disabled",
+        }
+    }
+}
+
 /// One delivery attempt, as served by `GET .../notifications/{id}/deliveries`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attempt {
