@@ -75,22 +75,26 @@ pub async fn start(config: Config) -> Result<Herald, StartError> {
         ttl: config.history_ttl,
     };
     let metrics = metrics::Metrics::new();
-    let (store, kept) = if config.memory {
-        (StoreWriter::spawn(MemoryStore, metrics.clone()), Vec::new())
+    let (store, kept, saved) = if config.memory {
+        let store = StoreWriter::spawn(MemoryStore, metrics.clone());
+        (store, Vec::new(), Saved::default())
     } else {
         let mut sqlite = SqliteStore::open(&config.data_dir, retention)?;
-        let kept = sqlite.load().map_err(|e| StartError::Load {
+        let load_error = |source| StartError::Load {
             path: config.data_dir.clone(),
-            source: e,
-        })?;
-        (StoreWriter::spawn(sqlite, metrics.clone()), kept)
+            source,
+        };
+        let kept = sqlite.load().map_err(load_error)?;
+        let saved = Saved::load(&mut sqlite).map_err(load_error)?;
+        (StoreWriter::spawn(sqlite, metrics.clone()), kept, saved)
     };
     let store = store.map_err(StartError::Store)?;
+    let broker_store = store.clone();
     // The Broker gets a thread of its own so that HTTP workers never delay fan-out.
     let broker_thread = Arbiter::new();
     let broker_metrics = metrics.clone();
     let broker: Addr<Broker> = Broker::start_in_arbiter(&broker_thread.handle(), move |_| {
-        Broker::new(store, retention, kept, &broker_metrics)
+        Broker::new(broker_store, retention, kept, &broker_metrics)
     });
 
     // Webhook delivery gets a thread of its own too: its outbound HTTP never competes with
@@ -102,22 +106,24 @@ pub async fn start(config: Config) -> Result<Herald, StartError> {
         allow_private: config.dev || config.webhook_allow_private,
     };
     let webhook_metrics = metrics.clone();
+    let webhook_store = store.clone();
     let webhooks: Addr<WebhookDispatcher> =
         WebhookDispatcher::start_in_arbiter(&webhook_thread.handle(), move |_| {
-            WebhookDispatcher::new(settings, WebhookState::default(), webhook_metrics)
+            WebhookDispatcher::new(settings, saved.webhooks, webhook_metrics, webhook_store)
         });
     // Registered before the server accepts requests, so no dashboard event precedes it.
     if broker
         .send(WatchKind {
             kind: event::StreamKind::Country,
             deliver: webhooks.clone().recipient(),
+            after: saved.checkpoints,
         })
         .await
         .is_err()
     {
         log::error!("broker stopped before the webhook dispatcher could watch it");
     }
-    let registry = dashboard::Registry::new(broker.clone(), Vec::new()).start();
+    let registry = dashboard::Registry::new(broker.clone(), saved.registrations, store).start();
 
     let listener = TcpListener::bind(config.listen).map_err(|source| StartError::Listen {
         addr: config.listen,
@@ -213,5 +219,52 @@ impl Herald {
             Ok(Err(e)) => log::error!("store flush failed: {e}"),
             Err(_) => log::error!("broker stopped before the flush"),
         }
+    }
+}
+
+/// The actors' own state as the store kept it.
+#[derive(Default)]
+struct Saved {
+    webhooks: WebhookState,
+    registrations: Vec<dashboard::registration::Registration>,
+    /// Per `country:` stream id, the last event the WebhookDispatcher handled.
+    checkpoints: std::collections::HashMap<String, String>,
+}
+
+impl Saved {
+    fn load(store: &mut impl Store) -> Result<Self, store::StoreError> {
+        fn table<T: serde::de::DeserializeOwned>(
+            store: &mut impl Store,
+            table: store::Table,
+        ) -> Result<Vec<T>, store::StoreError> {
+            store
+                .load_table(table)?
+                .into_iter()
+                .map(|(id, json)| {
+                    serde_json::from_str(&json).map_err(|e| {
+                        store::StoreError::Backend(format!("{} {id}: {e}", table.name()).into())
+                    })
+                })
+                .collect()
+        }
+        let mut registrations: Vec<dashboard::registration::Registration> =
+            table(store, store::Table::Registrations)?;
+        registrations.sort_by_key(|r| r.created);
+        let mut attempts: Vec<webhook::Attempt> = table(store, store::Table::Attempts)?;
+        attempts.sort_by_key(|a| (a.time, a.attempt));
+        let checkpoints = store
+            .load_table(store::Table::Checkpoints)?
+            .into_iter()
+            .filter_map(|(id, json)| Some((id, serde_json::from_str(&json).ok()?)))
+            .collect();
+        Ok(Saved {
+            webhooks: WebhookState {
+                subscriptions: table(store, store::Table::Subscriptions)?,
+                pending: table(store, store::Table::Deliveries)?,
+                attempts,
+            },
+            registrations,
+            checkpoints,
+        })
     }
 }

@@ -1,6 +1,7 @@
 //! The whole vocabulary between the Broker, the handlers that publish, the sessions that
 //! subscribe, and the store writer that acknowledges commits.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -175,6 +176,11 @@ pub struct WatchKind {
     pub kind: StreamKind,
     /// Receives each committed event once, after the stream's own subscribers.
     pub deliver: Recipient<Deliver>,
+    /// By stream id, the cursor of the last event the watcher already handled (kept by the
+    /// watcher across restarts). Retained events after it, or every retained event of a
+    /// stream without one, are delivered first, so a crash between a commit and the watcher's
+    /// own bookkeeping loses nothing.
+    pub after: HashMap<String, String>,
 }
 
 /// `Subscribe`, refused instead when the stream already has `max_subscribers` subscribers

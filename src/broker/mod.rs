@@ -317,6 +317,20 @@ impl Handler<WatchKind> for Broker {
     type Result = ();
 
     fn handle(&mut self, msg: WatchKind, _: &mut Self::Context) {
+        for (key, state) in self.streams.iter().filter(|(k, _)| k.kind == msg.kind) {
+            let history = &state.history;
+            let handled = msg
+                .after
+                .get(&key.id)
+                .and_then(|cursor| Position::from_cursor(cursor))
+                .filter(|p| history.check(*p).is_ok())
+                .unwrap_or_else(|| history.tail());
+            for event in history.after(handled.seq) {
+                msg.deliver.do_send(Deliver {
+                    event: event.clone(),
+                });
+            }
+        }
         self.watchers.entry(msg.kind).or_default().push(msg.deliver);
     }
 }

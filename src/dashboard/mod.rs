@@ -16,6 +16,7 @@ use serde_json::Value;
 use crate::broker::messages::{Publish, PublishError};
 use crate::broker::Broker;
 use crate::event::{StreamKey, StreamKind};
+use crate::store::{Record, StoreWriter, Table};
 use crate::webhook::{DashboardEvent, EventKind};
 use registration::{Invalid, Registration, RegistrationInput};
 
@@ -93,15 +94,40 @@ pub struct Registry {
     registrations: Vec<Registration>,
     /// Where dashboard events are published.
     broker: Addr<Broker>,
+    /// Where registrations are made durable.
+    store: StoreWriter,
 }
 
 impl Registry {
     /// A registry that starts with `registrations` (empty, or loaded from a store).
-    pub fn new(broker: Addr<Broker>, registrations: Vec<Registration>) -> Self {
+    pub fn new(broker: Addr<Broker>, registrations: Vec<Registration>, store: StoreWriter) -> Self {
         Self {
             registrations,
             broker,
+            store,
         }
+    }
+
+    /// Queues a registration change for the store. It is queued before the change's event,
+    /// and the store commits in order, so a request acknowledged after its event is durable
+    /// has its registration durable too.
+    fn save(&self, record: Record) {
+        self.store.write(
+            vec![record],
+            Box::new(|result| {
+                if let Err(e) = result {
+                    log::error!("registration not saved: {e}");
+                }
+            }),
+        );
+    }
+
+    fn save_registration(&self, registration: &Registration) {
+        self.save(Record::put(
+            Table::Registrations,
+            registration.id.as_str(),
+            registration,
+        ));
     }
 
     fn find_mut(&mut self, id: &str) -> Result<&mut Registration, RegistryError> {
@@ -149,8 +175,10 @@ impl Handler<CreateRegistration> for Registry {
             input: msg.input,
             last_change: SystemTime::now(),
             last_retrieval: None,
+            created: SystemTime::now(),
         };
         self.registrations.push(registration.clone());
+        self.save_registration(&registration);
         let published = self.publish(EventKind::Register, &registration);
         Box::pin(async move { published.await.map(|()| registration) })
     }
@@ -167,6 +195,7 @@ impl Handler<ReplaceRegistration> for Registry {
         registration.input = msg.input;
         registration.last_change = SystemTime::now();
         let registration = registration.clone();
+        self.save_registration(&registration);
         Box::pin(self.publish(EventKind::Change, &registration))
     }
 }
@@ -185,6 +214,7 @@ impl Handler<PatchRegistration> for Registry {
         }
         registration.last_change = SystemTime::now();
         let registration = registration.clone();
+        self.save_registration(&registration);
         Box::pin(self.publish(EventKind::Change, &registration))
     }
 }
@@ -197,6 +227,10 @@ impl Handler<DeleteRegistration> for Registry {
             return Box::pin(async { Err(RegistryError::NotFound) });
         };
         let registration = self.registrations.remove(index);
+        self.save(Record::delete(
+            Table::Registrations,
+            registration.id.as_str(),
+        ));
         Box::pin(self.publish(EventKind::Delete, &registration))
     }
 }
@@ -227,6 +261,7 @@ impl Handler<InvokeDashboard> for Registry {
         };
         registration.last_retrieval = Some(SystemTime::now());
         let registration = registration.clone();
+        self.save_registration(&registration);
         let published = self.publish(EventKind::Invoke, &registration);
         Box::pin(async move { published.await.map(|()| registration) })
     }

@@ -77,6 +77,8 @@ pub struct Registration {
     pub last_change: SystemTime,
     /// When its dashboard was last retrieved.
     pub last_retrieval: Option<SystemTime>,
+    /// When it was created; registrations are listed in this order, also after a restart.
+    pub created: SystemTime,
 }
 
 impl Registration {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use std::time::SystemTime;
 
-use super::{Store, StoreError, StoredStream};
+use super::{Record, Store, StoreError, StoredStream, Table};
 use crate::event::Event;
 
 /// Acknowledges every append at once.
@@ -13,8 +13,12 @@ use crate::event::Event;
 pub struct MemoryStore;
 
 impl Store for MemoryStore {
-    fn append(&mut self, _events: &[Arc<Event>]) -> Result<(), StoreError> {
+    fn commit(&mut self, _events: &[Arc<Event>], _records: &[Record]) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    fn load_table(&mut self, _table: Table) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(Vec::new())
     }
 
     fn flush(&mut self) -> Result<(), StoreError> {

@@ -48,10 +48,72 @@ pub struct StoredStream {
     pub events: Vec<Arc<Event>>,
 }
 
-/// A durable home for events. After `load`, called only from the writer thread.
+/// The actors' own state kept beside events: each table holds JSON documents by id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    /// Dashboard registrations (the Registry).
+    Registrations,
+    /// Webhook subscriptions with their secrets.
+    Subscriptions,
+    /// Webhook deliveries not yet delivered or given up.
+    Deliveries,
+    /// The webhook attempt log.
+    Attempts,
+    /// Per `country:` stream, the cursor of the last event the WebhookDispatcher turned into
+    /// deliveries.
+    Checkpoints,
+}
+
+impl Table {
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Registrations => "registrations",
+            Table::Subscriptions => "subscriptions",
+            Table::Deliveries => "deliveries",
+            Table::Attempts => "attempts",
+            Table::Checkpoints => "checkpoints",
+        }
+    }
+}
+
+/// One change to a table.
+#[derive(Debug, Clone)]
+pub enum Record {
+    Put {
+        table: Table,
+        id: String,
+        json: String,
+    },
+    Delete {
+        table: Table,
+        id: String,
+    },
+}
+
+impl Record {
+    pub fn put(table: Table, id: impl Into<String>, value: &impl serde::Serialize) -> Self {
+        Record::Put {
+            table,
+            id: id.into(),
+            json: serde_json::to_string(value).expect("state documents serialize"),
+        }
+    }
+
+    pub fn delete(table: Table, id: impl Into<String>) -> Self {
+        Record::Delete {
+            table,
+            id: id.into(),
+        }
+    }
+}
+
+/// A durable home for events and actor state. After the loads, called only from the writer
+/// thread.
 pub trait Store: Send + 'static {
-    /// Makes every event of the group durable, all or nothing.
-    fn append(&mut self, events: &[Arc<Event>]) -> Result<(), StoreError>;
+    /// Makes every event and record of the group durable, all or nothing.
+    fn commit(&mut self, events: &[Arc<Event>], records: &[Record]) -> Result<(), StoreError>;
+    /// Every document of a table, as `(id, json)`; called at start.
+    fn load_table(&mut self, table: Table) -> Result<Vec<(String, String)>, StoreError>;
     /// Makes sure everything acknowledged is on disk, for shutdown.
     fn flush(&mut self) -> Result<(), StoreError>;
     /// Every stream kept, with its retained events; called once, at start.
@@ -65,10 +127,13 @@ pub type Done = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
 enum Command {
     Append { events: Vec<Arc<Event>>, done: Done },
+    Write { records: Vec<Record>, done: Done },
     Flush { done: Done },
 }
 
-/// The handle through which the Broker reaches the writer thread.
+/// The handle through which the Broker, the Registry and the WebhookDispatcher reach the
+/// writer thread.
+#[derive(Clone)]
 pub struct StoreWriter {
     /// Bounded, so a store that cannot keep up slows publishers instead of growing memory.
     tx: mpsc::SyncSender<Command>,
@@ -91,6 +156,30 @@ impl StoreWriter {
         {
             done(Err(StoreError::Stopped));
         }
+    }
+
+    /// Queues state records; they commit in order with everything queued before them.
+    pub fn write(&self, records: Vec<Record>, done: Done) {
+        if let Err(mpsc::SendError(Command::Write { done, .. })) =
+            self.tx.send(Command::Write { records, done })
+        {
+            done(Err(StoreError::Stopped));
+        }
+    }
+
+    /// `write`, answered through a future.
+    pub fn written(
+        &self,
+        records: Vec<Record>,
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> + 'static {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.write(
+            records,
+            Box::new(move |result| {
+                let _ = tx.send(result);
+            }),
+        );
+        async move { rx.await.unwrap_or(Err(StoreError::Stopped)) }
     }
 
     /// Runs `done` once everything queued before it is durable.
@@ -134,19 +223,20 @@ fn commit_group(
             Err(_) => break,
         }
     }
-    let events: Vec<Arc<Event>> = group
-        .iter()
-        .filter_map(|cmd| match cmd {
-            Command::Append { events, .. } => Some(events.iter().cloned()),
-            Command::Flush { .. } => None,
-        })
-        .flatten()
-        .collect();
-    let appended = if events.is_empty() {
+    let mut events: Vec<Arc<Event>> = Vec::new();
+    let mut records: Vec<Record> = Vec::new();
+    for cmd in &group {
+        match cmd {
+            Command::Append { events: e, .. } => events.extend(e.iter().cloned()),
+            Command::Write { records: r, .. } => records.extend(r.iter().cloned()),
+            Command::Flush { .. } => {}
+        }
+    }
+    let appended = if events.is_empty() && records.is_empty() {
         Ok(())
     } else {
         let started = Instant::now();
-        let result = store.append(&events);
+        let result = store.commit(&events, &records);
         metrics
             .store_commit
             .observe(started.elapsed().as_secs_f64());
@@ -160,7 +250,7 @@ fn commit_group(
     };
     for cmd in group {
         match cmd {
-            Command::Append { done, .. } => done(appended.clone()),
+            Command::Append { done, .. } | Command::Write { done, .. } => done(appended.clone()),
             Command::Flush { done } => done(appended.clone().and(flushed.clone())),
         }
     }

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{Store, StoreError, StoredStream};
+use super::{Record, Store, StoreError, StoredStream, Table};
 use crate::broker::history::Retention;
 use crate::event::{Event, Position, StreamKey};
 
@@ -36,6 +36,13 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (stream, seq)
     ) WITHOUT ROWID;
     CREATE INDEX events_by_age ON events (created_ms);",
+    // 2: the actors' own state (registrations, webhooks), as JSON documents by id.
+    "CREATE TABLE records (
+        tbl TEXT NOT NULL,
+        id TEXT NOT NULL,
+        json TEXT NOT NULL,
+        PRIMARY KEY (tbl, id)
+    ) WITHOUT ROWID;",
 ];
 
 /// Why the store could not be opened; each names the file.
@@ -107,7 +114,7 @@ fn millis(t: SystemTime) -> i64 {
 }
 
 impl Store for SqliteStore {
-    fn append(&mut self, events: &[Arc<Event>]) -> Result<(), StoreError> {
+    fn commit(&mut self, events: &[Arc<Event>], records: &[Record]) -> Result<(), StoreError> {
         let tx = self.conn.transaction().map_err(backend)?;
         let mut heads: HashMap<String, Position> = HashMap::new();
         {
@@ -138,6 +145,21 @@ impl Store for SqliteStore {
                 upsert
                     .execute(params![stream, head.epoch, head.seq as i64])
                     .map_err(backend)?;
+            }
+            let mut put = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO records (tbl, id, json) VALUES (?1, ?2, ?3)",
+                )
+                .map_err(backend)?;
+            let mut delete = tx
+                .prepare_cached("DELETE FROM records WHERE tbl = ?1 AND id = ?2")
+                .map_err(backend)?;
+            for record in records {
+                match record {
+                    Record::Put { table, id, json } => put.execute(params![table.name(), id, json]),
+                    Record::Delete { table, id } => delete.execute(params![table.name(), id]),
+                }
+                .map_err(backend)?;
             }
         }
         tx.commit().map_err(backend)?;
@@ -218,6 +240,17 @@ impl Store for SqliteStore {
         Ok(streams.into_values().collect())
     }
 
+    fn load_table(&mut self, table: Table) -> Result<Vec<(String, String)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, json FROM records WHERE tbl = ?1")
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map([table.name()], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(backend)?;
+        rows.collect::<Result<_, _>>().map_err(backend)
+    }
+
     fn maintain(&mut self, now: SystemTime) -> Result<(), StoreError> {
         let oldest = millis(now) - self.retention.ttl.as_millis() as i64;
         self.conn
@@ -268,9 +301,9 @@ mod tests {
         {
             let mut store = SqliteStore::open(dir.path(), retention(100)).unwrap();
             store
-                .append(&[event("a", 1, now), event("a", 2, now)])
+                .commit(&[event("a", 1, now), event("a", 2, now)], &[])
                 .unwrap();
-            store.append(&[event("b", 1, now)]).unwrap();
+            store.commit(&[event("b", 1, now)], &[]).unwrap();
         }
         let mut store = SqliteStore::open(dir.path(), retention(100)).unwrap();
         let mut streams = store.load().unwrap();
@@ -290,10 +323,10 @@ mod tests {
         let old = now - Duration::from_secs(7200);
         let mut store = SqliteStore::open(dir.path(), retention(2)).unwrap();
         store
-            .append(&[event("a", 1, old), event("a", 2, now)])
+            .commit(&[event("a", 1, old), event("a", 2, now)], &[])
             .unwrap();
         store
-            .append(&[event("a", 3, now), event("a", 4, now)])
+            .commit(&[event("a", 3, now), event("a", 4, now)], &[])
             .unwrap();
         store.maintain(now).unwrap();
         let streams = store.load().unwrap();
@@ -307,9 +340,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let now = SystemTime::now();
         let mut store = SqliteStore::open(dir.path(), retention(10)).unwrap();
-        store.append(&[event("a", 1, now)]).unwrap();
+        store.commit(&[event("a", 1, now)], &[]).unwrap();
         assert!(store
-            .append(&[event("a", 2, now), event("a", 1, now)])
+            .commit(&[event("a", 2, now), event("a", 1, now)], &[])
             .is_err());
         let streams = store.load().unwrap();
         assert_eq!(

@@ -24,7 +24,9 @@ use super::{
     PendingDelivery, Subscription, WebhookState,
 };
 use crate::broker::messages::Deliver;
+use crate::event::Event;
 use crate::metrics::{Face, FaceMetrics, Metrics};
+use crate::store::{Record, StoreWriter, Table};
 
 /// Attempts kept per subscription for `.../deliveries`; older ones are dropped first.
 const ATTEMPTS_KEPT: usize = 1000;
@@ -88,12 +90,19 @@ pub struct WebhookDispatcher {
     draining: bool,
     /// `DrainWebhooks` callers waiting for the attempts under way to finish.
     drained: Vec<oneshot::Sender<()>>,
+    /// Where subscriptions, deliveries, attempts and checkpoints are made durable.
+    store: StoreWriter,
 }
 
 impl WebhookDispatcher {
     /// A dispatcher that resumes from `state` (empty for a fresh server, or loaded from a
     /// store); pending deliveries are attempted when they are due.
-    pub fn new(settings: DispatcherSettings, state: WebhookState, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        settings: DispatcherSettings,
+        state: WebhookState,
+        metrics: Arc<Metrics>,
+        store: StoreWriter,
+    ) -> Self {
         let mut attempts: HashMap<String, VecDeque<Attempt>> = HashMap::new();
         for attempt in state.attempts {
             attempts
@@ -120,7 +129,24 @@ impl WebhookDispatcher {
             metrics,
             draining: false,
             drained: Vec::new(),
+            store,
         }
+    }
+
+    /// Queues state changes for the store. Their order is kept; nobody waits for them, and a
+    /// failure is logged (the state in memory stays right until a restart).
+    fn persist(&self, records: Vec<Record>) {
+        if records.is_empty() {
+            return;
+        }
+        self.store.write(
+            records,
+            Box::new(|result| {
+                if let Err(e) = result {
+                    log::error!("webhook state not saved: {e}");
+                }
+            }),
+        );
     }
 
     fn count_queue(&self) {
@@ -145,8 +171,10 @@ impl WebhookDispatcher {
         }
     }
 
-    /// Creates one delivery per matching subscription and starts its first attempt.
-    fn dispatch(&mut self, event: DashboardEvent, at: SystemTime, ctx: &mut Context<Self>) {
+    /// Creates one delivery per matching subscription, makes them durable together with the
+    /// stream's checkpoint, and then starts their first attempts.
+    fn dispatch(&mut self, event: DashboardEvent, source: &Event, ctx: &mut Context<Self>) {
+        let at = source.created;
         let time = humantime::format_rfc3339_millis(at).to_string();
         let targets: Vec<&Subscription> = self
             .subscriptions
@@ -174,9 +202,25 @@ impl WebhookDispatcher {
             self.pending.insert(delivery.id.clone(), delivery);
         }
         self.count_queue();
-        for id in started {
-            self.attempt(id, ctx);
-        }
+        let mut records: Vec<Record> = started
+            .iter()
+            .map(|id| Record::put(Table::Deliveries, id.as_str(), &self.pending[id]))
+            .collect();
+        records.push(Record::put(
+            Table::Checkpoints,
+            source.stream.id.as_str(),
+            &source.cursor,
+        ));
+        ctx.spawn(self.store.written(records).into_actor(self).map(
+            move |saved, dispatcher, ctx| {
+                if let Err(e) = saved {
+                    log::error!("webhook deliveries not saved, attempting anyway: {e}");
+                }
+                for id in started {
+                    dispatcher.attempt(id, ctx);
+                }
+            },
+        ));
     }
 
     /// Starts an attempt of a pending delivery, unless it is gone, already under way, or its
@@ -191,6 +235,7 @@ impl WebhookDispatcher {
             .filter(|s| !s.disabled)
         else {
             self.pending.remove(&id);
+            self.persist(vec![Record::delete(Table::Deliveries, id)]);
             return;
         };
         if self.draining || !self.in_flight.insert(id.clone()) {
@@ -237,6 +282,7 @@ impl WebhookDispatcher {
         let Some(subscription) = self.subscriptions.get_mut(&delivery.subscription) else {
             // Deleted while the attempt was under way: nothing more is owed to it.
             self.pending.remove(&id);
+            self.persist(vec![Record::delete(Table::Deliveries, id)]);
             return;
         };
         delivery.attempts += 1;
@@ -272,11 +318,19 @@ impl WebhookDispatcher {
             duration: answer.duration,
             outcome,
         };
+        let mut records = vec![Record::put(
+            Table::Attempts,
+            format!("{id}/{number}"),
+            &attempt,
+        )];
         match outcome {
             Outcome::Succeeded => {
                 self.pending.remove(&id);
+                records.push(Record::delete(Table::Deliveries, id.as_str()));
             }
-            Outcome::Retrying => {}
+            Outcome::Retrying => {
+                records.push(Record::put(Table::Deliveries, id.as_str(), &*delivery));
+            }
             Outcome::Failed => {
                 log::warn!(
                     "webhook {id} to {} given up after {number} attempts (last: {})",
@@ -287,6 +341,7 @@ impl WebhookDispatcher {
                     ),
                 );
                 self.pending.remove(&id);
+                records.push(Record::delete(Table::Deliveries, id.as_str()));
             }
             Outcome::Disabled => {
                 log::warn!(
@@ -295,8 +350,19 @@ impl WebhookDispatcher {
                     subscription.url
                 );
                 subscription.disabled = true;
+                records.push(Record::put(
+                    Table::Subscriptions,
+                    subscription.id.as_str(),
+                    &*subscription,
+                ));
                 let gone = subscription.id.clone();
-                self.pending.retain(|_, d| d.subscription != gone);
+                self.pending.retain(|pending, d| {
+                    let keep = d.subscription != gone;
+                    if !keep {
+                        records.push(Record::delete(Table::Deliveries, pending.as_str()));
+                    }
+                    keep
+                });
             }
         }
         self.metrics.webhook_attempt(outcome.as_str());
@@ -312,9 +378,13 @@ impl WebhookDispatcher {
             .entry(attempt.subscription.clone())
             .or_default();
         if log.len() >= ATTEMPTS_KEPT {
-            log.pop_front();
+            if let Some(old) = log.pop_front() {
+                let old_id = format!("{}/{}", old.webhook_id, old.attempt);
+                records.push(Record::delete(Table::Attempts, old_id));
+            }
         }
         log.push_back(attempt);
+        self.persist(records);
     }
 }
 
@@ -402,7 +472,7 @@ impl Handler<Deliver> for WebhookDispatcher {
 
     fn handle(&mut self, msg: Deliver, ctx: &mut Self::Context) {
         match serde_json::from_str::<DashboardEvent>(msg.event.data.get()) {
-            Ok(event) => self.dispatch(event, msg.event.created, ctx),
+            Ok(event) => self.dispatch(event, &msg.event, ctx),
             Err(e) => log::error!(
                 "event {} on {} is not a dashboard event: {e}",
                 msg.event.cursor,
@@ -413,8 +483,9 @@ impl Handler<Deliver> for WebhookDispatcher {
 }
 
 impl Handler<CreateSubscription> for WebhookDispatcher {
-    type Result = MessageResult<CreateSubscription>;
+    type Result = ResponseFuture<Subscription>;
 
+    /// Answered once the subscription is durable, so a 201 survives a crash.
     fn handle(&mut self, msg: CreateSubscription, _: &mut Self::Context) -> Self::Result {
         let subscription = Subscription {
             id: uuid::Uuid::new_v4().to_string(),
@@ -427,7 +498,18 @@ impl Handler<CreateSubscription> for WebhookDispatcher {
         };
         self.subscriptions
             .insert(subscription.id.clone(), subscription.clone());
-        MessageResult(subscription)
+        let record = Record::put(
+            Table::Subscriptions,
+            subscription.id.as_str(),
+            &subscription,
+        );
+        let saved = self.store.written(vec![record]);
+        Box::pin(async move {
+            if let Err(e) = saved.await {
+                log::error!("webhook subscription {} not saved: {e}", subscription.id);
+            }
+            subscription
+        })
     }
 }
 
@@ -454,9 +536,20 @@ impl Handler<DeleteSubscription> for WebhookDispatcher {
 
     fn handle(&mut self, msg: DeleteSubscription, _: &mut Self::Context) {
         if self.subscriptions.remove(&msg.id).is_some() {
-            self.pending.retain(|_, d| d.subscription != msg.id);
-            self.attempts.remove(&msg.id);
+            let mut records = vec![Record::delete(Table::Subscriptions, msg.id.as_str())];
+            self.pending.retain(|id, d| {
+                let keep = d.subscription != msg.id;
+                if !keep {
+                    records.push(Record::delete(Table::Deliveries, id.as_str()));
+                }
+                keep
+            });
+            for old in self.attempts.remove(&msg.id).into_iter().flatten() {
+                let id = format!("{}/{}", old.webhook_id, old.attempt);
+                records.push(Record::delete(Table::Attempts, id));
+            }
             self.count_queue();
+            self.persist(records);
         }
     }
 }

@@ -343,8 +343,13 @@ async fn a_dispatcher_resumes_the_pending_deliveries_it_is_started_with() {
         schedule: vec![Duration::from_millis(20); 3],
         allow_private: true,
     };
-    let dispatcher =
-        WebhookDispatcher::new(settings, state, herald::metrics::Metrics::new()).start();
+    let dispatcher = WebhookDispatcher::new(
+        settings,
+        state,
+        herald::metrics::Metrics::new(),
+        memory_store(),
+    )
+    .start();
     let got = rx.wait_for("/ok-resumed", 1).await;
     assert_eq!(got[0].headers["webhook-id"], "msg_resumed");
     assert_eq!(got[0].body, body);
@@ -441,8 +446,13 @@ async fn the_address_policy_is_checked_again_at_delivery() {
         pending,
         attempts: Vec::new(),
     };
-    let dispatcher =
-        WebhookDispatcher::new(settings, state, herald::metrics::Metrics::new()).start();
+    let dispatcher = WebhookDispatcher::new(
+        settings,
+        state,
+        herald::metrics::Metrics::new(),
+        memory_store(),
+    )
+    .start();
     let snapshot = wait_for("both deliveries to be refused", || {
         let dispatcher = dispatcher.clone();
         async move {
@@ -458,4 +468,10 @@ async fn the_address_policy_is_checked_again_at_delivery() {
         assert!(error.contains("not a public address"), "{error}");
     }
     assert!(rx.received("/ok-name").is_empty() && rx.received("/ok-literal").is_empty());
+}
+
+/// A store writer that keeps nothing, for dispatchers started directly in a test.
+fn memory_store() -> herald::store::StoreWriter {
+    let metrics = herald::metrics::Metrics::new();
+    herald::store::StoreWriter::spawn(herald::store::MemoryStore, metrics).unwrap()
 }
