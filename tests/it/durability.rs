@@ -145,3 +145,132 @@ async fn sigkill_mid_stream_loses_no_acknowledged_event() {
     let last = herald::event::Position::from_cursor(&after_marker.last().unwrap().0).unwrap();
     assert!(herald::event::Position::from_cursor(&next).unwrap() > last);
 }
+
+/// A JSON request to a `herald serve` child; answers status and JSON (or null).
+async fn call(base: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let req = client().request(method.parse().unwrap(), format!("{base}{path}"));
+    let mut res = match body {
+        Some(body) => req.send_json(&body).await,
+        None => req.send().await,
+    }
+    .expect("request");
+    let bytes = res.body().await.unwrap();
+    (
+        res.status().as_u16(),
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+#[actix_rt::test]
+async fn webhook_deliveries_survive_sigkill_with_their_ids() {
+    let receiver = crate::dashboard::Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let schedule = vec!["100ms"; 200].join(",");
+    let args = [
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--jwt-secret",
+        SECRET,
+        "--webhook-allow-private",
+        "--webhook-retry-schedule",
+        schedule.as_str(),
+    ];
+    let mut srv = serve(&args);
+    let base = format!("http://{}", srv.addr);
+    let subscribe =
+        |path: &str| json!({"url": receiver.url(path), "country": "", "event": "REGISTER"});
+    let (code, failing) = call(
+        &base,
+        "POST",
+        "/dashboard/v1/notifications",
+        Some(subscribe("/recover")),
+    )
+    .await;
+    assert_eq!(code, 201, "{failing}");
+    let (code, _) = call(
+        &base,
+        "POST",
+        "/dashboard/v1/notifications",
+        Some(subscribe("/ok-done")),
+    )
+    .await;
+    assert_eq!(code, 201);
+    for (country, iso) in [("Norway", "NO"), ("Sweden", "SE"), ("Denmark", "DK")] {
+        let body = json!({"country": country, "isoCode": iso, "features": {}});
+        let (code, json) = call(&base, "POST", "/dashboard/v1/registrations", Some(body)).await;
+        assert_eq!(code, 201, "{json}");
+    }
+    // Three completed deliveries, and three failing ones that have been tried at least once.
+    receiver.wait_for("/ok-done", 3).await;
+    let ids_of = |path: &str| {
+        let mut ids: Vec<String> = receiver
+            .received(path)
+            .iter()
+            .map(|r| r.headers["webhook-id"].to_str().unwrap().to_string())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    };
+    let before = wait_for("three failing deliveries tried", || {
+        let ids = ids_of("/recover");
+        async move { (ids.len() == 3).then_some(ids) }
+    })
+    .await;
+
+    let pid = srv.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-KILL", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let _ = srv.child.wait();
+    receiver.recover();
+    let srv = serve(&args);
+    let base = format!("http://{}", srv.addr);
+
+    // The pending deliveries resume with the ids they had, and all succeed.
+    let sub_id = failing["id"].as_str().unwrap();
+    wait_for(
+        "every failing delivery to succeed after the restart",
+        || {
+            let path = format!("/dashboard/v1/notifications/{sub_id}/deliveries");
+            let base = base.clone();
+            async move {
+                let (code, log) = call(&base, "GET", &path, None).await;
+                assert_eq!(code, 200, "{log}");
+                let ok = log
+                    .as_array()?
+                    .iter()
+                    .filter(|a| a["outcome"] == "succeeded")
+                    .count();
+                (ok == 3).then_some(())
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        ids_of("/recover"),
+        before,
+        "same webhook-ids, no new deliveries"
+    );
+    assert_eq!(
+        receiver.received("/ok-done").len(),
+        3,
+        "completed ones are not sent again"
+    );
+
+    // Registrations and subscriptions are back too.
+    let (_, registrations) = call(&base, "GET", "/dashboard/v1/registrations", None).await;
+    assert_eq!(
+        registrations.as_array().unwrap().len(),
+        3,
+        "{registrations}"
+    );
+    let (_, subscriptions) = call(&base, "GET", "/dashboard/v1/notifications", None).await;
+    assert_eq!(
+        subscriptions.as_array().unwrap().len(),
+        2,
+        "{subscriptions}"
+    );
+}

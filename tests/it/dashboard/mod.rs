@@ -31,10 +31,13 @@ pub struct Received {
 struct Log {
     received: Vec<Received>,
     hits: HashMap<String, usize>,
+    /// Whether `/recover*` paths answer 200 yet.
+    recovered: bool,
 }
 
 /// A webhook endpoint on 127.0.0.1:0 whose answer depends on the path: `/ok*` 200,
-/// `/gone*` 410, `/fail*` 500, `/flaky*` 500 twice then 200, `/hang*` never answers.
+/// `/gone*` 410, `/fail*` 500, `/flaky*` 500 twice then 200, `/hang*` never answers,
+/// `/recover*` 500 until `recover()` is called, then 200.
 pub struct Receiver {
     pub addr: SocketAddr,
     log: Arc<Mutex<Log>>,
@@ -78,6 +81,11 @@ impl Receiver {
             .collect()
     }
 
+    /// From now on `/recover*` paths answer 200.
+    pub fn recover(&self) {
+        self.log.lock().unwrap().recovered = true;
+    }
+
     /// Waits until `path` got at least `n` requests, and returns them.
     pub async fn wait_for(&self, path: &str, n: usize) -> Vec<Received> {
         wait_for(&format!("{n} requests at {path}"), || {
@@ -108,7 +116,7 @@ async fn receive(
             http::HeaderValue::from_bytes(value.as_bytes()).unwrap(),
         );
     }
-    let hit = {
+    let (hit, recovered) = {
         let mut log = log.lock().unwrap();
         log.received.push(Received {
             path: path.clone(),
@@ -118,7 +126,7 @@ async fn receive(
         });
         let hit = log.hits.entry(path.clone()).or_default();
         *hit += 1;
-        *hit
+        (*hit, log.recovered)
     };
     if path.starts_with("/hang") {
         actix_rt::time::sleep(Duration::from_secs(3600)).await;
@@ -127,6 +135,7 @@ async fn receive(
         p if p.starts_with("/ok") => HttpResponse::Ok().finish(),
         p if p.starts_with("/gone") => HttpResponse::Gone().finish(),
         p if p.starts_with("/flaky") && hit > 2 => HttpResponse::NoContent().finish(),
+        p if p.starts_with("/recover") && recovered => HttpResponse::Ok().finish(),
         _ => HttpResponse::InternalServerError().body("nope"),
     }
 }
