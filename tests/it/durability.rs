@@ -274,3 +274,73 @@ async fn webhook_deliveries_survive_sigkill_with_their_ids() {
         "{subscriptions}"
     );
 }
+
+#[actix_rt::test]
+async fn a_full_disk_fails_publishes_with_503_and_reads_go_on() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = crate::process::herald();
+    // No file of the process may grow past 1 MiB: writes beyond fail as on a full disk.
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 1 << 20,
+                rlim_max: 1 << 20,
+            };
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let srv = crate::process::serve_with(
+        cmd,
+        &[
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--jwt-secret",
+            SECRET,
+            "--publisher-key",
+            PUBLISHER_KEY,
+        ],
+    );
+    let base = format!("http://{}", srv.addr);
+    let mut accepted = publish(&base, &uuid::Uuid::new_v4().to_string())
+        .await
+        .unwrap();
+
+    // Batches of 100 until the store refuses one.
+    let mut refused = None;
+    for _ in 0..2000 {
+        let batch: Vec<Value> = (0..100)
+            .map(|_| json!({"documentId": uuid::Uuid::new_v4(), "status": "PENDING"}))
+            .collect();
+        let mut res = client()
+            .post(format!("{base}/events/client/durable"))
+            .bearer_auth(PUBLISHER_KEY)
+            .send_json(&batch)
+            .await
+            .unwrap();
+        let json: Value = res.json().await.unwrap();
+        if res.status() != StatusCode::ACCEPTED {
+            refused = Some((res.status(), json));
+            break;
+        }
+        accepted = json["ids"][0].as_str().unwrap().to_string();
+    }
+    let (status, body) = refused.expect("the store filled up");
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("store"), "{body}");
+
+    // Reads go on: health, and a resume from the last accepted batch.
+    let health = client().get(format!("{base}/health")).send().await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    let req = client()
+        .get(format!("{base}/events/client"))
+        .insert_header(("Accept", "text/event-stream"))
+        .insert_header(("Last-Event-ID", accepted.as_str()))
+        .bearer_auth(token("durable", &[]));
+    let mut sub = SseClient::open(req).await;
+    assert_eq!(sub.expect_event().await.event, "message");
+}

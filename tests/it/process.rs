@@ -30,7 +30,12 @@ impl Drop for Served {
 
 /// Starts `herald serve` on a random port and reads the bound address from its log.
 pub fn serve(args: &[&str]) -> Served {
-    let mut child = herald()
+    serve_with(herald(), args)
+}
+
+/// `serve` with a prepared command (limits, environment).
+pub fn serve_with(mut cmd: Command, args: &[&str]) -> Served {
+    let mut child = cmd
         .arg("serve")
         .args(["--listen", "127.0.0.1:0"])
         .args(args)
