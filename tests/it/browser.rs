@@ -139,6 +139,12 @@ async fn demo_page_publishes_and_shows_sse_events() {
     browser
         .wait_text("#sse-events li:first-child", |t| t.starts_with("ERROR"))
         .await;
+
+    // The metrics strip follows /metrics: two events published, one SSE subscriber.
+    let count = |t: &str| t.parse::<u64>().unwrap_or(0);
+    browser.wait_text("#m-published", |t| count(t) >= 2).await;
+    browser.wait_text("#m-sse", |t| count(t) == 1).await;
+    browser.wait_text("#m-delivered", |t| count(t) >= 2).await;
     browser.client.clone().close().await.unwrap();
 }
 
