@@ -173,6 +173,9 @@ impl Metrics {
         ] {
             m.published(kind);
         }
+        for outcome in ["succeeded", "retrying", "failed", "disabled"] {
+            let _ = m.webhook_attempts.get_or_create(&OutcomeLabel { outcome });
+        }
         for outcome in ["data", "deadline", "limit"] {
             let _ = m.longpolls.get_or_create(&OutcomeLabel { outcome });
         }
