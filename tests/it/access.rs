@@ -19,13 +19,13 @@ use crate::ops::Scrape;
 const MAX_FRAME: usize = 16 * 1024 * 1024;
 
 /// A WebSocket client that, like a browser, answers pings unless told not to.
-struct WsClient {
+pub struct WsClient {
     framed: Framed<BoxedSocket, Codec>,
     answer_pings: bool,
 }
 
 impl WsClient {
-    async fn connect(srv: &TestServer, headers: &[(&str, &str)]) -> Self {
+    pub async fn connect(srv: &TestServer, headers: &[(&str, &str)]) -> Self {
         let mut req = client()
             .ws(srv.url("/subscribe_to_events"))
             .max_frame_size(MAX_FRAME);
@@ -41,7 +41,7 @@ impl WsClient {
     }
 
     /// Connects and announces `access_id` from `timestamp`, with an optional token.
-    async fn announce(srv: &TestServer, access_id: &str, timestamp: i64) -> Self {
+    pub async fn announce(srv: &TestServer, access_id: &str, timestamp: i64) -> Self {
         let mut ws = Self::connect(srv, &[]).await;
         ws.send_text(&json!({"access_id": access_id, "timestamp": timestamp}).to_string())
             .await;
@@ -60,7 +60,7 @@ impl WsClient {
     }
 
     /// The next frame other than a ping (answered) or pong; `None` when the connection ends.
-    async fn next_frame(&mut self) -> Option<Frame> {
+    pub async fn next_frame(&mut self) -> Option<Frame> {
         loop {
             let frame = match actix_rt::time::timeout(DEADLINE, self.framed.next()).await {
                 Ok(Some(Ok(frame))) => frame,
@@ -79,7 +79,7 @@ impl WsClient {
     }
 
     /// The events of the next text frame, which must be a non-empty JSON array.
-    async fn next_events(&mut self) -> Vec<Value> {
+    pub async fn next_events(&mut self) -> Vec<Value> {
         match self.next_frame().await {
             Some(Frame::Text(text)) => {
                 let events: Vec<Value> = serde_json::from_slice(&text).expect("a JSON array");
@@ -91,7 +91,7 @@ impl WsClient {
     }
 
     /// Reads events until `n` have arrived.
-    async fn collect(&mut self, n: usize) -> Vec<Value> {
+    pub async fn collect(&mut self, n: usize) -> Vec<Value> {
         let mut events = Vec::new();
         while events.len() < n {
             events.extend(self.next_events().await);
@@ -100,7 +100,7 @@ impl WsClient {
     }
 
     /// The close frame's code and reason; fails on anything but a close.
-    async fn expect_close(&mut self) -> (u16, String) {
+    pub async fn expect_close(&mut self) -> (u16, String) {
         match self.next_frame().await {
             Some(Frame::Close(Some(reason))) => {
                 (reason.code.into(), reason.description.unwrap_or_default())

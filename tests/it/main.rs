@@ -6,6 +6,7 @@ mod browser;
 mod common;
 mod dashboard;
 mod documents;
+mod drain;
 mod durability;
 mod instances;
 mod ops;
