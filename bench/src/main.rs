@@ -1,0 +1,295 @@
+//! `herald-bench`: benchmarks Herald against nginx + nchan (`make bench`).
+//!
+//! Starts each peer as a child process pinned to the server core, runs the same scenarios
+//! against each from a single-threaded tokio runtime pinned to the client core, and writes
+//! `RESULTS.md` and `latency.svg`. Scenarios: `report::TITLES`; how each measures: its module.
+
+mod fanout;
+mod http;
+mod idle;
+mod longpoll;
+mod peer;
+mod publish;
+mod report;
+mod server;
+mod webhook;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+
+use report::{Machine, Outcome};
+use server::{Peer, Programs, Server};
+
+#[derive(Parser)]
+#[command(about = "Benchmark Herald against nginx + nchan")]
+struct Args {
+    /// Scenarios to run (1-7, comma-separated); all by default.
+    #[arg(long, value_delimiter = ',')]
+    scenario: Vec<u8>,
+    /// Multiplies every count (subscribers, publishes, ...) for a quick trial run; results of
+    /// a scaled run are not written to bench/.
+    #[arg(long, default_value_t = 1.0)]
+    scale: f64,
+    /// The Herald release binary.
+    #[arg(long, default_value = "target/release/herald")]
+    herald: PathBuf,
+    /// The nginx binary.
+    #[arg(long, default_value = "nginx")]
+    nginx: PathBuf,
+    /// The nchan dynamic module.
+    #[arg(long, default_value = "/usr/lib/nginx/modules/ngx_nchan_module.so")]
+    nchan_module: PathBuf,
+    /// The nginx configuration template.
+    #[arg(long, default_value = "bench/nchan.conf")]
+    nchan_conf: PathBuf,
+    /// Where RESULTS.md and latency.svg go; default bench/ for a full run, target/bench/
+    /// otherwise.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Core the servers run on.
+    #[arg(long, default_value_t = 0)]
+    server_core: usize,
+    /// Core the load generator runs on.
+    #[arg(long, default_value_t = 1)]
+    client_core: usize,
+}
+
+/// File descriptors wanted: 10,000 connections plus room.
+const NOFILE: u64 = 65_536;
+
+/// Raises the open-file limit for this process and the servers it starts.
+fn raise_nofile() -> String {
+    // SAFETY: getrlimit/setrlimit on a local struct.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return "unknown".into();
+        }
+        let want = libc::rlimit {
+            rlim_cur: NOFILE.max(lim.rlim_cur),
+            rlim_max: NOFILE.max(lim.rlim_max),
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &want) != 0 {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        lim.rlim_cur.to_string()
+    }
+}
+
+/// The counts of every scenario, scaled.
+struct Sizes {
+    fanout_subscribers: usize,
+    fanout_publishes: u64,
+    many_streams: usize,
+    idle: usize,
+    poll_duration: Duration,
+    publish_posts: u64,
+    registrations: usize,
+}
+
+impl Sizes {
+    fn new(scale: f64) -> Self {
+        let n = |x: f64| ((x * scale).round() as usize).max(1);
+        Self {
+            fanout_subscribers: n(1_000.0),
+            fanout_publishes: n(10_000.0) as u64,
+            many_streams: n(10_000.0),
+            idle: n(10_000.0),
+            poll_duration: Duration::from_secs_f64((10.0 * scale).max(1.0)),
+            publish_posts: n(30_000.0) as u64,
+            registrations: n(3_000.0),
+        }
+    }
+}
+
+/// Bound on the measured phase of a fan-out run.
+const FANOUT_DEADLINE: Duration = Duration::from_secs(120);
+/// Bound on one publishing run.
+const PUBLISH_DEADLINE: Duration = Duration::from_secs(30);
+/// Bound on waiting for the last webhook delivery.
+const WEBHOOK_DEADLINE: Duration = Duration::from_secs(60);
+
+fn peers_of(scenario: u8) -> &'static [Peer] {
+    match scenario {
+        6 => &[Peer::HeraldMemory, Peer::HeraldSqlite, Peer::Nchan],
+        7 => &[Peer::HeraldSqlite],
+        _ => &[Peer::HeraldMemory, Peer::Nchan],
+    }
+}
+
+/// Asks a started Herald whether a face exists yet (it may still be on its way to main).
+async fn has_route(server: &Server, method: &str, path: &str) -> bool {
+    let Ok(mut conn) = http::Conn::connect(server.addr).await else {
+        return false;
+    };
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    match conn.request(request.as_bytes()).await {
+        Ok((head, _)) => head.status != 404,
+        Err(_) => false,
+    }
+}
+
+async fn run_one(scenario: u8, peer: Peer, programs: &Programs, sizes: &Sizes) -> Outcome {
+    let extra: &[&str] = if scenario == 7 {
+        &["--webhook-allow-private"]
+    } else {
+        &[]
+    };
+    let server = match Server::start(peer, programs, extra) {
+        Ok(s) => s,
+        Err(e) => return Outcome::unavailable(scenario, peer, format!("{e:#}")),
+    };
+    let face = match scenario {
+        2 => Some(("GET", "/subscribe_to_events")),
+        5 => Some((
+            "GET",
+            "/notification/v1/instance/00000000-0000-4000-8000-000000000000/stream/notification/lp?deadline=0",
+        )),
+        _ => None,
+    };
+    if let (true, Some((method, path))) = (peer.is_herald(), face) {
+        if !has_route(&server, method, path).await {
+            return Outcome::unavailable(scenario, peer, format!("{path} answers 404"));
+        }
+    }
+    let addr = server.addr;
+    let fan = |transport, shared_stream: bool| {
+        let (subscribers, publishes, publishers, window) = if shared_stream {
+            (sizes.fanout_subscribers, sizes.fanout_publishes, 4, 200)
+        } else {
+            (sizes.many_streams, sizes.many_streams as u64, 16, u64::MAX / 2)
+        };
+        fanout::Spec {
+            transport,
+            subscribers,
+            shared_stream,
+            publishes,
+            publishers,
+            window,
+            deadline: FANOUT_DEADLINE,
+        }
+    };
+    let outcome = match scenario {
+        1 => fanout::run(1, peer, addr, fan(fanout::Transport::Sse, true)).await,
+        2 => fanout::run(2, peer, addr, fan(fanout::Transport::Ws, true)).await,
+        3 => fanout::run(3, peer, addr, fan(fanout::Transport::Sse, false)).await,
+        4 => idle::run(&server, sizes.idle).await,
+        5 => longpoll::run(peer, addr, sizes.poll_duration).await,
+        6 => publish::run(peer, addr, sizes.publish_posts, PUBLISH_DEADLINE).await,
+        7 => webhook::run(peer, addr, sizes.registrations, WEBHOOK_DEADLINE).await,
+        _ => Outcome::unavailable(scenario, peer, "no such scenario"),
+    };
+    drop(server);
+    outcome
+}
+
+fn method(sizes: &Sizes, nofile: &str) -> String {
+    format!(
+        "## Method\n\n\
+Each scenario starts a fresh server process per peer (Herald release build, `RUST_LOG=warn`; \
+nginx 1 worker with nchan, access log off), pinned to the server core; the load generator \
+(`bench/`, one single-threaded tokio runtime, hand-rolled HTTP/1.1, tokio-tungstenite for \
+WebSocket) is pinned to the client core. Open-file limit: {nofile}. Everything runs on 127.0.0.1.\n\n\
+- Latency is receive time minus the send time of the same sequence number, both taken in the \
+load generator. Herald carries the sequence number in the `documentId` UUID (SSE) or \
+`created_at` (WebSocket); nchan in a 100-byte message. Herald's payload shape is fixed, so the \
+actual frame sizes are reported next to each other (\"bytes per delivered frame\").\n\
+- Scenarios 1-2: {subs} subscribers on one stream, then a warm-up event that must reach all of \
+them, then {pubs} publishes from 4 keep-alive publishers that stay at most 200 events ahead of \
+the last event every subscriber has received (the rate the server sustains, not the depth of its \
+queues). Delivered/s = deliveries / (last receive - first send).\n\
+- Scenario 3: {many} subscribers on a stream each, then one publish per stream from 16 \
+publishers in round robin.\n\
+- Scenario 4: private RSS (VmRSS - RssShmem) of the serving process (Herald; nginx's worker) \
+before and 1 s after {idle} SSE subscribers (a stream each) are connected; for nchan the growth of \
+`shared memory used` from `nchan_stub_status` is added.\n\
+- Scenario 5: 16 channels with 200 messages each; 64 pollers (4 per channel) walk the history \
+one message per poll for {poll:?} (Herald: `max_page_size=1`, cursor fed back; nchan: \
+`If-Modified-Since`/`If-None-Match`), restarting from the oldest before the end so no poll waits.\n\
+- Scenario 6: {posts} POSTs from 64 keep-alive publishers (a stream each), no subscribers; \
+Herald also with 100 events per POST ({batch} POSTs). SQLite runs with its defaults (WAL, \
+full sync) in a temp dir.\n\
+- Scenario 7: Herald with SQLite and `--webhook-allow-private`; {hooks} webhook subscriptions \
+for REGISTER/NO and {regs} registrations from 8 keep-alive clients; the receiver answers 200 at \
+once and counts only deliveries whose signature verifies.",
+        subs = sizes.fanout_subscribers,
+        pubs = sizes.fanout_publishes,
+        many = sizes.many_streams,
+        idle = sizes.idle,
+        poll = sizes.poll_duration,
+        posts = sizes.publish_posts,
+        batch = sizes.publish_posts / 10,
+        hooks = webhook::SUBSCRIPTIONS,
+        regs = sizes.registrations,
+    )
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let nofile = raise_nofile();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let pinned = if cores > args.server_core.max(args.client_core) {
+        server::pin(0, args.client_core).context("cannot pin the load generator")?;
+        format!(
+            "servers on core {}, load generator on core {} (sched_setaffinity)",
+            args.server_core, args.client_core
+        )
+    } else {
+        eprintln!("warning: fewer cores than the pinning needs; running unpinned");
+        "none (too few cores)".into()
+    };
+    let machine = Machine::detect(pinned.clone());
+    let programs = Programs {
+        herald: args.herald.clone(),
+        nginx: args.nginx.clone(),
+        nchan_module: args.nchan_module.clone(),
+        nchan_conf: args.nchan_conf.clone(),
+        server_core: (!pinned.starts_with("none")).then_some(args.server_core),
+    };
+    let scenarios: Vec<u8> = if args.scenario.is_empty() {
+        (1..=7).collect()
+    } else {
+        args.scenario.clone()
+    };
+    let full = args.scenario.is_empty() && args.scale == 1.0;
+    let out_dir = args.out.clone().unwrap_or_else(|| {
+        if full {
+            "bench".into()
+        } else {
+            "target/bench".into()
+        }
+    });
+    let sizes = Sizes::new(args.scale);
+    println!(
+        "herald-bench: {} cores ({}), {pinned}, open files {nofile}",
+        machine.nproc, machine.cpu
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let local = tokio::task::LocalSet::new();
+    let outcomes = local.block_on(&runtime, async {
+        let mut outcomes = Vec::new();
+        for &s in &scenarios {
+            for &peer in peers_of(s) {
+                let o = run_one(s, peer, &programs, &sizes).await;
+                o.print();
+                outcomes.push(o);
+            }
+        }
+        outcomes
+    });
+    std::fs::create_dir_all(&out_dir)?;
+    let md = out_dir.join("RESULTS.md");
+    report::write_markdown(&md, &outcomes, &machine, &method(&sizes, &nofile))?;
+    report::write_svg(&out_dir.join("latency.svg"), &outcomes)?;
+    println!("wrote {} and latency.svg", md.display());
+    Ok(())
+}

@@ -1,0 +1,284 @@
+//! The peers under test as child processes: Herald (release build, `--memory` or SQLite in a
+//! temp data dir) and nginx with nchan (a config from `bench/nchan.conf` in a temp prefix).
+//! Each is pinned to the server core, killed if the benchmark dies, and waited for until it
+//! answers on loopback. Also reads their memory use.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use crate::http::Conn;
+
+/// How long a peer may take to start answering.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long a peer may take to stop after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// HS256 secret and publisher key of the Herald under test.
+pub const SECRET: &str = "bench-secret-bench-secret-bench-secret";
+pub const PUBLISHER_KEY: &str = "bench-publisher-key";
+
+/// Which peer, and for Herald which store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    HeraldMemory,
+    HeraldSqlite,
+    Nchan,
+}
+
+impl Peer {
+    pub fn label(self) -> &'static str {
+        match self {
+            Peer::HeraldMemory => "Herald --memory",
+            Peer::HeraldSqlite => "Herald SQLite",
+            Peer::Nchan => "nchan",
+        }
+    }
+
+    pub fn is_herald(self) -> bool {
+        self != Peer::Nchan
+    }
+}
+
+/// Where the peers' programs are.
+#[derive(Debug, Clone)]
+pub struct Programs {
+    pub herald: PathBuf,
+    pub nginx: PathBuf,
+    pub nchan_module: PathBuf,
+    pub nchan_conf: PathBuf,
+    pub server_core: Option<usize>,
+}
+
+/// A running peer. Dropping it stops the process and removes its temp dir.
+pub struct Server {
+    pub peer: Peer,
+    pub addr: SocketAddr,
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+/// Pins a process (0 = the caller) to one core.
+pub fn pin(pid: libc::pid_t, core: usize) -> io::Result<()> {
+    // SAFETY: cpu_set_t is plain data; zeroed is its empty set, and the call only reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(core, &mut set);
+        if libc::sched_setaffinity(pid, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// A free loopback port. Another process could take it before the peer binds it; the start
+/// then fails loudly rather than measuring the wrong server.
+fn free_port() -> io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Pins the child to the server core and makes it die with the benchmark.
+fn prepare(cmd: &mut Command, core: Option<usize>) {
+    // SAFETY: only async-signal-safe syscalls run between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some(core) = core {
+                pin(0, core)?;
+            }
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+impl Server {
+    pub fn start(peer: Peer, programs: &Programs, extra: &[&str]) -> anyhow::Result<Server> {
+        let dir = tempfile::Builder::new()
+            .prefix("herald-bench-")
+            .tempdir()
+            .context("cannot create a temp dir")?;
+        let addr: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+        let log = std::fs::File::create(dir.path().join("stderr.log"))?;
+        let mut cmd = match peer {
+            Peer::Nchan => {
+                let template = std::fs::read_to_string(&programs.nchan_conf).with_context(|| {
+                    format!("cannot read {}", programs.nchan_conf.display())
+                })?;
+                let conf = template
+                    .replace("@MODULE@", &programs.nchan_module.display().to_string())
+                    .replace("@PREFIX@", &dir.path().display().to_string())
+                    .replace("@PORT@", &addr.port().to_string());
+                let conf_path = dir.path().join("nchan.conf");
+                std::fs::write(&conf_path, conf)?;
+                let mut cmd = Command::new(&programs.nginx);
+                cmd.arg("-p").arg(dir.path()).arg("-c").arg(&conf_path);
+                cmd
+            }
+            Peer::HeraldMemory | Peer::HeraldSqlite => {
+                let mut cmd = Command::new(&programs.herald);
+                cmd.arg("serve")
+                    .arg("--listen")
+                    .arg(addr.to_string())
+                    .args(["--jwt-secret", SECRET, "--publisher-key", PUBLISHER_KEY])
+                    .env("RUST_LOG", "warn");
+                if peer == Peer::HeraldMemory {
+                    cmd.arg("--memory");
+                } else {
+                    cmd.arg("--data-dir").arg(dir.path().join("data"));
+                }
+                cmd.args(extra);
+                cmd
+            }
+        };
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        prepare(&mut cmd, programs.server_core);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {}", peer.label()))?;
+        let mut server = Server {
+            peer,
+            addr,
+            child,
+            dir,
+        };
+        server.wait_ready()?;
+        Ok(server)
+    }
+
+    fn stderr_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(5)..].join(" | ")
+    }
+
+    fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        let path = if self.peer.is_herald() {
+            "/health"
+        } else {
+            "/status"
+        };
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "{} exited at start ({status}): {}",
+                    self.peer.label(),
+                    self.stderr_tail()
+                );
+            }
+            if std::net::TcpStream::connect(self.addr).is_ok() {
+                let ok = get_blocking(self.addr, path).is_ok_and(|(status, _)| status == 200);
+                if ok && (self.peer.is_herald() || self.worker_pid().is_some()) {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} did not answer within {START_TIMEOUT:?}: {}",
+                    self.peer.label(),
+                    self.stderr_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The process that serves connections: Herald itself, or nginx's one worker.
+    fn serving_pid(&self) -> Option<u32> {
+        match self.peer {
+            Peer::Nchan => self.worker_pid(),
+            _ => Some(self.child.id()),
+        }
+    }
+
+    fn worker_pid(&self) -> Option<u32> {
+        let master = self.child.id();
+        std::fs::read_dir("/proc").ok()?.find_map(|entry| {
+            let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // Fields after the parenthesised command: state, ppid, ...
+            let rest = &stat[stat.rfind(')')? + 2..];
+            let ppid: u32 = rest.split(' ').nth(1)?.parse().ok()?;
+            (ppid == master).then_some(pid)
+        })
+    }
+
+    /// Private memory of the serving process in bytes: resident set minus shared memory
+    /// (nchan's shared memory is counted from its own status page instead).
+    pub fn private_rss(&self) -> anyhow::Result<u64> {
+        let pid = self.serving_pid().context("no serving process")?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let field = |name: &str| -> u64 {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+                .unwrap_or(0)
+                * 1024
+        };
+        Ok(field("VmRSS:") - field("RssShmem:"))
+    }
+
+    /// nchan's shared memory in use, in bytes, from `nchan_stub_status`.
+    pub async fn nchan_shared_memory(&self) -> anyhow::Result<u64> {
+        let mut conn = Conn::connect(self.addr).await?;
+        let (_, body) = conn
+            .request(b"GET /status HTTP/1.1\r\nHost: bench\r\n\r\n")
+            .await?;
+        let text = String::from_utf8_lossy(&body);
+        let kib: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("shared memory used:"))
+            .and_then(|v| v.trim().trim_end_matches('K').parse().ok())
+            .context("no shared memory figure in nchan status")?;
+        Ok((kib * 1024.0) as u64)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: signalling our own child.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A blocking GET used while waiting for a peer to start.
+fn get_blocking(addr: SocketAddr, path: &str) -> io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((status, out))
+}
