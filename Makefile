@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: run test lint build
+.PHONY: run test lint build bench
 
 run:
 	$(CARGO) run --release -- serve --dev
@@ -15,5 +15,13 @@ test:
 	$(CARGO) test --all-targets
 
 lint:
-	$(CARGO) fmt --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# Herald against nginx + nchan, both pinned to core 0, the load generator on core 1.
+# Writes bench/RESULTS.md and bench/latency.svg. SCENARIO=1,3 runs only those.
+bench:
+	command -v nginx >/dev/null && test -f /usr/lib/nginx/modules/ngx_nchan_module.so || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light libnginx-mod-nchan)
+	$(CARGO) build --release -p herald -p herald-bench
+	./target/release/herald-bench $(if $(SCENARIO),--scenario $(SCENARIO))

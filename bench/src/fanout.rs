@@ -209,7 +209,13 @@ fn publish_request(peer: Peer, spec: &Spec, seq: u64) -> Vec<u8> {
     }
 }
 
-async fn publisher(peer: Peer, addr: SocketAddr, spec: Rc<Spec>, shared: Shared, next: Rc<Cell<u64>>) {
+async fn publisher(
+    peer: Peer,
+    addr: SocketAddr,
+    spec: Rc<Spec>,
+    shared: Shared,
+    next: Rc<Cell<u64>>,
+) {
     let (tally, notify) = shared;
     let mut conn = match Conn::connect(addr).await {
         Ok(c) => c,
@@ -385,8 +391,10 @@ pub async fn run(scenario: u8, peer: Peer, addr: SocketAddr, spec: Spec) -> Outc
         ));
     }
     if t.unexpected > 0 {
-        out.notes
-            .push(format!("{} unexpected or repeated deliveries", t.unexpected));
+        out.notes.push(format!(
+            "{} unexpected or repeated deliveries",
+            t.unexpected
+        ));
     }
     let rate_name = if spec.shared_stream {
         "delivered msgs/s"
@@ -395,7 +403,12 @@ pub async fn run(scenario: u8, peer: Peer, addr: SocketAddr, spec: Spec) -> Outc
     };
     if let (Some(first), Some(last)) = (t.first_send, t.last_receive) {
         let secs = last.duration_since(first).as_secs_f64().max(1e-9);
-        out.add(rate_name, t.delivered as f64 / secs, "msg/s", Better::Higher);
+        out.add(
+            rate_name,
+            t.delivered as f64 / secs,
+            "msg/s",
+            Better::Higher,
+        );
         out.add("deliveries", t.delivered as f64, "", Better::Info);
         out.add("measured phase", secs, "s", Better::Info);
         out.add(
@@ -441,7 +454,11 @@ async fn warm_up(
         Err(e) => return Err(format!("warm-up publish failed: {e}")),
     }
     let expected = spec.subscribers as u32;
-    if !wait_until(WARMUP_TIMEOUT, notify, || tally.borrow().received[0] >= expected).await {
+    if !wait_until(WARMUP_TIMEOUT, notify, || {
+        tally.borrow().received[0] >= expected
+    })
+    .await
+    {
         return Err(format!(
             "warm-up event reached {} of {expected} subscribers within {WARMUP_TIMEOUT:?}",
             tally.borrow().received[0]

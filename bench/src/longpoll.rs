@@ -139,9 +139,7 @@ pub async fn run(peer: Peer, addr: SocketAddr, duration: Duration) -> Outcome {
     let start = Instant::now();
     let until = start + duration;
     let tasks: Vec<_> = (0..CHANNELS * POLLERS_PER_CHANNEL)
-        .map(|i| {
-            tokio::task::spawn_local(poller(peer, addr, i % CHANNELS, until, polls.clone()))
-        })
+        .map(|i| tokio::task::spawn_local(poller(peer, addr, i % CHANNELS, until, polls.clone())))
         .collect();
     for t in tasks {
         let _ = t.await;

@@ -164,7 +164,12 @@ async fn run_one(scenario: u8, peer: Peer, programs: &Programs, sizes: &Sizes) -
         let (subscribers, publishes, publishers, window) = if shared_stream {
             (sizes.fanout_subscribers, sizes.fanout_publishes, 4, 200)
         } else {
-            (sizes.many_streams, sizes.many_streams as u64, 16, u64::MAX / 2)
+            (
+                sizes.many_streams,
+                sizes.many_streams as u64,
+                16,
+                u64::MAX / 2,
+            )
         };
         fanout::Spec {
             transport,

@@ -72,9 +72,8 @@ pub fn sse_subscribe(peer: Peer, stream: &str) -> Vec<u8> {
 /// A publish of `seq` to the SSE stream `stream`.
 pub fn sse_publish(peer: Peer, stream: &str, seq: u64) -> Vec<u8> {
     if peer.is_herald() {
-        let body = format!(
-            r#"{{"documentId":"00000000-0000-4000-8000-{seq:012x}","status":"PENDING"}}"#
-        );
+        let body =
+            format!(r#"{{"documentId":"00000000-0000-4000-8000-{seq:012x}","status":"PENDING"}}"#);
         post(
             &format!("/events/client/{stream}"),
             &herald_auth(PUBLISHER_KEY),

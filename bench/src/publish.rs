@@ -31,13 +31,18 @@ pub struct Rate {
     pub note: Option<String>,
 }
 
+/// The POSTs the publishers share: each takes the next number until `total` are taken.
+struct Budget {
+    next: Cell<u64>,
+    total: u64,
+}
+
 async fn publisher(
     peer: Peer,
     addr: SocketAddr,
     id: usize,
     batch: u64,
-    next: Rc<Cell<u64>>,
-    total: u64,
+    budget: Rc<Budget>,
     until: Instant,
     posts: Rc<RefCell<Posts>>,
 ) {
@@ -52,11 +57,11 @@ async fn publisher(
     };
     let stream = format!("p{id}");
     while Instant::now() < until {
-        let n = next.get();
-        if n >= total {
+        let n = budget.next.get();
+        if n >= budget.total {
             return;
         }
-        next.set(n + 1);
+        budget.next.set(n + 1);
         let request = if batch == 1 {
             peer::sse_publish(peer, &stream, n + 1)
         } else {
@@ -67,8 +72,7 @@ async fn publisher(
             Ok((head, _)) if (200..300).contains(&head.status) => {
                 let mut p = posts.borrow_mut();
                 p.done += 1;
-                p.hist
-                    .saturating_record(start.elapsed().as_micros() as u64);
+                p.hist.saturating_record(start.elapsed().as_micros() as u64);
             }
             Ok((head, body)) => fail(format!(
                 "status {}: {}",
@@ -94,7 +98,10 @@ pub async fn measure(
         errors: 0,
         first_error: None,
     }));
-    let next = Rc::new(Cell::new(0));
+    let budget = Rc::new(Budget {
+        next: Cell::new(0),
+        total,
+    });
     let start = Instant::now();
     let until = start + deadline;
     let tasks: Vec<_> = (0..PUBLISHERS)
@@ -104,8 +111,7 @@ pub async fn measure(
                 addr,
                 id,
                 batch,
-                next.clone(),
-                total,
+                budget.clone(),
                 until,
                 posts.clone(),
             ))
@@ -148,7 +154,14 @@ pub async fn run(peer: Peer, addr: SocketAddr, total: u64, deadline: Duration) -
     out.notes.extend(single.note);
     out.add_latency(single.hist, "single publish");
     if peer.is_herald() {
-        let batches = measure(peer, addr, 100, (total / 10).max(PUBLISHERS as u64), deadline).await;
+        let batches = measure(
+            peer,
+            addr,
+            100,
+            (total / 10).max(PUBLISHERS as u64),
+            deadline,
+        )
+        .await;
         out.add(
             "events/s in batches of 100 per POST",
             batches.events_per_sec,

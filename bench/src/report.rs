@@ -258,7 +258,10 @@ impl Machine {
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
             .unwrap_or_default();
         Self {
-            nproc: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            // The machine's cores, not this (pinned) process's share of them.
+            // SAFETY: sysconf has no preconditions.
+            nproc: usize::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) })
+                .unwrap_or(0),
             cpu,
             date,
             pinned,
@@ -266,7 +269,7 @@ impl Machine {
     }
 }
 
-fn find<'a>(outcomes: &'a [Outcome], scenario: u8, peer: Peer) -> Option<&'a Outcome> {
+fn find(outcomes: &[Outcome], scenario: u8, peer: Peer) -> Option<&Outcome> {
     outcomes
         .iter()
         .find(|o| o.scenario == scenario && o.peer == peer)
@@ -313,7 +316,11 @@ pub fn write_markdown(
         }
         let _ = writeln!(md, "### {s}. {title}\n");
         let nchan = find(outcomes, s, Peer::Nchan);
-        let heralds: Vec<&Outcome> = here.iter().copied().filter(|o| o.peer.is_herald()).collect();
+        let heralds: Vec<&Outcome> = here
+            .iter()
+            .copied()
+            .filter(|o| o.peer.is_herald())
+            .collect();
         let mut names: Vec<(String, &'static str, Better)> = Vec::new();
         for o in &here {
             for f in &o.figures {
@@ -360,7 +367,10 @@ pub fn write_markdown(
         let _ = writeln!(md);
     }
     let _ = writeln!(md, "## Targets\n");
-    let _ = writeln!(md, "| Scenario | Target | Measured | Met |\n|---|---|---|---|");
+    let _ = writeln!(
+        md,
+        "| Scenario | Target | Measured | Met |\n|---|---|---|---|"
+    );
     for t in targets() {
         let Some(o) = find(outcomes, t.scenario, t.peer) else {
             continue;
@@ -389,16 +399,12 @@ pub fn write_markdown(
                 ),
                 _ => (format!("<= {x:.1}x nchan"), "no nchan figure".into(), None),
             },
-            (Check::AtMost(x), Some(v)) => (
-                format!("<= {}", fmt_value(x)),
-                fmt_value(v),
-                Some(v <= x),
-            ),
-            (Check::AtLeast(x), Some(v)) => (
-                format!(">= {}", fmt_value(x)),
-                fmt_value(v),
-                Some(v >= x),
-            ),
+            (Check::AtMost(x), Some(v)) => {
+                (format!("<= {}", fmt_value(x)), fmt_value(v), Some(v <= x))
+            }
+            (Check::AtLeast(x), Some(v)) => {
+                (format!(">= {}", fmt_value(x)), fmt_value(v), Some(v >= x))
+            }
         };
         let met = match met {
             Some(true) => "yes",
@@ -427,7 +433,11 @@ pub fn write_svg(path: &Path, outcomes: &[Outcome]) -> std::io::Result<()> {
     const H: f64 = 300.0;
     const PAD: f64 = 55.0;
     let panels: Vec<u8> = (1..=7)
-        .filter(|s| outcomes.iter().any(|o| o.scenario == *s && o.latency.is_some()))
+        .filter(|s| {
+            outcomes
+                .iter()
+                .any(|o| o.scenario == *s && o.latency.is_some())
+        })
         .collect();
     let total_h = (panels.len().max(1) as f64) * (H + 20.0) + 20.0;
     let mut svg = String::new();
@@ -472,7 +482,12 @@ pub fn write_svg(path: &Path, outcomes: &[Outcome]) -> std::io::Result<()> {
             top + 12.0,
             TITLES[usize::from(*s) - 1]
         );
-        let (x0, x1, yb, yt) = (px(0.0), px(max_x), py(10f64.powf(ymin)), py(10f64.powf(ymax)));
+        let (x0, x1, yb, yt) = (
+            px(0.0),
+            px(max_x),
+            py(10f64.powf(ymin)),
+            py(10f64.powf(ymax)),
+        );
         let _ = writeln!(
             svg,
             r##"<rect x="{x0}" y="{yt}" width="{}" height="{}" fill="none" stroke="#999"/>"##,

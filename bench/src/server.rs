@@ -109,9 +109,8 @@ impl Server {
         let log = std::fs::File::create(dir.path().join("stderr.log"))?;
         let mut cmd = match peer {
             Peer::Nchan => {
-                let template = std::fs::read_to_string(&programs.nchan_conf).with_context(|| {
-                    format!("cannot read {}", programs.nchan_conf.display())
-                })?;
+                let template = std::fs::read_to_string(&programs.nchan_conf)
+                    .with_context(|| format!("cannot read {}", programs.nchan_conf.display()))?;
                 let conf = template
                     .replace("@MODULE@", &programs.nchan_module.display().to_string())
                     .replace("@PREFIX@", &dir.path().display().to_string())

@@ -46,7 +46,13 @@ fn header<'a>(req: &'a httparse::Request, name: &str) -> Option<&'a str> {
 
 /// Checks a delivery: its body names a known subscription and one of its `v1,` signatures
 /// is the HMAC-SHA256 of `id.timestamp.body` with that subscription's key.
-fn verify(keys: &Keys, id: &str, timestamp: &str, signature: &str, body: &[u8]) -> Result<(), String> {
+fn verify(
+    keys: &Keys,
+    id: &str,
+    timestamp: &str,
+    signature: &str,
+    body: &[u8],
+) -> Result<(), String> {
     let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| format!("body: {e}"))?;
     let sub = v["id"].as_str().ok_or("body without subscription id")?;
     let keys = keys.borrow();
@@ -150,7 +156,12 @@ async fn post_json(conn: &mut Conn, path: &str, body: &str) -> Result<(u16, Vec<
     Ok((head.status, body))
 }
 
-pub async fn run(peer: Peer, addr: SocketAddr, registrations: usize, deadline: Duration) -> Outcome {
+pub async fn run(
+    peer: Peer,
+    addr: SocketAddr,
+    registrations: usize,
+    deadline: Duration,
+) -> Outcome {
     let mut out = Outcome::new(7, peer);
     let listener = match TcpListener::bind("127.0.0.1:0").await {
         Ok(l) => l,
@@ -159,7 +170,9 @@ pub async fn run(peer: Peer, addr: SocketAddr, registrations: usize, deadline: D
             return out;
         }
     };
-    let receiver_addr = listener.local_addr().expect("bound listener has an address");
+    let receiver_addr = listener
+        .local_addr()
+        .expect("bound listener has an address");
     let keys: Keys = Rc::default();
     let received: Rc<RefCell<Received>> = Rc::default();
     let notify = Rc::new(Notify::new());
