@@ -5,7 +5,6 @@
 //! calls each batch's completion from that thread. Nothing here runs on the Broker's or an HTTP
 //! worker's thread.
 
-mod memory;
 pub mod sqlite;
 
 use std::sync::mpsc;
@@ -13,7 +12,6 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
-pub use memory::MemoryStore;
 pub use sqlite::SqliteStore;
 
 use crate::event::{Event, StreamKey};
@@ -131,12 +129,24 @@ enum Command {
     Flush { done: Done },
 }
 
+impl Command {
+    fn done(self) -> Done {
+        match self {
+            Command::Append { done, .. }
+            | Command::Write { done, .. }
+            | Command::Flush { done } => done,
+        }
+    }
+}
+
 /// The handle through which the Broker, the Registry and the WebhookDispatcher reach the
 /// writer thread.
 #[derive(Clone)]
 pub struct StoreWriter {
     /// Bounded, so a store that cannot keep up slows publishers instead of growing memory.
-    tx: mpsc::SyncSender<Command>,
+    /// `None` for `--memory`: nothing is kept, so everything is acknowledged at once, on the
+    /// caller's thread, without two thread hops per publish.
+    tx: Option<mpsc::SyncSender<Command>>,
 }
 
 impl StoreWriter {
@@ -146,25 +156,32 @@ impl StoreWriter {
         thread::Builder::new()
             .name("herald-store".into())
             .spawn(move || write_loop(&mut store, rx, &metrics))?;
-        Ok(Self { tx })
+        Ok(Self { tx: Some(tx) })
     }
 
-    /// Queues a batch; `done` runs on the writer thread after the commit.
-    pub fn append(&self, events: Vec<Arc<Event>>, done: Done) {
-        if let Err(mpsc::SendError(Command::Append { done, .. })) =
-            self.tx.send(Command::Append { events, done })
-        {
-            done(Err(StoreError::Stopped));
+    /// The `--memory` store: keeps nothing beyond the actors' own state, so a restart starts
+    /// every stream anew (with a new epoch, so old cursors read as gaps, not as other events).
+    pub fn memory() -> Self {
+        Self { tx: None }
+    }
+
+    fn send(&self, cmd: Command) {
+        let Some(tx) = &self.tx else {
+            return cmd.done()(Ok(()));
+        };
+        if let Err(mpsc::SendError(cmd)) = tx.send(cmd) {
+            cmd.done()(Err(StoreError::Stopped));
         }
+    }
+
+    /// Queues a batch; `done` runs (on the writer thread) after the commit.
+    pub fn append(&self, events: Vec<Arc<Event>>, done: Done) {
+        self.send(Command::Append { events, done });
     }
 
     /// Queues state records; they commit in order with everything queued before them.
     pub fn write(&self, records: Vec<Record>, done: Done) {
-        if let Err(mpsc::SendError(Command::Write { done, .. })) =
-            self.tx.send(Command::Write { records, done })
-        {
-            done(Err(StoreError::Stopped));
-        }
+        self.send(Command::Write { records, done });
     }
 
     /// `write`, answered through a future.
@@ -184,10 +201,7 @@ impl StoreWriter {
 
     /// Runs `done` once everything queued before it is durable.
     pub fn flush(&self, done: Done) {
-        if let Err(mpsc::SendError(Command::Flush { done })) = self.tx.send(Command::Flush { done })
-        {
-            done(Err(StoreError::Stopped));
-        }
+        self.send(Command::Flush { done });
     }
 }
 
