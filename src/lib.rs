@@ -27,7 +27,7 @@ use broker::history::Retention;
 use broker::messages::{Drain, Flush, WatchKind};
 use broker::Broker;
 pub use config::Config;
-use store::{SqliteStore, Store, StoreWriter};
+use store::{MemoryStore, SqliteStore, Store, StoreWriter};
 use webhook::{DispatcherSettings, WebhookDispatcher, WebhookState};
 
 /// Why the server could not start. Each message names what to fix.
@@ -76,7 +76,8 @@ pub async fn start(config: Config) -> Result<Herald, StartError> {
     };
     let metrics = metrics::Metrics::new();
     let (store, kept, saved) = if config.memory {
-        (Ok(StoreWriter::memory()), Vec::new(), Saved::default())
+        let store = StoreWriter::spawn(MemoryStore, metrics.clone());
+        (store, Vec::new(), Saved::default())
     } else {
         let mut sqlite = SqliteStore::open(&config.data_dir, retention)?;
         let load_error = |source| StartError::Load {

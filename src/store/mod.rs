@@ -5,6 +5,7 @@
 //! calls each batch's completion from that thread. Nothing here runs on the Broker's or an HTTP
 //! worker's thread.
 
+mod memory;
 pub mod sqlite;
 
 use std::sync::mpsc;
@@ -12,6 +13,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
+pub use memory::MemoryStore;
 pub use sqlite::SqliteStore;
 
 use crate::event::{Event, StreamKey};
@@ -129,24 +131,12 @@ enum Command {
     Flush { done: Done },
 }
 
-impl Command {
-    fn done(self) -> Done {
-        match self {
-            Command::Append { done, .. }
-            | Command::Write { done, .. }
-            | Command::Flush { done } => done,
-        }
-    }
-}
-
 /// The handle through which the Broker, the Registry and the WebhookDispatcher reach the
 /// writer thread.
 #[derive(Clone)]
 pub struct StoreWriter {
     /// Bounded, so a store that cannot keep up slows publishers instead of growing memory.
-    /// `None` for `--memory`: nothing is kept, so everything is acknowledged at once, on the
-    /// caller's thread, without two thread hops per publish.
-    tx: Option<mpsc::SyncSender<Command>>,
+    tx: mpsc::SyncSender<Command>,
 }
 
 impl StoreWriter {
@@ -156,32 +146,25 @@ impl StoreWriter {
         thread::Builder::new()
             .name("herald-store".into())
             .spawn(move || write_loop(&mut store, rx, &metrics))?;
-        Ok(Self { tx: Some(tx) })
+        Ok(Self { tx })
     }
 
-    /// The `--memory` store: keeps nothing beyond the actors' own state, so a restart starts
-    /// every stream anew (with a new epoch, so old cursors read as gaps, not as other events).
-    pub fn memory() -> Self {
-        Self { tx: None }
-    }
-
-    fn send(&self, cmd: Command) {
-        let Some(tx) = &self.tx else {
-            return cmd.done()(Ok(()));
-        };
-        if let Err(mpsc::SendError(cmd)) = tx.send(cmd) {
-            cmd.done()(Err(StoreError::Stopped));
-        }
-    }
-
-    /// Queues a batch; `done` runs (on the writer thread) after the commit.
+    /// Queues a batch; `done` runs on the writer thread after the commit.
     pub fn append(&self, events: Vec<Arc<Event>>, done: Done) {
-        self.send(Command::Append { events, done });
+        if let Err(mpsc::SendError(Command::Append { done, .. })) =
+            self.tx.send(Command::Append { events, done })
+        {
+            done(Err(StoreError::Stopped));
+        }
     }
 
     /// Queues state records; they commit in order with everything queued before them.
     pub fn write(&self, records: Vec<Record>, done: Done) {
-        self.send(Command::Write { records, done });
+        if let Err(mpsc::SendError(Command::Write { done, .. })) =
+            self.tx.send(Command::Write { records, done })
+        {
+            done(Err(StoreError::Stopped));
+        }
     }
 
     /// `write`, answered through a future.
@@ -201,7 +184,10 @@ impl StoreWriter {
 
     /// Runs `done` once everything queued before it is durable.
     pub fn flush(&self, done: Done) {
-        self.send(Command::Flush { done });
+        if let Err(mpsc::SendError(Command::Flush { done })) = self.tx.send(Command::Flush { done })
+        {
+            done(Err(StoreError::Stopped));
+        }
     }
 }
 

@@ -472,5 +472,6 @@ async fn the_address_policy_is_checked_again_at_delivery() {
 
 /// A store writer that keeps nothing, for dispatchers started directly in a test.
 fn memory_store() -> herald::store::StoreWriter {
-    herald::store::StoreWriter::memory()
+    let metrics = herald::metrics::Metrics::new();
+    herald::store::StoreWriter::spawn(herald::store::MemoryStore, metrics).unwrap()
 }
