@@ -25,13 +25,40 @@ use crate::session::ws::{
 /// Permission to follow any access id, not only the token's own `sub`.
 pub const ACCESS_READ: &str = "access:read";
 
+const TAG: &str = "Access events (WebSocket)";
+
+/// The OpenAPI part of this face, merged into `/openapi.json` by `api::openapi`.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(subscribe, push_events, drop_user, clients),
+    components(schemas(super::schema::AccessEvent, super::schema::DropUser)),
+    tags((name = TAG, description = "Notifier-style access events over WebSocket."))
+)]
+pub struct ApiDoc;
+
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/subscribe_to_events", web::get().to(subscribe))
-        .route("/push_events", web::post().to(push_events))
-        .route("/drop_user", web::post().to(drop_user))
-        .route("/clients", web::get().to(clients));
+    super::openapi::route::<__path_subscribe, _, _>(cfg, subscribe);
+    super::openapi::route::<__path_push_events, _, _>(cfg, push_events);
+    super::openapi::route::<__path_drop_user, _, _>(cfg, drop_user);
+    super::openapi::route::<__path_clients, _, _>(cfg, clients);
 }
 
+/// Subscribe to access events (WebSocket upgrade)
+///
+/// The first text frame announces `{"access_id": "client1", "timestamp": 2000}` (plus `"token"`
+/// outside `--dev`, or `Authorization: Bearer` on the upgrade). Then every retained event with
+/// `created_at >= timestamp`, then live ones; each text frame is a JSON array of AccessEvent.
+/// Close codes: 1000 `dropped` (drop_user), 1001 (drain), 1008 (`Wrong JSON announcement`,
+/// refused token, heartbeat timeout, slow consumer), 1013 (`--max-connections`).
+#[utoipa::path(
+    get,
+    path = "/subscribe_to_events",
+    tag = TAG,
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol"),
+        (status = 400, description = "Not a WebSocket upgrade request"),
+    )
+)]
 async fn subscribe(
     req: HttpRequest,
     payload: web::Payload,
@@ -161,6 +188,23 @@ async fn read_json_body(
         })
 }
 
+/// Push access events
+///
+/// A JSON array of AccessEvent; answered `true` once all are durable. Events for access ids
+/// without a session are kept in history.
+#[utoipa::path(
+    post,
+    path = "/push_events",
+    tag = TAG,
+    request_body = Vec<super::schema::AccessEvent>,
+    responses(
+        (status = 200, description = "`true`", body = bool),
+        (status = 401, description = "No or refused publisher credential (outside `--dev`)", body = super::schema::FieldErrorBody),
+        (status = 413, description = "Body larger than `--max-body`", body = super::schema::FieldErrorBody),
+        (status = 422, description = "Invalid element; `field` names it, e.g. `[2].created_at`", body = super::schema::FieldErrorBody),
+        (status = 503, description = "The store could not commit", body = super::schema::FieldErrorBody),
+    )
+)]
 async fn push_events(
     req: HttpRequest,
     payload: web::Payload,
@@ -250,6 +294,18 @@ fn parse_events(body: &[u8]) -> Result<Vec<(String, Box<RawValue>)>, AccessError
         .collect()
 }
 
+/// Close every session of an access id (code 1000, reason `dropped`)
+#[utoipa::path(
+    post,
+    path = "/drop_user",
+    tag = TAG,
+    request_body = super::schema::DropUser,
+    responses(
+        (status = 200, description = "`true`, also when nobody was connected", body = bool),
+        (status = 401, description = "No or refused publisher credential (outside `--dev`)", body = super::schema::FieldErrorBody),
+        (status = 422, description = "`drop_access_id` missing or not a string", body = super::schema::FieldErrorBody),
+    )
+)]
 async fn drop_user(
     req: HttpRequest,
     payload: web::Payload,
@@ -280,6 +336,16 @@ async fn drop_user(
     Ok(HttpResponse::Ok().json(true))
 }
 
+/// The access ids connected now (sorted, each once)
+#[utoipa::path(
+    get,
+    path = "/clients",
+    tag = TAG,
+    responses(
+        (status = 200, description = "JSON array of access ids", body = Vec<String>),
+        (status = 401, description = "No or refused publisher credential (outside `--dev`)", body = super::schema::FieldErrorBody),
+    )
+)]
 async fn clients(
     req: HttpRequest,
     state: web::Data<AppState>,

@@ -24,9 +24,24 @@ const MAX_CLIENT_ID: usize = 256;
 
 const STATUSES: [&str; 3] = ["PENDING", "COMPLETED", "ERROR"];
 
+const TAG: &str = "Document status events (SSE)";
+
+/// The OpenAPI part of this face, merged into `/openapi.json` by `api::openapi`.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(subscribe, publish),
+    components(schemas(
+        super::schema::DocumentStatus,
+        super::schema::Published,
+        super::schema::FieldErrorBody
+    )),
+    tags((name = TAG, description = "Gini-style document status events over Server-Sent Events."))
+)]
+pub struct ApiDoc;
+
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/events/client", web::get().to(subscribe))
-        .route("/events/client/{client_id}", web::post().to(publish));
+    super::openapi::route::<__path_subscribe, _, _>(cfg, subscribe);
+    super::openapi::route::<__path_publish, _, _>(cfg, publish);
 }
 
 /// Query parameters of the subscription, for clients that cannot set headers.
@@ -37,6 +52,27 @@ struct SubscribeQuery {
     last_event_id: Option<String>,
 }
 
+/// Subscribe to the token subject's document status events
+///
+/// Always 200 (EventSource cannot read status codes). The stream is `client:<sub>` of the
+/// token. Events: `id: <cursor>` + `data: DocumentStatus`; `event: gap` with
+/// `data: {"reason": ...}` when `Last-Event-ID` is no longer in history; a `: keep-alive`
+/// comment every `--sse-keepalive`. Errors come as one `event: error` with
+/// `data: {"error": "auth_required" | "auth_failed" | "connection_limit_reached"}` and
+/// `retry: 60000`, then the end of the body; an `Accept` that refuses `text/event-stream` gets
+/// the text/plain body `not_accepted`.
+#[utoipa::path(
+    get,
+    path = "/events/client",
+    tag = TAG,
+    params(
+        ("Authorization" = Option<String>, Header, description = "`Bearer <token>` (any case)"),
+        ("access_token" = Option<String>, Query, description = "The token, for browsers"),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this cursor"),
+        ("lastEventId" = Option<String>, Query, description = "Resume after this cursor"),
+    ),
+    responses((status = 200, description = "The event stream (or an embedded error)", content_type = "text/event-stream"))
+)]
 async fn subscribe(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     if !accepts_event_stream(&req) {
         return HttpResponse::Ok()
@@ -183,6 +219,23 @@ struct Published {
     ids: Vec<String>,
 }
 
+/// Publish document status changes for a client
+///
+/// One `DocumentStatus` or a non-empty array of them; answered once they are durable.
+#[utoipa::path(
+    post,
+    path = "/events/client/{client_id}",
+    tag = TAG,
+    params(("client_id" = String, Path, description = "1 to 256 bytes")),
+    request_body(content = Vec<super::schema::DocumentStatus>, description = "One object or an array of them"),
+    responses(
+        (status = 202, description = "Accepted and durable", body = super::schema::Published),
+        (status = 401, description = "No or refused publisher credential", body = super::schema::FieldErrorBody),
+        (status = 413, description = "Body larger than `--max-body`", body = super::schema::FieldErrorBody),
+        (status = 422, description = "Invalid body; `field` names the culprit", body = super::schema::FieldErrorBody),
+        (status = 503, description = "The store could not commit", body = super::schema::FieldErrorBody),
+    )
+)]
 async fn publish(
     req: HttpRequest,
     path: web::Path<String>,

@@ -7,6 +7,7 @@ pub mod documents;
 pub mod instances;
 pub mod openapi;
 pub mod ops;
+mod schema;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

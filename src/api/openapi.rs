@@ -26,6 +26,9 @@ pub fn document() -> OpenApi {
         .build();
     doc.merge(instances::ApiDoc::openapi());
     doc.merge(super::dashboard::ApiDoc::openapi());
+    doc.merge(super::ops::ApiDoc::openapi());
+    doc.merge(super::documents::ApiDoc::openapi());
+    doc.merge(super::access::ApiDoc::openapi());
     doc
 }
 
