@@ -5,7 +5,7 @@
 //! publishes one or many status changes.
 
 use actix::Actor;
-use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -205,12 +205,7 @@ impl ResponseError for PublishError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        let mut res = HttpResponse::build(self.status).json(self);
-        if self.status == actix_web::http::StatusCode::UNAUTHORIZED {
-            res.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        res
+        super::json_error(self.status, self)
     }
 }
 

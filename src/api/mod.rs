@@ -111,3 +111,19 @@ pub async fn read_body(mut payload: web::Payload, limit: usize) -> Result<web::B
     }
     Ok(body.freeze())
 }
+
+/// The `{"error", "field"}` answer shared by the SSE publishing, WebSocket and dashboard faces:
+/// the JSON body, plus `WWW-Authenticate: Bearer` on a 401 as HTTP asks.
+pub fn json_error(
+    status: actix_web::http::StatusCode,
+    body: &impl serde::Serialize,
+) -> actix_web::HttpResponse {
+    let mut res = actix_web::HttpResponse::build(status).json(body);
+    if status == actix_web::http::StatusCode::UNAUTHORIZED {
+        res.headers_mut().insert(
+            actix_web::http::header::WWW_AUTHENTICATE,
+            actix_web::http::header::HeaderValue::from_static("Bearer"),
+        );
+    }
+    res
+}
