@@ -4,6 +4,10 @@
 //! the client announces itself; `POST /push_events` publishes, `POST /drop_user` closes every
 //! session of one access id, `GET /clients` lists the access ids connected now. The three HTTP
 //! endpoints take a publisher credential, except in `--dev`.
+//!
+//! Routes are registered from their OpenAPI declarations (`ApiDoc`; schemas in `schema.rs`).
+
+mod schema;
 
 use std::collections::HashMap;
 
@@ -14,6 +18,7 @@ use actix_web_actors::ws;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
+use super::openapi::Routes;
 use super::{bearer_header, check_publisher, read_body, AppState, BodyError, PublisherCheck};
 use crate::broker::messages::{CloseReason, CloseStream, ListSubscribed, Publish};
 use crate::event::{StreamKey, StreamKind};
@@ -22,16 +27,58 @@ use crate::session::ws::{
     Announcement, Authorize, Refusal, WsRefused, WsSession, WsSettings, MAX_ACCESS_ID,
 };
 
+use schema::*;
+
 /// Permission to follow any access id, not only the token's own `sub`.
 pub const ACCESS_READ: &str = "access:read";
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/subscribe_to_events", web::get().to(subscribe))
-        .route("/push_events", web::post().to(push_events))
-        .route("/drop_user", web::post().to(drop_user))
-        .route("/clients", web::get().to(clients));
+/// Tag of every operation of this face in the OpenAPI document.
+const TAG: &str = "Access events";
+
+/// The 401 of the publishing endpoints.
+const UNAUTHORIZED: &str = "No publisher credential, or a refused one \
+(`WWW-Authenticate: Bearer`); never with `--dev`";
+
+/// The OpenAPI part of this face, merged into `/openapi.json` by `api::openapi`.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(subscribe, push_events, drop_user, clients),
+    components(schemas(AccessAnnouncement, AccessEvent)),
+    tags((name = TAG, description = "Events of access ids, pushed by a backend and followed \
+over WebSocket (notifier-style)."))
+)]
+pub struct ApiDoc;
+
+pub fn configure(routes: &mut Routes) {
+    routes
+        .add::<__path_subscribe, _, _>(subscribe)
+        .add::<__path_push_events, _, _>(push_events)
+        .add::<__path_drop_user, _, _>(drop_user)
+        .add::<__path_clients, _, _>(clients);
 }
 
+/// Follow an access id's events (WebSocket)
+///
+/// See the 101 response for the conversation: the announcement frame, the event frames and
+/// the close codes.
+#[utoipa::path(
+    get,
+    path = "/subscribe_to_events",
+    tag = TAG,
+    operation_id = "subscribe_to_events",
+    params(
+        ("Authorization" = Option<String>, Header, description = "`Bearer <jwt>`, instead of the announcement's `token`"),
+        ("Upgrade" = String, Header, description = "`websocket`"),
+        ("Connection" = String, Header, description = "`Upgrade`"),
+        ("Sec-WebSocket-Key" = String, Header, description = "As RFC 6455 says"),
+        ("Sec-WebSocket-Version" = String, Header, description = "`13`"),
+    ),
+    responses(
+        (status = 101, description = SESSION),
+        (status = 400, description = "Not a WebSocket upgrade request (as RFC 6455 requires)"),
+    ),
+    security((), ("bearer" = []))
+)]
 async fn subscribe(
     req: HttpRequest,
     payload: web::Payload,
@@ -161,6 +208,27 @@ async fn read_json_body(
         })
 }
 
+/// Push access events
+///
+/// Publishes the events to their access ids' streams, each access id's events in the order
+/// given, and answers `true` once they are durable. Events for access ids nobody follows are
+/// kept in history all the same.
+#[utoipa::path(
+    post,
+    path = "/push_events",
+    tag = TAG,
+    operation_id = "push_events",
+    request_body = Vec<AccessEvent>,
+    responses(
+        (status = 200, description = "Durable and on their way to subscribers", body = bool, example = json!(true)),
+        (status = 400, description = "The body could not be read", body = AccessErrorBody),
+        (status = 401, description = UNAUTHORIZED, body = AccessErrorBody),
+        (status = 413, description = "The body is larger than `--max-body`", body = AccessErrorBody),
+        (status = 422, description = "Not a JSON array of events; `field` names the element and field, e.g. `[2].created_at`", body = AccessErrorBody),
+        (status = 503, description = "The broker or the store cannot take the events now", body = AccessErrorBody),
+    ),
+    security(("publisher" = []))
+)]
 async fn push_events(
     req: HttpRequest,
     payload: web::Payload,
@@ -250,6 +318,26 @@ fn parse_events(body: &[u8]) -> Result<Vec<(String, Box<RawValue>)>, AccessError
         .collect()
 }
 
+/// Drop an access id's sessions
+///
+/// Closes every WebSocket session following `drop_access_id` with code 1000 and reason
+/// `dropped`; answers `true` whether or not any was connected.
+#[utoipa::path(
+    post,
+    path = "/drop_user",
+    tag = TAG,
+    operation_id = "drop_user",
+    request_body = DropUser,
+    responses(
+        (status = 200, description = "The sessions are closing", body = bool, example = json!(true)),
+        (status = 400, description = "The body could not be read", body = AccessErrorBody),
+        (status = 401, description = UNAUTHORIZED, body = AccessErrorBody),
+        (status = 413, description = "The body is larger than `--max-body`", body = AccessErrorBody),
+        (status = 422, description = "Not JSON, or `drop_access_id` missing or not a string", body = AccessErrorBody),
+        (status = 503, description = "The broker cannot be reached now", body = AccessErrorBody),
+    ),
+    security(("publisher" = []))
+)]
 async fn drop_user(
     req: HttpRequest,
     payload: web::Payload,
@@ -280,6 +368,21 @@ async fn drop_user(
     Ok(HttpResponse::Ok().json(true))
 }
 
+/// List connected access ids
+///
+/// The access ids that at least one WebSocket session follows now.
+#[utoipa::path(
+    get,
+    path = "/clients",
+    tag = TAG,
+    operation_id = "list_access_clients",
+    responses(
+        (status = 200, description = "The followed access ids", body = [String], example = json!(["client1"])),
+        (status = 401, description = UNAUTHORIZED, body = AccessErrorBody),
+        (status = 503, description = "The broker cannot be reached now", body = AccessErrorBody),
+    ),
+    security(("publisher" = []))
+)]
 async fn clients(
     req: HttpRequest,
     state: web::Data<AppState>,

@@ -1,11 +1,15 @@
 //! Operator and developer endpoints: `/health`, the demo page at `/`, and (in `--dev` only)
 //! `/dev/token`, which mints tokens for the demo page.
 //! `/openapi.json` serves the document that `api::openapi` assembles from every face.
+//!
+//! Routes are registered from their OpenAPI declarations (`ApiDoc`).
 
 use std::time::Duration;
 
 use actix_web::{web, HttpResponse};
 
+use super::dashboard::dev_sink::DEV_TAG;
+use super::openapi::Routes;
 use super::AppState;
 use crate::auth;
 use crate::config::KeySource;
@@ -16,13 +20,63 @@ const INDEX_HTML: &str = include_str!("../../static/index.html");
 /// Lifetime of tokens minted by `/dev/token`.
 const DEV_TOKEN_TTL: Duration = Duration::from_secs(3600);
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/health", web::get().to(health))
-        .route("/metrics", web::get().to(metrics))
-        .route("/dev/token", web::get().to(dev_token))
-        .route("/openapi.json", web::get().to(openapi_json))
-        .route("/", web::get().to(index));
+/// Tag of the operator endpoints in the OpenAPI document.
+const TAG: &str = "Operations";
+
+/// The OpenAPI part of this module, merged into `/openapi.json` by `api::openapi`.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(health, metrics, dev_token, openapi_json, index),
+    tags(
+        (name = TAG, description = "Health, metrics, this document and the demo page."),
+        (name = DEV_TAG, description = "Helpers for the demo page. They answer only when the \
+server runs with `--dev`, and 404 otherwise."),
+    )
+)]
+pub struct ApiDoc;
+
+/// The body of `/health`.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // Read by utoipa's derive only.
+struct Health {
+    /// `ok` while serving, `draining` during a graceful shutdown.
+    #[schema(example = "ok")]
+    status: String,
 }
+
+/// The body of an error of `/dev/token`.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // Read by utoipa's derive only.
+struct DevTokenError {
+    #[schema(example = "missing field")]
+    error: String,
+    #[schema(example = "sub")]
+    field: Option<String>,
+}
+
+pub fn configure(routes: &mut Routes) {
+    routes
+        .add::<__path_health, _, _>(health)
+        .add::<__path_metrics, _, _>(metrics)
+        .add::<__path_dev_token, _, _>(dev_token)
+        .add::<__path_openapi_json, _, _>(openapi_json)
+        .add::<__path_index, _, _>(index);
+}
+
+/// Health
+///
+/// For load balancers: 503 as soon as a graceful shutdown begins.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = TAG,
+    operation_id = "health",
+    responses(
+        (status = 200, description = "Serving", body = Health, example = json!({"status": "ok"})),
+        (status = 503, description = "Draining (SIGINT/SIGTERM received)", body = Health,
+            example = json!({"status": "draining"})),
+    )
+)]
 
 async fn health(state: web::Data<AppState>) -> HttpResponse {
     if state.is_draining() {
@@ -32,22 +86,75 @@ async fn health(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
+/// This document
+///
+/// The OpenAPI 3.1 document of every endpoint the server serves.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = TAG,
+    operation_id = "openapi",
+    responses((status = 200, description = "OpenAPI 3.1", body = Object, content_type = "application/json"))
+)]
 async fn openapi_json() -> HttpResponse {
     HttpResponse::Ok().json(super::openapi::document())
 }
 
+/// Metrics
+///
+/// OpenMetrics text (Prometheus can scrape it): connections by face, events published and
+/// delivered, slow consumers dropped, gaps, webhook attempts by outcome, queue depth, store
+/// latency.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = TAG,
+    operation_id = "metrics",
+    responses((status = 200, description = "The metrics", body = String,
+        content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8"))
+)]
 async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
         .body(state.metrics.render())
 }
 
+/// Demo page
+///
+/// A page that drives every face from the browser (with `--dev`, it mints its own tokens).
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = TAG,
+    operation_id = "demo_page",
+    responses((status = 200, description = "The demo page", body = String,
+        content_type = "text/html; charset=utf-8"))
+)]
 async fn index() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
         .body(INDEX_HTML)
 }
 
+/// Mint a token (`--dev` only)
+///
+/// An HS256 JWT signed with the server's secret, valid for one hour, for the demo page. Works
+/// only when the server runs with `--dev`; 404 otherwise.
+#[utoipa::path(
+    get,
+    path = "/dev/token",
+    tag = DEV_TAG,
+    operation_id = "dev_token",
+    params(
+        ("sub" = String, Query, description = "The token's subject"),
+        ("permission" = Option<Vec<String>>, Query, explode, description = "A permission; repeat for several"),
+    ),
+    responses(
+        (status = 200, description = "The token", body = String, content_type = "text/plain; charset=utf-8"),
+        (status = 404, description = "Not running with `--dev`, or only JWKS keys to verify with (no HS256 secret to sign with)", body = DevTokenError),
+        (status = 422, description = "`sub` missing or empty", body = DevTokenError),
+    )
+)]
 async fn dev_token(req: actix_web::HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     if !state.config.dev {
         return HttpResponse::NotFound().json(serde_json::json!({"error": "only in --dev"}));
