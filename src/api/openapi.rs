@@ -13,10 +13,11 @@ use std::marker::PhantomData;
 use actix_web::http::Method;
 use actix_web::{web, FromRequest, Handler, Responder};
 use utoipa::openapi::path::{HttpMethod, Operation};
-use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder};
 use utoipa::openapi::security::SecurityScheme;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder};
 use utoipa::openapi::{InfoBuilder, OpenApi, OpenApiBuilder};
 use utoipa::OpenApi as _;
+use utoipa::Path as _;
 
 use super::{access, documents, instances, ops};
 
@@ -150,9 +151,18 @@ impl<P: utoipa::Path> utoipa::Path for Slash<P> {
     }
 }
 
-/// Adds the operation `P` declares to `doc` (for declarations that `#[openapi(paths(...))]`
-/// cannot name, such as `Slash<…>`).
-pub fn add_path<P: utoipa::Path>(doc: &mut OpenApi) {
-    doc.paths
-        .add_path_operation(P::path(), P::methods(), P::operation());
+/// Documents `Slash<P>`: copies the operations of `P` that `doc` has (with their tags and
+/// security, which `#[openapi]` adds) to `P`'s path with a trailing slash.
+pub fn add_slash<P: utoipa::Path>(doc: &mut OpenApi) {
+    let template = Slash::<P>::operation();
+    for method in P::methods() {
+        let Some(operation) = doc.paths.get_path_operation(P::path(), method.clone()) else {
+            continue;
+        };
+        let mut operation = operation.clone();
+        operation.operation_id = template.operation_id.clone();
+        operation.description = template.description.clone();
+        doc.paths
+            .add_path_operation(Slash::<P>::path(), vec![method], operation);
+    }
 }

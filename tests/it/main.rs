@@ -8,5 +8,6 @@ mod dashboard;
 mod documents;
 mod durability;
 mod instances;
+mod openapi;
 mod ops;
 mod process;

@@ -16,7 +16,7 @@ use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::openapi::{add_path, Routes, Slash};
+use super::openapi::{add_slash, Routes, Slash};
 use super::{check_publisher, read_body, AppState, BodyError, PublisherCheck};
 use crate::dashboard::registration::{self, rfc3339};
 use crate::dashboard::{
@@ -87,10 +87,10 @@ struct SlashPaths;
 
 impl utoipa::Modify for SlashPaths {
     fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
-        add_path::<Slash<__path_list_registrations>>(doc);
-        add_path::<Slash<__path_create_registration>>(doc);
-        add_path::<Slash<webhooks::__path_list>>(doc);
-        add_path::<Slash<webhooks::__path_create>>(doc);
+        add_slash::<__path_list_registrations>(doc);
+        add_slash::<__path_create_registration>(doc);
+        add_slash::<webhooks::__path_list>(doc);
+        add_slash::<webhooks::__path_create>(doc);
     }
 }
 
