@@ -220,7 +220,7 @@ async fn read_json_body(
     operation_id = "push_events",
     request_body = Vec<AccessEvent>,
     responses(
-        (status = 200, description = "Durable and on their way to subscribers", body = bool, example = json!(true)),
+        (status = 200, description = "Durable and on their way to subscribers", body = bool, content_type = "application/json", example = json!(true)),
         (status = 400, description = "The body could not be read", body = AccessErrorBody),
         (status = 401, description = UNAUTHORIZED, body = AccessErrorBody),
         (status = 413, description = "The body is larger than `--max-body`", body = AccessErrorBody),
@@ -329,7 +329,7 @@ fn parse_events(body: &[u8]) -> Result<Vec<(String, Box<RawValue>)>, AccessError
     operation_id = "drop_user",
     request_body = DropUser,
     responses(
-        (status = 200, description = "The sessions are closing", body = bool, example = json!(true)),
+        (status = 200, description = "The sessions are closing", body = bool, content_type = "application/json", example = json!(true)),
         (status = 400, description = "The body could not be read", body = AccessErrorBody),
         (status = 401, description = UNAUTHORIZED, body = AccessErrorBody),
         (status = 413, description = "The body is larger than `--max-body`", body = AccessErrorBody),

@@ -57,9 +57,9 @@ pub struct DocumentsError {
 pub const STREAM: &str = "Always 200 (EventSource cannot see status codes). The body is one of:
 - a live `text/event-stream` of the subject's events: `id: <cursor>` and
   `data: {\"documentId\":\"<uuid>\",\"status\":\"PENDING|COMPLETED|ERROR\"}`
-  (schema `DocumentStatusEvent`), oldest first; a comment line (`: keep-alive`) every
-  `--sse-keepalive` (default 15s), after an opening `: ok`. Resuming from a cursor no longer in history first sends
-  `event: gap` / `data: {\"reason\":\"expired|stream_reset|unknown_cursor|malformed_cursor\"}`,
+  (schema `DocumentStatusEvent`), oldest first, after an opening `: ok`; a comment line
+  (`: keep-alive`) every `--sse-keepalive` (default 15s). Resuming from a cursor no longer in
+  history first sends `event: gap` / `data: {\"reason\":\"expired|stream_reset|unknown_cursor|malformed_cursor\"}`,
   then continues live. On shutdown the server writes `retry: <ms>` and ends the body; a
   subscriber that falls `--subscriber-queue` events behind is disconnected (reconnect with
   `Last-Event-ID` to resume).
