@@ -4,6 +4,10 @@
 //! the client announces itself; `POST /push_events` publishes, `POST /drop_user` closes every
 //! session of one access id, `GET /clients` lists the access ids connected now. The three HTTP
 //! endpoints take a publisher credential, except in `--dev`.
+//!
+//! Routes are registered from their OpenAPI declarations (`ApiDoc`; schemas in `schema.rs`).
+
+mod schema;
 
 use std::collections::HashMap;
 
@@ -14,6 +18,7 @@ use actix_web_actors::ws;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
+use super::openapi::Routes;
 use super::{bearer_header, check_publisher, read_body, AppState, BodyError, PublisherCheck};
 use crate::broker::messages::{CloseReason, CloseStream, ListSubscribed, Publish};
 use crate::event::{StreamKey, StreamKind};
@@ -22,42 +27,57 @@ use crate::session::ws::{
     Announcement, Authorize, Refusal, WsRefused, WsSession, WsSettings, MAX_ACCESS_ID,
 };
 
+use schema::*;
+
 /// Permission to follow any access id, not only the token's own `sub`.
 pub const ACCESS_READ: &str = "access:read";
 
-const TAG: &str = "Access events (WebSocket)";
+/// Tag of every operation of this face in the OpenAPI document.
+const TAG: &str = "Access events";
+
+/// The 401 of the publishing endpoints.
+const UNAUTHORIZED: &str = "No publisher credential, or a refused one \
+(`WWW-Authenticate: Bearer`); never with `--dev`";
 
 /// The OpenAPI part of this face, merged into `/openapi.json` by `api::openapi`.
 #[derive(utoipa::OpenApi)]
 #[openapi(
     paths(subscribe, push_events, drop_user, clients),
-    components(schemas(super::schema::AccessEvent, super::schema::DropUser)),
-    tags((name = TAG, description = "Notifier-style access events over WebSocket."))
+    components(schemas(AccessAnnouncement, AccessEvent)),
+    tags((name = TAG, description = "Events of access ids, pushed by a backend and followed \
+over WebSocket (notifier-style)."))
 )]
 pub struct ApiDoc;
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    super::openapi::route::<__path_subscribe, _, _>(cfg, subscribe);
-    super::openapi::route::<__path_push_events, _, _>(cfg, push_events);
-    super::openapi::route::<__path_drop_user, _, _>(cfg, drop_user);
-    super::openapi::route::<__path_clients, _, _>(cfg, clients);
+pub fn configure(routes: &mut Routes) {
+    routes
+        .add::<__path_subscribe, _, _>(subscribe)
+        .add::<__path_push_events, _, _>(push_events)
+        .add::<__path_drop_user, _, _>(drop_user)
+        .add::<__path_clients, _, _>(clients);
 }
 
-/// Subscribe to access events (WebSocket upgrade)
+/// Follow an access id's events (WebSocket)
 ///
-/// The first text frame announces `{"access_id": "client1", "timestamp": 2000}` (plus `"token"`
-/// outside `--dev`, or `Authorization: Bearer` on the upgrade). Then every retained event with
-/// `created_at >= timestamp`, then live ones; each text frame is a JSON array of AccessEvent.
-/// Close codes: 1000 `dropped` (drop_user), 1001 (drain), 1008 (`Wrong JSON announcement`,
-/// refused token, heartbeat timeout, slow consumer), 1013 (`--max-connections`).
+/// See the 101 response for the conversation: the announcement frame, the event frames and
+/// the close codes.
 #[utoipa::path(
     get,
     path = "/subscribe_to_events",
     tag = TAG,
+    operation_id = "subscribe_to_events",
+    params(
+        ("Authorization" = Option<String>, Header, description = "`Bearer <jwt>`, instead of the announcement's `token`"),
+        ("Upgrade" = String, Header, description = "`websocket`"),
+        ("Connection" = String, Header, description = "`Upgrade`"),
+        ("Sec-WebSocket-Key" = String, Header, description = "As RFC 6455 says"),
+        ("Sec-WebSocket-Version" = String, Header, description = "`13`"),
+    ),
     responses(
-        (status = 101, description = "Switching to the WebSocket protocol"),
-        (status = 400, description = "Not a WebSocket upgrade request"),
-    )
+        (status = 101, description = SESSION),
+        (status = 400, description = "Not a WebSocket upgrade request (as RFC 6455 requires)"),
+    ),
+    security((), ("bearer" = []))
 )]
 async fn subscribe(
     req: HttpRequest,
@@ -185,20 +205,24 @@ async fn read_json_body(
 
 /// Push access events
 ///
-/// A JSON array of AccessEvent; answered `true` once all are durable. Events for access ids
-/// without a session are kept in history.
+/// Publishes the events to their access ids' streams, each access id's events in the order
+/// given, and answers `true` once they are durable. Events for access ids nobody follows are
+/// kept in history all the same.
 #[utoipa::path(
     post,
     path = "/push_events",
     tag = TAG,
-    request_body = Vec<super::schema::AccessEvent>,
+    operation_id = "push_events",
+    request_body = Vec<AccessEvent>,
     responses(
-        (status = 200, description = "`true`", body = bool),
-        (status = 401, description = "No or refused publisher credential (outside `--dev`)", body = super::schema::FieldErrorBody),
-        (status = 413, description = "Body larger than `--max-body`", body = super::schema::FieldErrorBody),
-        (status = 422, description = "Invalid element; `field` names it, e.g. `[2].created_at`", body = super::schema::FieldErrorBody),
-        (status = 503, description = "The store could not commit", body = super::schema::FieldErrorBody),
-    )
+        (status = 200, description = "Durable and on their way to subscribers", body = bool, content_type = "application/json", example = json!(true)),
+        (status = 400, description = "The body could not be read", body = AccessErrorBody),
+        (status = 401, description = UNAUTHORIZED, body = AccessErrorBody),
+        (status = 413, description = "The body is larger than `--max-body`", body = AccessErrorBody),
+        (status = 422, description = "Not a JSON array of events; `field` names the element and field, e.g. `[2].created_at`", body = AccessErrorBody),
+        (status = 503, description = "The broker or the store cannot take the events now", body = AccessErrorBody),
+    ),
+    security(("publisher" = []))
 )]
 async fn push_events(
     req: HttpRequest,
@@ -289,17 +313,25 @@ fn parse_events(body: &[u8]) -> Result<Vec<(String, Box<RawValue>)>, AccessError
         .collect()
 }
 
-/// Close every session of an access id (code 1000, reason `dropped`)
+/// Drop an access id's sessions
+///
+/// Closes every WebSocket session following `drop_access_id` with code 1000 and reason
+/// `dropped`; answers `true` whether or not any was connected.
 #[utoipa::path(
     post,
     path = "/drop_user",
     tag = TAG,
-    request_body = super::schema::DropUser,
+    operation_id = "drop_user",
+    request_body = DropUser,
     responses(
-        (status = 200, description = "`true`, also when nobody was connected", body = bool),
-        (status = 401, description = "No or refused publisher credential (outside `--dev`)", body = super::schema::FieldErrorBody),
-        (status = 422, description = "`drop_access_id` missing or not a string", body = super::schema::FieldErrorBody),
-    )
+        (status = 200, description = "The sessions are closing", body = bool, content_type = "application/json", example = json!(true)),
+        (status = 400, description = "The body could not be read", body = AccessErrorBody),
+        (status = 401, description = UNAUTHORIZED, body = AccessErrorBody),
+        (status = 413, description = "The body is larger than `--max-body`", body = AccessErrorBody),
+        (status = 422, description = "Not JSON, or `drop_access_id` missing or not a string", body = AccessErrorBody),
+        (status = 503, description = "The broker cannot be reached now", body = AccessErrorBody),
+    ),
+    security(("publisher" = []))
 )]
 async fn drop_user(
     req: HttpRequest,
@@ -331,15 +363,20 @@ async fn drop_user(
     Ok(HttpResponse::Ok().json(true))
 }
 
-/// The access ids connected now (sorted, each once)
+/// List connected access ids
+///
+/// The access ids that at least one WebSocket session follows now.
 #[utoipa::path(
     get,
     path = "/clients",
     tag = TAG,
+    operation_id = "list_access_clients",
     responses(
-        (status = 200, description = "JSON array of access ids", body = Vec<String>),
-        (status = 401, description = "No or refused publisher credential (outside `--dev`)", body = super::schema::FieldErrorBody),
-    )
+        (status = 200, description = "The followed access ids", body = [String], example = json!(["client1"])),
+        (status = 401, description = UNAUTHORIZED, body = AccessErrorBody),
+        (status = 503, description = "The broker cannot be reached now", body = AccessErrorBody),
+    ),
+    security(("publisher" = []))
 )]
 async fn clients(
     req: HttpRequest,

@@ -3,6 +3,10 @@
 //! `GET /events/client` streams `client:<sub>` to the token's subject; errors are embedded in a
 //! 200 body because EventSource cannot see status codes. `POST /events/client/{clientId}`
 //! publishes one or many status changes.
+//!
+//! Routes are registered from their OpenAPI declarations (`ApiDoc`; schemas in `schema.rs`).
+
+mod schema;
 
 use actix::Actor;
 use actix_web::http::header;
@@ -10,11 +14,13 @@ use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::openapi::Routes;
 use super::{check_publisher, read_body, AppState, BodyError, PublisherCheck};
 use crate::broker::messages::{Fallback, Publish, Start};
 use crate::event::{StreamKey, StreamKind};
 use crate::metrics::Face;
 use crate::session::sse::SseSession;
+use schema::*;
 
 /// Browsers back off this long (ms) after an error instead of hammering the server.
 const AUTH_ERROR_RETRY_MS: u32 = 60_000;
@@ -24,24 +30,23 @@ const MAX_CLIENT_ID: usize = 256;
 
 const STATUSES: [&str; 3] = ["PENDING", "COMPLETED", "ERROR"];
 
-const TAG: &str = "Document status events (SSE)";
+/// Tag of every operation of this face in the OpenAPI document.
+const TAG: &str = "Document status events";
 
 /// The OpenAPI part of this face, merged into `/openapi.json` by `api::openapi`.
 #[derive(utoipa::OpenApi)]
 #[openapi(
     paths(subscribe, publish),
-    components(schemas(
-        super::schema::DocumentStatus,
-        super::schema::Published,
-        super::schema::FieldErrorBody
-    )),
-    tags((name = TAG, description = "Gini-style document status events over Server-Sent Events."))
+    components(schemas(DocumentStatusEvent)),
+    tags((name = TAG, description = "Status changes of documents, streamed over Server-Sent \
+Events to the client they belong to (Gini-style)."))
 )]
 pub struct ApiDoc;
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    super::openapi::route::<__path_subscribe, _, _>(cfg, subscribe);
-    super::openapi::route::<__path_publish, _, _>(cfg, publish);
+pub fn configure(routes: &mut Routes) {
+    routes
+        .add::<__path_subscribe, _, _>(subscribe)
+        .add::<__path_publish, _, _>(publish);
 }
 
 /// Query parameters of the subscription, for clients that cannot set headers.
@@ -52,26 +57,32 @@ struct SubscribeQuery {
     last_event_id: Option<String>,
 }
 
-/// Subscribe to the token subject's document status events
+/// Follow a client's document status events (SSE)
 ///
-/// Always 200 (EventSource cannot read status codes). The stream is `client:<sub>` of the
-/// token. Events: `id: <cursor>` + `data: DocumentStatus`; `event: gap` with
-/// `data: {"reason": ...}` when `Last-Event-ID` is no longer in history; a `: keep-alive`
-/// comment every `--sse-keepalive`. Errors come as one `event: error` with
-/// `data: {"error": "auth_required" | "auth_failed" | "connection_limit_reached"}` and
-/// `retry: 60000`, then the end of the body; an `Accept` that refuses `text/event-stream` gets
-/// the text/plain body `not_accepted`.
+/// Streams `client:<sub>`, the events of the token's subject. Give the token as
+/// `Authorization: Bearer <token>` or, from EventSource, as `access_token`. Resume after an
+/// event with its `id` as `Last-Event-ID` (or `lastEventId`): every later event comes exactly
+/// once, in order. Without a cursor the stream starts with the next event published.
 #[utoipa::path(
     get,
     path = "/events/client",
     tag = TAG,
+    operation_id = "subscribe_client_events",
     params(
-        ("Authorization" = Option<String>, Header, description = "`Bearer <token>` (any case)"),
-        ("access_token" = Option<String>, Query, description = "The token, for browsers"),
-        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this cursor"),
-        ("lastEventId" = Option<String>, Query, description = "Resume after this cursor"),
+        ("access_token" = Option<String>, Query, description = "The JWT, when the `Authorization` header cannot be set; the header wins when both are given"),
+        ("lastEventId" = Option<String>, Query, description = "Resume after this cursor (the `id:` of an event), when `Last-Event-ID` cannot be set"),
+        ("Authorization" = Option<String>, Header, description = "`Bearer <jwt>` (any case of `Bearer`); a header that is not a bearer token is `auth_failed`"),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this cursor; wins over `lastEventId`"),
     ),
-    responses((status = 200, description = "The event stream (or an embedded error)", content_type = "text/event-stream"))
+    responses(
+        (status = 200, description = STREAM,
+            content(
+                (String = "text/event-stream", example = json!(STREAM_EXAMPLE)),
+                (String = "text/plain", example = json!("not_accepted")),
+            ),
+            headers(("Cache-Control" = String, description = "`no-cache`"))),
+    ),
+    security((), ("bearer" = []), ("access_token" = []))
 )]
 async fn subscribe(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     if !accepts_event_stream(&req) {
@@ -214,22 +225,26 @@ struct Published {
     ids: Vec<String>,
 }
 
-/// Publish document status changes for a client
+/// Publish document status events
 ///
-/// One `DocumentStatus` or a non-empty array of them; answered once they are durable.
+/// Appends one status change, or several in order, to `client:<clientId>`, and answers once
+/// they are durable. Needs a publisher credential, except with `--dev`.
 #[utoipa::path(
     post,
-    path = "/events/client/{client_id}",
+    path = "/events/client/{clientId}",
     tag = TAG,
-    params(("client_id" = String, Path, description = "1 to 256 bytes")),
-    request_body(content = Vec<super::schema::DocumentStatus>, description = "One object or an array of them"),
+    operation_id = "publish_client_events",
+    params(("clientId" = String, Path, description = "The client whose stream receives the events (1 to 256 bytes)")),
+    request_body = DocumentStatusEvents,
     responses(
-        (status = 202, description = "Accepted and durable", body = super::schema::Published),
-        (status = 401, description = "No or refused publisher credential", body = super::schema::FieldErrorBody),
-        (status = 413, description = "Body larger than `--max-body`", body = super::schema::FieldErrorBody),
-        (status = 422, description = "Invalid body; `field` names the culprit", body = super::schema::FieldErrorBody),
-        (status = 503, description = "The store could not commit", body = super::schema::FieldErrorBody),
-    )
+        (status = 202, description = "Durable and on their way to subscribers", body = DocumentsPublished),
+        (status = 400, description = "The body could not be read", body = DocumentsError),
+        (status = 401, description = "No publisher credential, or a refused one (`WWW-Authenticate: Bearer`)", body = DocumentsError),
+        (status = 413, description = "The body is larger than `--max-body`", body = DocumentsError),
+        (status = 422, description = "Not JSON, an empty array, or an invalid element; `field` names the culprit", body = DocumentsError),
+        (status = 503, description = "The broker or the store cannot take the events now", body = DocumentsError),
+    ),
+    security(("publisher" = []))
 )]
 async fn publish(
     req: HttpRequest,

@@ -27,7 +27,7 @@ pub use body::{Notification, NotificationCreate, NotificationCreated, Notificati
 pub use error::{ErrorBody, InstanceError, ValidationDetail, ValidationErrors};
 use params::{LongPollQuery, PageQuery};
 
-use super::openapi::route;
+use super::openapi::Routes;
 use super::{read_body, AppState, BodyError};
 use crate::auth::{self, AuthError, Claims, PUBLISH};
 use crate::broker::messages::{GetEvent, Publish, ReadPage, Start};
@@ -96,11 +96,12 @@ impl Modify for SecuritySchemes {
     }
 }
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    route::<__path_long_poll, _, _>(cfg, long_poll);
-    route::<__path_page, _, _>(cfg, page);
-    route::<__path_get_notification, _, _>(cfg, get_notification);
-    route::<__path_create, _, _>(cfg, create);
+pub fn configure(routes: &mut Routes) {
+    routes
+        .add::<__path_long_poll, _, _>(long_poll)
+        .add::<__path_page, _, _>(page)
+        .add::<__path_get_notification, _, _>(get_notification)
+        .add::<__path_create, _, _>(create);
 }
 
 /// Long Poll For Notifications

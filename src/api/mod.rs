@@ -54,11 +54,24 @@ impl AppState {
 
 /// Registers every face's routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    documents::configure(cfg);
-    dashboard::configure(cfg);
-    access::configure(cfg);
-    instances::configure(cfg);
-    ops::configure(cfg);
+    faces(&mut openapi::Routes::serving(cfg));
+}
+
+/// Every (method, path template) the server serves, from the same registrations as
+/// `configure`; `/openapi.json` must document exactly these.
+pub fn routes() -> Vec<(actix_web::http::Method, String)> {
+    let mut routes = openapi::Routes::listing();
+    faces(&mut routes);
+    routes.into_list()
+}
+
+/// Each face adds its routes, always from their OpenAPI declarations (see `openapi::Routes`).
+fn faces(routes: &mut openapi::Routes) {
+    documents::configure(routes);
+    dashboard::configure(routes);
+    access::configure(routes);
+    instances::configure(routes);
+    ops::configure(routes);
 }
 
 /// The bearer credential of the `Authorization` header, if it has one.

@@ -1,17 +1,25 @@
 //! The `/openapi.json` document (OpenAPI 3.1): a base, with each face's part merged in, and
-//! `route`, which registers a handler from its OpenAPI declaration so a face's document and
-//! its routes cannot drift apart.
+//! `Routes`, through which every face registers its handlers from their OpenAPI declarations,
+//! so a face's document and its routes cannot drift apart.
 //!
 //! A face joins the document by deriving `utoipa::OpenApi` for its `ApiDoc` and adding one
-//! `merge` line to `document`.
+//! `merge` line to `document`. A face's `configure` receives `Routes`, never the app's
+//! `ServiceConfig`: the only way to serve a route is `Routes::add`, which takes the route's
+//! `#[utoipa::path]` declaration. `api::routes` runs the same registrations into a list, which
+//! the integration test compares with the document.
+
+use std::marker::PhantomData;
 
 use actix_web::http::Method;
 use actix_web::{web, FromRequest, Handler, Responder};
-use utoipa::openapi::path::HttpMethod;
+use utoipa::openapi::path::{HttpMethod, Operation};
+use utoipa::openapi::security::SecurityScheme;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder};
 use utoipa::openapi::{InfoBuilder, OpenApi, OpenApiBuilder};
 use utoipa::OpenApi as _;
+use utoipa::Path as _;
 
-use super::instances;
+use super::{access, documents, instances, ops};
 
 /// The whole document, built on request (it is small and rarely asked for).
 pub fn document() -> OpenApi {
@@ -26,32 +34,135 @@ pub fn document() -> OpenApi {
         .build();
     doc.merge(instances::ApiDoc::openapi());
     doc.merge(super::dashboard::ApiDoc::openapi());
-    doc.merge(super::ops::ApiDoc::openapi());
-    doc.merge(super::documents::ApiDoc::openapi());
-    doc.merge(super::access::ApiDoc::openapi());
+    doc.merge(documents::ApiDoc::openapi());
+    doc.merge(access::ApiDoc::openapi());
+    doc.merge(ops::ApiDoc::openapi());
+    add_security_schemes(&mut doc);
     doc
 }
 
-/// Registers `handler` at the path and methods that its `#[utoipa::path]` declares (`P` is
-/// the `__path_<handler>` type that the attribute generates).
-pub fn route<P, F, Args>(cfg: &mut web::ServiceConfig, handler: F)
-where
-    P: utoipa::Path,
-    F: Handler<Args>,
-    Args: FromRequest + 'static,
-    F::Output: Responder + 'static,
-{
+/// The credentials shared by several faces. `bearer` (a JWT in `Authorization: Bearer`) and
+/// `cookie` come with the instance face.
+fn add_security_schemes(doc: &mut OpenApi) {
+    let components = doc.components.get_or_insert_with(Default::default);
+    components.add_security_scheme(
+        "publisher",
+        SecurityScheme::Http(
+            HttpBuilder::new()
+                .scheme(HttpAuthScheme::Bearer)
+                .description(Some(
+                    "A `--publisher-key` value, or a JWT whose `permissions` include `publish`. \
+                     Not needed with `--dev`.",
+                ))
+                .build(),
+        ),
+    );
+    components.add_security_scheme(
+        "access_token",
+        SecurityScheme::ApiKey(ApiKey::Query(ApiKeyValue::with_description(
+            "access_token",
+            "The JWT as a query parameter, for EventSource, which cannot set headers",
+        ))),
+    );
+}
+
+/// Where the faces put their routes: into the app being built, or into the list that
+/// `api::routes` returns. Both come from the same `add` calls.
+pub struct Routes<'a> {
+    /// The app's configuration when serving; `None` when only listing.
+    cfg: Option<&'a mut web::ServiceConfig>,
+    /// Every (method, path) added so far, in order.
+    added: Vec<(Method, String)>,
+}
+
+impl<'a> Routes<'a> {
+    /// Routes that go into the app.
+    pub(super) fn serving(cfg: &'a mut web::ServiceConfig) -> Self {
+        Self {
+            cfg: Some(cfg),
+            added: Vec::new(),
+        }
+    }
+
+    /// Routes that are only listed.
+    pub(super) fn listing() -> Self {
+        Self {
+            cfg: None,
+            added: Vec::new(),
+        }
+    }
+
+    /// Every (method, path template) added, in order.
+    pub(super) fn into_list(self) -> Vec<(Method, String)> {
+        self.added
+    }
+
+    /// Registers `handler` at the path and methods that its `#[utoipa::path]` declares (`P` is
+    /// the `__path_<handler>` type that the attribute generates, or `Slash<…>` of it).
+    pub fn add<P, F, Args>(&mut self, handler: F) -> &mut Self
+    where
+        P: utoipa::Path,
+        F: Handler<Args>,
+        Args: FromRequest + 'static,
+        F::Output: Responder + 'static,
+    {
+        let path = P::path();
+        for method in P::methods() {
+            let method = match method {
+                HttpMethod::Get => Method::GET,
+                HttpMethod::Post => Method::POST,
+                HttpMethod::Put => Method::PUT,
+                HttpMethod::Delete => Method::DELETE,
+                HttpMethod::Options => Method::OPTIONS,
+                HttpMethod::Head => Method::HEAD,
+                HttpMethod::Patch => Method::PATCH,
+                HttpMethod::Trace => Method::TRACE,
+            };
+            if let Some(cfg) = self.cfg.as_deref_mut() {
+                cfg.route(&path, web::method(method.clone()).to(handler.clone()));
+            }
+            self.added.push((method, path.clone()));
+        }
+        self
+    }
+}
+
+/// The operation `P` declares, served at its path with a trailing slash too. Its operation id
+/// gets a `_slash` suffix, as ids are unique in a document.
+pub struct Slash<P>(PhantomData<P>);
+
+impl<P: utoipa::Path> utoipa::Path for Slash<P> {
+    fn methods() -> Vec<HttpMethod> {
+        P::methods()
+    }
+
+    fn path() -> String {
+        format!("{}/", P::path())
+    }
+
+    fn operation() -> Operation {
+        let mut operation = P::operation();
+        operation.operation_id = operation.operation_id.map(|id| format!("{id}_slash"));
+        operation.description = Some(format!(
+            "The same as `{}` without the trailing slash.",
+            P::path()
+        ));
+        operation
+    }
+}
+
+/// Documents `Slash<P>`: copies the operations of `P` that `doc` has (with their tags and
+/// security, which `#[openapi]` adds) to `P`'s path with a trailing slash.
+pub fn add_slash<P: utoipa::Path>(doc: &mut OpenApi) {
+    let template = Slash::<P>::operation();
     for method in P::methods() {
-        let method = match method {
-            HttpMethod::Get => Method::GET,
-            HttpMethod::Post => Method::POST,
-            HttpMethod::Put => Method::PUT,
-            HttpMethod::Delete => Method::DELETE,
-            HttpMethod::Options => Method::OPTIONS,
-            HttpMethod::Head => Method::HEAD,
-            HttpMethod::Patch => Method::PATCH,
-            HttpMethod::Trace => Method::TRACE,
+        let Some(operation) = doc.paths.get_path_operation(P::path(), method.clone()) else {
+            continue;
         };
-        cfg.route(&P::path(), web::method(method).to(handler.clone()));
+        let mut operation = operation.clone();
+        operation.operation_id = template.operation_id.clone();
+        operation.description = template.description.clone();
+        doc.paths
+            .add_path_operation(Slash::<P>::path(), vec![method], operation);
     }
 }

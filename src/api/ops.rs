@@ -1,14 +1,15 @@
 //! Operator and developer endpoints: `/health`, the demo page at `/`, and (in `--dev` only)
 //! `/dev/token`, which mints tokens for the demo page.
 //! `/openapi.json` serves the document that `api::openapi` assembles from every face.
+//!
+//! Routes are registered from their OpenAPI declarations (`ApiDoc`).
 
 use std::time::Duration;
 
 use actix_web::{web, HttpResponse};
 
-use utoipa::OpenApi;
-
-use super::openapi::route;
+use super::dashboard::dev_sink::DEV_TAG;
+use super::openapi::Routes;
 use super::AppState;
 use crate::auth;
 use crate::config::KeySource;
@@ -19,36 +20,64 @@ const INDEX_HTML: &str = include_str!("../../static/index.html");
 /// Lifetime of tokens minted by `/dev/token`.
 const DEV_TOKEN_TTL: Duration = Duration::from_secs(3600);
 
-const TAG: &str = "Operator";
+/// Tag of the operator endpoints in the OpenAPI document.
+const TAG: &str = "Operations";
 
-/// The OpenAPI part of the operator endpoints, merged into `/openapi.json` by `api::openapi`.
-#[derive(OpenApi)]
+/// The OpenAPI part of this module, merged into `/openapi.json` by `api::openapi`.
+#[derive(utoipa::OpenApi)]
 #[openapi(
-    paths(health, metrics, openapi_json, index, dev_token),
-    tags((name = TAG, description = "Health, metrics, this document, the demo page and dev tokens."))
+    paths(health, metrics, dev_token, openapi_json, index),
+    tags(
+        (name = TAG, description = "Health, metrics, this document and the demo page."),
+        (name = DEV_TAG, description = "Helpers for the demo page. They answer only when the \
+server runs with `--dev`, and 404 otherwise."),
+    )
 )]
 pub struct ApiDoc;
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    route::<__path_health, _, _>(cfg, health);
-    route::<__path_metrics, _, _>(cfg, metrics);
-    route::<__path_dev_token, _, _>(cfg, dev_token);
-    route::<__path_openapi_json, _, _>(cfg, openapi_json);
-    route::<__path_index, _, _>(cfg, index);
+/// The body of `/health`.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // Read by utoipa's derive only.
+struct Health {
+    /// `ok` while serving, `draining` during a graceful shutdown.
+    #[schema(example = "ok")]
+    status: String,
 }
 
-/// Whether the server is serving
+/// The body of an error of `/dev/token`.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // Read by utoipa's derive only.
+struct DevTokenError {
+    #[schema(example = "missing field")]
+    error: String,
+    #[schema(example = "sub")]
+    field: Option<String>,
+}
+
+pub fn configure(routes: &mut Routes) {
+    routes
+        .add::<__path_health, _, _>(health)
+        .add::<__path_metrics, _, _>(metrics)
+        .add::<__path_dev_token, _, _>(dev_token)
+        .add::<__path_openapi_json, _, _>(openapi_json)
+        .add::<__path_index, _, _>(index);
+}
+
+/// Health
 ///
-/// 503 while a graceful drain is under way: take the node out of rotation.
+/// For load balancers: 503 as soon as a graceful shutdown begins.
 #[utoipa::path(
     get,
     path = "/health",
     tag = TAG,
+    operation_id = "health",
     responses(
-        (status = 200, description = "`{\"status\":\"ok\"}`", content_type = "application/json"),
-        (status = 503, description = "`{\"status\":\"draining\"}`", content_type = "application/json"),
+        (status = 200, description = "Serving", body = Health, example = json!({"status": "ok"})),
+        (status = 503, description = "Draining (SIGINT/SIGTERM received)", body = Health,
+            example = json!({"status": "draining"})),
     )
 )]
+
 async fn health(state: web::Data<AppState>) -> HttpResponse {
     if state.is_draining() {
         HttpResponse::ServiceUnavailable().json(serde_json::json!({"status": "draining"}))
@@ -58,26 +87,31 @@ async fn health(state: web::Data<AppState>) -> HttpResponse {
 }
 
 /// This document
+///
+/// The OpenAPI 3.1 document of every endpoint the server serves.
 #[utoipa::path(
     get,
     path = "/openapi.json",
     tag = TAG,
-    responses((status = 200, description = "OpenAPI 3.1 document of every endpoint", content_type = "application/json"))
+    operation_id = "openapi",
+    responses((status = 200, description = "OpenAPI 3.1", body = Object, content_type = "application/json"))
 )]
 async fn openapi_json() -> HttpResponse {
     HttpResponse::Ok().json(super::openapi::document())
 }
 
-/// Prometheus metrics
+/// Metrics
 ///
-/// OpenMetrics text: subscribers by face, events published by stream kind, events delivered by
-/// face, slow consumers, gaps, long-polls by outcome, webhook attempts and latency, queue depth,
-/// store commit latency and batch size.
+/// OpenMetrics text (Prometheus can scrape it): connections by face, events published and
+/// delivered, slow consumers dropped, gaps, webhook attempts by outcome, queue depth, store
+/// latency.
 #[utoipa::path(
     get,
     path = "/metrics",
     tag = TAG,
-    responses((status = 200, description = "OpenMetrics text exposition", content_type = "application/openmetrics-text"))
+    operation_id = "metrics",
+    responses((status = 200, description = "The metrics", body = String,
+        content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8"))
 )]
 async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
@@ -85,12 +119,16 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         .body(state.metrics.render())
 }
 
-/// The demo page
+/// Demo page
+///
+/// A page that drives every face from the browser (with `--dev`, it mints its own tokens).
 #[utoipa::path(
     get,
     path = "/",
     tag = TAG,
-    responses((status = 200, description = "HTML page exercising every face", content_type = "text/html"))
+    operation_id = "demo_page",
+    responses((status = 200, description = "The demo page", body = String,
+        content_type = "text/html; charset=utf-8"))
 )]
 async fn index() -> HttpResponse {
     HttpResponse::Ok()
@@ -100,20 +138,21 @@ async fn index() -> HttpResponse {
 
 /// Mint a token (`--dev` only)
 ///
-/// An HS256 token for `sub` with each `permission` given (repeatable), valid one hour, as
-/// text/plain. 404 unless the server runs with `--dev`.
+/// An HS256 JWT signed with the server's secret, valid for one hour, for the demo page. Works
+/// only when the server runs with `--dev`; 404 otherwise.
 #[utoipa::path(
     get,
     path = "/dev/token",
-    tag = TAG,
+    tag = DEV_TAG,
+    operation_id = "dev_token",
     params(
-        ("sub" = String, Query, description = "The subject: client, instance or access id"),
-        ("permission" = Option<Vec<String>>, Query, description = "A permission to grant; repeat for several"),
+        ("sub" = String, Query, description = "The token's subject"),
+        ("permission" = Option<Vec<String>>, Query, explode, description = "A permission; repeat for several"),
     ),
     responses(
-        (status = 200, description = "The token", content_type = "text/plain"),
-        (status = 404, description = "Not running with `--dev`", content_type = "application/json"),
-        (status = 422, description = "`sub` missing", content_type = "application/json"),
+        (status = 200, description = "The token", body = String, content_type = "text/plain; charset=utf-8"),
+        (status = 404, description = "Not running with `--dev`, or only JWKS keys to verify with (no HS256 secret to sign with)", body = DevTokenError),
+        (status = 422, description = "`sub` missing or empty", body = DevTokenError),
     )
 )]
 async fn dev_token(req: actix_web::HttpRequest, state: web::Data<AppState>) -> HttpResponse {

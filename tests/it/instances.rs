@@ -5,7 +5,7 @@
 
 mod create;
 mod longpoll;
-mod openapi;
+pub mod openapi;
 
 use awc::http::StatusCode;
 use serde_json::{json, Value};

@@ -9,5 +9,6 @@ mod documents;
 mod drain;
 mod durability;
 mod instances;
+mod openapi;
 mod ops;
 mod process;

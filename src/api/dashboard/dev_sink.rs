@@ -14,6 +14,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::api::openapi::Routes;
 use crate::api::AppState;
 use crate::dashboard::registration::rfc3339;
 use crate::webhook::messages::GetSubscription;
@@ -31,17 +32,24 @@ pub struct DevSink {
     received: Mutex<VecDeque<Value>>,
 }
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::resource("/dev/webhook-sink")
-            .route(web::get().to(list))
-            .route(web::post().to(receive))
-            .route(web::delete().to(clear)),
-    );
+/// Tag of the `--dev` endpoints in the OpenAPI document.
+pub const DEV_TAG: &str = "Development (--dev)";
+
+/// The answer of every sink operation without `--dev`.
+const NOT_DEV: &str = "Not running with `--dev`: `{\"error\": \"only in --dev\"}`";
+
+pub fn configure(routes: &mut Routes) {
+    routes
+        .add::<__path_list, _, _>(list)
+        .add::<__path_receive, _, _>(receive)
+        .add::<__path_clear, _, _>(clear);
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct Answer {
+    /// The status to answer with, to try out retries and `410 Gone`; 200 when absent or not
+    /// a status code.
     status: Option<u16>,
 }
 
@@ -49,6 +57,24 @@ fn not_dev() -> HttpResponse {
     HttpResponse::NotFound().json(json!({"error": "only in --dev"}))
 }
 
+/// Receive a webhook delivery (`--dev` only)
+///
+/// Records the delivery: its `webhook-id`, `webhook-timestamp` and `webhook-signature`
+/// headers, its body (at most 64 KiB kept), and whether the signature verifies with the secret
+/// of the subscription named by the body's `id`. Point a webhook subscription's `url` here.
+#[utoipa::path(
+    post,
+    path = "/dev/webhook-sink",
+    tag = DEV_TAG,
+    operation_id = "dev_webhook_sink_receive",
+    params(Answer),
+    request_body(content = Object, description = "A webhook delivery, as the dispatcher sends it"),
+    responses(
+        (status = 200, description = "Recorded (the default answer)"),
+        (status = 404, description = NOT_DEV, body = super::schema::DashboardErrorBody),
+        (status = "default", description = "Recorded; answered with the `status` asked for"),
+    )
+)]
 async fn receive(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>) -> HttpResponse {
     if !state.config.dev {
         return not_dev();
@@ -110,6 +136,21 @@ async fn receive(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>)
     HttpResponse::build(status).finish()
 }
 
+/// List received webhook deliveries (`--dev` only)
+///
+/// Newest first, at most the last 200: `received`, `webhookId`, `webhookTimestamp`,
+/// `webhookSignature`, `verified` (true, false, or null when the subscription is unknown),
+/// `body` and `answered` (the status the sink answered with).
+#[utoipa::path(
+    get,
+    path = "/dev/webhook-sink",
+    tag = DEV_TAG,
+    operation_id = "dev_webhook_sink_list",
+    responses(
+        (status = 200, description = "What the sink received", body = [Object]),
+        (status = 404, description = NOT_DEV, body = super::schema::DashboardErrorBody),
+    )
+)]
 async fn list(state: web::Data<AppState>) -> HttpResponse {
     if !state.config.dev {
         return not_dev();
@@ -123,6 +164,17 @@ async fn list(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(received)
 }
 
+/// Forget received webhook deliveries (`--dev` only)
+#[utoipa::path(
+    delete,
+    path = "/dev/webhook-sink",
+    tag = DEV_TAG,
+    operation_id = "dev_webhook_sink_clear",
+    responses(
+        (status = 204, description = "Forgotten"),
+        (status = 404, description = NOT_DEV, body = super::schema::DashboardErrorBody),
+    )
+)]
 async fn clear(state: web::Data<AppState>) -> HttpResponse {
     if !state.config.dev {
         return not_dev();

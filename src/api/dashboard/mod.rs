@@ -16,7 +16,7 @@ use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::openapi::route;
+use super::openapi::{add_slash, Routes, Slash};
 use super::{check_publisher, read_body, AppState, BodyError, PublisherCheck};
 use crate::dashboard::registration::{self, rfc3339};
 use crate::dashboard::{
@@ -53,7 +53,11 @@ const UNAUTHORIZED: &str = "Only with `--dashboard-auth`: no publisher credentia
         webhooks::get,
         webhooks::delete,
         webhooks::deliveries,
+        dev_sink::list,
+        dev_sink::receive,
+        dev_sink::clear,
     ),
+    modifiers(&SlashPaths),
     tags((name = TAG, description = "Dashboard registrations (the event source) and webhook \
 subscriptions to their REGISTER, CHANGE, DELETE and INVOKE events. Open unless the server runs \
 with `--dashboard-auth`."))
@@ -62,25 +66,32 @@ pub struct ApiDoc;
 
 /// Registers the face's routes from their OpenAPI declarations, so `/openapi.json` cannot
 /// miss one; the collection paths also answer with a trailing slash.
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    route::<__path_list_registrations, _, _>(cfg, list_registrations);
-    route::<__path_create_registration, _, _>(cfg, create_registration);
-    route::<__path_get_registration, _, _>(cfg, get_registration);
-    route::<__path_replace_registration, _, _>(cfg, replace_registration);
-    route::<__path_patch_registration, _, _>(cfg, patch_registration);
-    route::<__path_delete_registration, _, _>(cfg, delete_registration);
-    route::<__path_dashboard, _, _>(cfg, dashboard);
-    route::<__path_status, _, _>(cfg, status);
-    cfg.route(
-        "/dashboard/v1/registrations/",
-        web::get().to(list_registrations),
-    )
-    .route(
-        "/dashboard/v1/registrations/",
-        web::post().to(create_registration),
-    );
-    webhooks::configure(cfg);
-    dev_sink::configure(cfg);
+pub fn configure(routes: &mut Routes) {
+    routes
+        .add::<__path_list_registrations, _, _>(list_registrations)
+        .add::<__path_create_registration, _, _>(create_registration)
+        .add::<__path_get_registration, _, _>(get_registration)
+        .add::<__path_replace_registration, _, _>(replace_registration)
+        .add::<__path_patch_registration, _, _>(patch_registration)
+        .add::<__path_delete_registration, _, _>(delete_registration)
+        .add::<__path_dashboard, _, _>(dashboard)
+        .add::<__path_status, _, _>(status)
+        .add::<Slash<__path_list_registrations>, _, _>(list_registrations)
+        .add::<Slash<__path_create_registration>, _, _>(create_registration);
+    webhooks::configure(routes);
+    dev_sink::configure(routes);
+}
+
+/// The collection paths with a trailing slash, which `#[openapi(paths(...))]` cannot name.
+struct SlashPaths;
+
+impl utoipa::Modify for SlashPaths {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        add_slash::<__path_list_registrations>(doc);
+        add_slash::<__path_create_registration>(doc);
+        add_slash::<webhooks::__path_list>(doc);
+        add_slash::<webhooks::__path_create>(doc);
+    }
 }
 
 /// The face's error body: `{"error": "...", "field": "..."}`.

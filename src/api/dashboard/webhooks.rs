@@ -10,7 +10,7 @@ use url::Url;
 
 use super::schema::*;
 use super::{authorize, read_json, DashboardError, TAG, UNAUTHORIZED};
-use crate::api::openapi::route;
+use crate::api::openapi::{Routes, Slash};
 use crate::api::AppState;
 use crate::dashboard::registration::rfc3339;
 use crate::webhook::address_policy;
@@ -26,14 +26,15 @@ const MAX_URL: usize = 2048;
 const FIELDS: [&str; 3] = ["url", "country", "event"];
 
 /// Registers the routes from their OpenAPI declarations (see `super::ApiDoc`).
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    route::<__path_create, _, _>(cfg, create);
-    route::<__path_list, _, _>(cfg, list);
-    route::<__path_get, _, _>(cfg, get);
-    route::<__path_delete, _, _>(cfg, delete);
-    route::<__path_deliveries, _, _>(cfg, deliveries);
-    cfg.route("/dashboard/v1/notifications/", web::get().to(list))
-        .route("/dashboard/v1/notifications/", web::post().to(create));
+pub fn configure(routes: &mut Routes) {
+    routes
+        .add::<__path_create, _, _>(create)
+        .add::<__path_list, _, _>(list)
+        .add::<__path_get, _, _>(get)
+        .add::<__path_delete, _, _>(delete)
+        .add::<__path_deliveries, _, _>(deliveries)
+        .add::<Slash<__path_list>, _, _>(list)
+        .add::<Slash<__path_create>, _, _>(create);
 }
 
 /// A validated subscription body.

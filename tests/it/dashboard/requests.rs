@@ -286,6 +286,7 @@ async fn openapi_describes_every_dashboard_route() {
     let paths = doc["paths"].as_object().unwrap();
     let expected = [
         ("/dashboard/v1/registrations", vec!["get", "post"]),
+        ("/dashboard/v1/registrations/", vec!["get", "post"]),
         (
             "/dashboard/v1/registrations/{id}",
             vec!["get", "put", "patch", "delete"],
@@ -293,6 +294,7 @@ async fn openapi_describes_every_dashboard_route() {
         ("/dashboard/v1/dashboards/{id}", vec!["get"]),
         ("/dashboard/v1/status", vec!["get"]),
         ("/dashboard/v1/notifications", vec!["get", "post"]),
+        ("/dashboard/v1/notifications/", vec!["get", "post"]),
         ("/dashboard/v1/notifications/{id}", vec!["get", "delete"]),
         ("/dashboard/v1/notifications/{id}/deliveries", vec!["get"]),
     ];

@@ -1,0 +1,87 @@
+//! The document status face's wire forms as OpenAPI schemas and texts, for `/openapi.json`.
+//! They describe what `parse_statuses`, `publish` and `PublishError` read and write; the
+//! validation itself lives in the face.
+
+#![allow(dead_code)] // Read by utoipa's derive only.
+
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// The state of a document.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum DocumentStatus {
+    Pending,
+    Completed,
+    Error,
+}
+
+/// One status change of a document: published as sent (the UUID in hyphenated lower case), and
+/// the `data` of an SSE event. Unknown keys are refused.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DocumentStatusEvent {
+    #[schema(format = Uuid, example = "626626a0-749f-11e2-bfd6-000000000000")]
+    document_id: String,
+    status: DocumentStatus,
+}
+
+/// One status change, or a non-empty array of them (published in order; one
+/// invalid element refuses the whole body).
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum DocumentStatusEvents {
+    One(DocumentStatusEvent),
+    Many(Vec<DocumentStatusEvent>),
+}
+
+/// The answer to a publish: one cursor per event, in the order sent. Each is the `id:` its
+/// event carries on the stream, usable as `Last-Event-ID`.
+#[derive(ToSchema)]
+pub struct DocumentsPublished {
+    #[schema(example = json!(["AAAAAQAAAAAAAAAB"]))]
+    ids: Vec<String>,
+}
+
+/// Every error of the publish endpoint; `field` names the culprit of a 422 when there is one
+/// (`documentId`, `[1].status`, `clientId`, ...).
+#[derive(ToSchema)]
+pub struct DocumentsError {
+    #[schema(example = "must be one of PENDING, COMPLETED, ERROR")]
+    error: String,
+    #[schema(example = "[1].status")]
+    field: Option<String>,
+}
+
+/// The 200 of `GET /events/client`: the stream, or an error embedded in it.
+pub const STREAM: &str = "Always 200 (EventSource cannot see status codes). The body is one of:
+- a live `text/event-stream` of the subject's events: `id: <cursor>` and
+  `data: {\"documentId\":\"<uuid>\",\"status\":\"PENDING|COMPLETED|ERROR\"}`
+  (schema `DocumentStatusEvent`), oldest first, after an opening `: ok`; a comment line
+  (`: keep-alive`) every `--sse-keepalive` (default 15s). Resuming from a cursor no longer in
+  history first sends `event: gap` / `data: {\"reason\":\"expired|stream_reset|unknown_cursor|malformed_cursor\"}`,
+  then continues live. On shutdown the server writes `retry: <ms>` and ends the body; a
+  subscriber that falls `--subscriber-queue` events behind is disconnected (reconnect with
+  `Last-Event-ID` to resume).
+- an embedded error, then the end of the body: `retry: 60000`, `event: error` and
+  `data: {\"error\":\"<code>\"}` with code `auth_required` (no token), `auth_failed` (a bad,
+  expired or foreign-key token, or an `Authorization` header that is not `Bearer <token>`) or
+  `connection_limit_reached` (`--max-connections` subscribers are connected already).
+- `not_accepted` as `text/plain`, when `Accept` does not admit `text/event-stream`.";
+
+/// An example of a live stream.
+pub const STREAM_EXAMPLE: &str = ": ok
+
+id: AAAAAQAAAAAAAAAB
+data: {\"documentId\":\"626626a0-749f-11e2-bfd6-000000000000\",\"status\":\"COMPLETED\"}
+
+: keep-alive
+
+";
+
+/// An example of an embedded error.
+pub const ERROR_EXAMPLE: &str = "retry: 60000
+event: error
+data: {\"error\":\"auth_required\"}
+
+";
