@@ -17,15 +17,15 @@ use actix_web::{web, HttpRequest};
 use futures_util::StreamExt;
 
 use crate::auth::{self, Verifier};
-use crate::broker::Broker;
+use crate::broker::shards::Brokers;
 use crate::config::Config;
 use crate::limits::Connections;
 use crate::metrics::Metrics;
 
 /// Everything a handler may reach, handed out through `web::Data`.
 pub struct AppState {
-    /// The one owner of stream state.
-    pub broker: Addr<Broker>,
+    /// The Broker shards, the owners of stream state.
+    pub brokers: Brokers,
     /// The validated configuration.
     pub config: Config,
     /// Token and publisher-key checks.

@@ -162,11 +162,6 @@ pub struct ListSubscribed {
 #[rtype(result = "()")]
 pub struct Drain;
 
-/// Answered once everything acknowledged so far is durable; the last step of a shutdown.
-#[derive(Message)]
-#[rtype(result = "Result<(), StoreError>")]
-pub struct Flush;
-
 /// Registers a recipient for every committed event of every stream of one kind, whatever the
 /// stream's id (the WebhookDispatcher watches all `country:` streams this way).
 #[derive(Message)]

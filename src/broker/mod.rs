@@ -1,4 +1,5 @@
-//! The Broker actor: the only owner of stream state.
+//! The Broker actor: the only owner of stream state. It runs as shards (`shards.rs`), one per
+//! HTTP worker thread, each owning the streams that hash to it.
 //!
 //! State: per stream, its `History` (positions and retained events) and its subscribers.
 //! Handles `Publish` (assigns positions, hands the batch to the store writer), `Committed`
@@ -15,6 +16,7 @@
 
 pub mod history;
 pub mod messages;
+pub mod shards;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,17 +27,13 @@ use tokio::sync::oneshot;
 
 use crate::event::{Event, Position, StreamKey, StreamKind};
 use crate::metrics::Metrics;
-use crate::store::{StoreError, StoreWriter, StoredStream};
+use crate::store::{StoreWriter, StoredStream};
 use history::{Gap, History, Retention};
 use messages::*;
 use prometheus_client::metrics::counter::Counter;
 
 /// How often age-based retention runs over every stream (it also runs on every append).
 const PRUNE_INTERVAL: Duration = Duration::from_secs(5);
-
-/// Requests (`send`) queued for the Broker before senders wait for room. Large, because one
-/// Broker serves every handler of every worker, and a wait here is a publish delayed.
-const MAILBOX: usize = 64 * 1024;
 
 /// One stream as the Broker sees it.
 struct StreamState {
@@ -126,7 +124,6 @@ impl Actor for Broker {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(MAILBOX);
         ctx.run_interval(PRUNE_INTERVAL, |broker, _| {
             let now = SystemTime::now();
             for state in broker.streams.values_mut() {
@@ -298,18 +295,6 @@ impl Handler<ListSubscribed> for Broker {
             .collect();
         ids.sort_unstable();
         ids
-    }
-}
-
-impl Handler<Flush> for Broker {
-    type Result = ResponseFuture<Result<(), StoreError>>;
-
-    fn handle(&mut self, _: Flush, _: &mut Self::Context) -> Self::Result {
-        let (done, flushed) = oneshot::channel();
-        self.store.flush(Box::new(move |result| {
-            let _ = done.send(result);
-        }));
-        Box::pin(async move { flushed.await.unwrap_or(Err(StoreError::Stopped)) })
     }
 }
 
