@@ -54,7 +54,9 @@ impl AppState {
 
 /// Registers every face's routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    faces(&mut openapi::Routes::serving(cfg));
+    let mut routes = openapi::Routes::serving(cfg);
+    faces(&mut routes);
+    routes.serve();
 }
 
 /// Every (method, path template) the server serves, from the same registrations as
