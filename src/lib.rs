@@ -211,8 +211,10 @@ impl Herald {
     /// requests finish (up to `--shutdown-timeout`), and the store is flushed.
     ///
     /// The Broker shards end with their workers' threads. A worker whose own connections are
-    /// done may end before another worker's in-flight publish reaches a stream of its shard;
-    /// that publish is answered 503 (not accepted), so nothing acknowledged is lost.
+    /// done may end before another worker's in-flight publish to a stream of its shard is
+    /// acknowledged; that publish is answered 503. Nothing acknowledged is lost, but the
+    /// event may have been committed all the same, like any publish whose answer is lost, so
+    /// a publisher that retries can store it twice.
     pub async fn shutdown(self) {
         self.state.draining.store(true, Ordering::Relaxed);
         let drained = self.state.brokers.all().map(|shard| shard.send(Drain));
