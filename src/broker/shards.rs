@@ -85,6 +85,10 @@ impl Shards {
         match next {
             Some((rx, broker)) => {
                 Context::with_receiver(rx).run(broker);
+                log::debug!(
+                    "Broker shard started on thread {:?}",
+                    std::thread::current().name()
+                );
             }
             None => log::debug!("every Broker shard is running already"),
         }
