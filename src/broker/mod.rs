@@ -206,6 +206,14 @@ impl Handler<Subscribe> for Broker {
     type Result = SubscribeReply;
 
     fn handle(&mut self, msg: Subscribe, _: &mut Self::Context) -> SubscribeReply {
+        self.subscribe(msg, None)
+    }
+}
+
+impl Broker {
+    /// `Subscribe`; with a `page`, the backlog is cut to it and a subscriber that has a
+    /// backlog is not registered (`SubscribeBounded`).
+    fn subscribe(&mut self, msg: Subscribe, page: Option<usize>) -> SubscribeReply {
         let (retention, draining) = (self.retention, self.draining);
         let state = self.stream_mut(&msg.stream);
         let history = &mut state.history;
@@ -224,12 +232,31 @@ impl Handler<Subscribe> for Broker {
                 Err(gap) => (Some(gap), fallback),
             },
         };
-        let mut backlog: Vec<Arc<Event>> = history.after(from.seq).cloned().collect();
+        let created_since = match msg.start.fallback {
+            Fallback::CreatedSince { created_at } => Some(created_at),
+            Fallback::Latest | Fallback::Earliest => None,
+        };
+        // Cut while collecting, unless a filter below must see every event first.
+        let take = match (page, created_since) {
+            (Some(n), None) => n,
+            _ => usize::MAX,
+        };
+        let mut backlog: Vec<Arc<Event>> = history.after(from.seq).take(take).cloned().collect();
         let position = backlog.last().map_or(from, |e| e.position);
-        if let Fallback::CreatedSince { created_at } = msg.start.fallback {
+        if let Some(created_at) = created_since {
             backlog.retain(|e| e.access_created_at().is_some_and(|c| c >= created_at));
             // Stable: events with equal `created_at` keep their publish order.
             backlog.sort_by_key(|e| e.access_created_at());
+        }
+        if let Some(n) = page {
+            backlog.truncate(n);
+            if !backlog.is_empty() {
+                return SubscribeReply {
+                    gap,
+                    backlog,
+                    position,
+                };
+            }
         }
         if draining {
             msg.subscriber.close.do_send(Close {
@@ -323,7 +350,7 @@ impl Handler<WatchKind> for Broker {
 impl Handler<SubscribeBounded> for Broker {
     type Result = Result<SubscribeReply, TooManySubscribers>;
 
-    fn handle(&mut self, msg: SubscribeBounded, ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: SubscribeBounded, _: &mut Self::Context) -> Self::Result {
         let present = self
             .streams
             .get(&msg.subscribe.stream)
@@ -331,11 +358,7 @@ impl Handler<SubscribeBounded> for Broker {
         if present >= msg.max_subscribers {
             return Err(TooManySubscribers(present));
         }
-        Ok(<Self as Handler<Subscribe>>::handle(
-            self,
-            msg.subscribe,
-            ctx,
-        ))
+        Ok(self.subscribe(msg.subscribe, Some(msg.page_size)))
     }
 }
 
