@@ -7,6 +7,12 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use herald::config::{read_dev_secret, ServeArgs};
 
+/// mimalloc instead of the system allocator: a request allocates and frees many small
+/// buffers, and glibc's malloc/free (with its chunk consolidation) was ~14% of a publish's
+/// CPU in a profile.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     version,

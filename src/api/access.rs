@@ -94,7 +94,7 @@ async fn subscribe(
         queue: state.config.subscriber_queue,
     };
     let session = WsSession::new(
-        state.broker.clone(),
+        state.brokers.clone(),
         authorize(&req, &state),
         settings,
         permit,
@@ -243,10 +243,8 @@ async fn push_events(
         streams[i].1.push(data);
     }
     let publishes = streams.into_iter().map(|(access_id, data)| {
-        state.broker.send(Publish {
-            stream: StreamKey::new(StreamKind::Access, access_id),
-            data,
-        })
+        let stream = StreamKey::new(StreamKind::Access, access_id);
+        state.brokers.of(&stream).send(Publish { stream, data })
     });
     for acked in futures_util::future::join_all(publishes).await {
         acked
@@ -351,10 +349,12 @@ async fn drop_user(
         Some(serde_json::Value::String(id)) => id.clone(),
         Some(_) => return Err(AccessError::invalid("must be a string", "drop_access_id")),
     };
+    let stream = StreamKey::new(StreamKind::Access, access_id.clone());
     let closed = state
-        .broker
+        .brokers
+        .of(&stream)
         .send(CloseStream {
-            stream: StreamKey::new(StreamKind::Access, access_id.clone()),
+            stream,
             reason: CloseReason::Dropped,
         })
         .await
@@ -383,13 +383,17 @@ async fn clients(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AccessError> {
     require_publisher(&req, &state)?;
-    let ids = state
-        .broker
-        .send(ListSubscribed {
+    let lists = state.brokers.all().map(|shard| {
+        shard.send(ListSubscribed {
             kind: StreamKind::Access,
         })
-        .await
-        .map_err(|_| AccessError::unavailable())?;
+    });
+    let mut ids = Vec::new();
+    for list in futures_util::future::join_all(lists).await {
+        ids.extend(list.map_err(|_| AccessError::unavailable())?);
+    }
+    // Each shard's list is sorted; the answer is too.
+    ids.sort_unstable();
     Ok(HttpResponse::Ok().json(ids))
 }
 

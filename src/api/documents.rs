@@ -121,13 +121,15 @@ async fn subscribe(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse
         .map(str::to_string)
         .or(query.last_event_id)
         .filter(|c| !c.is_empty());
+    let stream = StreamKey::new(StreamKind::Client, claims.sub);
+    let broker = state.brokers.of(&stream).clone();
     let (session, subscribed, body) = SseSession::new(
-        StreamKey::new(StreamKind::Client, claims.sub),
+        stream,
         Start {
             cursor,
             fallback: Fallback::Latest,
         },
-        state.broker.clone(),
+        broker,
         state.config.subscriber_queue,
         state.config.sse_keepalive,
         permit,
@@ -279,12 +281,11 @@ async fn publish(
             BodyError::Read(_) => PublishError::new(400, e.to_string(), None),
         })?;
     let data = parse_statuses(&body)?;
+    let stream = StreamKey::new(StreamKind::Client, client_id);
     let events = state
-        .broker
-        .send(Publish {
-            stream: StreamKey::new(StreamKind::Client, client_id),
-            data,
-        })
+        .brokers
+        .of(&stream)
+        .send(Publish { stream, data })
         .await
         .map_err(|_| PublishError::new(503, "broker unavailable", None))?
         .map_err(|e| PublishError::new(503, e.to_string(), None))?;

@@ -149,7 +149,8 @@ async fn long_poll(
         deadline: query.deadline,
         max_listeners: state.config.max_listeners_per_instance,
     };
-    let (poll, handle) = LongPoll::new(spec, state.broker.clone(), permit, state.metrics.clone());
+    let broker = state.brokers.of(&spec.stream).clone();
+    let (poll, handle) = LongPoll::new(spec, broker, permit, state.metrics.clone());
     poll.start();
     match handle.outcome().await {
         Some(PollOutcome::Page { events, cursor }) => Ok(HttpResponse::Ok()
@@ -196,10 +197,12 @@ async fn page(
 ) -> Result<HttpResponse, InstanceError> {
     let instance = authorize(&req, &state, &path, Access::Read)?;
     let query = PageQuery::parse(req.query_string())?;
+    let stream = stream_of(instance);
     let reply = state
-        .broker
+        .brokers
+        .of(&stream)
         .send(ReadPage {
-            stream: stream_of(instance),
+            stream,
             start_at: query.start_at,
             exclude_before: query.exclude_before,
             limit: query.page_size,
@@ -257,12 +260,11 @@ async fn get_notification(
     let (instance, notification_id) = path.into_inner();
     let instance = authorize(&req, &state, &instance, Access::Read)?;
     let position = Position::from_cursor(&notification_id).ok_or(InstanceError::NotFound)?;
+    let stream = stream_of(instance);
     let event = state
-        .broker
-        .send(GetEvent {
-            stream: stream_of(instance),
-            position,
-        })
+        .brokers
+        .of(&stream)
+        .send(GetEvent { stream, position })
         .await
         .map_err(|_| broker_gone())?
         .ok_or(InstanceError::NotFound)?;
@@ -311,12 +313,11 @@ async fn create(
             BodyError::Read(e) => InstanceError::BadBody(e.to_string()),
         })?;
     let data = body::parse_create(&body)?;
+    let stream = stream_of(instance);
     let events = state
-        .broker
-        .send(Publish {
-            stream: stream_of(instance),
-            data,
-        })
+        .brokers
+        .of(&stream)
+        .send(Publish { stream, data })
         .await
         .map_err(|_| broker_gone())?
         .map_err(|e| InstanceError::Unavailable(e.to_string()))?;

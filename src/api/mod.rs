@@ -17,15 +17,15 @@ use actix_web::{web, HttpRequest};
 use futures_util::StreamExt;
 
 use crate::auth::{self, Verifier};
-use crate::broker::Broker;
+use crate::broker::shards::Brokers;
 use crate::config::Config;
 use crate::limits::Connections;
 use crate::metrics::Metrics;
 
 /// Everything a handler may reach, handed out through `web::Data`.
 pub struct AppState {
-    /// The one owner of stream state.
-    pub broker: Addr<Broker>,
+    /// The Broker shards, the owners of stream state.
+    pub brokers: Brokers,
     /// The validated configuration.
     pub config: Config,
     /// Token and publisher-key checks.
@@ -54,7 +54,9 @@ impl AppState {
 
 /// Registers every face's routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    faces(&mut openapi::Routes::serving(cfg));
+    let mut routes = openapi::Routes::serving(cfg);
+    faces(&mut routes);
+    routes.serve();
 }
 
 /// Every (method, path template) the server serves, from the same registrations as

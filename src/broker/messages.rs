@@ -162,11 +162,6 @@ pub struct ListSubscribed {
 #[rtype(result = "()")]
 pub struct Drain;
 
-/// Answered once everything acknowledged so far is durable; the last step of a shutdown.
-#[derive(Message)]
-#[rtype(result = "Result<(), StoreError>")]
-pub struct Flush;
-
 /// Registers a recipient for every committed event of every stream of one kind, whatever the
 /// stream's id (the WebhookDispatcher watches all `country:` streams this way).
 #[derive(Message)]
@@ -183,16 +178,20 @@ pub struct WatchKind {
     pub after: HashMap<String, String>,
 }
 
-/// `Subscribe`, refused instead when the stream already has `max_subscribers` subscribers
-/// (the per-instance long-poll limit). Checked and registered in one handler call, so
-/// concurrent subscribers cannot both slip under the limit.
+/// A long-poll's `Subscribe`: refused when the stream already has `max_subscribers`
+/// subscribers (the per-instance long-poll limit), checked and registered in one handler call
+/// so concurrent polls cannot both slip under the limit. The backlog is cut to `page_size`,
+/// and when there is one the subscriber is *not* registered: the poll answers with it at once,
+/// so registering and unregistering it would be wasted work.
 #[derive(Message)]
 #[rtype(result = "Result<SubscribeReply, TooManySubscribers>")]
 pub struct SubscribeBounded {
-    /// The subscription to make if there is room.
+    /// The subscription to make if there is room and nothing to answer with at once.
     pub subscribe: Subscribe,
     /// Most subscribers the stream may have, this one included.
     pub max_subscribers: usize,
+    /// Most backlog events wanted.
+    pub page_size: usize,
 }
 
 /// The refusal of a `SubscribeBounded`: nothing was registered.

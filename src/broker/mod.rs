@@ -1,4 +1,5 @@
-//! The Broker actor: the only owner of stream state.
+//! The Broker actor: the only owner of stream state. It runs as shards (`shards.rs`), one per
+//! HTTP worker thread, each owning the streams that hash to it.
 //!
 //! State: per stream, its `History` (positions and retained events) and its subscribers.
 //! Handles `Publish` (assigns positions, hands the batch to the store writer), `Committed`
@@ -15,6 +16,7 @@
 
 pub mod history;
 pub mod messages;
+pub mod shards;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,17 +27,13 @@ use tokio::sync::oneshot;
 
 use crate::event::{Event, Position, StreamKey, StreamKind};
 use crate::metrics::Metrics;
-use crate::store::{StoreError, StoreWriter, StoredStream};
+use crate::store::{StoreWriter, StoredStream};
 use history::{Gap, History, Retention};
 use messages::*;
 use prometheus_client::metrics::counter::Counter;
 
 /// How often age-based retention runs over every stream (it also runs on every append).
 const PRUNE_INTERVAL: Duration = Duration::from_secs(5);
-
-/// Requests (`send`) queued for the Broker before senders wait for room. Large, because one
-/// Broker serves every handler of every worker, and a wait here is a publish delayed.
-const MAILBOX: usize = 64 * 1024;
 
 /// One stream as the Broker sees it.
 struct StreamState {
@@ -126,7 +124,6 @@ impl Actor for Broker {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(MAILBOX);
         ctx.run_interval(PRUNE_INTERVAL, |broker, _| {
             let now = SystemTime::now();
             for state in broker.streams.values_mut() {
@@ -209,6 +206,14 @@ impl Handler<Subscribe> for Broker {
     type Result = SubscribeReply;
 
     fn handle(&mut self, msg: Subscribe, _: &mut Self::Context) -> SubscribeReply {
+        self.subscribe(msg, None)
+    }
+}
+
+impl Broker {
+    /// `Subscribe`; with a `page`, the backlog is cut to it and a subscriber that has a
+    /// backlog is not registered (`SubscribeBounded`).
+    fn subscribe(&mut self, msg: Subscribe, page: Option<usize>) -> SubscribeReply {
         let (retention, draining) = (self.retention, self.draining);
         let state = self.stream_mut(&msg.stream);
         let history = &mut state.history;
@@ -227,12 +232,31 @@ impl Handler<Subscribe> for Broker {
                 Err(gap) => (Some(gap), fallback),
             },
         };
-        let mut backlog: Vec<Arc<Event>> = history.after(from.seq).cloned().collect();
+        let created_since = match msg.start.fallback {
+            Fallback::CreatedSince { created_at } => Some(created_at),
+            Fallback::Latest | Fallback::Earliest => None,
+        };
+        // Cut while collecting, unless a filter below must see every event first.
+        let take = match (page, created_since) {
+            (Some(n), None) => n,
+            _ => usize::MAX,
+        };
+        let mut backlog: Vec<Arc<Event>> = history.after(from.seq).take(take).cloned().collect();
         let position = backlog.last().map_or(from, |e| e.position);
-        if let Fallback::CreatedSince { created_at } = msg.start.fallback {
+        if let Some(created_at) = created_since {
             backlog.retain(|e| e.access_created_at().is_some_and(|c| c >= created_at));
             // Stable: events with equal `created_at` keep their publish order.
             backlog.sort_by_key(|e| e.access_created_at());
+        }
+        if let Some(n) = page {
+            backlog.truncate(n);
+            if !backlog.is_empty() {
+                return SubscribeReply {
+                    gap,
+                    backlog,
+                    position,
+                };
+            }
         }
         if draining {
             msg.subscriber.close.do_send(Close {
@@ -301,18 +325,6 @@ impl Handler<ListSubscribed> for Broker {
     }
 }
 
-impl Handler<Flush> for Broker {
-    type Result = ResponseFuture<Result<(), StoreError>>;
-
-    fn handle(&mut self, _: Flush, _: &mut Self::Context) -> Self::Result {
-        let (done, flushed) = oneshot::channel();
-        self.store.flush(Box::new(move |result| {
-            let _ = done.send(result);
-        }));
-        Box::pin(async move { flushed.await.unwrap_or(Err(StoreError::Stopped)) })
-    }
-}
-
 impl Handler<WatchKind> for Broker {
     type Result = ();
 
@@ -338,7 +350,7 @@ impl Handler<WatchKind> for Broker {
 impl Handler<SubscribeBounded> for Broker {
     type Result = Result<SubscribeReply, TooManySubscribers>;
 
-    fn handle(&mut self, msg: SubscribeBounded, ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: SubscribeBounded, _: &mut Self::Context) -> Self::Result {
         let present = self
             .streams
             .get(&msg.subscribe.stream)
@@ -346,11 +358,7 @@ impl Handler<SubscribeBounded> for Broker {
         if present >= msg.max_subscribers {
             return Err(TooManySubscribers(present));
         }
-        Ok(<Self as Handler<Subscribe>>::handle(
-            self,
-            msg.subscribe,
-            ctx,
-        ))
+        Ok(self.subscribe(msg.subscribe, Some(msg.page_size)))
     }
 }
 

@@ -14,7 +14,7 @@ use actix::prelude::*;
 use serde_json::Value;
 
 use crate::broker::messages::{Publish, PublishError};
-use crate::broker::Broker;
+use crate::broker::shards::Brokers;
 use crate::event::{StreamKey, StreamKind};
 use crate::store::{Record, StoreWriter, Table};
 use crate::webhook::{DashboardEvent, EventKind};
@@ -93,17 +93,17 @@ pub struct Registry {
     /// Registrations in creation order (few, and listed in that order).
     registrations: Vec<Registration>,
     /// Where dashboard events are published.
-    broker: Addr<Broker>,
+    brokers: Brokers,
     /// Where registrations are made durable.
     store: StoreWriter,
 }
 
 impl Registry {
     /// A registry that starts with `registrations` (empty, or loaded from a store).
-    pub fn new(broker: Addr<Broker>, registrations: Vec<Registration>, store: StoreWriter) -> Self {
+    pub fn new(brokers: Brokers, registrations: Vec<Registration>, store: StoreWriter) -> Self {
         Self {
             registrations,
-            broker,
+            brokers,
             store,
         }
     }
@@ -137,8 +137,9 @@ impl Registry {
             .ok_or(RegistryError::NotFound)
     }
 
-    /// Publishes `event` for `registration`. The message is queued in the Broker's mailbox
-    /// now, so events leave in the order the Registry made the changes.
+    /// Publishes `event` for `registration`. The message is queued in the mailbox of the
+    /// country stream's Broker shard now, so each stream's events leave in the order the
+    /// Registry made the changes.
     fn publish(
         &self,
         event: EventKind,
@@ -151,8 +152,9 @@ impl Registry {
             registration: registration.id.clone(),
         };
         let data = serde_json::value::to_raw_value(&data).expect("a dashboard event serializes");
-        let ack = self.broker.send(Publish {
-            stream: StreamKey::new(StreamKind::Country, country),
+        let stream = StreamKey::new(StreamKind::Country, country);
+        let ack = self.brokers.of(&stream).send(Publish {
+            stream,
             data: vec![data],
         });
         async move {

@@ -1,10 +1,10 @@
 //! `LongPoll`: one actor per waiting long-poll request, living for that one request.
 //!
 //! State: the stream it polls, its id with the Broker, the page size, and the oneshot through
-//! which it answers the HTTP handler. It registers in `started` (a `SubscribeBounded`, so the
+//! which it answers the HTTP handler. It sends `SubscribeBounded` in `started` (so the
 //! per-instance listener limit is checked in the same Broker call) and answers at once with
-//! the backlog if there is one; otherwise it waits for the first `Deliver` or its deadline,
-//! whichever comes first. `Close` (drain) answers like the deadline. After answering it stops;
+//! the backlog if there is one (the Broker then does not register it); otherwise, registered,
+//! it waits for the first `Deliver` or its deadline, whichever comes first. `Close` (drain) answers like the deadline. After answering it stops;
 //! `stopping` sends `Unsubscribe`.
 //!
 //! The `Unsubscribe` goes out *before* the answer, so a client that polls again as soon as
@@ -192,6 +192,7 @@ impl Actor for LongPoll {
                 },
             },
             max_subscribers: self.spec.max_listeners,
+            page_size: self.spec.page_size,
         };
         // `wait` holds back `Deliver`s until the backlog is looked at.
         ctx.wait(self.broker.send(subscribe).into_actor(self).map(
@@ -200,17 +201,16 @@ impl Actor for LongPoll {
                 Err(_) => ctx.stop(),
                 Ok(Err(_)) => poll.answer(PollOutcome::TooManyListeners, ctx),
                 Ok(Ok(reply)) => {
-                    poll.registered = true;
                     if reply.gap.is_some() {
                         poll.face.gaps.inc();
                     }
                     poll.waited_from = Some(reply.position);
                     if reply.backlog.is_empty() {
+                        poll.registered = true;
                         ctx.run_later(poll.spec.deadline, |poll, ctx| poll.answer_empty(ctx));
                         return;
                     }
-                    let mut events = reply.backlog;
-                    events.truncate(poll.spec.page_size);
+                    let events = reply.backlog;
                     let cursor = events
                         .last()
                         .map_or_else(|| reply.position.cursor(), |e| e.cursor.clone());

@@ -29,6 +29,7 @@ use tokio::sync::mpsc;
 use crate::broker::messages::{
     Close, CloseReason, Deliver, Fallback, Start, Subscribe, Subscriber, Unsubscribe,
 };
+use crate::broker::shards::Brokers;
 use crate::broker::Broker;
 use crate::event::{Event, StreamKey, StreamKind};
 use crate::limits::Permit;
@@ -106,8 +107,8 @@ pub struct WsSettings {
 }
 
 pub struct WsSession {
-    /// The Broker it subscribes to.
-    broker: Addr<Broker>,
+    /// The Broker shards; the session subscribes to the one that owns its access id.
+    brokers: Brokers,
     /// Decides whether an announcement may follow its access id.
     authorize: Authorize,
     /// Timings and the queue bound.
@@ -126,14 +127,14 @@ pub struct WsSession {
 
 impl WsSession {
     pub fn new(
-        broker: Addr<Broker>,
+        brokers: Brokers,
         authorize: Authorize,
         settings: WsSettings,
         permit: Permit,
         metrics: FaceMetrics,
     ) -> Self {
         Self {
-            broker,
+            brokers,
             authorize,
             settings,
             stream: None,
@@ -154,12 +155,13 @@ impl WsSession {
             return close(ctx, CloseCode::Policy, refusal.reason());
         }
         let stream = StreamKey::new(StreamKind::Access, announcement.access_id);
+        let broker = self.brokers.of(&stream).clone();
         self.stream = Some(stream.clone());
         let (tx, mut rx) = mpsc::channel(self.settings.queue);
         let feed = WsFeed {
             tx,
             since: announcement.timestamp,
-            broker: self.broker.clone(),
+            broker: broker.clone(),
             stream: stream.clone(),
             id: self.id,
             slow_consumers: self.metrics.slow_consumers.clone(),
@@ -181,7 +183,7 @@ impl WsSession {
         };
         // `wait` holds back everything else until the backlog is written: replay, then live.
         ctx.wait(
-            self.broker
+            broker
                 .send(subscribe)
                 .into_actor(self)
                 .map(move |reply, session, ctx| {
@@ -222,7 +224,7 @@ impl Actor for WsSession {
 
     fn stopping(&mut self, _: &mut Self::Context) -> Running {
         if let Some(stream) = self.stream.clone() {
-            self.broker.do_send(Unsubscribe {
+            self.brokers.of(&stream).do_send(Unsubscribe {
                 stream,
                 id: self.id,
             });

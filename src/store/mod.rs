@@ -3,9 +3,9 @@
 //! The Broker never touches the store directly: it hands batches to `StoreWriter`, whose
 //! dedicated thread commits whatever has queued up as one transaction (group commit) and
 //! calls each batch's completion from that thread. Nothing here runs on the Broker's or an HTTP
-//! worker's thread.
+//! worker's thread. With `--memory` there is no store at all: `StoreWriter::in_memory`
+//! completes every batch at once on the caller's thread, since there is nothing to wait for.
 
-mod memory;
 pub mod sqlite;
 
 use std::sync::mpsc;
@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
-pub use memory::MemoryStore;
 pub use sqlite::SqliteStore;
 
 use crate::event::{Event, StreamKey};
@@ -135,8 +134,9 @@ enum Command {
 /// writer thread.
 #[derive(Clone)]
 pub struct StoreWriter {
-    /// Bounded, so a store that cannot keep up slows publishers instead of growing memory.
-    tx: mpsc::SyncSender<Command>,
+    /// Bounded, so a store that cannot keep up slows publishers instead of growing memory;
+    /// `None` for `--memory`, where every batch completes at once.
+    tx: Option<mpsc::SyncSender<Command>>,
 }
 
 impl StoreWriter {
@@ -146,24 +146,32 @@ impl StoreWriter {
         thread::Builder::new()
             .name("herald-store".into())
             .spawn(move || write_loop(&mut store, rx, &metrics))?;
-        Ok(Self { tx })
+        Ok(Self { tx: Some(tx) })
+    }
+
+    /// The `--memory` writer: keeps nothing, so it completes every batch at once, on the
+    /// caller's thread. A thread of its own would only add two cross-thread wake-ups to
+    /// every publish.
+    pub fn in_memory() -> Self {
+        Self { tx: None }
     }
 
     /// Queues a batch; `done` runs on the writer thread after the commit.
     pub fn append(&self, events: Vec<Arc<Event>>, done: Done) {
-        if let Err(mpsc::SendError(Command::Append { done, .. })) =
-            self.tx.send(Command::Append { events, done })
-        {
-            done(Err(StoreError::Stopped));
-        }
+        self.send(Command::Append { events, done });
     }
 
     /// Queues state records; they commit in order with everything queued before them.
     pub fn write(&self, records: Vec<Record>, done: Done) {
-        if let Err(mpsc::SendError(Command::Write { done, .. })) =
-            self.tx.send(Command::Write { records, done })
-        {
-            done(Err(StoreError::Stopped));
+        self.send(Command::Write { records, done });
+    }
+
+    fn send(&self, cmd: Command) {
+        let Some(tx) = &self.tx else {
+            return cmd.done()(Ok(()));
+        };
+        if let Err(mpsc::SendError(cmd)) = tx.send(cmd) {
+            cmd.done()(Err(StoreError::Stopped));
         }
     }
 
@@ -172,21 +180,32 @@ impl StoreWriter {
         &self,
         records: Vec<Record>,
     ) -> impl std::future::Future<Output = Result<(), StoreError>> + 'static {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.write(
-            records,
-            Box::new(move |result| {
-                let _ = tx.send(result);
-            }),
-        );
-        async move { rx.await.unwrap_or(Err(StoreError::Stopped)) }
+        self.answered(|done| Command::Write { records, done })
     }
 
-    /// Runs `done` once everything queued before it is durable.
-    pub fn flush(&self, done: Done) {
-        if let Err(mpsc::SendError(Command::Flush { done })) = self.tx.send(Command::Flush { done })
-        {
-            done(Err(StoreError::Stopped));
+    /// Answered once everything queued before it is durable.
+    pub fn flushed(&self) -> impl std::future::Future<Output = Result<(), StoreError>> + 'static {
+        self.answered(|done| Command::Flush { done })
+    }
+
+    fn answered(
+        &self,
+        command: impl FnOnce(Done) -> Command,
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> + 'static {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.send(command(Box::new(move |result| {
+            let _ = tx.send(result);
+        })));
+        async move { rx.await.unwrap_or(Err(StoreError::Stopped)) }
+    }
+}
+
+impl Command {
+    fn done(self) -> Done {
+        match self {
+            Command::Append { done, .. }
+            | Command::Write { done, .. }
+            | Command::Flush { done } => done,
         }
     }
 }

@@ -472,6 +472,5 @@ async fn the_address_policy_is_checked_again_at_delivery() {
 
 /// A store writer that keeps nothing, for dispatchers started directly in a test.
 fn memory_store() -> herald::store::StoreWriter {
-    let metrics = herald::metrics::Metrics::new();
-    herald::store::StoreWriter::spawn(herald::store::MemoryStore, metrics).unwrap()
+    herald::store::StoreWriter::in_memory()
 }
