@@ -2,5 +2,6 @@
 //! and unregisters in `stopping`.
 
 pub mod longpoll;
+pub mod queue;
 pub mod sse;
 pub mod ws;

@@ -15,13 +15,14 @@ use std::time::Duration;
 use actix::prelude::*;
 use bytes::Bytes;
 use futures_util::Stream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::broker::messages::{Close, Deliver, Start, Subscribe, Subscriber, Unsubscribe};
 use crate::broker::Broker;
 use crate::event::StreamKey;
 use crate::limits::Permit;
 use crate::metrics::FaceMetrics;
+use crate::session::queue::{self, TrySendError};
 
 /// The keep-alive comment. Proxies and browsers drop idle connections without it.
 const KEEPALIVE: &[u8] = b": keep-alive\n\n";
@@ -42,7 +43,7 @@ pub struct SseSession {
     /// The Broker it subscribes to.
     broker: Addr<Broker>,
     /// The response body; bounded by `--subscriber-queue`.
-    tx: mpsc::Sender<Bytes>,
+    tx: queue::Sender,
     /// Interval of keep-alive comments.
     keepalive: Duration,
     /// Fired once the Broker has registered the session, so the handler sends the response
@@ -69,7 +70,7 @@ impl SseSession {
         oneshot::Receiver<()>,
         impl Stream<Item = Result<Bytes, Infallible>>,
     ) {
-        let (tx, mut rx) = mpsc::channel(queue);
+        let (tx, mut rx) = queue::channel(queue);
         let (ready, subscribed) = oneshot::channel();
         let session = Self {
             stream,
@@ -90,12 +91,12 @@ impl SseSession {
     fn send(&mut self, frame: Bytes, ctx: &mut Context<Self>) {
         match self.tx.try_send(frame) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(TrySendError::Full) => {
                 log::info!("{}: slow consumer disconnected", self.stream);
                 self.metrics.slow_consumers.inc();
                 ctx.stop();
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => ctx.stop(),
+            Err(TrySendError::Closed) => ctx.stop(),
         }
     }
 }
@@ -147,9 +148,9 @@ impl Actor for SseSession {
         });
         // Ends the session as soon as the body is dropped. The HTTP server drops it when a write
         // fails, so a silent client is noticed at the next event or keep-alive.
-        let tx = self.tx.clone();
         ctx.spawn(
-            async move { tx.closed().await }
+            self.tx
+                .closed()
                 .into_actor(self)
                 .map(|(), _, ctx| ctx.stop()),
         );
