@@ -3,7 +3,8 @@
 //!
 //! State: per stream, its `History` (positions and retained events) and its subscribers.
 //! Handles `Publish` (assigns positions, hands the batch to the store writer), `Committed`
-//! (appends to history, fans out `Deliver` to subscribers, acks the publisher), `Subscribe` /
+//! (appends to history, acks the publisher and, once the thread has run what else is ready,
+//! fans out `Deliver` to subscribers), `Subscribe` /
 //! `Unsubscribe`, and `Drain`. Sends `Deliver` and `Close` to sessions.
 //! `WatchKind` registers a recipient (the WebhookDispatcher) for every stream of one kind.
 //! `CloseStream` and `ListSubscribed` answer the WebSocket face's `drop_user` and `clients`.
@@ -56,6 +57,9 @@ pub struct Broker {
     draining: bool,
     /// Recipients of every committed event of a kind of stream (`WatchKind`).
     watchers: HashMap<StreamKind, Vec<Recipient<Deliver>>>,
+    /// Committed events (already in history) not yet handed to subscribers, in commit order;
+    /// see `Committed` for why fan-out waits.
+    unsent: Vec<Arc<Event>>,
 }
 
 impl Broker {
@@ -105,6 +109,7 @@ impl Broker {
             retention,
             draining: false,
             watchers: HashMap::new(),
+            unsent: Vec::new(),
         }
     }
 
@@ -167,7 +172,7 @@ impl Handler<Publish> for Broker {
 impl Handler<Committed> for Broker {
     type Result = ();
 
-    fn handle(&mut self, msg: Committed, _: &mut Self::Context) {
+    fn handle(&mut self, msg: Committed, ctx: &mut Self::Context) {
         if let Err(e) = msg.result {
             log::error!("publish of {} events failed: {e}", msg.events.len());
             let _ = msg.reply.send(Err(e.into()));
@@ -182,23 +187,48 @@ impl Handler<Committed> for Broker {
         }
         let now = SystemTime::now();
         let retention = self.retention;
-        let watchers = self.watchers.get(&first.stream.kind).cloned();
         let state = self.stream_mut(&first.stream);
         for event in &msg.events {
             state.history.push(event.clone(), retention, now);
-            for subscriber in state.subscribers.values() {
-                subscriber.deliver.do_send(Deliver {
-                    event: event.clone(),
-                });
+        }
+        // Fan-out waits until the worker thread has run whatever else is ready (other
+        // connections' publishes among them), so that under load each subscriber is woken
+        // once for several events and writes them in one frame/syscall: the shard shares its
+        // thread with the sessions, and handing out each event at once made the sessions
+        // write one event at a time (WebSocket fan-out to 1,000 subscribers fell from 263k to
+        // 89k deliveries/s).
+        if self.unsent.is_empty() {
+            ctx.spawn(
+                tokio::task::yield_now()
+                    .into_actor(self)
+                    .map(|(), broker, _| broker.fan_out()),
+            );
+        }
+        self.unsent.extend(msg.events.iter().cloned());
+        // The publisher may have gone away; the events are committed and delivered anyway.
+        let _ = msg.reply.send(Ok(msg.events));
+    }
+}
+
+impl Broker {
+    /// Hands every unsent committed event to its stream's subscribers and watchers. Also
+    /// called before anyone subscribes or watches, who would otherwise get the unsent events
+    /// twice: in their backlog, from history, and again here.
+    fn fan_out(&mut self) {
+        for event in std::mem::take(&mut self.unsent) {
+            if let Some(state) = self.streams.get(&event.stream) {
+                for subscriber in state.subscribers.values() {
+                    subscriber.deliver.do_send(Deliver {
+                        event: event.clone(),
+                    });
+                }
             }
-            for watcher in watchers.iter().flatten() {
+            for watcher in self.watchers.get(&event.stream.kind).into_iter().flatten() {
                 watcher.do_send(Deliver {
                     event: event.clone(),
                 });
             }
         }
-        // The publisher may have gone away; the events are committed and delivered anyway.
-        let _ = msg.reply.send(Ok(msg.events));
     }
 }
 
@@ -214,6 +244,7 @@ impl Broker {
     /// `Subscribe`; with a `page`, the backlog is cut to it and a subscriber that has a
     /// backlog is not registered (`SubscribeBounded`).
     fn subscribe(&mut self, msg: Subscribe, page: Option<usize>) -> SubscribeReply {
+        self.fan_out();
         let (retention, draining) = (self.retention, self.draining);
         let state = self.stream_mut(&msg.stream);
         let history = &mut state.history;
@@ -286,6 +317,8 @@ impl Handler<Drain> for Broker {
     type Result = ();
 
     fn handle(&mut self, _: Drain, _: &mut Self::Context) {
+        // What was committed before the drain reaches subscribers before their `Close`.
+        self.fan_out();
         self.draining = true;
         for subscriber in self.streams.values().flat_map(|s| s.subscribers.values()) {
             subscriber.close.do_send(Close {
@@ -299,6 +332,7 @@ impl Handler<CloseStream> for Broker {
     type Result = usize;
 
     fn handle(&mut self, msg: CloseStream, _: &mut Self::Context) -> usize {
+        self.fan_out();
         let Some(state) = self.streams.get_mut(&msg.stream) else {
             return 0;
         };
@@ -329,6 +363,7 @@ impl Handler<WatchKind> for Broker {
     type Result = ();
 
     fn handle(&mut self, msg: WatchKind, _: &mut Self::Context) {
+        self.fan_out();
         for (key, state) in self.streams.iter().filter(|(k, _)| k.kind == msg.kind) {
             let history = &state.history;
             let handled = msg
