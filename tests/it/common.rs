@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use awc::http::StatusCode;
 use eventsource_stream::{Event as SseEvent, Eventsource};
@@ -189,12 +189,19 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let start = Instant::now();
-    loop {
-        if let Some(value) = check().await {
-            return value;
+    // Checks at a steady rate (no event tells the test when the state it polls changes, e.g.
+    // a count the server only reports on request) until the deadline.
+    let mut ticks = actix_rt::time::interval(Duration::from_millis(10));
+    let polled = actix_rt::time::timeout(DEADLINE, async {
+        loop {
+            ticks.tick().await;
+            if let Some(value) = check().await {
+                return value;
+            }
         }
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        actix_rt::time::sleep(Duration::from_millis(10)).await;
+    });
+    match polled.await {
+        Ok(value) => value,
+        Err(_) => panic!("timed out waiting for {what}"),
     }
 }
