@@ -123,6 +123,91 @@ impl Broker {
                 subscribers: HashMap::new(),
             })
     }
+
+    /// Hands every unsent committed event to its stream's subscribers and watchers. Also
+    /// called before anyone subscribes or watches, who would otherwise get the unsent events
+    /// twice: in their backlog, from history, and again here.
+    fn fan_out(&mut self) {
+        let unsent = std::mem::take(&mut self.unsent);
+        // Events come in runs of one stream (a publish's batch); look its state up once per run.
+        for run in unsent.chunk_by(|a, b| a.stream == b.stream) {
+            let stream = &run[0].stream;
+            let subscribers = self.streams.get(stream).map(|s| &s.subscribers);
+            let watchers = self.watchers.get(&stream.kind);
+            let recipients = subscribers
+                .into_iter()
+                .flat_map(|s| s.values().map(|s| &s.deliver))
+                .chain(watchers.into_iter().flatten());
+            for recipient in recipients {
+                for event in run {
+                    recipient.do_send(Deliver {
+                        event: event.clone(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// `Subscribe`; with a `page`, the backlog is cut to it and a subscriber that has a
+    /// backlog is not registered (`SubscribeBounded`).
+    fn subscribe(&mut self, msg: Subscribe, page: Option<usize>) -> SubscribeReply {
+        self.fan_out();
+        let (retention, draining) = (self.retention, self.draining);
+        let state = self.stream_mut(&msg.stream);
+        let history = &mut state.history;
+        history.prune(retention, SystemTime::now());
+        let fallback = match msg.start.fallback {
+            Fallback::Latest => history.head(),
+            Fallback::Earliest | Fallback::CreatedSince { .. } => history.tail(),
+        };
+        let (gap, from) = match msg.start.cursor.as_deref() {
+            None => (None, fallback),
+            Some(cursor) => match Position::from_cursor(cursor)
+                .ok_or(Gap::Malformed)
+                .and_then(|p| history.check(p).map(|()| p))
+            {
+                Ok(p) => (None, p),
+                Err(gap) => (Some(gap), fallback),
+            },
+        };
+        let created_since = match msg.start.fallback {
+            Fallback::CreatedSince { created_at } => Some(created_at),
+            Fallback::Latest | Fallback::Earliest => None,
+        };
+        // Cut while collecting, unless a filter below must see every event first.
+        let take = match (page, created_since) {
+            (Some(n), None) => n,
+            _ => usize::MAX,
+        };
+        let mut backlog: Vec<Arc<Event>> = history.after(from.seq).take(take).cloned().collect();
+        let position = backlog.last().map_or(from, |e| e.position);
+        if let Some(created_at) = created_since {
+            backlog.retain(|e| e.access_created_at().is_some_and(|c| c >= created_at));
+            // Stable: events with equal `created_at` keep their publish order.
+            backlog.sort_by_key(|e| e.access_created_at());
+        }
+        if let Some(n) = page {
+            backlog.truncate(n);
+            if !backlog.is_empty() {
+                return SubscribeReply {
+                    gap,
+                    backlog,
+                    position,
+                };
+            }
+        }
+        if draining {
+            msg.subscriber.close.do_send(Close {
+                reason: CloseReason::Shutdown,
+            });
+        }
+        state.subscribers.insert(msg.subscriber.id, msg.subscriber);
+        SubscribeReply {
+            gap,
+            backlog,
+            position,
+        }
+    }
 }
 
 impl Actor for Broker {
@@ -210,96 +295,11 @@ impl Handler<Committed> for Broker {
     }
 }
 
-impl Broker {
-    /// Hands every unsent committed event to its stream's subscribers and watchers. Also
-    /// called before anyone subscribes or watches, who would otherwise get the unsent events
-    /// twice: in their backlog, from history, and again here.
-    fn fan_out(&mut self) {
-        for event in std::mem::take(&mut self.unsent) {
-            if let Some(state) = self.streams.get(&event.stream) {
-                for subscriber in state.subscribers.values() {
-                    subscriber.deliver.do_send(Deliver {
-                        event: event.clone(),
-                    });
-                }
-            }
-            for watcher in self.watchers.get(&event.stream.kind).into_iter().flatten() {
-                watcher.do_send(Deliver {
-                    event: event.clone(),
-                });
-            }
-        }
-    }
-}
-
 impl Handler<Subscribe> for Broker {
     type Result = SubscribeReply;
 
     fn handle(&mut self, msg: Subscribe, _: &mut Self::Context) -> SubscribeReply {
         self.subscribe(msg, None)
-    }
-}
-
-impl Broker {
-    /// `Subscribe`; with a `page`, the backlog is cut to it and a subscriber that has a
-    /// backlog is not registered (`SubscribeBounded`).
-    fn subscribe(&mut self, msg: Subscribe, page: Option<usize>) -> SubscribeReply {
-        self.fan_out();
-        let (retention, draining) = (self.retention, self.draining);
-        let state = self.stream_mut(&msg.stream);
-        let history = &mut state.history;
-        history.prune(retention, SystemTime::now());
-        let fallback = match msg.start.fallback {
-            Fallback::Latest => history.head(),
-            Fallback::Earliest | Fallback::CreatedSince { .. } => history.tail(),
-        };
-        let (gap, from) = match msg.start.cursor.as_deref() {
-            None => (None, fallback),
-            Some(cursor) => match Position::from_cursor(cursor)
-                .ok_or(Gap::Malformed)
-                .and_then(|p| history.check(p).map(|()| p))
-            {
-                Ok(p) => (None, p),
-                Err(gap) => (Some(gap), fallback),
-            },
-        };
-        let created_since = match msg.start.fallback {
-            Fallback::CreatedSince { created_at } => Some(created_at),
-            Fallback::Latest | Fallback::Earliest => None,
-        };
-        // Cut while collecting, unless a filter below must see every event first.
-        let take = match (page, created_since) {
-            (Some(n), None) => n,
-            _ => usize::MAX,
-        };
-        let mut backlog: Vec<Arc<Event>> = history.after(from.seq).take(take).cloned().collect();
-        let position = backlog.last().map_or(from, |e| e.position);
-        if let Some(created_at) = created_since {
-            backlog.retain(|e| e.access_created_at().is_some_and(|c| c >= created_at));
-            // Stable: events with equal `created_at` keep their publish order.
-            backlog.sort_by_key(|e| e.access_created_at());
-        }
-        if let Some(n) = page {
-            backlog.truncate(n);
-            if !backlog.is_empty() {
-                return SubscribeReply {
-                    gap,
-                    backlog,
-                    position,
-                };
-            }
-        }
-        if draining {
-            msg.subscriber.close.do_send(Close {
-                reason: CloseReason::Shutdown,
-            });
-        }
-        state.subscribers.insert(msg.subscriber.id, msg.subscriber);
-        SubscribeReply {
-            gap,
-            backlog,
-            position,
-        }
     }
 }
 
