@@ -12,6 +12,7 @@ pub mod dashboard;
 pub mod event;
 pub mod limits;
 pub mod metrics;
+mod server;
 pub mod session;
 pub mod store;
 pub mod webhook;
@@ -20,7 +21,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use actix::{Actor, Addr, Arbiter};
-use actix_web::{dev::ServerHandle, web, App, HttpServer};
+use actix_web::{dev::ServerHandle, web};
 
 use api::AppState;
 use broker::history::Retention;
@@ -143,7 +144,6 @@ pub async fn start(config: Config) -> Result<Herald, StartError> {
     if config.dev {
         log::warn!("--dev mode: open publishing and token minting; not for production");
     }
-    let shutdown_timeout = config.shutdown_timeout.as_secs();
     let state = web::Data::new(AppState {
         connections: limits::Connections::new(config.max_connections),
         metrics,
@@ -156,29 +156,14 @@ pub async fn start(config: Config) -> Result<Herald, StartError> {
         started: std::time::Instant::now(),
         dev_sink: api::dashboard::dev_sink::DevSink::default(),
     });
-    let app_state = state.clone();
-    let server = HttpServer::new(move || {
-        // Called once on each worker's thread as it starts.
-        shards.start_one();
-        App::new()
-            .app_data(app_state.clone())
-            // The access log formats a line per request; skip the middleware altogether when
-            // the log level would drop that line anyway (it costs ~5% of a publish).
-            .wrap(actix_web::middleware::Condition::new(
-                log::log_enabled!(target: "actix_web::middleware::logger", log::Level::Info),
-                actix_web::middleware::Logger::default(),
-            ))
-            .configure(api::configure)
-    })
-    // A client that closes its side has gone away: drop its handler (a waiting long-poll
-    // frees its listener slot) instead of keeping a half-closed connection open.
-    .h1_allow_half_closed(false)
-    .workers(workers)
-    .listen(listener)
-    .map_err(|source| StartError::Listen { addr, source })?
-    .disable_signals()
-    .shutdown_timeout(shutdown_timeout)
-    .run();
+    let server = server::run(
+        listener,
+        state.clone(),
+        shards,
+        workers,
+        state.config.shutdown_timeout,
+    )
+    .map_err(|source| StartError::Listen { addr, source })?;
     let handle = server.handle();
     log::info!("Herald listening on http://{addr}/");
     Ok(Herald {

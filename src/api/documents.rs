@@ -6,19 +6,24 @@
 //!
 //! Routes are registered from their OpenAPI declarations (`ApiDoc`; schemas in `schema.rs`).
 
+pub(crate) mod direct;
 mod schema;
 
+use std::convert::Infallible;
+
 use actix::Actor;
-use actix_web::http::header;
+use actix_web::http::header::{self, HeaderValue};
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use tokio::sync::oneshot;
 
 use super::openapi::Routes;
 use super::{check_publisher, read_body, AppState, BodyError, PublisherCheck};
 use crate::broker::messages::{Fallback, Publish, Start};
 use crate::event::{StreamKey, StreamKind};
 use crate::metrics::Face;
+use crate::session::queue;
 use crate::session::sse::SseSession;
 use schema::*;
 
@@ -85,39 +90,88 @@ struct SubscribeQuery {
     security((), ("bearer" = []), ("access_token" = []))
 )]
 async fn subscribe(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    if !accepts_event_stream(&req) {
-        return HttpResponse::Ok()
+    let headers = req.headers();
+    let request = Subscription {
+        accept: headers.get(header::ACCEPT).map(HeaderValue::as_bytes),
+        authorization: headers
+            .get(header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes),
+        last_event_id: headers.get("last-event-id").map(HeaderValue::as_bytes),
+        query: req.query_string(),
+    };
+    match open(&state, &request) {
+        Opened::NotAccepted => HttpResponse::Ok()
             .content_type("text/plain; charset=utf-8")
-            .body("not_accepted");
+            .body("not_accepted"),
+        Opened::Refused(code) => sse_error(code),
+        Opened::Stream {
+            subscribed,
+            mut body,
+        } => {
+            // If the session died before subscribing, its body is already closed; either way
+            // the response is safe to send.
+            let _ = subscribed.await;
+            event_stream_response().streaming(futures_util::stream::poll_fn(move |cx| {
+                body.poll_recv(cx)
+                    .map(|frame| frame.map(Ok::<_, Infallible>))
+            }))
+        }
     }
-    let query = web::Query::<SubscribeQuery>::from_query(req.query_string())
+}
+
+/// What a subscription asks for, as read by either HTTP path: the actix-web handler above or
+/// `direct`, which serves connections that open with a subscription.
+pub(crate) struct Subscription<'a> {
+    pub accept: Option<&'a [u8]>,
+    pub authorization: Option<&'a [u8]>,
+    pub last_event_id: Option<&'a [u8]>,
+    /// The request target after `?`, still percent-encoded.
+    pub query: &'a str,
+}
+
+/// How a subscription is answered.
+pub(crate) enum Opened {
+    /// The client does not accept `text/event-stream`: a plain `not_accepted`.
+    NotAccepted,
+    /// Refused with this error code, sent as one SSE `error` event.
+    Refused(&'static str),
+    /// The session is started: once `subscribed` fires, stream `body`.
+    Stream {
+        subscribed: oneshot::Receiver<()>,
+        body: queue::Receiver,
+    },
+}
+
+/// Checks a subscription and, when it is good, starts its session on this thread.
+pub(crate) fn open(state: &AppState, request: &Subscription) -> Opened {
+    if !accepts_event_stream(request.accept) {
+        return Opened::NotAccepted;
+    }
+    let query = web::Query::<SubscribeQuery>::from_query(request.query)
         .map(web::Query::into_inner)
         .unwrap_or_default();
-    let token = match req.headers().get(header::AUTHORIZATION) {
+    let token = match request.authorization {
         // A header that is present but not a bearer token is a failed attempt, not a missing one.
-        Some(value) => value.to_str().ok().and_then(crate::auth::bearer),
+        Some(value) => header_text(value).and_then(crate::auth::bearer),
         None => query.access_token.as_deref(),
     };
     let claims = match token {
-        None if req.headers().contains_key(header::AUTHORIZATION) => {
-            return sse_error("auth_failed")
-        }
-        None => return sse_error("auth_required"),
+        None if request.authorization.is_some() => return Opened::Refused("auth_failed"),
+        None => return Opened::Refused("auth_required"),
         Some(token) => match state.verifier.verify(token) {
             Ok(claims) => claims,
             Err(e) => {
                 log::debug!("SSE token refused: {e}");
-                return sse_error("auth_failed");
+                return Opened::Refused("auth_failed");
             }
         },
     };
     let Some(permit) = state.connections.try_acquire() else {
-        return sse_error("connection_limit_reached");
+        return Opened::Refused("connection_limit_reached");
     };
-    let cursor = req
-        .headers()
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
+    let cursor = request
+        .last_event_id
+        .and_then(header_text)
         .map(str::to_string)
         .or(query.last_event_id)
         .filter(|c| !c.is_empty());
@@ -136,10 +190,16 @@ async fn subscribe(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse
         state.metrics.face(Face::Sse),
     );
     session.start();
-    // If the session died before subscribing, its body is already closed; either way the
-    // response is safe to send.
-    let _ = subscribed.await;
-    event_stream_response().streaming(body)
+    Opened::Stream { subscribed, body }
+}
+
+/// A header value as text, when it is visible ASCII (what `HeaderValue::to_str` accepts).
+fn header_text(value: &[u8]) -> Option<&str> {
+    value
+        .iter()
+        .all(|&b| b == b'\t' || (32..127).contains(&b))
+        .then(|| std::str::from_utf8(value).ok())
+        .flatten()
 }
 
 fn event_stream_response() -> actix_web::HttpResponseBuilder {
@@ -161,11 +221,11 @@ fn sse_error(code: &str) -> HttpResponse {
 }
 
 /// Whether the `Accept` header (absent means anything) admits `text/event-stream`.
-fn accepts_event_stream(req: &HttpRequest) -> bool {
-    let Some(accept) = req.headers().get(header::ACCEPT) else {
+fn accepts_event_stream(accept: Option<&[u8]>) -> bool {
+    let Some(accept) = accept else {
         return true;
     };
-    let Ok(accept) = accept.to_str() else {
+    let Some(accept) = header_text(accept) else {
         return false;
     };
     accept.split(',').any(|range| {

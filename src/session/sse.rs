@@ -1,7 +1,7 @@
 //! `SseSession`: one actor per connected Server-Sent Events subscriber.
 //!
-//! State: the stream it follows, its id with the Broker, and the bounded channel whose receiving
-//! end is the HTTP response body. Handles `Deliver` (writes the event's pre-rendered frame) and
+//! State: the stream it follows, its id with the Broker, and the bounded queue whose receiving
+//! end is the HTTP response body (written by actix-web or by `api::documents::direct`). Handles `Deliver` (writes the event's pre-rendered frame) and
 //! `Close` (writes a `retry:` hint and ends the body). Sends `Subscribe` in `started` and
 //! `Unsubscribe` in `stopping`.
 //!
@@ -9,12 +9,10 @@
 //! `--subscriber-queue` events behind, and the session ends. Frames already queued still reach
 //! the client, which reconnects with `Last-Event-ID` and resumes from history.
 
-use std::convert::Infallible;
 use std::time::Duration;
 
 use actix::prelude::*;
 use bytes::Bytes;
-use futures_util::Stream;
 use tokio::sync::oneshot;
 
 use crate::broker::messages::{Close, Deliver, Start, Subscribe, Subscriber, Unsubscribe};
@@ -65,12 +63,8 @@ impl SseSession {
         keepalive: Duration,
         permit: Permit,
         metrics: FaceMetrics,
-    ) -> (
-        Self,
-        oneshot::Receiver<()>,
-        impl Stream<Item = Result<Bytes, Infallible>>,
-    ) {
-        let (tx, mut rx) = queue::channel(queue);
+    ) -> (Self, oneshot::Receiver<()>, queue::Receiver) {
+        let (tx, rx) = queue::channel(queue);
         let (ready, subscribed) = oneshot::channel();
         let session = Self {
             stream,
@@ -83,8 +77,7 @@ impl SseSession {
             _permit: permit.tracked(metrics.connected.clone()),
             metrics,
         };
-        let body = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|f| f.map(Ok)));
-        (session, subscribed, body)
+        (session, subscribed, rx)
     }
 
     /// Queues a frame; ends the session if the client is gone or too far behind.
@@ -147,7 +140,8 @@ impl Actor for SseSession {
             session.send(Bytes::from_static(KEEPALIVE), ctx)
         });
         // Ends the session as soon as the body is dropped. The HTTP server drops it when a write
-        // fails, so a silent client is noticed at the next event or keep-alive.
+        // fails or the client hangs up, so a silent client is noticed at the latest at the next
+        // event or keep-alive.
         ctx.spawn(
             self.tx
                 .closed()

@@ -6,6 +6,7 @@ mod browser;
 mod common;
 mod dashboard;
 mod documents;
+mod documents_connections;
 mod drain;
 mod durability;
 mod instances;

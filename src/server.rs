@@ -1,0 +1,98 @@
+//! The HTTP server: actix-server workers accepting on one listener; each connection is served by
+//! the actix-web app, unless it opens with an SSE subscription (`api::documents::direct`).
+//!
+//! This is what `actix_web::HttpServer` assembles, with its defaults, plus that one branch per
+//! new connection: `HttpServer` hands every connection to actix-http and offers no hook before.
+
+use std::io;
+use std::net::TcpListener;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_http::{HttpService, Protocol};
+use actix_service::{fn_factory, fn_service, map_config, IntoServiceFactory, Service as _};
+use actix_service::{ServiceFactory as _, ServiceFactoryExt as _};
+use actix_web::dev::{AppConfig, Server};
+use actix_web::rt::net::TcpStream;
+use actix_web::{web, App};
+
+use crate::api::{self, documents::direct, AppState};
+use crate::broker::shards::Shards;
+
+/// Starts the workers. Must run inside an actix system.
+pub fn run(
+    listener: TcpListener,
+    state: web::Data<AppState>,
+    shards: Arc<Shards>,
+    workers: usize,
+    shutdown_timeout: Duration,
+) -> io::Result<Server> {
+    let addr = listener.local_addr()?;
+    // The access log formats a line per request; skip the middleware altogether when the log
+    // level would drop that line anyway (it costs ~5% of a publish). With it on, every request
+    // goes through actix-web, so that every one is logged.
+    let access_log = log::log_enabled!(target: "actix_web::middleware::logger", log::Level::Info);
+    let builder = Server::build();
+    let shutting_down = builder.graceful_shutdown_signal();
+    builder
+        .workers(workers)
+        .disable_signals()
+        .shutdown_timeout(shutdown_timeout.as_secs())
+        .listen("herald", listener, move || {
+            // Called once on each worker's thread as it starts.
+            shards.start_one();
+            let app = App::new()
+                .app_data(state.clone())
+                .wrap(actix_web::middleware::Condition::new(
+                    access_log,
+                    actix_web::middleware::Logger::default(),
+                ))
+                .configure(api::configure)
+                .into_factory()
+                .map_err(|e| e.error_response());
+            let shutting_down = shutting_down.clone();
+            let http = HttpService::build()
+                // HttpServer's defaults.
+                .client_request_timeout(Duration::from_secs(5))
+                .client_disconnect_timeout(Duration::from_secs(1))
+                // A client that closes its side has gone away: drop its handler (a waiting
+                // long-poll frees its listener slot) instead of keeping a half-closed
+                // connection open.
+                .h1_allow_half_closed(false)
+                .local_addr(addr)
+                // Idle keep-alive connections close when a graceful shutdown starts.
+                .graceful_shutdown_signal(move || {
+                    let signal = shutting_down.clone();
+                    async move { signal.notified().await }
+                })
+                // The app builds no URLs from the server's host name, so the default is unused.
+                .finish(map_config(app, |()| AppConfig::default()));
+            let state = state.clone();
+            fn_factory(move || {
+                let http = http.new_service(());
+                let state = state.clone();
+                async move {
+                    let http = Rc::new(http.await?);
+                    Ok::<_, ()>(fn_service(move |io: TcpStream| {
+                        let (http, state) = (http.clone(), state.clone());
+                        async move {
+                            let io = if access_log {
+                                io
+                            } else {
+                                match direct::serve(io, &state).await {
+                                    direct::Outcome::Served => return Ok(()),
+                                    direct::Outcome::Declined(io) => io,
+                                }
+                            };
+                            let peer = io.peer_addr().ok();
+                            // Boxed: the dispatcher is large, and an SSE connection's task
+                            // should not carry room for it.
+                            Box::pin(http.call((io, Protocol::Http1, peer))).await
+                        }
+                    }))
+                }
+            })
+        })
+        .map(|builder| builder.run())
+}
