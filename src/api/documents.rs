@@ -356,6 +356,16 @@ async fn publish(
 
 /// Validates one status object or an array of them into the JSON delivered to subscribers.
 fn parse_statuses(body: &[u8]) -> Result<Vec<Box<serde_json::value::RawValue>>, PublishError> {
+    // Well-formed bodies take the typed parse, which builds no JSON tree (publishing spent a
+    // tenth of its time in the generic one); anything it refuses is parsed again below to
+    // name the error precisely.
+    let typed = match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'[') => serde_json::from_slice::<Vec<Status>>(body).ok(),
+        _ => serde_json::from_slice::<Status>(body).ok().map(|s| vec![s]),
+    };
+    if let Some(statuses) = typed.filter(|s| !s.is_empty()) {
+        return Ok(statuses.iter().map(Status::render).collect());
+    }
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| PublishError::new(422, format!("invalid JSON: {e}"), None))?;
     let (items, prefix) = match value {
@@ -396,6 +406,34 @@ fn parse_statuses(body: &[u8]) -> Result<Vec<Box<serde_json::value::RawValue>>, 
         .collect()
 }
 
+/// A valid status change.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Status {
+    document_id: uuid::Uuid,
+    status: StatusName,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "UPPERCASE")]
+enum StatusName {
+    Pending,
+    Completed,
+    Error,
+}
+
+impl Status {
+    /// The JSON delivered to subscribers, as `parse_status` renders it.
+    fn render(&self) -> Box<serde_json::value::RawValue> {
+        let status = STATUSES[self.status as usize];
+        let json = format!(
+            r#"{{"documentId":"{}","status":"{status}"}}"#,
+            self.document_id.hyphenated()
+        );
+        serde_json::value::RawValue::from_string(json).expect("a JSON object")
+    }
+}
+
 fn parse_status(
     mut obj: Map<String, Value>,
     at: impl Fn(&str) -> String,
@@ -430,6 +468,18 @@ mod tests {
 
     fn field_of(body: &str) -> Option<String> {
         parse_statuses(body.as_bytes()).err().and_then(|e| e.field)
+    }
+
+    #[test]
+    fn the_typed_parse_renders_what_the_generic_one_does() {
+        let one = r#"{"status":"ERROR","documentId":"626626A0749F11E2BFD6000000000000"}"#;
+        let typed = parse_statuses(format!("[{one}]").as_bytes()).unwrap();
+        let generic = parse_status(serde_json::from_str(one).unwrap(), str::to_string).unwrap();
+        assert_eq!(typed[0].get(), generic.get());
+        assert_eq!(
+            generic.get(),
+            r#"{"documentId":"626626a0-749f-11e2-bfd6-000000000000","status":"ERROR"}"#
+        );
     }
 
     #[test]
