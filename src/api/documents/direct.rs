@@ -67,16 +67,21 @@ async fn claim(
     io: &TcpStream,
     state: &AppState,
 ) -> Option<(usize, tokio::sync::oneshot::Receiver<()>, queue::Receiver)> {
-    // On the heap and dropped before the stream starts: a connection's future keeps nothing of
-    // the request.
-    let mut peeked = vec![0; MAX_HEAD];
-    let n = tokio::time::timeout(FIRST_BYTES, io.peek(&mut peeked))
-        .await
-        .ok()?
-        .ok()?;
+    let peeked = tokio::time::timeout(FIRST_BYTES, async {
+        io.readable().await?;
+        // Allocated once bytes are there, and dropped before the stream starts: a connection
+        // that is slow to speak, or streaming, keeps nothing of the request.
+        let mut peeked = vec![0; MAX_HEAD];
+        let n = io.peek(&mut peeked).await?;
+        peeked.truncate(n);
+        io::Result::Ok(peeked)
+    })
+    .await
+    .ok()?
+    .ok()?;
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
-    let httparse::Status::Complete(head_len) = request.parse(&peeked[..n]).ok()? else {
+    let httparse::Status::Complete(head_len) = request.parse(&peeked).ok()? else {
         return None;
     };
     if request.method != Some("GET") || request.version != Some(1) {
