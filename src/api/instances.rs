@@ -30,9 +30,10 @@ use params::{LongPollQuery, PageQuery};
 use super::openapi::Routes;
 use super::{read_body, AppState, BodyError};
 use crate::auth::{self, AuthError, Claims, PUBLISH};
-use crate::broker::messages::{GetEvent, Publish, ReadPage, Start};
+use crate::broker::messages::{GetEvent, PeekPage, Publish, ReadPage, Start};
 use crate::event::{Position, StreamKey, StreamKind};
-use crate::session::longpoll::{LongPoll, PollOutcome, PollSpec};
+use crate::metrics::Face;
+use crate::session::longpoll::{self, LongPoll, PollOutcome, PollSpec};
 
 /// The name of the cookie that may carry `bearer <jwt>` instead of the header.
 const AUTH_COOKIE: &str = "Authorization";
@@ -150,9 +151,36 @@ async fn long_poll(
         max_listeners: state.config.max_listeners_per_instance,
     };
     let broker = state.brokers.of(&spec.stream).clone();
-    let (poll, handle) = LongPoll::new(spec, broker, permit, state.metrics.clone());
-    poll.start();
-    match handle.outcome().await {
+    // Data waiting is answered at once; only a poll that must wait gets a `LongPoll` actor.
+    let peek = PeekPage {
+        stream: spec.stream.clone(),
+        start: spec.start.clone(),
+        max_subscribers: spec.max_listeners,
+        page_size: spec.page_size,
+    };
+    let face = state.metrics.face(Face::Longpoll);
+    let answered = |outcome: PollOutcome| {
+        longpoll::count(&state.metrics, &face, &outcome);
+        Some(outcome)
+    };
+    let outcome = match broker.send(peek).await {
+        Err(_) => None,
+        Ok(Err(_)) => answered(PollOutcome::TooManyListeners),
+        Ok(Ok(reply)) if !reply.backlog.is_empty() => {
+            if reply.gap.is_some() {
+                face.gaps.inc();
+            }
+            let events = reply.backlog;
+            let cursor = events.last().expect("not empty").cursor.clone();
+            answered(PollOutcome::Page { events, cursor })
+        }
+        Ok(Ok(_)) => {
+            let (poll, handle) = LongPoll::new(spec, broker, permit, state.metrics.clone());
+            poll.start();
+            handle.outcome().await
+        }
+    };
+    match outcome {
         Some(PollOutcome::Page { events, cursor }) => Ok(HttpResponse::Ok()
             .content_type("application/json")
             .insert_header((header::CACHE_CONTROL, "no-store"))

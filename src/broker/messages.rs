@@ -194,7 +194,22 @@ pub struct SubscribeBounded {
     pub page_size: usize,
 }
 
-/// The refusal of a `SubscribeBounded`: nothing was registered.
+/// A long-poll's first look, before any session exists: the same answer as `SubscribeBounded`
+/// but nobody is registered, so an empty backlog means the poll must wait (and then sends
+/// `SubscribeBounded`, which looks again). Most polls of a client that keeps up find data
+/// waiting, and are answered without a `LongPoll` actor.
+#[derive(Message)]
+#[rtype(result = "Result<SubscribeReply, TooManySubscribers>")]
+pub struct PeekPage {
+    pub stream: StreamKey,
+    pub start: Start,
+    /// As in `SubscribeBounded`.
+    pub max_subscribers: usize,
+    /// Most events wanted.
+    pub page_size: usize,
+}
+
+/// The refusal of a `SubscribeBounded` or `PeekPage`: nothing was registered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the stream already has {0} subscribers")]
 pub struct TooManySubscribers(pub usize);

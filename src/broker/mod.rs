@@ -152,15 +152,37 @@ impl Broker {
     /// backlog is not registered (`SubscribeBounded`).
     fn subscribe(&mut self, msg: Subscribe, page: Option<usize>) -> SubscribeReply {
         self.fan_out();
-        let (retention, draining) = (self.retention, self.draining);
-        let state = self.stream_mut(&msg.stream);
-        let history = &mut state.history;
+        let reply = self.backlog(&msg.stream, &msg.start, page);
+        if page.is_some() && !reply.backlog.is_empty() {
+            return reply;
+        }
+        if self.draining {
+            msg.subscriber.close.do_send(Close {
+                reason: CloseReason::Shutdown,
+            });
+        }
+        self.stream_mut(&msg.stream)
+            .subscribers
+            .insert(msg.subscriber.id, msg.subscriber);
+        reply
+    }
+
+    /// The retained events after `start` (at most `page` of them), where they end, and whether
+    /// the start's cursor was lost. Registers nobody; unsent events must be fanned out first.
+    fn backlog(
+        &mut self,
+        stream: &StreamKey,
+        start: &Start,
+        page: Option<usize>,
+    ) -> SubscribeReply {
+        let retention = self.retention;
+        let history = &mut self.stream_mut(stream).history;
         history.prune(retention, SystemTime::now());
-        let fallback = match msg.start.fallback {
+        let fallback = match start.fallback {
             Fallback::Latest => history.head(),
             Fallback::Earliest | Fallback::CreatedSince { .. } => history.tail(),
         };
-        let (gap, from) = match msg.start.cursor.as_deref() {
+        let (gap, from) = match start.cursor.as_deref() {
             None => (None, fallback),
             Some(cursor) => match Position::from_cursor(cursor)
                 .ok_or(Gap::Malformed)
@@ -170,7 +192,7 @@ impl Broker {
                 Err(gap) => (Some(gap), fallback),
             },
         };
-        let created_since = match msg.start.fallback {
+        let created_since = match start.fallback {
             Fallback::CreatedSince { created_at } => Some(created_at),
             Fallback::Latest | Fallback::Earliest => None,
         };
@@ -188,25 +210,21 @@ impl Broker {
         }
         if let Some(n) = page {
             backlog.truncate(n);
-            if !backlog.is_empty() {
-                return SubscribeReply {
-                    gap,
-                    backlog,
-                    position,
-                };
-            }
         }
-        if draining {
-            msg.subscriber.close.do_send(Close {
-                reason: CloseReason::Shutdown,
-            });
-        }
-        state.subscribers.insert(msg.subscriber.id, msg.subscriber);
         SubscribeReply {
             gap,
             backlog,
             position,
         }
+    }
+
+    /// Refuses a long-poll when `stream` already has `max` waiting.
+    fn has_room(&self, stream: &StreamKey, max: usize) -> Result<(), TooManySubscribers> {
+        let present = self.streams.get(stream).map_or(0, |s| s.subscribers.len());
+        if present >= max {
+            return Err(TooManySubscribers(present));
+        }
+        Ok(())
     }
 }
 
@@ -386,14 +404,18 @@ impl Handler<SubscribeBounded> for Broker {
     type Result = Result<SubscribeReply, TooManySubscribers>;
 
     fn handle(&mut self, msg: SubscribeBounded, _: &mut Self::Context) -> Self::Result {
-        let present = self
-            .streams
-            .get(&msg.subscribe.stream)
-            .map_or(0, |s| s.subscribers.len());
-        if present >= msg.max_subscribers {
-            return Err(TooManySubscribers(present));
-        }
+        self.has_room(&msg.subscribe.stream, msg.max_subscribers)?;
         Ok(self.subscribe(msg.subscribe, Some(msg.page_size)))
+    }
+}
+
+impl Handler<PeekPage> for Broker {
+    type Result = Result<SubscribeReply, TooManySubscribers>;
+
+    fn handle(&mut self, msg: PeekPage, _: &mut Self::Context) -> Self::Result {
+        self.has_room(&msg.stream, msg.max_subscribers)?;
+        self.fan_out();
+        Ok(self.backlog(&msg.stream, &msg.start, Some(msg.page_size)))
     }
 }
 

@@ -1,4 +1,5 @@
-//! `LongPoll`: one actor per waiting long-poll request, living for that one request.
+//! `LongPoll`: one actor per waiting long-poll request, living for that one request. A poll
+//! that finds data waiting is answered by the handler after a `PeekPage`, without one.
 //!
 //! State: the stream it polls, its id with the Broker, the page size, and the oneshot through
 //! which it answers the HTTP handler. It sends `SubscribeBounded` in `started` (so the
@@ -148,15 +149,7 @@ impl LongPoll {
 
     /// Counts an answer in `/metrics`.
     fn count(&self, outcome: &PollOutcome) {
-        let label = match outcome {
-            PollOutcome::Page { events, .. } if events.is_empty() => "deadline",
-            PollOutcome::Page { events, .. } => {
-                self.face.delivered.inc_by(events.len() as u64);
-                "data"
-            }
-            PollOutcome::TooManyListeners => "limit",
-        };
-        self.metrics.longpoll_answered(label);
+        count(&self.metrics, &self.face, outcome);
     }
 
     /// The empty answer of a deadline or a drain.
@@ -172,6 +165,19 @@ impl LongPoll {
             ctx,
         );
     }
+}
+
+/// Counts a poll's answer in `/metrics`, whoever gave it.
+pub fn count(metrics: &Metrics, face: &FaceMetrics, outcome: &PollOutcome) {
+    let label = match outcome {
+        PollOutcome::Page { events, .. } if events.is_empty() => "deadline",
+        PollOutcome::Page { events, .. } => {
+            face.delivered.inc_by(events.len() as u64);
+            "data"
+        }
+        PollOutcome::TooManyListeners => "limit",
+    };
+    metrics.longpoll_answered(label);
 }
 
 impl Actor for LongPoll {
