@@ -414,6 +414,7 @@ struct Status {
     status: StatusName,
 }
 
+/// One of `STATUSES`.
 #[derive(Deserialize, Clone, Copy)]
 #[serde(rename_all = "UPPERCASE")]
 enum StatusName {
@@ -425,7 +426,11 @@ enum StatusName {
 impl Status {
     /// The JSON delivered to subscribers, as `parse_status` renders it.
     fn render(&self) -> Box<serde_json::value::RawValue> {
-        let status = STATUSES[self.status as usize];
+        let status = match self.status {
+            StatusName::Pending => "PENDING",
+            StatusName::Completed => "COMPLETED",
+            StatusName::Error => "ERROR",
+        };
         let json = format!(
             r#"{{"documentId":"{}","status":"{status}"}}"#,
             self.document_id.hyphenated()
