@@ -2,8 +2,9 @@
 //! over the `instance:<instance_id>` streams.
 //!
 //! Handlers authenticate (bearer header or `Authorization` cookie), check the instance id and
-//! the permissions, validate the query or body, then only talk to actors: a `LongPoll`
-//! session per poll, `ReadPage` / `GetEvent` / `Publish` to the Broker. Every refusal is an
+//! the permissions, validate the query or body, then only talk to actors: `PeekPage` to the
+//! Broker and, for a poll that must wait, a `LongPoll` session; `ReadPage` / `GetEvent` /
+//! `Publish` to the Broker. Every refusal is an
 //! `InstanceError`, whose `ResponseError` impl is the face's one wire shape for errors.
 //!
 //! Routes are registered from their OpenAPI declarations (`ApiDoc`), so `/openapi.json`
