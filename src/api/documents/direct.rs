@@ -140,8 +140,6 @@ async fn stream(
         httpdate::fmt_http_date(SystemTime::now())
     )
     .expect(GROWS);
-    // Frames are small and wanted now; Nagle would hold one back until the previous is acked.
-    io.set_nodelay(true)?;
     let mut body = Some(body);
     poll_fn(|cx| poll_stream(cx, &mut io, &mut body, &mut out)).await
 }
