@@ -161,6 +161,25 @@ async fn call(base: &str, method: &str, path: &str, body: Option<Value>) -> (u16
     )
 }
 
+/// Waits until the attempt log of subscription `id` shows `n` successful deliveries.
+async fn succeeded(base: &str, id: &str, n: usize) {
+    let path = format!("/dashboard/v1/notifications/{id}/deliveries");
+    wait_for(&format!("{n} deliveries to {id} to succeed"), || {
+        let path = path.clone();
+        async move {
+            let (code, log) = call(base, "GET", &path, None).await;
+            assert_eq!(code, 200, "{log}");
+            let ok = log
+                .as_array()?
+                .iter()
+                .filter(|a| a["outcome"] == "succeeded")
+                .count();
+            (ok == n).then_some(())
+        }
+    })
+    .await;
+}
+
 #[actix_rt::test]
 async fn webhook_deliveries_survive_sigkill_with_their_ids() {
     let receiver = crate::dashboard::Receiver::start().await;
@@ -171,6 +190,8 @@ async fn webhook_deliveries_survive_sigkill_with_their_ids() {
         dir.path().to_str().unwrap(),
         "--jwt-secret",
         SECRET,
+        "--publisher-key",
+        PUBLISHER_KEY,
         "--webhook-allow-private",
         "--webhook-retry-schedule",
         schedule.as_str(),
@@ -187,14 +208,14 @@ async fn webhook_deliveries_survive_sigkill_with_their_ids() {
     )
     .await;
     assert_eq!(code, 201, "{failing}");
-    let (code, _) = call(
+    let (code, done) = call(
         &base,
         "POST",
         "/dashboard/v1/notifications",
         Some(subscribe("/ok-done")),
     )
     .await;
-    assert_eq!(code, 201);
+    assert_eq!(code, 201, "{done}");
     for (country, iso) in [("Norway", "NO"), ("Sweden", "SE"), ("Denmark", "DK")] {
         let body = json!({"country": country, "isoCode": iso, "features": {}});
         let (code, json) = call(&base, "POST", "/dashboard/v1/registrations", Some(body)).await;
@@ -202,6 +223,16 @@ async fn webhook_deliveries_survive_sigkill_with_their_ids() {
     }
     // Three completed deliveries, and three failing ones that have been tried at least once.
     receiver.wait_for("/ok-done", 3).await;
+    // Received is not yet stored: a delivery whose success was not durable when the server
+    // died is sent again (at least once). So wait until the dispatcher has recorded all three,
+    // then for a publish acknowledged after that: the store commits in order, so the three
+    // outcomes are durable too.
+    succeeded(&base, done["id"].as_str().unwrap(), 3).await;
+    let barrier = uuid::Uuid::new_v4().to_string();
+    assert!(
+        publish(&base, &barrier).await.is_some(),
+        "a durable publish"
+    );
     let ids_of = |path: &str| {
         let mut ids: Vec<String> = receiver
             .received(path)
@@ -230,25 +261,7 @@ async fn webhook_deliveries_survive_sigkill_with_their_ids() {
     let base = format!("http://{}", srv.addr);
 
     // The pending deliveries resume with the ids they had, and all succeed.
-    let sub_id = failing["id"].as_str().unwrap();
-    wait_for(
-        "every failing delivery to succeed after the restart",
-        || {
-            let path = format!("/dashboard/v1/notifications/{sub_id}/deliveries");
-            let base = base.clone();
-            async move {
-                let (code, log) = call(&base, "GET", &path, None).await;
-                assert_eq!(code, 200, "{log}");
-                let ok = log
-                    .as_array()?
-                    .iter()
-                    .filter(|a| a["outcome"] == "succeeded")
-                    .count();
-                (ok == 3).then_some(())
-            }
-        },
-    )
-    .await;
+    succeeded(&base, failing["id"].as_str().unwrap(), 3).await;
     assert_eq!(
         ids_of("/recover"),
         before,
