@@ -104,13 +104,8 @@ async fn subscribe(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse
             .content_type("text/plain; charset=utf-8")
             .body("not_accepted"),
         Opened::Refused(code) => sse_error(code),
-        Opened::Stream {
-            subscribed,
-            mut body,
-        } => {
-            // If the session died before subscribing, its body is already closed; either way
-            // the response is safe to send.
-            let _ = subscribed.await;
+        Opened::Stream(stream) => {
+            let mut body = stream.subscribed().await;
             event_stream_response().streaming(futures_util::stream::poll_fn(move |cx| {
                 body.poll_recv(cx)
                     .map(|frame| frame.map(Ok::<_, Infallible>))
@@ -135,11 +130,25 @@ pub(crate) enum Opened {
     NotAccepted,
     /// Refused with this error code, sent as one SSE `error` event.
     Refused(&'static str),
-    /// The session is started: once `subscribed` fires, stream `body`.
-    Stream {
-        subscribed: oneshot::Receiver<()>,
-        body: queue::Receiver,
-    },
+    /// The session is started.
+    Stream(EventStream),
+}
+
+/// A started session's response body, to be sent once the session is subscribed.
+pub(crate) struct EventStream {
+    /// Fired by the session once the Broker has registered it.
+    subscribed: oneshot::Receiver<()>,
+    body: queue::Receiver,
+}
+
+impl EventStream {
+    /// The body, once the session is subscribed: a client that sees the stream open cannot
+    /// miss a later publish. If the session died first, its body is already closed; either
+    /// way the response is safe to send.
+    pub(crate) async fn subscribed(self) -> queue::Receiver {
+        let _ = self.subscribed.await;
+        self.body
+    }
 }
 
 /// Checks a subscription and, when it is good, starts its session on this thread.
@@ -190,7 +199,7 @@ pub(crate) fn open(state: &AppState, request: &Subscription) -> Opened {
         state.metrics.face(Face::Sse),
     );
     session.start();
-    Opened::Stream { subscribed, body }
+    Opened::Stream(EventStream { subscribed, body })
 }
 
 /// A header value as text, when it is visible ASCII (what `HeaderValue::to_str` accepts).

@@ -2,9 +2,8 @@
 //! over the `instance:<instance_id>` streams.
 //!
 //! Handlers authenticate (bearer header or `Authorization` cookie), check the instance id and
-//! the permissions, validate the query or body, then only talk to actors: `PeekPage` to the
-//! Broker and, for a poll that must wait, a `LongPoll` session; `ReadPage` / `GetEvent` /
-//! `Publish` to the Broker. Every refusal is an
+//! the permissions, validate the query or body, then only talk to actors: `longpoll::poll`
+//! per poll, `ReadPage` / `GetEvent` / `Publish` to the Broker. Every refusal is an
 //! `InstanceError`, whose `ResponseError` impl is the face's one wire shape for errors.
 //!
 //! Routes are registered from their OpenAPI declarations (`ApiDoc`), so `/openapi.json`
@@ -16,7 +15,6 @@ mod params;
 
 use std::hash::{Hash, Hasher};
 
-use actix::Actor;
 use actix_web::http::header::{self, EntityTag, IfNoneMatch};
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use utoipa::openapi::security::SecurityScheme;
@@ -31,10 +29,9 @@ use params::{LongPollQuery, PageQuery};
 use super::openapi::Routes;
 use super::{read_body, AppState, BodyError};
 use crate::auth::{self, AuthError, Claims, PUBLISH};
-use crate::broker::messages::{GetEvent, PeekPage, Publish, ReadPage, Start};
+use crate::broker::messages::{GetEvent, Publish, ReadPage, Start};
 use crate::event::{Position, StreamKey, StreamKind};
-use crate::metrics::Face;
-use crate::session::longpoll::{self, LongPoll, PollOutcome, PollSpec};
+use crate::session::longpoll::{self, PollOutcome, PollSpec};
 
 /// The name of the cookie that may carry `bearer <jwt>` instead of the header.
 const AUTH_COOKIE: &str = "Authorization";
@@ -152,36 +149,7 @@ async fn long_poll(
         max_listeners: state.config.max_listeners_per_instance,
     };
     let broker = state.brokers.of(&spec.stream).clone();
-    // Data waiting is answered at once; only a poll that must wait gets a `LongPoll` actor.
-    let peek = PeekPage {
-        stream: spec.stream.clone(),
-        start: spec.start.clone(),
-        max_subscribers: spec.max_listeners,
-        page_size: spec.page_size,
-    };
-    let face = state.metrics.face(Face::Longpoll);
-    let answered = |outcome: PollOutcome| {
-        longpoll::count(&state.metrics, &face, &outcome);
-        Some(outcome)
-    };
-    let outcome = match broker.send(peek).await {
-        Err(_) => None,
-        Ok(Err(_)) => answered(PollOutcome::TooManyListeners),
-        Ok(Ok(reply)) if !reply.backlog.is_empty() => {
-            if reply.gap.is_some() {
-                face.gaps.inc();
-            }
-            let events = reply.backlog;
-            let cursor = events.last().expect("not empty").cursor.clone();
-            answered(PollOutcome::Page { events, cursor })
-        }
-        Ok(Ok(_)) => {
-            let (poll, handle) = LongPoll::new(spec, broker, permit, state.metrics.clone());
-            poll.start();
-            handle.outcome().await
-        }
-    };
-    match outcome {
+    match longpoll::poll(spec, broker, permit, state.metrics.clone()).await {
         Some(PollOutcome::Page { events, cursor }) => Ok(HttpResponse::Ok()
             .content_type("application/json")
             .insert_header((header::CACHE_CONTROL, "no-store"))

@@ -168,7 +168,8 @@ impl Broker {
     }
 
     /// The retained events after `start` (at most `page` of them), where they end, and whether
-    /// the start's cursor was lost. Registers nobody; unsent events must be fanned out first.
+    /// the start's cursor was lost. Registers nobody: a caller that registers the reader must
+    /// fan out unsent events first.
     fn backlog(
         &mut self,
         stream: &StreamKey,
@@ -414,7 +415,8 @@ impl Handler<PeekPage> for Broker {
 
     fn handle(&mut self, msg: PeekPage, _: &mut Self::Context) -> Self::Result {
         self.has_room(&msg.stream, msg.max_subscribers)?;
-        self.fan_out();
+        // No `fan_out` first: unsent events are in history already, and nobody is registered
+        // who could get them twice.
         Ok(self.backlog(&msg.stream, &msg.start, Some(msg.page_size)))
     }
 }

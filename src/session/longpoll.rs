@@ -1,5 +1,6 @@
-//! `LongPoll`: one actor per waiting long-poll request, living for that one request. A poll
-//! that finds data waiting is answered by the handler after a `PeekPage`, without one.
+//! `poll` answers one long-poll request: at once from a `PeekPage` when data is waiting (most
+//! polls of a client that keeps up), otherwise through a `LongPoll` actor that waits, living
+//! for that one request.
 //!
 //! State: the stream it polls, its id with the Broker, the page size, and the oneshot through
 //! which it answers the HTTP handler. It sends `SubscribeBounded` in `started` (so the
@@ -20,7 +21,7 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use crate::broker::messages::{
-    Close, Deliver, Start, Subscribe, SubscribeBounded, Subscriber, Unsubscribe,
+    Close, Deliver, PeekPage, Start, Subscribe, SubscribeBounded, Subscriber, Unsubscribe,
 };
 use crate::broker::Broker;
 use crate::event::{Event, Position, StreamKey};
@@ -80,8 +81,8 @@ pub struct LongPoll {
     face: FaceMetrics,
 }
 
-/// The handler's side of a poll.
-pub struct PollHandle {
+/// The handler's side of a waiting poll.
+struct PollHandle {
     /// Answered once.
     answer: oneshot::Receiver<PollOutcome>,
     /// Dropped with the handler's future, which tells the poll that nobody waits any more.
@@ -90,13 +91,56 @@ pub struct PollHandle {
 
 impl PollHandle {
     /// Waits for the answer; `None` if the poll ended without one (the Broker is gone).
-    pub async fn outcome(self) -> Option<PollOutcome> {
+    async fn outcome(self) -> Option<PollOutcome> {
         self.answer.await.ok()
     }
 }
 
+/// Answers a poll; `None` if the Broker is gone. Data already waiting is answered without an
+/// actor; `PeekPage` registers nobody, so a poll that must wait starts a `LongPoll`, whose
+/// `SubscribeBounded` looks again and registers it in the same call.
+pub async fn poll(
+    spec: PollSpec,
+    broker: Addr<Broker>,
+    permit: Permit,
+    metrics: Arc<Metrics>,
+) -> Option<PollOutcome> {
+    let peek = PeekPage {
+        stream: spec.stream.clone(),
+        start: spec.start.clone(),
+        max_subscribers: spec.max_listeners,
+        page_size: spec.page_size,
+    };
+    let face = metrics.face(Face::Longpoll);
+    let outcome = match broker.send(peek).await.ok()? {
+        Err(_) => PollOutcome::TooManyListeners,
+        Ok(reply) => match page(reply.backlog) {
+            Some(page) => {
+                // Counted here only: a poll that goes on to wait counts its own gap.
+                if reply.gap.is_some() {
+                    face.gaps.inc();
+                }
+                page
+            }
+            None => {
+                let (poll, handle) = LongPoll::new(spec, broker, permit, metrics);
+                poll.start();
+                return handle.outcome().await;
+            }
+        },
+    };
+    count(&metrics, &face, &outcome);
+    Some(outcome)
+}
+
+/// A backlog as the answer to a poll, unless it is empty.
+fn page(events: Vec<Arc<Event>>) -> Option<PollOutcome> {
+    let cursor = events.last()?.cursor.clone();
+    Some(PollOutcome::Page { events, cursor })
+}
+
 impl LongPoll {
-    pub fn new(
+    fn new(
         spec: PollSpec,
         broker: Addr<Broker>,
         permit: Permit,
@@ -168,7 +212,7 @@ impl LongPoll {
 }
 
 /// Counts a poll's answer in `/metrics`, whoever gave it.
-pub fn count(metrics: &Metrics, face: &FaceMetrics, outcome: &PollOutcome) {
+fn count(metrics: &Metrics, face: &FaceMetrics, outcome: &PollOutcome) {
     let label = match outcome {
         PollOutcome::Page { events, .. } if events.is_empty() => "deadline",
         PollOutcome::Page { events, .. } => {
@@ -211,16 +255,13 @@ impl Actor for LongPoll {
                         poll.face.gaps.inc();
                     }
                     poll.waited_from = Some(reply.position);
-                    if reply.backlog.is_empty() {
-                        poll.registered = true;
-                        ctx.run_later(poll.spec.deadline, |poll, ctx| poll.answer_empty(ctx));
-                        return;
+                    match page(reply.backlog) {
+                        Some(page) => poll.answer(page, ctx),
+                        None => {
+                            poll.registered = true;
+                            ctx.run_later(poll.spec.deadline, |poll, ctx| poll.answer_empty(ctx));
+                        }
                     }
-                    let events = reply.backlog;
-                    let cursor = events
-                        .last()
-                        .map_or_else(|| reply.position.cursor(), |e| e.cursor.clone());
-                    poll.answer(PollOutcome::Page { events, cursor }, ctx);
                 }
             },
         ));

@@ -1,9 +1,9 @@
 //! `SseSession`: one actor per connected Server-Sent Events subscriber.
 //!
 //! State: the stream it follows, its id with the Broker, and the bounded queue whose receiving
-//! end is the HTTP response body (written by actix-web or by `api::documents::direct`). Handles `Deliver` (writes the event's pre-rendered frame) and
-//! `Close` (writes a `retry:` hint and ends the body). Sends `Subscribe` in `started` and
-//! `Unsubscribe` in `stopping`.
+//! end is the HTTP response body (written by actix-web or by `api::documents::direct`).
+//! Handles `Deliver` (writes the event's pre-rendered frame) and `Close` (writes a `retry:`
+//! hint and ends the body). Sends `Subscribe` in `started` and `Unsubscribe` in `stopping`.
 //!
 //! The channel is the subscriber's queue: when it is full the client has fallen
 //! `--subscriber-queue` events behind, and the session ends. Frames already queued still reach

@@ -23,7 +23,7 @@ use actix_web::rt::net::TcpStream;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWrite};
 
-use super::{open, Opened, Subscription};
+use super::{open, EventStream, Opened, Subscription};
 use crate::api::AppState;
 use crate::session::queue;
 
@@ -53,20 +53,18 @@ pub enum Outcome {
 
 /// Serves the connection if it opens with a subscription this path handles.
 pub async fn serve(io: TcpStream, state: &AppState) -> Outcome {
-    let Some((head_len, subscribed, body)) = claim(&io, state).await else {
+    let Some((head_len, opened)) = claim(&io, state).await else {
         return Outcome::Declined(io);
     };
-    if let Err(e) = stream(io, head_len, subscribed, body).await {
+    if let Err(e) = stream(io, head_len, opened).await {
         log::debug!("SSE connection ended: {e}");
     }
     Outcome::Served
 }
 
-/// Peeks at the request head and, if it is a subscription this path serves, opens it.
-async fn claim(
-    io: &TcpStream,
-    state: &AppState,
-) -> Option<(usize, tokio::sync::oneshot::Receiver<()>, queue::Receiver)> {
+/// Peeks at the request head and, if it is a subscription this path serves, opens it; returns
+/// the head's length and the stream.
+async fn claim(io: &TcpStream, state: &AppState) -> Option<(usize, EventStream)> {
     let peeked = tokio::time::timeout(FIRST_BYTES, async {
         io.readable().await?;
         // Allocated once bytes are there, and dropped before the stream starts: a connection
@@ -112,7 +110,7 @@ async fn claim(
         query,
     };
     match open(state, &subscription) {
-        Opened::Stream { subscribed, body } => Some((head_len, subscribed, body)),
+        Opened::Stream(opened) => Some((head_len, opened)),
         // Refusals are answered by actix-web, which keeps the connection alive afterwards.
         Opened::NotAccepted | Opened::Refused(_) => None,
     }
@@ -120,18 +118,11 @@ async fn claim(
 
 /// Consumes the request head, then writes the response head and every frame of `body`,
 /// chunked, until the body ends or the client goes away.
-async fn stream(
-    mut io: TcpStream,
-    head_len: usize,
-    subscribed: tokio::sync::oneshot::Receiver<()>,
-    body: queue::Receiver,
-) -> io::Result<()> {
+async fn stream(mut io: TcpStream, head_len: usize, opened: EventStream) -> io::Result<()> {
     // The head is in the socket buffer already (it was peeked); a later request pipelined
     // behind it is read and ignored below, like any bytes the client sends on an event stream.
     io.read_exact(&mut vec![0; head_len]).await?;
-    // Sent once the Broker has registered the session: a client that sees the stream open
-    // cannot miss a later publish. If the session died first, its body is already closed.
-    let _ = subscribed.await;
+    let body = opened.subscribed().await;
     let mut out = BytesMut::new();
     write!(
         out,
