@@ -1,8 +1,11 @@
 //! The HTTP server: actix-server workers accepting on one listener; each connection is served by
-//! the actix-web app, unless it opens with an SSE subscription (`api::documents::direct`).
+//! the actix-web app, unless it opens with a subscription or a publish of document status
+//! events (`api::documents::direct`).
 //!
 //! This is what `actix_web::HttpServer` assembles, with its defaults, plus that one branch per
 //! new connection: `HttpServer` hands every connection to actix-http and offers no hook before.
+
+pub(crate) mod replay;
 
 use std::io;
 use std::net::TcpListener;
@@ -19,6 +22,7 @@ use actix_web::{web, App};
 
 use crate::api::{self, documents::direct, AppState};
 use crate::broker::shards::Shards;
+use replay::Replay;
 
 /// Starts the workers. Must run inside an actix system.
 pub fn run(
@@ -51,7 +55,7 @@ pub fn run(
                 .configure(api::configure)
                 .into_factory()
                 .map_err(|e| e.error_response());
-            let shutting_down = shutting_down.clone();
+            let signal = shutting_down.clone();
             let http = HttpService::build()
                 // HttpServer's defaults.
                 .client_request_timeout(Duration::from_secs(5))
@@ -63,19 +67,21 @@ pub fn run(
                 .local_addr(addr)
                 // Idle keep-alive connections close when a graceful shutdown starts.
                 .graceful_shutdown_signal(move || {
-                    let signal = shutting_down.clone();
+                    let signal = signal.clone();
                     async move { signal.notified().await }
                 })
                 // The app builds no URLs from the server's host name, so the default is unused.
                 .finish(map_config(app, |()| AppConfig::default()));
             let state = state.clone();
+            let shutting_down = shutting_down.clone();
             fn_factory(move || {
                 let http = http.new_service(());
-                let state = state.clone();
+                let (state, shutting_down) = (state.clone(), shutting_down.clone());
                 async move {
                     let http = Rc::new(http.await?);
                     Ok::<_, ()>(fn_service(move |io: TcpStream| {
                         let (http, state) = (http.clone(), state.clone());
+                        let shutting_down = shutting_down.clone();
                         async move {
                             // Events are small writes that are wanted now; with Nagle's
                             // algorithm a frame waits for the previous one's ACK (WebSocket
@@ -83,14 +89,14 @@ pub fn run(
                             // 66 -> 41 ms). nginx does the same by default.
                             let _ = io.set_nodelay(true);
                             let io = if access_log {
-                                io
+                                Replay::new(bytes::BytesMut::new(), io)
                             } else {
-                                match direct::serve(io, &state).await {
+                                match direct::serve(io, &state, &shutting_down).await {
                                     direct::Outcome::Served => return Ok(()),
                                     direct::Outcome::Declined(io) => io,
                                 }
                             };
-                            let peer = io.peer_addr().ok();
+                            let peer = io.get_ref().peer_addr().ok();
                             // Boxed: the dispatcher is large, and an SSE connection's task
                             // should not carry room for it.
                             Box::pin(http.call((io, Protocol::Http1, peer))).await

@@ -176,7 +176,7 @@ impl ResponseError for AccessError {
 
 /// The publisher credential rule of every publishing endpoint.
 fn require_publisher(req: &HttpRequest, state: &AppState) -> Result<(), AccessError> {
-    match check_publisher(req, state) {
+    match check_publisher(state, bearer_header(req)) {
         PublisherCheck::Allowed => Ok(()),
         PublisherCheck::Missing => Err(AccessError::new(
             StatusCode::UNAUTHORIZED,

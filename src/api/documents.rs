@@ -291,8 +291,9 @@ impl ResponseError for PublishError {
     }
 }
 
+/// The answer to a publish: the cursors of its events, in order.
 #[derive(Serialize)]
-struct Published {
+pub(crate) struct Published {
     ids: Vec<String>,
 }
 
@@ -323,7 +324,26 @@ async fn publish(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, PublishError> {
-    match check_publisher(&req, &state) {
+    let client_id = path.into_inner();
+    admit(&state, super::bearer_header(&req), &client_id)?;
+    let body = read_body(payload, state.config.max_body)
+        .await
+        .map_err(|e| match e {
+            BodyError::TooLarge(_) => PublishError::new(413, e.to_string(), None),
+            BodyError::Read(_) => PublishError::new(400, e.to_string(), None),
+        })?;
+    let published = append(&state, client_id, &body).await?;
+    Ok(HttpResponse::Accepted().json(published))
+}
+
+/// The checks a publish passes before its body is read: the credential, then the client id.
+/// Shared with `direct`, like `append`.
+pub(crate) fn admit(
+    state: &AppState,
+    credential: Option<&str>,
+    client_id: &str,
+) -> Result<(), PublishError> {
+    match check_publisher(state, credential) {
         PublisherCheck::Allowed => {}
         PublisherCheck::Missing => {
             return Err(PublishError::new(
@@ -336,20 +356,22 @@ async fn publish(
             return Err(PublishError::new(401, "publisher credential refused", None))
         }
     }
-    let client_id = path.into_inner();
     if client_id.is_empty() || client_id.len() > MAX_CLIENT_ID {
         return Err(PublishError::invalid(
             format!("client id must be 1 to {MAX_CLIENT_ID} bytes"),
             "clientId",
         ));
     }
-    let body = read_body(payload, state.config.max_body)
-        .await
-        .map_err(|e| match e {
-            BodyError::TooLarge(_) => PublishError::new(413, e.to_string(), None),
-            BodyError::Read(_) => PublishError::new(400, e.to_string(), None),
-        })?;
-    let data = parse_statuses(&body)?;
+    Ok(())
+}
+
+/// Validates an admitted publish's body and appends its events to `client:<client_id>`.
+pub(crate) async fn append(
+    state: &AppState,
+    client_id: String,
+    body: &[u8],
+) -> Result<Published, PublishError> {
+    let data = parse_statuses(body)?;
     let stream = StreamKey::new(StreamKind::Client, client_id);
     let events = state
         .brokers
@@ -358,9 +380,9 @@ async fn publish(
         .await
         .map_err(|_| PublishError::new(503, "broker unavailable", None))?
         .map_err(|e| PublishError::new(503, e.to_string(), None))?;
-    Ok(HttpResponse::Accepted().json(Published {
+    Ok(Published {
         ids: events.iter().map(|e| e.cursor.clone()).collect(),
-    }))
+    })
 }
 
 /// Validates one status object or an array of them into the JSON delivered to subscribers.

@@ -93,12 +93,13 @@ pub enum PublisherCheck {
     Refused,
 }
 
-/// Publishing needs a publisher key or a `publish` token, except in `--dev`.
-pub fn check_publisher(req: &HttpRequest, state: &AppState) -> PublisherCheck {
+/// Publishing needs a publisher key or a `publish` token, except in `--dev`; `credential` is
+/// the request's bearer credential (`bearer_header`).
+pub fn check_publisher(state: &AppState, credential: Option<&str>) -> PublisherCheck {
     if state.config.dev {
         return PublisherCheck::Allowed;
     }
-    match bearer_header(req) {
+    match credential {
         None => PublisherCheck::Missing,
         Some(credential) if state.verifier.is_publisher(credential) => PublisherCheck::Allowed,
         Some(_) => PublisherCheck::Refused,

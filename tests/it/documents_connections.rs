@@ -1,6 +1,6 @@
-//! Face 1 over raw HTTP/1.1: a connection that opens with a subscription is streamed by
-//! Herald's direct SSE path; one that asks for it after another request, or that the direct
-//! path declines, by actix-web. Both must look the same to the client.
+//! Face 1 over raw HTTP/1.1: a connection that opens with a subscription or a publish is served
+//! by Herald's direct path; a request that path declines, and everything after it on the
+//! connection, by actix-web. Both must look the same to the client.
 
 use actix_rt::net::TcpStream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -111,6 +111,39 @@ impl Raw {
             assert!(head.contains(header), "{header} in {head}");
         }
         assert_eq!(self.chunk().await, ": ok\n\n");
+    }
+
+    /// Reads one response with a sized body: (status line, head lowercased, body).
+    async fn response(&mut self) -> (String, String, String) {
+        let head = self.head().await;
+        let body = self.sized_body(&head).await;
+        let status = head.lines().next().unwrap_or_default().to_string();
+        (status, head, body)
+    }
+
+    /// Reads until the server closes the connection; fails on anything else received.
+    async fn expect_closed(&mut self) {
+        tokio::time::timeout(DEADLINE, async {
+            let mut buf = [0; 4096];
+            let read = self.io.read(&mut buf).await.unwrap_or(0);
+            assert_eq!(
+                read,
+                0,
+                "closed; got {:?}",
+                String::from_utf8_lossy(&buf[..read])
+            );
+        })
+        .await
+        .unwrap_or_else(|_| panic!("the connection closed within {DEADLINE:?}"));
+    }
+
+    /// Reads chunks until each of the events `ids` has arrived, in any order.
+    async fn expect_events(&mut self, mut ids: Vec<String>) {
+        while !ids.is_empty() {
+            let chunk = self.chunk().await;
+            assert!(!chunk.is_empty(), "the stream ended before {ids:?}");
+            ids.retain(|id| !chunk.contains(&format!("id: {id}\n")));
+        }
     }
 
     /// Reads chunks until the event `id` has arrived, and returns it.
@@ -225,4 +258,219 @@ async fn unusual_subscription_requests_are_still_served() {
         .await;
     let head = slash.head().await;
     assert!(head.starts_with("http/1.1 404"), "{head}");
+}
+
+/// A raw publish of `body` to `client`, with `headers` (each ending in CRLF).
+fn publish(client: &str, headers: &str, body: &str) -> String {
+    format!(
+        "POST /events/client/{client} HTTP/1.1\r\nHost: herald\r\n{headers}\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+fn publisher() -> String {
+    format!("Authorization: Bearer {PUBLISHER_KEY}\r\n")
+}
+
+fn status_body(status: &str) -> String {
+    format!(
+        r#"{{"documentId":"{}","status":"{status}"}}"#,
+        uuid::Uuid::new_v4()
+    )
+}
+
+/// The answer's status line, content type and `WWW-Authenticate`, and its body with event
+/// ids replaced by how many there were.
+fn shape(response: (String, String, String)) -> String {
+    let (status, head, body) = response;
+    let header = |name: &str| {
+        head.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .unwrap_or("-")
+            .to_string()
+    };
+    let mut json: serde_json::Value = serde_json::from_str(&body).expect("a JSON body");
+    if let Some(ids) = json.get_mut("ids") {
+        *ids = ids.as_array().map(Vec::len).into();
+    }
+    format!(
+        "{status} | {} | {} | {json}",
+        header("content-type:"),
+        header("www-authenticate:")
+    )
+}
+
+#[actix_rt::test]
+async fn publishes_are_answered_alike_by_the_direct_path_and_actix_web() {
+    let srv = TestServer::start().await;
+    let mut sub = Raw::connect(&srv).await;
+    sub.subscribe(&token("dee", &[])).await;
+    sub.expect_stream().await;
+    await_subscribers(&srv, "client:dee", 1).await;
+    let requests = [
+        publish("dee", &publisher(), &status_body("PENDING")),
+        publish(
+            "dee",
+            &publisher(),
+            &format!("[{},{}]", status_body("COMPLETED"), status_body("ERROR")),
+        ),
+        publish("dee", "", &status_body("PENDING")),
+        publish(
+            "dee",
+            "Authorization: Bearer nope\r\n",
+            &status_body("PENDING"),
+        ),
+        publish("dee", &publisher(), "{\"documentId\":"),
+        publish("dee", &publisher(), r#"[{"status":"DONE"}]"#),
+        publish(&"d".repeat(300), &publisher(), &status_body("PENDING")),
+    ];
+    // Pipelined on a connection that opens with them (the direct path), then on one that
+    // opens with another request (actix-web).
+    let mut direct = Raw::connect(&srv).await;
+    direct.send(&requests.concat()).await;
+    let mut framework = Raw::connect(&srv).await;
+    framework
+        .send(&format!(
+            "GET /health HTTP/1.1\r\nHost: herald\r\n\r\n{}",
+            requests.concat()
+        ))
+        .await;
+    framework.response().await;
+    let (mut answers, mut published) = (Vec::new(), Vec::new());
+    for _ in &requests {
+        let (direct, framework) = (direct.response().await, framework.response().await);
+        published.extend(ids(&direct).into_iter().chain(ids(&framework)));
+        assert_eq!(shape(direct.clone()), shape(framework), "{}", direct.1);
+        answers.push(shape(direct));
+    }
+    let expected = [
+        "HTTP/1.1 202 Accepted | application/json | - | {\"ids\":1}",
+        "HTTP/1.1 202 Accepted | application/json | - | {\"ids\":2}",
+        "HTTP/1.1 401 Unauthorized | application/json | bearer | {\"error\":\"publisher credential required\"}",
+        "HTTP/1.1 401 Unauthorized | application/json | bearer | {\"error\":\"publisher credential refused\"}",
+    ];
+    assert_eq!(answers[..4], expected.map(str::to_lowercase));
+    for answer in &answers[4..] {
+        assert!(
+            answer.starts_with("http/1.1 422 unprocessable entity |"),
+            "{answer}"
+        );
+    }
+    assert!(
+        answers[5].contains(r#""field":"[0].documentId""#),
+        "{}",
+        answers[5]
+    );
+    assert!(
+        answers[6].contains(r#""field":"clientId""#),
+        "{}",
+        answers[6]
+    );
+
+    // Six events in all, and each reached the subscriber.
+    assert_eq!(published.len(), 6, "{published:?}");
+    sub.expect_events(published).await;
+}
+
+/// The event ids of a 202 answer.
+fn ids(response: &(String, String, String)) -> Vec<String> {
+    let json: serde_json::Value = serde_json::from_str(&response.2).expect("a JSON body");
+    json["ids"]
+        .as_array()
+        .map(|ids| {
+            ids.iter()
+                .map(|id| id.as_str().unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[actix_rt::test]
+async fn a_publisher_connection_goes_on_under_actix_web_after_another_request() {
+    let srv = TestServer::start().await;
+    let mut sub = Raw::connect(&srv).await;
+    sub.subscribe(&token("eve", &[])).await;
+    sub.expect_stream().await;
+    await_subscribers(&srv, "client:eve", 1).await;
+    let mut published = Vec::new();
+    let mut raw = Raw::connect(&srv).await;
+    raw.send(&publish("eve", &publisher(), &status_body("PENDING")))
+        .await;
+    let answer = raw.response().await;
+    assert_eq!(answer.0, "http/1.1 202 accepted");
+    published.extend(ids(&answer));
+    raw.send("GET /health HTTP/1.1\r\nHost: herald\r\n\r\n")
+        .await;
+    assert_eq!(raw.response().await.0, "http/1.1 200 ok");
+    let answer = {
+        raw.send(&publish("eve", &publisher(), &status_body("ERROR")))
+            .await;
+        raw.response().await
+    };
+    assert_eq!(answer.0, "http/1.1 202 accepted");
+    published.extend(ids(&answer));
+
+    // A head whose body comes later (most likely: the server is waiting for the next request,
+    // and Nagle's algorithm holds the body until the head is acknowledged), an id that needs
+    // decoding, a body over the limit and a last request are all left to actix-web, and
+    // answered.
+    let mut split = Raw::connect(&srv).await;
+    split
+        .send(&publish("eve", &publisher(), &status_body("PENDING")))
+        .await;
+    published.extend(ids(&split.response().await));
+    let request = publish("eve", &publisher(), &status_body("COMPLETED"));
+    let (head, body) = request.split_at(request.find("\r\n\r\n").unwrap() + 4);
+    split.send(head).await;
+    split.send(body).await;
+    let answer = split.response().await;
+    assert_eq!(answer.0, "http/1.1 202 accepted");
+    published.extend(ids(&answer));
+
+    let mut decoded = Raw::connect(&srv).await;
+    decoded
+        .send(&publish("e%76e", &publisher(), &status_body("PENDING")))
+        .await;
+    let answer = decoded.response().await;
+    assert_eq!(answer.0, "http/1.1 202 accepted");
+    published.extend(ids(&answer));
+
+    let mut large = Raw::connect(&srv).await;
+    large
+        .send(&publish("eve", &publisher(), &" ".repeat(2 * 1024 * 1024)))
+        .await;
+    let (status, _, body) = large.response().await;
+    assert_eq!(status, "http/1.1 413 payload too large", "{body}");
+
+    let mut last = Raw::connect(&srv).await;
+    last.send(&publish(
+        "eve",
+        &format!("{}Connection: close\r\n", publisher()),
+        &status_body("PENDING"),
+    ))
+    .await;
+    let answer = last.response().await;
+    assert_eq!(answer.0, "http/1.1 202 accepted");
+    published.extend(ids(&answer));
+    last.expect_closed().await;
+
+    assert_eq!(published.len(), 6, "{published:?}");
+    sub.expect_events(published).await;
+}
+
+#[actix_rt::test]
+async fn an_idle_publisher_connection_closes_when_shutdown_starts() {
+    let mut srv = TestServer::start().await;
+    let mut raw = Raw::connect(&srv).await;
+    raw.send(&publish("fay", &publisher(), &status_body("PENDING")))
+        .await;
+    assert_eq!(raw.response().await.0, "http/1.1 202 accepted");
+    // The keep-alive timeout is 5 s: only the shutdown signal closes the connection sooner.
+    let shutdown = srv.herald.take().unwrap().shutdown();
+    tokio::time::timeout(std::time::Duration::from_secs(3), shutdown)
+        .await
+        .expect("shutdown does not wait for the idle connection");
+    raw.expect_closed().await;
 }
