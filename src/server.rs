@@ -5,6 +5,7 @@
 //! This is what `actix_web::HttpServer` assembles, with its defaults, plus that one branch per
 //! new connection: `HttpServer` hands every connection to actix-http and offers no hook before.
 
+pub(crate) mod direct;
 pub(crate) mod replay;
 
 use std::io;
@@ -20,7 +21,7 @@ use actix_web::dev::{AppConfig, Server};
 use actix_web::rt::net::TcpStream;
 use actix_web::{web, App};
 
-use crate::api::{self, documents::direct, AppState};
+use crate::api::{self, AppState};
 use crate::broker::shards::Shards;
 use replay::Replay;
 

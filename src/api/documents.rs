@@ -19,7 +19,7 @@ use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
 use super::openapi::Routes;
-use super::{check_publisher, read_body, AppState, BodyError, PublisherCheck};
+use super::{check_publisher, header_text, read_body, AppState, BodyError, PublisherCheck};
 use crate::broker::messages::{Fallback, Publish, Start};
 use crate::event::{StreamKey, StreamKind};
 use crate::metrics::Face;
@@ -200,15 +200,6 @@ pub(crate) fn open(state: &AppState, request: &Subscription) -> Opened {
     );
     session.start();
     Opened::Stream(EventStream { subscribed, body })
-}
-
-/// A header value as text, when it is visible ASCII (what `HeaderValue::to_str` accepts).
-fn header_text(value: &[u8]) -> Option<&str> {
-    value
-        .iter()
-        .all(|&b| b == b'\t' || (32..127).contains(&b))
-        .then(|| std::str::from_utf8(value).ok())
-        .flatten()
 }
 
 fn event_stream_response() -> actix_web::HttpResponseBuilder {

@@ -10,6 +10,7 @@
 //! cannot miss a route this face serves.
 
 mod body;
+pub(crate) mod direct;
 mod error;
 mod params;
 
@@ -31,6 +32,7 @@ use super::{read_body, AppState, BodyError};
 use crate::auth::{self, AuthError, Claims, PUBLISH};
 use crate::broker::messages::{GetEvent, Publish, ReadPage, Start};
 use crate::event::{Position, StreamKey, StreamKind};
+use crate::limits::Permit;
 use crate::session::longpoll::{self, PollOutcome, PollSpec};
 
 /// The name of the cookie that may carry `bearer <jwt>` instead of the header.
@@ -132,8 +134,21 @@ async fn long_poll(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, InstanceError> {
-    let instance = authorize(&req, &state, &path, Access::Read)?;
-    let query = LongPollQuery::parse(req.query_string())?;
+    let (spec, permit) = long_poll_spec(&state, credential(&req)?, &path, req.query_string())?;
+    let broker = state.brokers.of(&spec.stream).clone();
+    long_poll_answer(longpoll::poll(spec, broker, permit, state.metrics.clone()).await)
+}
+
+/// A long-poll's checks, in order (credential, instance, permissions, query, a connection
+/// permit), and the poll they make. Shared with `direct`, like `long_poll_answer`.
+pub(crate) fn long_poll_spec(
+    state: &AppState,
+    credential: Option<String>,
+    instance: &str,
+    query: &str,
+) -> Result<(PollSpec, Permit), InstanceError> {
+    let instance = authorize(state, credential, instance, Access::Read)?;
+    let query = LongPollQuery::parse(query)?;
     let permit = state
         .connections
         .try_acquire()
@@ -148,8 +163,14 @@ async fn long_poll(
         deadline: query.deadline,
         max_listeners: state.config.max_listeners_per_instance,
     };
-    let broker = state.brokers.of(&spec.stream).clone();
-    match longpoll::poll(spec, broker, permit, state.metrics.clone()).await {
+    Ok((spec, permit))
+}
+
+/// The response to a long-poll's outcome (`None`: the Broker is gone).
+pub(crate) fn long_poll_answer(
+    outcome: Option<PollOutcome>,
+) -> Result<HttpResponse, InstanceError> {
+    match outcome {
         Some(PollOutcome::Page { events, cursor }) => Ok(HttpResponse::Ok()
             .content_type("application/json")
             .insert_header((header::CACHE_CONTROL, "no-store"))
@@ -192,7 +213,7 @@ async fn page(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, InstanceError> {
-    let instance = authorize(&req, &state, &path, Access::Read)?;
+    let instance = authorize(&state, credential(&req)?, &path, Access::Read)?;
     let query = PageQuery::parse(req.query_string())?;
     let stream = stream_of(instance);
     let reply = state
@@ -255,7 +276,7 @@ async fn get_notification(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, InstanceError> {
     let (instance, notification_id) = path.into_inner();
-    let instance = authorize(&req, &state, &instance, Access::Read)?;
+    let instance = authorize(&state, credential(&req)?, &instance, Access::Read)?;
     let position = Position::from_cursor(&notification_id).ok_or(InstanceError::NotFound)?;
     let stream = stream_of(instance);
     let event = state
@@ -302,7 +323,7 @@ async fn create(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, InstanceError> {
-    let instance = authorize(&req, &state, &path, Access::Write)?;
+    let instance = authorize(&state, credential(&req)?, &path, Access::Write)?;
     let body = read_body(payload, state.config.max_body)
         .await
         .map_err(|e| match e {
@@ -351,12 +372,11 @@ enum Access {
 /// Authenticates, checks the instance id, then the permissions, in that order (a bad token
 /// is reported before a bad id). Returns the instance id.
 fn authorize(
-    req: &HttpRequest,
     state: &AppState,
+    credential: Option<String>,
     instance: &str,
     access: Access,
 ) -> Result<Uuid, InstanceError> {
-    let credential = credential(req)?;
     if access == Access::Write {
         let open = state.config.dev && credential.is_none();
         let publisher = credential
@@ -383,17 +403,20 @@ fn parse_instance(instance: &str) -> Result<Uuid, InstanceError> {
 /// The bearer credential of the `Authorization` header, else of the `Authorization` cookie.
 /// A header or cookie that is there but not `bearer <token>` is refused, not ignored.
 fn credential(req: &HttpRequest) -> Result<Option<String>, InstanceError> {
-    let value = match req.headers().get(header::AUTHORIZATION) {
-        Some(header) => header.to_str().ok().map(str::to_string),
+    match req.headers().get(header::AUTHORIZATION) {
+        Some(header) => bearer_credential(header.to_str().ok()).map(Some),
         None => match req.cookie(AUTH_COOKIE) {
-            Some(cookie) => Some(cookie.value().to_string()),
-            None => return Ok(None),
+            Some(cookie) => bearer_credential(Some(cookie.value())).map(Some),
+            None => Ok(None),
         },
-    };
+    }
+}
+
+/// The token of a `bearer <token>` header or cookie (`None`: not text).
+pub(crate) fn bearer_credential(value: Option<&str>) -> Result<String, InstanceError> {
     value
-        .as_deref()
         .and_then(auth::bearer)
-        .map(|c| Some(c.to_string()))
+        .map(str::to_string)
         .ok_or_else(|| {
             InstanceError::Auth(AuthError::TokenFormat(
                 "expected `bearer <token>`".to_string(),

@@ -85,6 +85,15 @@ pub fn bearer_header(req: &HttpRequest) -> Option<&str> {
         .and_then(auth::bearer)
 }
 
+/// A header value as text, when it is visible ASCII (what `HeaderValue::to_str` accepts).
+pub(crate) fn header_text(value: &[u8]) -> Option<&str> {
+    value
+        .iter()
+        .all(|&b| b == b'\t' || (32..127).contains(&b))
+        .then(|| std::str::from_utf8(value).ok())
+        .flatten()
+}
+
 /// How a publishing request failed its credential check.
 #[derive(Debug, PartialEq, Eq)]
 pub enum PublisherCheck {

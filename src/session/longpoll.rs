@@ -97,14 +97,29 @@ impl PollHandle {
 }
 
 /// Answers a poll; `None` if the Broker is gone. Data already waiting is answered without an
-/// actor; `PeekPage` registers nobody, so a poll that must wait starts a `LongPoll`, whose
-/// `SubscribeBounded` looks again and registers it in the same call.
+/// actor (`answer_now`); a poll that must wait starts a `LongPoll`, whose `SubscribeBounded`
+/// looks again and registers it in the same call.
 pub async fn poll(
     spec: PollSpec,
     broker: Addr<Broker>,
     permit: Permit,
     metrics: Arc<Metrics>,
 ) -> Option<PollOutcome> {
+    if let Some(outcome) = answer_now(&spec, &broker, &metrics).await? {
+        return Some(outcome);
+    }
+    let (poll, handle) = LongPoll::new(spec, broker, permit, metrics);
+    poll.start();
+    handle.outcome().await
+}
+
+/// Answers a poll from what the stream holds now: `Some(None)` when it would have to wait,
+/// `None` if the Broker is gone. `PeekPage` registers nobody, so nothing is left to undo.
+pub async fn answer_now(
+    spec: &PollSpec,
+    broker: &Addr<Broker>,
+    metrics: &Metrics,
+) -> Option<Option<PollOutcome>> {
     let peek = PeekPage {
         stream: spec.stream.clone(),
         start: spec.start.clone(),
@@ -122,15 +137,11 @@ pub async fn poll(
                 }
                 page
             }
-            None => {
-                let (poll, handle) = LongPoll::new(spec, broker, permit, metrics);
-                poll.start();
-                return handle.outcome().await;
-            }
+            None => return Some(None),
         },
     };
-    count(&metrics, &face, &outcome);
-    Some(outcome)
+    count(metrics, &face, &outcome);
+    Some(Some(outcome))
 }
 
 /// A backlog as the answer to a poll, unless it is empty.

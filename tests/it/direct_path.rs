@@ -1,11 +1,13 @@
-//! Face 1 over raw HTTP/1.1: a connection that opens with a subscription or a publish is served
-//! by Herald's direct path; a request that path declines, and everything after it on the
-//! connection, by actix-web. Both must look the same to the client.
+//! The direct path over raw HTTP/1.1: a connection that opens with an SSE subscription, a
+//! publish, or a long-poll with data waiting is served by `server::direct`; a request that path
+//! declines, and everything after it on the connection, by actix-web. Both must look the same
+//! to the client.
 
 use actix_rt::net::TcpStream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::common::*;
+use crate::instances::{base, create_messages, reader};
 
 /// A client speaking HTTP/1.1 by hand, so the test controls what shares a connection.
 struct Raw {
@@ -473,4 +475,85 @@ async fn an_idle_publisher_connection_closes_when_shutdown_starts() {
         .await
         .expect("shutdown does not wait for the idle connection");
     raw.expect_closed().await;
+}
+
+#[actix_rt::test]
+async fn long_polls_are_answered_alike_by_the_direct_path_and_actix_web() {
+    let srv = TestServer::start().await;
+    let id = uuid::Uuid::new_v4().to_string();
+    let root = srv.url("");
+    let messages: Vec<String> = (1..=3).map(|n| format!("m{n}")).collect();
+    create_messages(&root, &id, &messages).await;
+    let poll = |query: &str, token: &str| {
+        format!(
+            "GET {}/stream/notification/lp?{query} HTTP/1.1\r\nHost: herald\r\n\
+             Authorization: bearer {token}\r\n\r\n",
+            base(&id)
+        )
+    };
+    let token = reader(&id);
+    let requests = [
+        poll("max_page_size=1&offset_reset_strategy=earliest", &token),
+        poll("max_page_size=2&offset_reset_strategy=earliest", &token),
+        // Refused: from here on, actix-web serves the direct connection too.
+        poll("max_page_size=0", &token),
+        poll(
+            "max_page_size=1&offset_reset_strategy=earliest",
+            "not-a-token",
+        ),
+    ];
+    let mut direct = Raw::connect(&srv).await;
+    direct.send(&requests.concat()).await;
+    let mut framework = Raw::connect(&srv).await;
+    framework
+        .send(&format!(
+            "GET /health HTTP/1.1\r\nHost: herald\r\n\r\n{}",
+            requests.concat()
+        ))
+        .await;
+    framework.response().await;
+    let mut statuses = Vec::new();
+    for _ in &requests {
+        let (direct, framework) = (direct.response().await, framework.response().await);
+        let headers = |(_, head, _): &(String, String, String)| -> Vec<String> {
+            let mut kept: Vec<String> = head
+                .lines()
+                .filter(|l| !l.starts_with("date:") && !l.is_empty())
+                .map(str::to_string)
+                .collect();
+            kept.sort();
+            kept
+        };
+        assert_eq!(headers(&direct), headers(&framework));
+        assert_eq!(direct.2, framework.2, "the same body");
+        statuses.push(direct.0);
+    }
+    assert_eq!(
+        statuses,
+        [
+            "http/1.1 200 ok",
+            "http/1.1 200 ok",
+            "http/1.1 422 unprocessable entity",
+            "http/1.1 403 forbidden"
+        ]
+    );
+
+    // A poll that has to wait is actix-web's (the direct path answers only data waiting),
+    // and is answered when a notification comes; the connection goes on.
+    let mut waiting = Raw::connect(&srv).await;
+    waiting.send(&poll("max_page_size=5", &token)).await;
+    await_subscribers(&srv, &format!("instance:{id}"), 1).await;
+    create_messages(&root, &id, &["late".to_string()]).await;
+    let answer = waiting.response().await;
+    assert_eq!(answer.0, "http/1.1 200 ok");
+    assert!(answer.2.contains("\"late\""), "{}", answer.2);
+    waiting
+        .send(&poll(
+            "max_page_size=1&offset_reset_strategy=earliest",
+            &token,
+        ))
+        .await;
+    let (status, _, body) = waiting.response().await;
+    assert_eq!(status, "http/1.1 200 ok");
+    assert!(body.contains("\"m1\""), "{body}");
 }

@@ -1,0 +1,255 @@
+//! The hot routes served straight on their TCP connection instead of through actix-web: a
+//! connection that opens with an SSE subscription, a publish of document status events, or a
+//! long-poll that finds data waiting is read here.
+//!
+//! Why: idle subscribers are most of what a broker holds, and under actix-http each connection
+//! keeps its dispatcher and two 8 KiB buffers (about 12 KB resident) for as long as the stream
+//! runs. And a short request is mostly framework: under actix-web, decoding, routing and
+//! dispatch cost about as much again as publishing the event or reading the page.
+//!
+//! Each route decides through the same functions as its actix-web handler and answers with the
+//! same `HttpResponse`, written out here. Only the plain case is claimed: a complete HTTP/1.1
+//! request without an upgrade, an expectation, a chunked body or `Connection: close`, to a route
+//! whose face serves it here (`api::documents::direct`, `api::instances::direct`). Anything
+//! else goes to actix-web together with the bytes read so far (`Replay`), and actix-web serves
+//! the rest of the connection. A keep-alive connection stays here for as long as its requests
+//! are ones this path serves.
+
+use std::io::{self, Write};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use actix_server::GracefulShutdownSignal;
+use actix_web::body::MessageBody;
+use actix_web::rt::net::TcpStream;
+use actix_web::HttpResponse;
+use bytes::{Buf, BytesMut};
+use tokio::io::AsyncWriteExt;
+
+use super::replay::Replay;
+use crate::api::{documents, instances, AppState};
+
+/// Bytes read at a time; a request head longer than this (many cookies, say), or a request
+/// whose head and body are, goes to actix-web.
+const READ_SIZE: usize = 8 * 1024;
+
+/// Most headers parsed; a request with more goes to actix-web.
+const MAX_HEADERS: usize = 32;
+
+/// How long a new connection may take to send its first bytes; actix-web's request timeout.
+const FIRST_BYTES: Duration = Duration::from_secs(5);
+
+/// How long a connection may stay idle between requests; actix-web's keep-alive.
+const KEEP_ALIVE: Duration = Duration::from_secs(5);
+
+thread_local! {
+    /// The `Date` header's value and the second it names: formatted once a second per
+    /// worker, as actix-http does, not once per response.
+    static DATE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((0, String::new())) };
+}
+
+/// What `serve` did with a connection.
+pub enum Outcome {
+    /// The connection was served and is closed.
+    Served,
+    /// Not a request this path serves: actix-web takes the connection, starting with the bytes
+    /// read from it so far.
+    Declined(Replay<TcpStream>),
+}
+
+/// A complete request at the start of the read buffer.
+pub struct Request<'h, 'b> {
+    pub head: httparse::Request<'h, 'b>,
+    /// The path, without the query.
+    pub path: &'b str,
+    /// After `?`, still percent-encoded; empty without one.
+    pub query: &'b str,
+    pub body: &'b [u8],
+    /// Bytes of head and body.
+    len: usize,
+}
+
+impl<'b> Request<'_, 'b> {
+    /// The value of the request's `name` header; `Err` when it is given more than once.
+    pub fn only_header(&self, name: &str) -> Result<Option<&'b [u8]>, ()> {
+        let mut values = self
+            .head
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value);
+        let first = values.next();
+        match values.next() {
+            None => Ok(first),
+            Some(_) => Err(()),
+        }
+    }
+}
+
+/// Parses the complete, plain request at the start of `buf` (see the module doc).
+fn parse<'h, 'b>(
+    buf: &'b [u8],
+    headers: &'h mut [httparse::Header<'b>],
+    max_body: usize,
+) -> Option<Request<'h, 'b>> {
+    let mut head = httparse::Request::new(headers);
+    let httparse::Status::Complete(head_len) = head.parse(buf).ok()? else {
+        return None;
+    };
+    let target = head.path?;
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let mut request = Request {
+        head,
+        path,
+        query,
+        body: &[],
+        len: head_len,
+    };
+    let header = |name| request.only_header(name);
+    let plain = request.head.version == Some(1)
+        && matches!(header("upgrade"), Ok(None))
+        && matches!(header("expect"), Ok(None))
+        && matches!(header("transfer-encoding"), Ok(None))
+        && match header("connection") {
+            Ok(None) => true,
+            Ok(Some(value)) => value.eq_ignore_ascii_case(b"keep-alive"),
+            Err(()) => false,
+        };
+    if !plain {
+        return None;
+    }
+    let length: usize = match header("content-length").ok()? {
+        None => 0,
+        Some(value) => std::str::from_utf8(value).ok()?.parse().ok()?,
+    };
+    // A body too large is refused by actix-web, which does not read it first.
+    if length > max_body || buf.len() < head_len + length {
+        return None;
+    }
+    request.body = &buf[head_len..head_len + length];
+    request.len = head_len + length;
+    Some(request)
+}
+
+/// Serves the connection if it opens with a request this path handles.
+pub async fn serve(io: TcpStream, state: &AppState, shutdown: &GracefulShutdownSignal) -> Outcome {
+    // Allocated once bytes are there, and dropped before a stream starts: a connection that is
+    // slow to speak, or streaming, keeps nothing of its request.
+    let mut buf = BytesMut::new();
+    match tokio::time::timeout(FIRST_BYTES, read_more(&io, &mut buf)).await {
+        Ok(Ok(true)) => {}
+        // Silent for too long, closed, or broken: nothing to answer.
+        Ok(Ok(false) | Err(_)) | Err(_) => return Outcome::Served,
+    }
+    match subscription(&buf, state) {
+        Some(opened) => {
+            // Bytes after the head (a request pipelined behind it) are ignored, like any
+            // bytes the client sends on an event stream.
+            drop(buf);
+            documents::direct::stream(io, opened).await;
+            Outcome::Served
+        }
+        // Boxed: only the tasks of short requests carry the request loop's state.
+        None => Box::pin(requests(io, buf, state, shutdown)).await,
+    }
+}
+
+/// The subscription the first request in `buf` opens, if it is one this path serves. (A
+/// function of its own so that the parsed headers are not part of the connection's future.)
+fn subscription(buf: &[u8], state: &AppState) -> Option<documents::EventStream> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let request = parse(buf, &mut headers, state.config.max_body)?;
+    documents::direct::subscription(&request, state)
+}
+
+/// Serves requests for as long as they are ones this path answers.
+async fn requests(
+    mut io: TcpStream,
+    mut buf: BytesMut,
+    state: &AppState,
+    shutdown: &GracefulShutdownSignal,
+) -> Outcome {
+    let mut out = Vec::new();
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let Some(request) = parse(&buf, &mut headers, state.config.max_body) else {
+            return Outcome::Declined(Replay::new(buf, io));
+        };
+        let answer = match request.head.method {
+            Some("POST") => documents::direct::publish(state, &request).await,
+            Some("GET") => instances::direct::long_poll(state, &request).await,
+            _ => None,
+        };
+        let Some(response) = answer else {
+            return Outcome::Declined(Replay::new(buf, io));
+        };
+        let len = request.len;
+        write_response(&mut out, response);
+        buf.advance(len);
+        if let Err(e) = io.write_all(&out).await {
+            log::debug!("connection ended: {e}");
+            return Outcome::Served;
+        }
+        out.clear();
+        if buf.is_empty() {
+            // Idle until the next request, the keep-alive timeout, or a graceful shutdown.
+            tokio::select! {
+                more = read_more(&io, &mut buf) => if !matches!(more, Ok(true)) {
+                    return Outcome::Served;
+                },
+                () = tokio::time::sleep(KEEP_ALIVE) => return Outcome::Served,
+                () = shutdown.notified() => return Outcome::Served,
+            }
+        }
+    }
+}
+
+/// Reads what the socket has into `buf`, waiting for at least one byte; false at the end of
+/// the connection.
+async fn read_more(io: &TcpStream, buf: &mut BytesMut) -> io::Result<bool> {
+    loop {
+        io.readable().await?;
+        buf.reserve(READ_SIZE);
+        match io.try_read_buf(buf) {
+            Ok(n) => return Ok(n > 0),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Appends `response`, as actix-http writes one with a sized body, to `out`.
+fn write_response(out: &mut Vec<u8>, response: HttpResponse) {
+    let (response, body) = response.into_parts();
+    let body = body.try_into_bytes().unwrap_or_else(|_| {
+        // Every answer of these routes is built from bytes.
+        log::error!("a direct answer had a streaming body; sent empty");
+        Default::default()
+    });
+    let status = response.status();
+    // Writing into a Vec cannot fail.
+    let _ = write!(
+        out,
+        "HTTP/1.1 {} {}\r\ncontent-length: {}\r\n",
+        status.as_str(),
+        status.canonical_reason().unwrap_or(""),
+        body.len(),
+    );
+    for (name, value) in response.headers() {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"date: ");
+    DATE.with_borrow_mut(|(second, date)| {
+        let now = SystemTime::now();
+        let now_second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        if *second != now_second {
+            *second = now_second;
+            *date = httpdate::fmt_http_date(now);
+        }
+        out.extend_from_slice(date.as_bytes());
+    });
+    out.extend_from_slice(b"\r\n\r\n");
+    out.extend_from_slice(&body);
+}
