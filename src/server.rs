@@ -1,6 +1,6 @@
-//! The HTTP server: actix-server workers accepting on one listener; each connection is served by
-//! the actix-web app, unless it opens with a subscription or a publish of document status
-//! events (`api::documents::direct`).
+//! The HTTP server: actix-server workers accepting on one listener; each connection is read
+//! first by the direct path (`direct`), which serves the hot routes itself and hands anything
+//! else to the actix-web app (`replay`).
 //!
 //! This is what `actix_web::HttpServer` assembles, with its defaults, plus that one branch per
 //! new connection: `HttpServer` hands every connection to actix-http and offers no hook before.

@@ -18,8 +18,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::AsyncWrite;
 
 use super::{admit, append, open, EventStream, Opened, Subscription};
-use crate::api::header_text;
-use crate::api::AppState;
+use crate::api::{header_text, AppState};
 use crate::server::direct::Request;
 use crate::session::queue;
 
