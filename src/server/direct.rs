@@ -119,7 +119,11 @@ fn parse<'h, 'b>(
     }
     let length: usize = match header("content-length").ok()? {
         None => 0,
-        Some(value) => std::str::from_utf8(value).ok()?.parse().ok()?,
+        // Digits only (`parse` would take a sign too).
+        Some(value) if value.iter().all(u8::is_ascii_digit) => {
+            std::str::from_utf8(value).ok()?.parse().ok()?
+        }
+        Some(_) => return None,
     };
     // A body too large is refused by actix-web, which does not read it first.
     if length > max_body || buf.len() < head_len + length {
