@@ -288,6 +288,15 @@ pub(crate) struct Published {
     ids: Vec<String>,
 }
 
+impl Published {
+    /// The response body, on either path.
+    pub(crate) fn to_json(&self) -> web::Bytes {
+        serde_json::to_vec(self)
+            .expect("a list of ids serializes")
+            .into()
+    }
+}
+
 /// Publish document status events
 ///
 /// Appends one status change, or several in order, to `client:<clientId>`, and answers once
@@ -324,7 +333,9 @@ async fn publish(
             BodyError::Read(_) => PublishError::new(400, e.to_string(), None),
         })?;
     let published = append(&state, client_id, &body).await?;
-    Ok(HttpResponse::Accepted().json(published))
+    Ok(HttpResponse::Accepted()
+        .content_type("application/json")
+        .body(published.to_json()))
 }
 
 /// The checks a publish passes before its body is read: the credential, then the client id.

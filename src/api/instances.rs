@@ -136,8 +136,17 @@ async fn long_poll(
 ) -> Result<HttpResponse, InstanceError> {
     let (spec, permit) = long_poll_spec(&state, credential(&req)?, &path, req.query_string())?;
     let broker = state.brokers.of(&spec.stream).clone();
-    long_poll_answer(longpoll::poll(spec, broker, permit, state.metrics.clone()).await)
+    let page = long_poll_page(longpoll::poll(spec, broker, permit, state.metrics.clone()).await)?;
+    let mut res = HttpResponse::Ok();
+    res.content_type("application/json");
+    for header in PAGE_HEADERS {
+        res.insert_header(*header);
+    }
+    Ok(res.body(page))
 }
+
+/// The headers of a long-poll's page besides `content-type: application/json`, on either path.
+pub(crate) const PAGE_HEADERS: &[(&str, &str)] = &[("cache-control", "no-store")];
 
 /// A long-poll's checks, in order (credential, instance, permissions, query, a connection
 /// permit), and the poll they make. Shared with `direct`, like `long_poll_answer`.
@@ -166,15 +175,10 @@ pub(crate) fn long_poll_spec(
     Ok((spec, permit))
 }
 
-/// The response to a long-poll's outcome (`None`: the Broker is gone).
-pub(crate) fn long_poll_answer(
-    outcome: Option<PollOutcome>,
-) -> Result<HttpResponse, InstanceError> {
+/// The page body answering a long-poll's outcome (`None`: the Broker is gone), on either path.
+pub(crate) fn long_poll_page(outcome: Option<PollOutcome>) -> Result<web::Bytes, InstanceError> {
     match outcome {
-        Some(PollOutcome::Page { events, cursor }) => Ok(HttpResponse::Ok()
-            .content_type("application/json")
-            .insert_header((header::CACHE_CONTROL, "no-store"))
-            .body(body::page_body(&events, &cursor))),
+        Some(PollOutcome::Page { events, cursor }) => Ok(body::page_body(&events, &cursor)),
         Some(PollOutcome::TooManyListeners) => Err(InstanceError::TooManyListeners),
         None => Err(broker_gone()),
     }

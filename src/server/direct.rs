@@ -20,9 +20,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix_server::GracefulShutdownSignal;
 use actix_web::body::MessageBody;
+use actix_web::http::StatusCode;
 use actix_web::rt::net::TcpStream;
 use actix_web::HttpResponse;
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 
 use super::replay::Replay;
@@ -187,7 +188,7 @@ async fn requests(
             return Outcome::Declined(Replay::new(buf, io));
         };
         let len = request.len;
-        write_response(&mut out, response);
+        write_answer(&mut out, response);
         buf.advance(len);
         if let Err(e) = io.write_all(&out).await {
             log::debug!("connection ended: {e}");
@@ -221,15 +222,52 @@ async fn read_more(io: &TcpStream, buf: &mut BytesMut) -> io::Result<bool> {
     }
 }
 
-/// Appends `response`, as actix-http writes one with a sized body, to `out`.
-fn write_response(out: &mut Vec<u8>, response: HttpResponse) {
-    let (response, body) = response.into_parts();
-    let body = body.try_into_bytes().unwrap_or_else(|_| {
-        // Every answer of these routes is built from bytes.
-        log::error!("a direct answer had a streaming body; sent empty");
-        Default::default()
-    });
-    let status = response.status();
+/// What a route answers on this path.
+pub enum Answer {
+    /// `application/json` with these other headers: the routes' usual answers, written out
+    /// without building an `HttpResponse` (which cost ~10% of a publish). The handler's answer
+    /// is built from the same parts.
+    Json {
+        status: StatusCode,
+        headers: &'static [(&'static str, &'static str)],
+        body: Bytes,
+    },
+    /// Any other answer, as the handler gives it.
+    Response(HttpResponse),
+}
+
+/// Appends `answer`, as actix-http writes a response with a sized body, to `out`.
+fn write_answer(out: &mut Vec<u8>, answer: Answer) {
+    match answer {
+        Answer::Json {
+            status,
+            headers,
+            body,
+        } => {
+            let content_type = ("content-type", "application/json");
+            let headers = std::iter::once(&content_type).chain(headers);
+            write(out, status, headers.map(|(n, v)| (*n, v.as_bytes())), &body);
+        }
+        Answer::Response(response) => {
+            let (response, body) = response.into_parts();
+            let body = body.try_into_bytes().unwrap_or_else(|_| {
+                // Every answer of these routes is built from bytes.
+                log::error!("a direct answer had a streaming body; sent empty");
+                Bytes::new()
+            });
+            let headers = response.headers().iter();
+            let headers = headers.map(|(n, v)| (n.as_str(), v.as_bytes()));
+            write(out, response.status(), headers, &body);
+        }
+    }
+}
+
+fn write<'a>(
+    out: &mut Vec<u8>,
+    status: StatusCode,
+    headers: impl Iterator<Item = (&'a str, &'a [u8])>,
+    body: &[u8],
+) {
     // Writing into a Vec cannot fail.
     let _ = write!(
         out,
@@ -238,10 +276,10 @@ fn write_response(out: &mut Vec<u8>, response: HttpResponse) {
         status.canonical_reason().unwrap_or(""),
         body.len(),
     );
-    for (name, value) in response.headers() {
-        out.extend_from_slice(name.as_str().as_bytes());
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"date: ");
@@ -255,5 +293,5 @@ fn write_response(out: &mut Vec<u8>, response: HttpResponse) {
         out.extend_from_slice(date.as_bytes());
     });
     out.extend_from_slice(b"\r\n\r\n");
-    out.extend_from_slice(&body);
+    out.extend_from_slice(body);
 }

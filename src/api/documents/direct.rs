@@ -12,14 +12,15 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::SystemTime;
 
+use actix_web::http::StatusCode;
 use actix_web::rt::net::TcpStream;
-use actix_web::{HttpResponse, ResponseError};
+use actix_web::ResponseError;
 use bytes::{Buf, BytesMut};
 use tokio::io::AsyncWrite;
 
 use super::{admit, append, open, EventStream, Opened, Subscription};
 use crate::api::{header_text, AppState};
-use crate::server::direct::Request;
+use crate::server::direct::{Answer, Request};
 use crate::session::queue;
 
 /// The subscription path.
@@ -52,7 +53,7 @@ pub(crate) fn subscription(request: &Request, state: &AppState) -> Option<EventS
 
 /// Answers a publish as the actix-web handler does; `None` if `request` is not one this path
 /// serves.
-pub(crate) async fn publish(state: &AppState, request: &Request<'_, '_>) -> Option<HttpResponse> {
+pub(crate) async fn publish(state: &AppState, request: &Request<'_, '_>) -> Option<Answer> {
     // Ids that need no percent-decoding; any other goes through actix-web's router.
     let client_id = request.path.strip_prefix(PUBLISH)?;
     let unreserved = |b: u8| b.is_ascii_alphanumeric() || b"-._~".contains(&b);
@@ -69,8 +70,12 @@ pub(crate) async fn publish(state: &AppState, request: &Request<'_, '_>) -> Opti
         Err(e) => Err(e),
     };
     Some(match answer {
-        Ok(published) => HttpResponse::Accepted().json(published),
-        Err(e) => e.error_response(),
+        Ok(published) => Answer::Json {
+            status: StatusCode::ACCEPTED,
+            headers: &[],
+            body: published.to_json(),
+        },
+        Err(e) => Answer::Response(e.error_response()),
     })
 }
 

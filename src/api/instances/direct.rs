@@ -3,11 +3,12 @@
 //! handler owns waiting (the `LongPoll` actor, noticing a client that hangs up) and the error
 //! answers, and running its checks again costs nothing that matters on those paths.
 
-use actix_web::{HttpResponse, ResponseError};
+use actix_web::http::StatusCode;
+use actix_web::ResponseError;
 
-use super::{bearer_credential, long_poll_answer, long_poll_spec};
+use super::{bearer_credential, long_poll_page, long_poll_spec, PAGE_HEADERS};
 use crate::api::{header_text, AppState};
-use crate::server::direct::Request;
+use crate::server::direct::{Answer, Request};
 use crate::session::longpoll;
 
 /// Before the instance id.
@@ -18,7 +19,7 @@ const SUFFIX: &str = "/stream/notification/lp";
 
 /// Answers a long-poll as the actix-web handler would, if it is one this path serves and data
 /// is waiting for it.
-pub(crate) async fn long_poll(state: &AppState, request: &Request<'_, '_>) -> Option<HttpResponse> {
+pub(crate) async fn long_poll(state: &AppState, request: &Request<'_, '_>) -> Option<Answer> {
     let instance = request.path.strip_prefix(PREFIX)?.strip_suffix(SUFFIX)?;
     // Ids that need no percent-decoding; any other goes through actix-web's router.
     let plain_id = |b: u8| b.is_ascii_alphanumeric() || b == b'-';
@@ -31,5 +32,12 @@ pub(crate) async fn long_poll(state: &AppState, request: &Request<'_, '_>) -> Op
     let (spec, _permit) = long_poll_spec(state, Some(credential), instance, request.query).ok()?;
     let broker = state.brokers.of(&spec.stream);
     let outcome = longpoll::answer_now(&spec, broker, &state.metrics).await??;
-    Some(long_poll_answer(Some(outcome)).unwrap_or_else(|e| e.error_response()))
+    Some(match long_poll_page(Some(outcome)) {
+        Ok(body) => Answer::Json {
+            status: StatusCode::OK,
+            headers: PAGE_HEADERS,
+            body,
+        },
+        Err(e) => Answer::Response(e.error_response()),
+    })
 }
