@@ -7,8 +7,9 @@
 //! runs. And a short request is mostly framework: under actix-web, decoding, routing and
 //! dispatch cost about as much again as publishing the event or reading the page.
 //!
-//! Each route decides through the same functions as its actix-web handler and answers with the
-//! same `HttpResponse`, written out here. Only the plain case is claimed: a complete HTTP/1.1
+//! Each route decides through the same functions as its actix-web handler and answers alike:
+//! its usual JSON answers from the same parts (`Answer::Json`), any other with the handler's
+//! own `HttpResponse`, written out here. Only the plain case is claimed: a complete HTTP/1.1
 //! request without an upgrade, an expectation, a chunked body or `Connection: close`, to a route
 //! whose face serves it here (`api::documents::direct`, `api::instances::direct`). Anything
 //! else goes to actix-web together with the bytes read so far (`Replay`), and actix-web serves
