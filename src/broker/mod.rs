@@ -36,6 +36,9 @@ use prometheus_client::metrics::counter::Counter;
 /// How often age-based retention runs over every stream (it also runs on every append).
 const PRUNE_INTERVAL: Duration = Duration::from_secs(5);
 
+/// Recipients up to which a stream's events are handed out at once, not after a yield.
+const INLINE_FAN_OUT: usize = 4;
+
 /// One stream as the Broker sees it.
 struct StreamState {
     /// Positions and retained events.
@@ -291,24 +294,31 @@ impl Handler<Committed> for Broker {
         }
         let now = SystemTime::now();
         let retention = self.retention;
+        let watchers = self.watchers.get(&first.stream.kind).map_or(0, Vec::len);
         let state = self.stream_mut(&first.stream);
         for event in &msg.events {
             state.history.push(event.clone(), retention, now);
         }
+        let recipients = state.subscribers.len() + watchers;
+        let pending = !self.unsent.is_empty();
+        self.unsent.extend(msg.events.iter().cloned());
         // Fan-out waits until the worker thread has run whatever else is ready (other
         // connections' publishes among them), so that under load each subscriber is woken
         // once for several events and writes them in one frame/syscall: the shard shares its
         // thread with the sessions, and handing out each event at once made the sessions
         // write one event at a time (WebSocket fan-out to 1,000 subscribers fell from 263k to
-        // 89k deliveries/s).
-        if self.unsent.is_empty() {
+        // 89k deliveries/s). A stream with a few recipients has little to batch: its events
+        // go out at once, when nothing is waiting ahead of them (10,000 streams of one SSE
+        // subscriber: publish-to-receive p50 0.75 -> 0.52-0.60 ms, p99 0.95-1.0 -> 0.7-0.9 ms).
+        if !pending && recipients <= INLINE_FAN_OUT {
+            self.fan_out();
+        } else if !pending {
             ctx.spawn(
                 tokio::task::yield_now()
                     .into_actor(self)
                     .map(|(), broker, _| broker.fan_out()),
             );
         }
-        self.unsent.extend(msg.events.iter().cloned());
         // The publisher may have gone away; the events are committed and delivered anyway.
         let _ = msg.reply.send(Ok(msg.events));
     }
