@@ -86,6 +86,9 @@ pub struct Metrics {
     pub store_commit: Histogram,
     /// Events per group commit.
     pub store_batch: Histogram,
+    /// `face()` of every face, resolved once: a family lookup takes its lock, and a long-poll
+    /// answered at once would pay four of them.
+    resolved: Vec<(Face, FaceMetrics)>,
 }
 
 impl Metrics {
@@ -104,6 +107,7 @@ impl Metrics {
             store_commit: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             store_batch: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             registry: Registry::default(),
+            resolved: Vec::new(),
         };
         registry.register(
             "subscribers",
@@ -160,11 +164,16 @@ impl Metrics {
             "Events per group commit",
             m.store_batch.clone(),
         );
-        let m = Metrics { registry, ..m };
-        // Create every series up front so a scrape shows zeros instead of missing lines.
-        for face in [Face::Sse, Face::Websocket, Face::Longpoll, Face::Webhook] {
-            m.face(face);
-        }
+        // Every series is created up front, so a scrape shows zeros instead of missing lines.
+        let resolved = [Face::Sse, Face::Websocket, Face::Longpoll, Face::Webhook]
+            .into_iter()
+            .map(|face| (face, m.resolve(face)))
+            .collect();
+        let m = Metrics {
+            registry,
+            resolved,
+            ..m
+        };
         for kind in [
             StreamKind::Client,
             StreamKind::Instance,
@@ -184,6 +193,13 @@ impl Metrics {
 
     /// The handles one face counts with.
     pub fn face(&self, face: Face) -> FaceMetrics {
+        match self.resolved.iter().find(|(f, _)| *f == face) {
+            Some((_, metrics)) => metrics.clone(),
+            None => self.resolve(face),
+        }
+    }
+
+    fn resolve(&self, face: Face) -> FaceMetrics {
         let label = FaceLabel { face };
         FaceMetrics {
             connected: self.faces.get_or_create(&label).clone(),
