@@ -149,7 +149,7 @@ async fn long_poll(
 pub(crate) const PAGE_HEADERS: &[(&str, &str)] = &[("cache-control", "no-store")];
 
 /// A long-poll's checks, in order (credential, instance, permissions, query, a connection
-/// permit), and the poll they make. Shared with `direct`, like `long_poll_answer`.
+/// permit), and the poll they make. Shared with `direct`, like `long_poll_page`.
 pub(crate) fn long_poll_spec(
     state: &AppState,
     credential: Option<String>,
