@@ -24,6 +24,9 @@ pub enum Face {
 }
 
 impl Face {
+    /// Every face, in declaration order (`face as usize` indexes it).
+    pub const ALL: [Face; 4] = [Face::Sse, Face::Websocket, Face::Longpoll, Face::Webhook];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Face::Sse => "sse",
@@ -86,9 +89,9 @@ pub struct Metrics {
     pub store_commit: Histogram,
     /// Events per group commit.
     pub store_batch: Histogram,
-    /// `face()` of every face, resolved once: a family lookup takes its lock, and a long-poll
-    /// answered at once would pay four of them.
-    resolved: Vec<(Face, FaceMetrics)>,
+    /// `face()` of every face, resolved once, in `Face::ALL`'s order: a family lookup takes
+    /// its lock, and a long-poll answered at once would pay four of them.
+    resolved: Vec<FaceMetrics>,
 }
 
 impl Metrics {
@@ -165,10 +168,7 @@ impl Metrics {
             m.store_batch.clone(),
         );
         // Every series is created up front, so a scrape shows zeros instead of missing lines.
-        let resolved = [Face::Sse, Face::Websocket, Face::Longpoll, Face::Webhook]
-            .into_iter()
-            .map(|face| (face, m.resolve(face)))
-            .collect();
+        let resolved = Face::ALL.map(|face| m.resolve(face)).to_vec();
         let m = Metrics {
             registry,
             resolved,
@@ -193,10 +193,7 @@ impl Metrics {
 
     /// The handles one face counts with.
     pub fn face(&self, face: Face) -> FaceMetrics {
-        match self.resolved.iter().find(|(f, _)| *f == face) {
-            Some((_, metrics)) => metrics.clone(),
-            None => self.resolve(face),
-        }
+        self.resolved[face as usize].clone()
     }
 
     fn resolve(&self, face: Face) -> FaceMetrics {
