@@ -123,6 +123,13 @@ impl Raw {
         (status, head, body)
     }
 
+    /// Reads a response that must be `202 Accepted`; its event ids.
+    async fn accepted(&mut self) -> Vec<String> {
+        let answer = self.response().await;
+        assert_eq!(answer.0, "http/1.1 202 accepted", "{}", answer.2);
+        ids(&answer)
+    }
+
     /// Reads until the server closes the connection; fails on anything else received.
     async fn expect_closed(&mut self) {
         tokio::time::timeout(DEADLINE, async {
@@ -400,19 +407,13 @@ async fn a_publisher_connection_goes_on_under_actix_web_after_another_request() 
     let mut raw = Raw::connect(&srv).await;
     raw.send(&publish("eve", &publisher(), &status_body("PENDING")))
         .await;
-    let answer = raw.response().await;
-    assert_eq!(answer.0, "http/1.1 202 accepted");
-    published.extend(ids(&answer));
+    published.extend(raw.accepted().await);
     raw.send("GET /health HTTP/1.1\r\nHost: herald\r\n\r\n")
         .await;
     assert_eq!(raw.response().await.0, "http/1.1 200 ok");
-    let answer = {
-        raw.send(&publish("eve", &publisher(), &status_body("ERROR")))
-            .await;
-        raw.response().await
-    };
-    assert_eq!(answer.0, "http/1.1 202 accepted");
-    published.extend(ids(&answer));
+    raw.send(&publish("eve", &publisher(), &status_body("ERROR")))
+        .await;
+    published.extend(raw.accepted().await);
 
     // A head whose body comes later (most likely: the server is waiting for the next request,
     // and Nagle's algorithm holds the body until the head is acknowledged), an id that needs
@@ -422,22 +423,18 @@ async fn a_publisher_connection_goes_on_under_actix_web_after_another_request() 
     split
         .send(&publish("eve", &publisher(), &status_body("PENDING")))
         .await;
-    published.extend(ids(&split.response().await));
+    published.extend(split.accepted().await);
     let request = publish("eve", &publisher(), &status_body("COMPLETED"));
     let (head, body) = request.split_at(request.find("\r\n\r\n").unwrap() + 4);
     split.send(head).await;
     split.send(body).await;
-    let answer = split.response().await;
-    assert_eq!(answer.0, "http/1.1 202 accepted");
-    published.extend(ids(&answer));
+    published.extend(split.accepted().await);
 
     let mut decoded = Raw::connect(&srv).await;
     decoded
         .send(&publish("e%76e", &publisher(), &status_body("PENDING")))
         .await;
-    let answer = decoded.response().await;
-    assert_eq!(answer.0, "http/1.1 202 accepted");
-    published.extend(ids(&answer));
+    published.extend(decoded.accepted().await);
 
     let mut large = Raw::connect(&srv).await;
     large
@@ -447,15 +444,10 @@ async fn a_publisher_connection_goes_on_under_actix_web_after_another_request() 
     assert_eq!(status, "http/1.1 413 payload too large", "{body}");
 
     let mut last = Raw::connect(&srv).await;
-    last.send(&publish(
-        "eve",
-        &format!("{}Connection: close\r\n", publisher()),
-        &status_body("PENDING"),
-    ))
-    .await;
-    let answer = last.response().await;
-    assert_eq!(answer.0, "http/1.1 202 accepted");
-    published.extend(ids(&answer));
+    let closing = format!("{}Connection: close\r\n", publisher());
+    last.send(&publish("eve", &closing, &status_body("PENDING")))
+        .await;
+    published.extend(last.accepted().await);
     last.expect_closed().await;
 
     assert_eq!(published.len(), 6, "{published:?}");
@@ -468,7 +460,7 @@ async fn an_idle_publisher_connection_closes_when_shutdown_starts() {
     let mut raw = Raw::connect(&srv).await;
     raw.send(&publish("fay", &publisher(), &status_body("PENDING")))
         .await;
-    assert_eq!(raw.response().await.0, "http/1.1 202 accepted");
+    raw.accepted().await;
     // The keep-alive timeout is 5 s: only the shutdown signal closes the connection sooner.
     let shutdown = srv.herald.take().unwrap().shutdown();
     tokio::time::timeout(std::time::Duration::from_secs(3), shutdown)
