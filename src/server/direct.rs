@@ -291,6 +291,13 @@ fn write<'a>(
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"date: ");
+    with_date(|date| out.extend_from_slice(date.as_bytes()));
+    out.extend_from_slice(b"\r\n\r\n");
+    out.extend_from_slice(body);
+}
+
+/// Calls `f` with the `Date` header's value for now.
+pub(crate) fn with_date<R>(f: impl FnOnce(&str) -> R) -> R {
     DATE.with_borrow_mut(|(second, date)| {
         let now = SystemTime::now();
         let now_second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -298,8 +305,6 @@ fn write<'a>(
             *second = now_second;
             *date = httpdate::fmt_http_date(now);
         }
-        out.extend_from_slice(date.as_bytes());
-    });
-    out.extend_from_slice(b"\r\n\r\n");
-    out.extend_from_slice(body);
+        f(date)
+    })
 }

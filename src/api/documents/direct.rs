@@ -10,7 +10,6 @@ use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::SystemTime;
 
 use actix_web::http::StatusCode;
 use actix_web::rt::net::TcpStream;
@@ -20,7 +19,7 @@ use tokio::io::AsyncWrite;
 
 use super::{admit, append, open, EventStream, Opened, Subscription};
 use crate::api::{header_text, AppState};
-use crate::server::direct::{Answer, Request};
+use crate::server::direct::{with_date, Answer, Request};
 use crate::session::queue;
 
 /// The subscription path.
@@ -91,12 +90,13 @@ pub(crate) async fn stream(mut io: TcpStream, opened: EventStream) {
 async fn write_stream(io: &mut TcpStream, opened: EventStream) -> io::Result<()> {
     let body = opened.subscribed().await;
     let mut out = BytesMut::new();
-    write!(
-        out,
-        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\
-         x-accel-buffering: no\r\ntransfer-encoding: chunked\r\ndate: {}\r\n\r\n",
-        httpdate::fmt_http_date(SystemTime::now())
-    )
+    with_date(|date| {
+        write!(
+            out,
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\
+             x-accel-buffering: no\r\ntransfer-encoding: chunked\r\ndate: {date}\r\n\r\n",
+        )
+    })
     .expect(GROWS);
     let mut body = Some(body);
     poll_fn(|cx| poll_stream(cx, io, &mut body, &mut out)).await
