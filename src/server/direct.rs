@@ -25,7 +25,7 @@ use actix_web::http::StatusCode;
 use actix_web::rt::net::TcpStream;
 use actix_web::HttpResponse;
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::replay::Replay;
 use crate::api::{documents, instances, AppState};
@@ -137,11 +137,15 @@ fn parse<'h, 'b>(
 }
 
 /// Serves the connection if it opens with a request this path handles.
-pub async fn serve(io: TcpStream, state: &AppState, shutdown: &GracefulShutdownSignal) -> Outcome {
+pub async fn serve(
+    mut io: TcpStream,
+    state: &AppState,
+    shutdown: &GracefulShutdownSignal,
+) -> Outcome {
     // Allocated once bytes are there, and dropped before a stream starts: a connection that is
     // slow to speak, or streaming, keeps nothing of its request.
     let mut buf = BytesMut::new();
-    match tokio::time::timeout(FIRST_BYTES, read_more(&io, &mut buf)).await {
+    match tokio::time::timeout(FIRST_BYTES, read_more(&mut io, &mut buf)).await {
         Ok(Ok(true)) => {}
         // Silent for too long, closed, or broken: nothing to answer.
         Ok(Ok(false) | Err(_)) | Err(_) => return Outcome::Served,
@@ -206,7 +210,7 @@ async fn requests(
             idle.as_mut()
                 .reset(tokio::time::Instant::now() + KEEP_ALIVE);
             tokio::select! {
-                more = read_more(&io, &mut buf) => if !matches!(more, Ok(true)) {
+                more = read_more(&mut io, &mut buf) => if !matches!(more, Ok(true)) {
                     return Outcome::Served;
                 },
                 () = &mut idle => return Outcome::Served,
@@ -218,16 +222,12 @@ async fn requests(
 
 /// Reads what the socket has into `buf`, waiting for at least one byte; false at the end of
 /// the connection.
-async fn read_more(io: &TcpStream, buf: &mut BytesMut) -> io::Result<bool> {
-    loop {
-        io.readable().await?;
-        buf.reserve(READ_SIZE);
-        match io.try_read_buf(buf) {
-            Ok(n) => return Ok(n > 0),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-    }
+async fn read_more(io: &mut TcpStream, buf: &mut BytesMut) -> io::Result<bool> {
+    buf.reserve(READ_SIZE);
+    // Through `AsyncRead`, which takes a read that leaves room in `buf` as proof the socket is
+    // drained: the next read waits for readiness instead of first trying a `recv` that can
+    // only fail (`readable` + `try_read` made that second, empty `recv` for every request).
+    Ok(io.read_buf(buf).await? > 0)
 }
 
 /// What a route answers on this path.
