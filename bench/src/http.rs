@@ -80,11 +80,10 @@ impl Conn {
             self.buf.drain(..self.pos);
             self.pos = 0;
         }
-        let len = self.buf.len();
-        self.buf.resize(len + READ_SIZE, 0);
-        let n = self.stream.read(&mut self.buf[len..]).await?;
-        self.buf.truncate(len + n);
-        Ok(n > 0)
+        // Into the spare capacity: zeroing 64 KiB before every read cost the load generator
+        // a third of its time.
+        self.buf.reserve(READ_SIZE);
+        Ok(self.stream.read_buf(&mut self.buf).await? > 0)
     }
 
     pub async fn read_head(&mut self) -> io::Result<Head> {

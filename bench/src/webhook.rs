@@ -137,11 +137,8 @@ async fn serve_connection(
 }
 
 async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<usize> {
-    let len = buf.len();
-    buf.resize(len + 8192, 0);
-    let n = stream.read(&mut buf[len..]).await?;
-    buf.truncate(len + n);
-    Ok(n)
+    buf.reserve(8192);
+    stream.read_buf(buf).await
 }
 
 async fn post_json(conn: &mut Conn, path: &str, body: &str) -> Result<(u16, Vec<u8>), String> {
