@@ -20,6 +20,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::cpu::Meter;
 use crate::http::Conn;
 use crate::peer;
 use crate::report::{histogram, Better, Outcome};
@@ -267,7 +268,13 @@ async fn publisher(
 }
 
 /// Runs one fan-out scenario against a started peer.
-pub async fn run(scenario: u8, peer: Peer, addr: SocketAddr, spec: Spec) -> Outcome {
+pub async fn run(
+    scenario: u8,
+    peer: Peer,
+    addr: SocketAddr,
+    spec: Spec,
+    meter: &mut Meter,
+) -> Outcome {
     let mut out = Outcome::new(scenario, peer);
     let spec = Rc::new(spec);
     let (expected, seqs) = if spec.shared_stream {
@@ -352,6 +359,7 @@ pub async fn run(scenario: u8, peer: Peer, addr: SocketAddr, spec: Spec) -> Outc
         }
     }
 
+    meter.start();
     let next = Rc::new(Cell::new(1u64));
     let publishers: Vec<JoinHandle<()>> = (0..spec.publishers)
         .map(|_| {
@@ -364,6 +372,7 @@ pub async fn run(scenario: u8, peer: Peer, addr: SocketAddr, spec: Spec) -> Outc
         t.complete >= spec.publishes || t.lost as usize >= spec.subscribers
     })
     .await;
+    let busy = meter.finish();
     abort(publishers);
     abort(subscribers);
 
@@ -427,6 +436,7 @@ pub async fn run(scenario: u8, peer: Peer, addr: SocketAddr, spec: Spec) -> Outc
         out.notes.push("nothing was delivered".into());
     }
     out.add_latency(t.hist.clone(), "publish-to-receive");
+    busy.report(&mut out);
     out
 }
 

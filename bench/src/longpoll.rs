@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
+use crate::cpu::Meter;
 use crate::http::{Conn, Head};
 use crate::peer::{self, PollCursor};
 use crate::report::{histogram, Better, Outcome};
@@ -131,7 +132,7 @@ async fn poller(
     }
 }
 
-pub async fn run(peer: Peer, addr: SocketAddr, duration: Duration) -> Outcome {
+pub async fn run(peer: Peer, addr: SocketAddr, duration: Duration, meter: &mut Meter) -> Outcome {
     let mut out = Outcome::new(5, peer);
     if let Err(why) = fill(peer, addr).await {
         out.notes.push(why);
@@ -143,6 +144,7 @@ pub async fn run(peer: Peer, addr: SocketAddr, duration: Duration) -> Outcome {
         errors: 0,
         first_error: None,
     }));
+    meter.start();
     let start = Instant::now();
     let until = start + duration;
     let tasks: Vec<_> = (0..CHANNELS * POLLERS_PER_CHANNEL)
@@ -152,6 +154,7 @@ pub async fn run(peer: Peer, addr: SocketAddr, duration: Duration) -> Outcome {
         let _ = t.await;
     }
     let secs = start.elapsed().as_secs_f64();
+    let busy = meter.finish();
     let p = polls.borrow();
     if p.errors > 0 {
         out.notes.push(format!(
@@ -168,5 +171,6 @@ pub async fn run(peer: Peer, addr: SocketAddr, duration: Duration) -> Outcome {
     );
     out.add("polls answered", p.answered as f64, "", Better::Info);
     out.add_latency(p.hist.clone(), "poll");
+    busy.report(&mut out);
     out
 }

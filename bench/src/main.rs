@@ -4,6 +4,7 @@
 //! against each from a single-threaded tokio runtime pinned to the client core, and writes
 //! `RESULTS.md` and `latency.svg`. Scenarios: `report::TITLES`; how each measures: its module.
 
+mod cpu;
 mod fanout;
 mod http;
 mod idle;
@@ -161,6 +162,8 @@ async fn run_one(scenario: u8, peer: Peer, programs: &Programs, sizes: &Sizes) -
         }
     }
     let addr = server.addr;
+    let mut meter = cpu::Meter::new(server.serving_pid());
+    let meter = &mut meter;
     let fan = |transport, shared_stream: bool| {
         let (subscribers, publishes, publishers, window) = if shared_stream {
             (sizes.fanout_subscribers, sizes.fanout_publishes, 4, 200)
@@ -183,13 +186,13 @@ async fn run_one(scenario: u8, peer: Peer, programs: &Programs, sizes: &Sizes) -
         }
     };
     let outcome = match scenario {
-        1 => fanout::run(1, peer, addr, fan(fanout::Transport::Sse, true)).await,
-        2 => fanout::run(2, peer, addr, fan(fanout::Transport::Ws, true)).await,
-        3 => fanout::run(3, peer, addr, fan(fanout::Transport::Sse, false)).await,
+        1 => fanout::run(1, peer, addr, fan(fanout::Transport::Sse, true), meter).await,
+        2 => fanout::run(2, peer, addr, fan(fanout::Transport::Ws, true), meter).await,
+        3 => fanout::run(3, peer, addr, fan(fanout::Transport::Sse, false), meter).await,
         4 => idle::run(&server, sizes.idle).await,
-        5 => longpoll::run(peer, addr, sizes.poll_duration).await,
-        6 => publish::run(peer, addr, sizes.publish_posts, PUBLISH_DEADLINE).await,
-        7 => webhook::run(peer, addr, sizes.registrations, WEBHOOK_DEADLINE).await,
+        5 => longpoll::run(peer, addr, sizes.poll_duration, meter).await,
+        6 => publish::run(peer, addr, sizes.publish_posts, PUBLISH_DEADLINE, meter).await,
+        7 => webhook::run(peer, addr, sizes.registrations, WEBHOOK_DEADLINE, meter).await,
         _ => Outcome::unavailable(scenario, peer, "no such scenario"),
     };
     drop(server);
@@ -224,7 +227,11 @@ Herald also with 100 events per POST ({batch} POSTs). SQLite runs with its defau
 full sync) in a temp dir.\n\
 - Scenario 7: Herald with SQLite and `--webhook-allow-private`; {hooks} webhook subscriptions \
 for REGISTER/NO and {regs} registrations from 8 keep-alive clients; the receiver answers 200 at \
-once and counts only deliveries whose signature verifies.",
+once and counts only deliveries whose signature verifies.\n\
+- CPU busy: user + system time of the serving process and of the load generator over the \
+measured phase (`/proc/<pid>/stat`, 10 ms ticks), as a share of one core. A server near 100% \
+with the load generator below it means the server was the limit; a load generator at 90% or \
+more is flagged in the notes.",
         subs = sizes.fanout_subscribers,
         pubs = sizes.fanout_publishes,
         many = sizes.many_streams,

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
+use crate::cpu::Meter;
 use crate::http::Conn;
 use crate::peer;
 use crate::report::{histogram, Better, Outcome};
@@ -142,9 +143,17 @@ pub async fn measure(
     }
 }
 
-pub async fn run(peer: Peer, addr: SocketAddr, total: u64, deadline: Duration) -> Outcome {
+pub async fn run(
+    peer: Peer,
+    addr: SocketAddr,
+    total: u64,
+    deadline: Duration,
+    meter: &mut Meter,
+) -> Outcome {
     let mut out = Outcome::new(6, peer);
+    meter.start();
     let single = measure(peer, addr, 1, total, deadline).await;
+    let busy = meter.finish();
     out.add(
         "single-event publishes/s",
         single.events_per_sec,
@@ -153,6 +162,7 @@ pub async fn run(peer: Peer, addr: SocketAddr, total: u64, deadline: Duration) -
     );
     out.notes.extend(single.note);
     out.add_latency(single.hist, "single publish");
+    busy.report(&mut out);
     if peer.is_herald() {
         let batches = measure(
             peer,

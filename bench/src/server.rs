@@ -193,7 +193,7 @@ impl Server {
     }
 
     /// The process that serves connections: Herald itself, or nginx's one worker.
-    fn serving_pid(&self) -> Option<u32> {
+    pub fn serving_pid(&self) -> Option<u32> {
         match self.peer {
             Peer::Nchan => self.worker_pid(),
             _ => Some(self.child.id()),

@@ -15,6 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
+use crate::cpu::Meter;
 use crate::fanout::wait_until;
 use crate::http::Conn;
 use crate::report::{histogram, Better, Outcome};
@@ -158,6 +159,7 @@ pub async fn run(
     addr: SocketAddr,
     registrations: usize,
     deadline: Duration,
+    meter: &mut Meter,
 ) -> Outcome {
     let mut out = Outcome::new(7, peer);
     let listener = match TcpListener::bind("127.0.0.1:0").await {
@@ -229,6 +231,7 @@ pub async fn run(
     }
 
     let expected = (registrations * SUBSCRIPTIONS) as u64;
+    meter.start();
     let start = Instant::now();
     let post_hist = Rc::new(RefCell::new(histogram()));
     let errors: Rc<RefCell<(u64, Option<String>)>> = Rc::default();
@@ -282,6 +285,7 @@ pub async fn run(
         r.valid + r.invalid >= expected
     })
     .await;
+    let busy = meter.finish();
     accept.abort();
     let r = received.borrow();
     let e = errors.borrow();
@@ -326,5 +330,6 @@ pub async fn run(
         Better::Info,
     );
     out.add_latency(post_hist.borrow().clone(), "registration POST");
+    busy.report(&mut out);
     out
 }

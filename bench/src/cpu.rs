@@ -1,0 +1,93 @@
+//! CPU time of the server and of the load generator over a scenario's measured phase: the
+//! evidence of which side was the limit. A load generator near its whole core may be what
+//! capped the figure, and the report says so.
+
+use std::time::Instant;
+
+use crate::report::{Better, Outcome};
+
+/// Above this share of its core the load generator may have limited the figure.
+const GENERATOR_BUSY: f64 = 90.0;
+
+/// Measures from `start` to `finish`.
+pub struct Meter {
+    server_pid: Option<u32>,
+    start: Option<Sample>,
+}
+
+struct Sample {
+    at: Instant,
+    server: Option<u64>,
+    generator: Option<u64>,
+}
+
+/// User + system time of a process (all its threads) in clock ticks.
+fn ticks(pid: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command start with the state (field 3); utime and stime
+    // are fields 14 and 15.
+    let mut rest = stat[stat.rfind(')')? + 2..].split(' ');
+    let utime: u64 = rest.nth(11)?.parse().ok()?;
+    let stime: u64 = rest.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+fn sample(server_pid: Option<u32>) -> Sample {
+    Sample {
+        at: Instant::now(),
+        server: server_pid.and_then(|pid| ticks(&pid.to_string())),
+        generator: ticks("self"),
+    }
+}
+
+impl Meter {
+    pub fn new(server_pid: Option<u32>) -> Self {
+        Self {
+            server_pid,
+            start: None,
+        }
+    }
+
+    pub fn start(&mut self) {
+        self.start = Some(sample(self.server_pid));
+    }
+
+    /// Both shares of a core since `start`.
+    pub fn finish(&self) -> Busy {
+        let Some(start) = &self.start else {
+            return Busy::default();
+        };
+        let end = sample(self.server_pid);
+        // SAFETY: sysconf has no preconditions.
+        let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        let secs = end.at.duration_since(start.at).as_secs_f64().max(1e-9);
+        let busy = |a: Option<u64>, b: Option<u64>| Some((b? - a?) as f64 / per_sec / secs * 100.0);
+        Busy {
+            server: busy(start.server, end.server),
+            generator: busy(start.generator, end.generator),
+        }
+    }
+}
+
+/// Percent of a core each side was busy.
+#[derive(Default)]
+pub struct Busy {
+    server: Option<f64>,
+    generator: Option<f64>,
+}
+
+impl Busy {
+    pub fn report(self, out: &mut Outcome) {
+        if let Some(p) = self.server {
+            out.add("server CPU busy", p, "% of a core", Better::Info);
+        }
+        if let Some(p) = self.generator {
+            out.add("load generator CPU busy", p, "% of a core", Better::Info);
+            if p >= GENERATOR_BUSY {
+                out.notes.push(format!(
+                    "the load generator was busy {p:.0}% of its core: this figure may be its limit"
+                ));
+            }
+        }
+    }
+}
