@@ -175,6 +175,7 @@ impl Conn {
             conn: self,
             chunked: head.chunked.then(Chunked::default),
             body: Vec::with_capacity(READ_SIZE),
+            separator: memchr::memmem::Finder::new(b"\n\n"),
         }
     }
 }
@@ -234,13 +235,15 @@ pub struct EventReader {
     chunked: Option<Chunked>,
     /// Decoded body bytes not yet split into events.
     body: Vec<u8>,
+    /// Finds the blank line after an event; built once (building it per batch cost 6% of the
+    /// load generator in scenario 1).
+    separator: memchr::memmem::Finder<'static>,
 }
 
 impl EventReader {
     /// Waits for more bytes and calls `on_data(data, event_len)` for every complete event
     /// that has a `data:` line. `Ok(false)` once the stream has ended.
     pub async fn next_batch(&mut self, mut on_data: impl FnMut(&[u8], usize)) -> io::Result<bool> {
-        let finder = memchr::memmem::Finder::new(b"\n\n");
         loop {
             let mut ended = false;
             match &mut self.chunked {
@@ -256,7 +259,7 @@ impl EventReader {
                 }
             }
             let mut start = 0;
-            while let Some(end) = finder.find(&self.body[start..]) {
+            while let Some(end) = self.separator.find(&self.body[start..]) {
                 let event = &self.body[start..start + end];
                 if let Some(data) = data_of(event) {
                     on_data(data, end + 2);

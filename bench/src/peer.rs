@@ -3,6 +3,7 @@
 //! `documentId` UUID or the WebSocket `created_at`; nchan: the first 12 digits of a 100-byte
 //! message), so a subscriber can match each delivery to its send time.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -109,7 +110,10 @@ pub fn sse_publish_batch(stream: &str, first: u64, n: u64) -> Vec<u8> {
 pub fn sse_seq(peer: Peer, data: &[u8]) -> Option<u64> {
     if peer.is_herald() {
         const KEY: &[u8] = br#""documentId":""#;
-        let at = memchr::memmem::find(data, KEY)? + KEY.len();
+        // Built once: building a searcher per event was a visible share of the fan-out client.
+        static FINDER: LazyLock<memchr::memmem::Finder<'static>> =
+            LazyLock::new(|| memchr::memmem::Finder::new(KEY));
+        let at = FINDER.find(data)? + KEY.len();
         let hex = data.get(at + 24..at + 36)?;
         u64::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
     } else {
