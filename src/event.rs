@@ -8,10 +8,10 @@ use std::fmt;
 use std::sync::OnceLock;
 use std::time::SystemTime;
 
+use actix_web_actors::ws::Message;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use bytes::Bytes;
-use bytestring::ByteString;
 
 /// The four families of streams; each belongs to one face of the API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -120,8 +120,8 @@ pub struct Event {
     pub data: Box<serde_json::value::RawValue>,
     /// The SSE frame (`id:` + `data:`), rendered on first use.
     sse_frame: OnceLock<Bytes>,
-    /// The WebSocket text frame of this event alone (`[<data>]`), rendered on first use.
-    ws_frame: OnceLock<ByteString>,
+    /// The WebSocket text frame of this event alone (`[<data>]`), encoded on first use.
+    ws_frame: OnceLock<Bytes>,
     /// The producer's `created_at` of an access event, read from `data` on first use.
     access_created_at: OnceLock<Option<i64>>,
     /// The instance face's Notification JSON, rendered on first use.
@@ -165,8 +165,8 @@ impl Event {
             .clone()
     }
 
-    /// A WebSocket text frame holding this event alone: the JSON array `[<data>]`.
-    pub fn ws_frame(&self) -> ByteString {
+    /// The encoded WebSocket text frame holding this event alone: the JSON array `[<data>]`.
+    pub fn ws_frame(&self) -> Bytes {
         self.ws_frame
             .get_or_init(|| {
                 let data = self.data.get();
@@ -174,7 +174,7 @@ impl Event {
                 frame.push('[');
                 frame.push_str(data);
                 frame.push(']');
-                ByteString::from(frame)
+                crate::session::ws::encode(Message::Text(frame.into()))
             })
             .clone()
     }
@@ -253,10 +253,11 @@ mod tests {
         let pos = Position { epoch: 1, seq: 1 };
         let key = StreamKey::new(StreamKind::Access, "a");
         let event = Event::new(key, pos, SystemTime::now(), data);
-        assert_eq!(
-            &*event.ws_frame(),
-            r#"[{"accessid":"a","created_at":-7,"payload":{"z":1,"a":[2]}}]"#
-        );
+        let text = r#"[{"accessid":"a","created_at":-7,"payload":{"z":1,"a":[2]}}]"#;
+        // FIN + text opcode, the 7-bit length (unmasked), the text.
+        let mut frame = vec![0x81, text.len() as u8];
+        frame.extend_from_slice(text.as_bytes());
+        assert_eq!(event.ws_frame(), frame);
         assert_eq!(event.access_created_at(), Some(-7));
         let other = serde_json::value::RawValue::from_string(r#"{"created_at":1}"#.into()).unwrap();
         let key = StreamKey::new(StreamKind::Client, "a");

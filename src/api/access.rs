@@ -93,14 +93,16 @@ async fn subscribe(
         announce_timeout: state.config.ws_announce_timeout,
         queue: state.config.subscriber_queue,
     };
-    let session = WsSession::new(
+    let mut response = ws::handshake(&req)?;
+    let body = WsSession::open(
         state.brokers.clone(),
         authorize(&req, &state),
         settings,
         permit,
         state.metrics.face(Face::Websocket),
+        payload,
     );
-    ws::start(session, &req, payload)
+    Ok(response.streaming(body))
 }
 
 /// The announcement's access rule: a token from the announcement or the upgrade request whose

@@ -9,8 +9,6 @@
 pub(crate) mod direct;
 mod schema;
 
-use std::convert::Infallible;
-
 use actix::Actor;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
@@ -104,13 +102,7 @@ async fn subscribe(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse
             .content_type("text/plain; charset=utf-8")
             .body("not_accepted"),
         Opened::Refused(code) => sse_error(code),
-        Opened::Stream(stream) => {
-            let mut body = stream.subscribed().await;
-            event_stream_response().streaming(futures_util::stream::poll_fn(move |cx| {
-                body.poll_recv(cx)
-                    .map(|frame| frame.map(Ok::<_, Infallible>))
-            }))
-        }
+        Opened::Stream(stream) => event_stream_response().streaming(stream.subscribed().await),
     }
 }
 

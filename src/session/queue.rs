@@ -74,6 +74,21 @@ impl Sender {
         Ok(())
     }
 
+    /// Queues a frame even past the capacity, unless the body is gone: the last frame of a
+    /// session (a WebSocket close after a full queue), sent after everything queued.
+    pub fn push_last(&self, frame: Bytes) {
+        let mut shared = self.0.borrow_mut();
+        if !shared.open {
+            return;
+        }
+        shared.frames.push_back(frame);
+        let waiting = shared.receiver.take();
+        drop(shared);
+        if let Some(waker) = waiting {
+            waker.wake();
+        }
+    }
+
     /// Completes once the receiving end is dropped. One task at a time may wait on it.
     pub fn closed(&self) -> impl Future<Output = ()> + 'static {
         let shared = self.0.clone();
@@ -129,6 +144,18 @@ impl Receiver {
         }
         shared.receiver = Some(cx.waker().clone());
         Poll::Pending
+    }
+}
+
+/// The frames as a response body.
+impl futures_util::Stream for Receiver {
+    type Item = Result<Bytes, std::convert::Infallible>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Self::Item>> {
+        self.poll_recv(cx).map(|frame| frame.map(Ok))
     }
 }
 

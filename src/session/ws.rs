@@ -1,39 +1,41 @@
-//! `WsSession`: one actor per WebSocket subscriber of access events (notifier-style), running
-//! in actix-web-actors' `WebsocketContext`.
+//! `WsSession`: one actor per WebSocket subscriber of access events (notifier-style).
 //!
-//! State: whether the client has announced itself yet and which `access:<id>` stream it follows,
-//! its heartbeat, and its permit under `--max-connections`. Handles the client's frames, `Close`
-//! from the Broker (drain, drop) and batches of live events from its `WsFeed`. Sends `Subscribe`
-//! once the announcement is accepted and `Unsubscribe` in `stopping`.
+//! State: whether the client has announced itself yet and which `access:<id>` stream it follows
+//! (and from which `created_at`), its heartbeat, and its permit under `--max-connections`.
+//! Handles the client's frames, `Deliver` of live events from the Broker and `Close` (drain,
+//! drop). Sends `Subscribe` once the announcement is accepted and `Unsubscribe` in `stopping`.
 //!
-//! Why a second actor: a `WebsocketContext` runs only while the HTTP layer polls the response
-//! body, and the HTTP layer stops polling while the client is not reading. Delivering straight
-//! to a stalled session would grow its mailbox without bound. So the Broker delivers to
-//! `WsFeed`, a plain actor that always runs: it drops events older than the announcement's
-//! `timestamp` and puts the rest into a bounded channel (`--subscriber-queue`) that the session
-//! drains. When that channel is full the feed unsubscribes and lets go of it; the session, once
-//! it runs again, sends what was queued and closes with 1008 `slow consumer`. Publishers and
-//! other subscribers never wait for it.
+//! Like `SseSession`, the actor runs in a plain `Context` and writes encoded frames into a
+//! bounded queue (`session::queue`) whose receiving end is the 101 response's body, so it keeps
+//! running while the client is not reading. When the queue is full the client has fallen
+//! `--subscriber-queue` frames behind: the session queues a 1008 `slow consumer` close after
+//! what is queued and ends. Publishers and other subscribers never wait for it. An event's
+//! frame is encoded once (`Event::ws_frame`) and shared by every session that sends it alone.
 
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use actix_codec::{Decoder, Encoder};
+use actix_http::ws::{Codec, Frame};
+use actix_web::error::PayloadError;
 use actix_web_actors::ws::{self, CloseCode, WebsocketContext};
+use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
-use futures_util::StreamExt;
-use prometheus_client::metrics::counter::Counter;
+use futures_util::Stream;
 use serde::Deserialize;
-use tokio::sync::mpsc;
 
 use crate::broker::messages::{
     Close, CloseReason, Deliver, Fallback, Start, Subscribe, Subscriber, Unsubscribe,
 };
 use crate::broker::shards::Brokers;
-use crate::broker::Broker;
 use crate::event::{Event, StreamKey, StreamKind};
 use crate::limits::Permit;
 use crate::metrics::FaceMetrics;
+use crate::session::queue::{self, TrySendError};
 
 /// Longest access id accepted, so stream names stay small (as for client ids).
 pub const MAX_ACCESS_ID: usize = 256;
@@ -115,10 +117,15 @@ pub struct WsSession {
     settings: WsSettings,
     /// The stream followed once announced; `None` while waiting for the announcement.
     stream: Option<StreamKey>,
+    /// Live events created before this are not for the session (the announcement's
+    /// `timestamp`).
+    since: i64,
     /// Its identity in the Broker's subscriber set.
     id: u64,
     /// When the client last answered a ping (or connected).
     last_pong: Instant,
+    /// The response body: encoded frames, bounded by `--subscriber-queue`.
+    tx: queue::Sender,
     /// The WebSocket face's counters.
     metrics: FaceMetrics,
     /// This subscriber's place under `--max-connections`, released when the session ends.
@@ -126,47 +133,81 @@ pub struct WsSession {
 }
 
 impl WsSession {
-    pub fn new(
+    /// Starts the session on the client's frames (`payload`, the upgraded request's body);
+    /// returns the body of the 101 response.
+    pub fn open<S>(
         brokers: Brokers,
         authorize: Authorize,
         settings: WsSettings,
         permit: Permit,
         metrics: FaceMetrics,
-    ) -> Self {
-        Self {
+        payload: S,
+    ) -> queue::Receiver
+    where
+        S: Stream<Item = Result<Bytes, PayloadError>> + Unpin + 'static,
+    {
+        let (tx, body) = queue::channel(settings.queue);
+        let session = Self {
             brokers,
             authorize,
             settings,
             stream: None,
+            since: 0,
             id: rand::random(),
             last_pong: Instant::now(),
+            tx,
             _permit: permit.tracked(metrics.connected.clone()),
             metrics,
+        };
+        WsSession::create(|ctx| {
+            ctx.add_stream(ClientFrames::new(payload));
+            session
+        });
+        body
+    }
+
+    /// Queues a frame; a client too far behind gets a 1008 close after what is queued.
+    fn send(&mut self, frame: Bytes, ctx: &mut Context<Self>) {
+        match self.tx.try_send(frame) {
+            Ok(()) => {}
+            Err(TrySendError::Full) => {
+                log::info!("WebSocket slow consumer cut off");
+                self.metrics.slow_consumers.inc();
+                self.close(CloseCode::Policy, "slow consumer", ctx);
+            }
+            Err(TrySendError::Closed) => ctx.stop(),
         }
     }
 
+    /// Queues a close frame after everything queued (past the bound: it is the last) and
+    /// ends the session; the body ends once the client has been sent it all.
+    fn close(&mut self, code: CloseCode, reason: &str, ctx: &mut Context<Self>) {
+        let reason = ws::CloseReason {
+            code,
+            description: Some(reason.to_string()),
+        };
+        self.tx.push_last(encode(ws::Message::Close(Some(reason))));
+        ctx.stop();
+    }
+
+    fn wrong_announcement(&mut self, ctx: &mut Context<Self>) {
+        self.send(encode(ws::Message::Text(WRONG_ANNOUNCEMENT.into())), ctx);
+        self.close(CloseCode::Policy, WRONG_ANNOUNCEMENT, ctx);
+    }
+
     /// Accepts or refuses the first text frame; subscribes when accepted.
-    fn announce(&mut self, text: &str, ctx: &mut WebsocketContext<Self>) {
+    fn announce(&mut self, text: &str, ctx: &mut Context<Self>) {
         let Some(announcement) = Announcement::parse(text) else {
-            return wrong_announcement(ctx);
+            return self.wrong_announcement(ctx);
         };
         if let Err(refusal) = (self.authorize)(&announcement) {
             log::debug!("WebSocket announcement refused: {}", refusal.reason());
-            return close(ctx, CloseCode::Policy, refusal.reason());
+            return self.close(CloseCode::Policy, refusal.reason(), ctx);
         }
         let stream = StreamKey::new(StreamKind::Access, announcement.access_id);
         let broker = self.brokers.of(&stream).clone();
         self.stream = Some(stream.clone());
-        let (tx, mut rx) = mpsc::channel(self.settings.queue);
-        let feed = WsFeed {
-            tx,
-            since: announcement.timestamp,
-            broker: broker.clone(),
-            stream: stream.clone(),
-            id: self.id,
-            slow_consumers: self.metrics.slow_consumers.clone(),
-        }
-        .start();
+        self.since = announcement.timestamp;
         let subscribe = Subscribe {
             stream,
             start: Start {
@@ -177,11 +218,11 @@ impl WsSession {
             },
             subscriber: Subscriber {
                 id: self.id,
-                deliver: feed.recipient(),
+                deliver: ctx.address().recipient(),
                 close: ctx.address().recipient(),
             },
         };
-        // `wait` holds back everything else until the backlog is written: replay, then live.
+        // `wait` holds back `Deliver`s until the backlog is queued: replay, then live.
         ctx.wait(
             broker
                 .send(subscribe)
@@ -193,33 +234,37 @@ impl WsSession {
                     };
                     session.metrics.delivered.inc_by(reply.backlog.len() as u64);
                     for frame in frames(&reply.backlog) {
-                        ctx.text(frame);
+                        session.send(frame, ctx);
                     }
-                    let live = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
-                        .ready_chunks(MAX_BATCH_EVENTS);
-                    ctx.add_stream(live);
                 }),
         );
     }
 }
 
 impl Actor for WsSession {
-    type Context = WebsocketContext<Self>;
+    type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_later(self.settings.announce_timeout, |session, ctx| {
             if session.stream.is_none() {
-                wrong_announcement(ctx);
+                session.wrong_announcement(ctx);
             }
         });
         ctx.run_interval(self.settings.ping, |session, ctx| {
             if session.last_pong.elapsed() >= session.settings.ping * 2 {
                 log::info!("WebSocket client answered no ping; closing");
-                close(ctx, CloseCode::Policy, "heartbeat timeout");
+                session.close(CloseCode::Policy, "heartbeat timeout", ctx);
             } else {
-                ctx.ping(b"");
+                session.send(encode(ws::Message::Ping(Bytes::new())), ctx);
             }
         });
+        // Ends the session as soon as the body is dropped (a failed write, a hang-up).
+        ctx.spawn(
+            self.tx
+                .closed()
+                .into_actor(self)
+                .map(|(), _, ctx| ctx.stop()),
+        );
     }
 
     fn stopping(&mut self, _: &mut Self::Context) -> Running {
@@ -233,6 +278,8 @@ impl Actor for WsSession {
     }
 }
 
+/// The client's frames. The stream's end (the client hung up) ends the session, as
+/// `StreamHandler::finished` does by default.
 impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
     fn handle(&mut self, msg: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
         let announced = self.stream.is_some();
@@ -240,23 +287,23 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
             Ok(msg) => msg,
             Err(e) if !announced => {
                 log::debug!("WebSocket protocol error before the announcement: {e}");
-                return wrong_announcement(ctx);
+                return self.wrong_announcement(ctx);
             }
             Err(e) => {
                 log::debug!("WebSocket protocol error: {e}");
-                return close(ctx, CloseCode::Protocol, "protocol error");
+                return self.close(CloseCode::Protocol, "protocol error", ctx);
             }
         };
         match msg {
-            ws::Message::Ping(payload) => ctx.pong(&payload),
+            ws::Message::Ping(payload) => self.send(encode(ws::Message::Pong(payload)), ctx),
             ws::Message::Pong(_) => self.last_pong = Instant::now(),
             ws::Message::Close(reason) => {
-                ctx.close(reason);
+                self.tx.push_last(encode(ws::Message::Close(reason)));
                 ctx.stop();
             }
             ws::Message::Text(text) if !announced => self.announce(&text, ctx),
             ws::Message::Binary(_) | ws::Message::Continuation(_) if !announced => {
-                wrong_announcement(ctx)
+                self.wrong_announcement(ctx)
             }
             // Like the notifier, what a client says after its announcement means nothing.
             ws::Message::Text(_)
@@ -267,18 +314,17 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
     }
 }
 
-/// Live events from the feed, as many as were ready at once.
-impl StreamHandler<Vec<Arc<Event>>> for WsSession {
-    fn handle(&mut self, events: Vec<Arc<Event>>, ctx: &mut Self::Context) {
-        self.metrics.delivered.inc_by(events.len() as u64);
-        for frame in frames(&events) {
-            ctx.text(frame);
-        }
-    }
+/// A live event of the followed stream, sent alone in its shared frame.
+impl Handler<Deliver> for WsSession {
+    type Result = ();
 
-    /// The feed let go of the queue: it overflowed while the client was not reading.
-    fn finished(&mut self, ctx: &mut Self::Context) {
-        close(ctx, CloseCode::Policy, "slow consumer");
+    fn handle(&mut self, msg: Deliver, ctx: &mut Self::Context) {
+        let created_at = msg.event.access_created_at();
+        if created_at.is_none_or(|created_at| created_at < self.since) {
+            return;
+        }
+        self.metrics.delivered.inc();
+        self.send(msg.event.ws_frame(), ctx);
     }
 }
 
@@ -287,70 +333,90 @@ impl Handler<Close> for WsSession {
 
     fn handle(&mut self, msg: Close, ctx: &mut Self::Context) {
         match msg.reason {
-            CloseReason::Shutdown => close(ctx, CloseCode::Away, "shutdown"),
-            CloseReason::Dropped => close(ctx, CloseCode::Normal, "dropped"),
+            CloseReason::Shutdown => self.close(CloseCode::Away, "shutdown", ctx),
+            CloseReason::Dropped => self.close(CloseCode::Normal, "dropped", ctx),
         }
     }
 }
 
-/// Takes the Broker's live events for one `WsSession` into the session's bounded queue; see
-/// the module documentation for why it is an actor of its own.
-struct WsFeed {
-    /// The session's queue, bounded by `--subscriber-queue`.
-    tx: mpsc::Sender<Arc<Event>>,
-    /// Events created before this are not for the session.
-    since: i64,
-    /// Where it unsubscribes when it stops.
-    broker: Addr<Broker>,
-    /// The stream it takes events of.
-    stream: StreamKey,
-    /// The session's id with the Broker.
-    id: u64,
-    /// Counts the sessions it cuts off.
-    slow_consumers: Counter,
+/// The client's frames decoded from the upgraded request's body, as actix-web-actors decodes
+/// them for its own contexts (which cannot be used here: they run only while the response body
+/// is polled).
+struct ClientFrames<S> {
+    payload: S,
+    codec: Codec,
+    buf: BytesMut,
+    /// The payload has ended; what is buffered may still hold frames.
+    ended: bool,
 }
 
-impl Actor for WsFeed {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        // The session dropping its end means it has ended.
-        let tx = self.tx.clone();
-        ctx.spawn(
-            async move { tx.closed().await }
-                .into_actor(self)
-                .map(|(), _, ctx| ctx.stop()),
-        );
-    }
-
-    fn stopping(&mut self, _: &mut Self::Context) -> Running {
-        self.broker.do_send(Unsubscribe {
-            stream: self.stream.clone(),
-            id: self.id,
-        });
-        Running::Stop
-    }
-}
-
-impl Handler<Deliver> for WsFeed {
-    type Result = ();
-
-    fn handle(&mut self, msg: Deliver, ctx: &mut Self::Context) {
-        let created_at = msg.event.access_created_at();
-        if created_at.is_none_or(|created_at| created_at < self.since) {
-            return;
+impl<S> ClientFrames<S> {
+    fn new(payload: S) -> Self {
+        Self {
+            payload,
+            codec: Codec::new(),
+            buf: BytesMut::new(),
+            ended: false,
         }
-        match self.tx.try_send(msg.event) {
-            Ok(()) => {}
-            // Stopping drops `tx`: the session sends what is queued, then closes.
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                log::info!("{}: slow consumer cut off", self.stream);
-                self.slow_consumers.inc();
-                ctx.stop();
+    }
+}
+
+impl<S> Stream for ClientFrames<S>
+where
+    S: Stream<Item = Result<Bytes, PayloadError>> + Unpin,
+{
+    type Item = Result<ws::Message, ws::ProtocolError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        while !this.ended {
+            match Pin::new(&mut this.payload).poll_next(cx) {
+                Poll::Ready(Some(Ok(chunk))) => this.buf.extend_from_slice(&chunk),
+                Poll::Ready(Some(Err(e))) => {
+                    this.ended = true;
+                    return Poll::Ready(Some(Err(ws::ProtocolError::Io(io::Error::other(e)))));
+                }
+                Poll::Ready(None) => this.ended = true,
+                Poll::Pending => break,
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => ctx.stop(),
         }
+        let frame = match this.codec.decode(&mut this.buf) {
+            Ok(Some(frame)) => frame,
+            Ok(None) if this.ended => return Poll::Ready(None),
+            Ok(None) => return Poll::Pending,
+            Err(e) => {
+                // Nothing after a broken frame can be trusted.
+                this.ended = true;
+                this.buf.clear();
+                return Poll::Ready(Some(Err(e)));
+            }
+        };
+        let msg = match frame {
+            Frame::Text(data) => match ByteString::try_from(data) {
+                Ok(text) => ws::Message::Text(text),
+                Err(e) => {
+                    let e = io::Error::new(io::ErrorKind::InvalidData, e);
+                    return Poll::Ready(Some(Err(ws::ProtocolError::Io(e))));
+                }
+            },
+            Frame::Binary(data) => ws::Message::Binary(data),
+            Frame::Ping(data) => ws::Message::Ping(data),
+            Frame::Pong(data) => ws::Message::Pong(data),
+            Frame::Close(reason) => ws::Message::Close(reason),
+            Frame::Continuation(item) => ws::Message::Continuation(item),
+        };
+        Poll::Ready(Some(Ok(msg)))
     }
+}
+
+/// A server frame on the wire (unmasked, unfragmented).
+pub fn encode(msg: ws::Message) -> Bytes {
+    let mut frame = BytesMut::new();
+    if let Err(e) = Codec::new().encode(msg, &mut frame) {
+        // Only a continuation out of order fails to encode, and the server sends none.
+        log::error!("WebSocket frame not encoded: {e}");
+    }
+    frame.freeze()
 }
 
 /// Answers a WebSocket over `--max-connections`: close 1013 (try again later) right away.
@@ -360,7 +426,7 @@ impl Actor for WsRefused {
     type Context = WebsocketContext<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        close(ctx, CloseCode::Again, "connection limit reached");
+        refuse(ctx);
     }
 }
 
@@ -368,26 +434,18 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsRefused {
     fn handle(&mut self, _: Result<ws::Message, ws::ProtocolError>, _: &mut Self::Context) {}
 }
 
-/// Sends a close frame and ends the actor; frames queued before it still go out.
-fn close<A>(ctx: &mut WebsocketContext<A>, code: CloseCode, reason: &str)
-where
-    A: Actor<Context = WebsocketContext<A>>,
-{
+/// Sends a close frame and ends the refusal.
+fn refuse(ctx: &mut WebsocketContext<WsRefused>) {
     ctx.close(Some(ws::CloseReason {
-        code,
-        description: Some(reason.to_string()),
+        code: CloseCode::Again,
+        description: Some("connection limit reached".to_string()),
     }));
     ctx.stop();
 }
 
-fn wrong_announcement(ctx: &mut WebsocketContext<WsSession>) {
-    ctx.text(WRONG_ANNOUNCEMENT);
-    close(ctx, CloseCode::Policy, WRONG_ANNOUNCEMENT);
-}
-
 /// The text frames carrying `events` in order, each a JSON array of one or more events, cut
-/// at `MAX_BATCH_EVENTS` / `MAX_BATCH_BYTES`. A lone event uses its frame rendered once.
-fn frames(events: &[Arc<Event>]) -> Vec<ByteString> {
+/// at `MAX_BATCH_EVENTS` / `MAX_BATCH_BYTES`, encoded. A lone event uses its shared frame.
+fn frames(events: &[Arc<Event>]) -> Vec<Bytes> {
     let mut frames = Vec::new();
     let mut rest = events;
     while !rest.is_empty() {
@@ -411,7 +469,7 @@ fn frames(events: &[Arc<Event>]) -> Vec<ByteString> {
                     frame.push_str(event.data.get());
                 }
                 frame.push(']');
-                ByteString::from(frame)
+                encode(ws::Message::Text(frame.into()))
             }
         });
         rest = tail;
@@ -434,11 +492,18 @@ mod tests {
         Arc::new(Event::new(key, position, SystemTime::now(), data))
     }
 
-    fn parsed(frames: &[ByteString]) -> Vec<Vec<i64>> {
+    /// The `created_at`s of each frame's events, read as a client reads them.
+    fn parsed(frames: &[Bytes]) -> Vec<Vec<i64>> {
+        let mut client = Codec::new().client_mode().max_size(1 << 20);
         frames
             .iter()
             .map(|f| {
-                let events: Vec<serde_json::Value> = serde_json::from_str(f).unwrap();
+                let mut wire = BytesMut::from(&f[..]);
+                let Some(Frame::Text(text)) = client.decode(&mut wire).unwrap() else {
+                    panic!("not a text frame");
+                };
+                assert!(wire.is_empty(), "one frame each");
+                let events: Vec<serde_json::Value> = serde_json::from_slice(&text).unwrap();
                 events
                     .iter()
                     .map(|e| e["created_at"].as_i64().unwrap())
