@@ -133,7 +133,7 @@ pub async fn start(config: Config) -> Result<Herald, StartError> {
     let registry =
         dashboard::Registry::new(brokers.clone(), saved.registrations, store.clone()).start();
 
-    let listener = TcpListener::bind(config.listen).map_err(|source| StartError::Listen {
+    let listener = bind(config.listen).map_err(|source| StartError::Listen {
         addr: config.listen,
         source,
     })?;
@@ -277,4 +277,19 @@ impl Saved {
             checkpoints,
         })
     }
+}
+
+/// Pending connections the listener queues before the kernel drops SYNs (actix-web's default).
+/// std's `TcpListener::bind` queues 128: a burst of a thousand subscribers connecting at once
+/// overflowed it, and every dropped SYN cost its client a 1 s retransmission.
+const LISTEN_BACKLOG: i32 = 2048;
+
+/// The listening socket, bound as actix-web binds its own (address reuse, `LISTEN_BACKLOG`).
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
 }
