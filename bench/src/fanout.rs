@@ -14,18 +14,16 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinHandle;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::cpu::Meter;
 use crate::http::Conn;
 use crate::peer;
 use crate::report::{histogram, Better, Outcome};
 use crate::server::Peer;
+use crate::ws::{self, WsConn};
 
 /// Connections opening at once: keeps the accept queues of both peers from overflowing.
 pub const CONNECT_CONCURRENCY: usize = 200;
@@ -171,40 +169,33 @@ async fn ws_subscriber(
     gate: Rc<Semaphore>,
 ) -> std::io::Result<()> {
     let permit = gate.acquire().await.ok();
-    let tcp = tokio::net::TcpStream::connect(addr).await?;
-    tcp.set_nodelay(true)?;
     let (path, announce) = peer::ws_subscribe(peer, &stream);
-    // tungstenite zeroes its whole read buffer (128 KiB by default) before every read: 35% of
-    // the load generator in this scenario. Frames here are ~100 bytes.
-    let config = WebSocketConfig::default().read_buffer_size(4 * 1024);
-    let url = format!("ws://{addr}{path}");
-    let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, tcp, Some(config))
-        .await
-        .map_err(std::io::Error::other)?;
+    let mut ws = WsConn::connect(addr, &path).await?;
     if let Some(announce) = announce {
-        ws.send(Message::Text(announce.into()))
-            .await
-            .map_err(std::io::Error::other)?;
+        ws.send_text(&announce).await?;
     }
     drop(permit);
     connected.set(connected.get() + 1);
     let (tally, notify) = shared;
-    while let Some(msg) = ws.next().await {
-        let bytes = match msg.map_err(std::io::Error::other)? {
-            Message::Text(t) => t.as_bytes().to_vec(),
-            Message::Binary(b) => b.to_vec(),
-            Message::Close(c) => return Err(std::io::Error::other(format!("closed: {c:?}"))),
-            _ => continue,
-        };
+    loop {
         let mut seqs = Vec::new();
-        peer::ws_seqs(peer, &bytes, |s| seqs.push(s));
-        let share = bytes.len() / seqs.len().max(1);
+        let mut len = 0;
+        let incoming = ws
+            .next(|payload| {
+                len = payload.len();
+                peer::ws_seqs(peer, payload, |s| seqs.push(s));
+            })
+            .await?;
+        if let ws::Incoming::Close(payload) = incoming {
+            let why = String::from_utf8_lossy(&payload).into_owned();
+            return Err(std::io::Error::other(format!("closed: {why}")));
+        }
+        let share = len / seqs.len().max(1);
         let mut t = tally.borrow_mut();
         for seq in seqs {
             t.deliver(seq, share, &notify);
         }
     }
-    Err(std::io::Error::other("stream ended"))
 }
 
 fn publish_request(peer: Peer, spec: &Spec, seq: u64) -> Vec<u8> {

@@ -62,11 +62,11 @@ impl Conn {
         self.stream.write_all(request).await
     }
 
-    fn unread(&self) -> &[u8] {
+    pub fn unread(&self) -> &[u8] {
         &self.buf[self.pos..]
     }
 
-    fn consume(&mut self, n: usize) {
+    pub fn consume(&mut self, n: usize) {
         self.pos += n;
         if self.pos == self.buf.len() {
             self.buf.clear();
@@ -75,7 +75,7 @@ impl Conn {
     }
 
     /// Reads more bytes; `Ok(false)` at end of stream.
-    async fn fill(&mut self) -> io::Result<bool> {
+    pub async fn fill(&mut self) -> io::Result<bool> {
         if self.pos > 0 {
             self.buf.drain(..self.pos);
             self.pos = 0;

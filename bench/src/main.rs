@@ -14,6 +14,7 @@ mod publish;
 mod report;
 mod server;
 mod webhook;
+mod ws;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -204,8 +205,8 @@ fn method(sizes: &Sizes, nofile: &str) -> String {
         "## Method\n\n\
 Each scenario starts a fresh server process per peer (Herald release build, `RUST_LOG=warn`; \
 nginx 1 worker with nchan, access log off), pinned to the server core; the load generator \
-(`bench/`, one single-threaded tokio runtime, hand-rolled HTTP/1.1, tokio-tungstenite for \
-WebSocket) is pinned to the client core. Open-file limit: {nofile}. Everything runs on 127.0.0.1.\n\n\
+(`bench/`, one single-threaded tokio runtime, hand-rolled HTTP/1.1 and \
+WebSocket clients) is pinned to the client core. Open-file limit: {nofile}. Everything runs on 127.0.0.1.\n\n\
 - Latency is receive time minus the send time of the same sequence number, both taken in the \
 load generator. Herald carries the sequence number in the `documentId` UUID (SSE) or \
 `created_at` (WebSocket); nchan in a 100-byte message. Herald's payload shape is fixed, so the \
