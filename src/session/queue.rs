@@ -8,11 +8,14 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::convert::Infallible;
 use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
+use futures_util::Stream;
 
 /// Why a frame was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,29 +61,28 @@ pub struct Sender(Rc<RefCell<Shared>>);
 impl Sender {
     /// Queues a frame unless the queue is full or the body is gone.
     pub fn try_send(&self, frame: Bytes) -> Result<(), TrySendError> {
-        let mut shared = self.0.borrow_mut();
+        let shared = self.0.borrow();
         if !shared.open {
             return Err(TrySendError::Closed);
         }
         if shared.frames.len() >= shared.capacity {
             return Err(TrySendError::Full);
         }
-        shared.frames.push_back(frame);
-        let waiting = shared.receiver.take();
         drop(shared);
-        if let Some(waker) = waiting {
-            waker.wake();
-        }
+        self.push(frame);
         Ok(())
     }
 
     /// Queues a frame even past the capacity, unless the body is gone: the last frame of a
     /// session (a WebSocket close after a full queue), sent after everything queued.
     pub fn push_last(&self, frame: Bytes) {
-        let mut shared = self.0.borrow_mut();
-        if !shared.open {
-            return;
+        if self.0.borrow().open {
+            self.push(frame);
         }
+    }
+
+    fn push(&self, frame: Bytes) {
+        let mut shared = self.0.borrow_mut();
         shared.frames.push_back(frame);
         let waiting = shared.receiver.take();
         drop(shared);
@@ -148,13 +150,10 @@ impl Receiver {
 }
 
 /// The frames as a response body.
-impl futures_util::Stream for Receiver {
-    type Item = Result<Bytes, std::convert::Infallible>;
+impl Stream for Receiver {
+    type Item = Result<Bytes, Infallible>;
 
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Self::Item>> {
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.poll_recv(cx).map(|frame| frame.map(Ok))
     }
 }
@@ -211,6 +210,21 @@ mod tests {
         assert_eq!(rx.poll_recv(&mut cx), Poll::Ready(Some(frame("b"))));
         assert_eq!(rx.poll_recv(&mut cx), Poll::Ready(Some(frame("c"))));
         assert_eq!(rx.poll_recv(&mut cx), Poll::Pending);
+    }
+
+    #[test]
+    fn the_last_frame_goes_past_a_full_queue_after_the_others() {
+        let (tx, mut rx) = channel(1);
+        let count = Arc::new(Count::default());
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        tx.try_send(frame("a")).unwrap();
+        assert_eq!(tx.try_send(frame("b")), Err(TrySendError::Full));
+        tx.push_last(frame("close"));
+        drop(tx);
+        assert_eq!(rx.poll_recv(&mut cx), Poll::Ready(Some(frame("a"))));
+        assert_eq!(rx.poll_recv(&mut cx), Poll::Ready(Some(frame("close"))));
+        assert_eq!(rx.poll_recv(&mut cx), Poll::Ready(None));
     }
 
     #[test]

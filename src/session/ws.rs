@@ -171,7 +171,9 @@ impl WsSession {
         match self.tx.try_send(frame) {
             Ok(()) => {}
             Err(TrySendError::Full) => {
-                log::info!("WebSocket slow consumer cut off");
+                if let Some(stream) = &self.stream {
+                    log::info!("{stream}: slow consumer cut off");
+                }
                 self.metrics.slow_consumers.inc();
                 self.close(CloseCode::Policy, "slow consumer", ctx);
             }
