@@ -93,6 +93,9 @@ pub struct SqliteStore {
     known: HashSet<String>,
 }
 
+/// WAL pages (4 KiB each) between automatic checkpoints.
+const WAL_CHECKPOINT_PAGES: i64 = 10_000;
+
 impl SqliteStore {
     /// Opens (creating if needed) the database in `dir` and brings its schema up to date.
     pub fn open(dir: &Path, retention: Retention) -> Result<Self, OpenError> {
@@ -105,6 +108,11 @@ impl SqliteStore {
         let mut conn = Connection::open(&path).map_err(|e| fail(e.to_string()))?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .and_then(|()| conn.pragma_update(None, "synchronous", "FULL"))
+            // Checkpoint every ~40 MB of WAL rather than SQLite's 4 MB: webhook deliveries and
+            // their attempt log rewrite the same pages within seconds, and each checkpoint
+            // copies every page the WAL holds into the database (make bench scenario 7: 5.5-6.5k
+            // -> 7.5-7.9k signed deliveries/s). A clean stop still truncates the WAL (`flush`).
+            .and_then(|()| conn.pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_PAGES))
             .and_then(|()| conn.busy_timeout(Duration::from_secs(5)))
             .map_err(|e| fail(e.to_string()))?;
         migrate(&mut conn).map_err(|e| fail(e.to_string()))?;
