@@ -11,6 +11,7 @@ mod schema;
 
 use actix::Actor;
 use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -21,6 +22,7 @@ use super::{check_publisher, header_text, read_body, AppState, BodyError, Publis
 use crate::broker::messages::{Fallback, Publish, Start};
 use crate::event::{StreamKey, StreamKind};
 use crate::metrics::Face;
+use crate::server::direct::Answer;
 use crate::session::queue;
 use crate::session::sse::SseSession;
 use schema::*;
@@ -281,11 +283,15 @@ pub(crate) struct Published {
 }
 
 impl Published {
-    /// The response body, on either path.
-    pub(crate) fn to_json(&self) -> web::Bytes {
-        serde_json::to_vec(self)
-            .expect("a list of ids serializes")
-            .into()
+    /// The 202 answering the publish, on either path.
+    pub(crate) fn answer(&self) -> Answer {
+        Answer::Json {
+            status: StatusCode::ACCEPTED,
+            headers: &[],
+            body: serde_json::to_vec(self)
+                .expect("a list of ids serializes")
+                .into(),
+        }
     }
 }
 
@@ -325,9 +331,7 @@ async fn publish(
             BodyError::Read(_) => PublishError::new(400, e.to_string(), None),
         })?;
     let published = append(&state, client_id, &body).await?;
-    Ok(HttpResponse::Accepted()
-        .content_type("application/json")
-        .body(published.to_json()))
+    Ok(published.answer().into())
 }
 
 /// The checks a publish passes before its body is read: the credential, then the client id.

@@ -17,6 +17,7 @@ mod params;
 use std::hash::{Hash, Hasher};
 
 use actix_web::http::header::{self, EntityTag, IfNoneMatch};
+use actix_web::http::StatusCode;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use utoipa::openapi::security::SecurityScheme;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder};
@@ -33,6 +34,7 @@ use crate::auth::{self, AuthError, Claims, PUBLISH};
 use crate::broker::messages::{GetEvent, Publish, ReadPage, Start};
 use crate::event::{Position, StreamKey, StreamKind};
 use crate::limits::Permit;
+use crate::server::direct::Answer;
 use crate::session::longpoll::{self, PollOutcome, PollSpec};
 
 /// The name of the cookie that may carry `bearer <jwt>` instead of the header.
@@ -136,20 +138,12 @@ async fn long_poll(
 ) -> Result<HttpResponse, InstanceError> {
     let (spec, permit) = long_poll_spec(&state, credential(&req)?, &path, req.query_string())?;
     let broker = state.brokers.of(&spec.stream).clone();
-    let page = long_poll_page(longpoll::poll(spec, broker, permit, state.metrics.clone()).await)?;
-    let mut res = HttpResponse::Ok();
-    res.content_type("application/json");
-    for header in PAGE_HEADERS {
-        res.insert_header(*header);
-    }
-    Ok(res.body(page))
+    let outcome = longpoll::poll(spec, broker, permit, state.metrics.clone()).await;
+    Ok(long_poll_answer(outcome)?.into())
 }
 
-/// The headers of a long-poll's page besides `content-type: application/json`, on either path.
-pub(crate) const PAGE_HEADERS: &[(&str, &str)] = &[("cache-control", "no-store")];
-
 /// A long-poll's checks, in order (credential, instance, permissions, query, a connection
-/// permit), and the poll they make. Shared with `direct`, like `long_poll_page`.
+/// permit), and the poll they make. Shared with `direct`, like `long_poll_answer`.
 pub(crate) fn long_poll_spec(
     state: &AppState,
     credential: Option<String>,
@@ -175,10 +169,14 @@ pub(crate) fn long_poll_spec(
     Ok((spec, permit))
 }
 
-/// The page body answering a long-poll's outcome (`None`: the Broker is gone), on either path.
-pub(crate) fn long_poll_page(outcome: Option<PollOutcome>) -> Result<web::Bytes, InstanceError> {
+/// The page answering a long-poll's outcome (`None`: the Broker is gone), on either path.
+pub(crate) fn long_poll_answer(outcome: Option<PollOutcome>) -> Result<Answer, InstanceError> {
     match outcome {
-        Some(PollOutcome::Page { events, cursor }) => Ok(body::page_body(&events, &cursor)),
+        Some(PollOutcome::Page { events, cursor }) => Ok(Answer::Json {
+            status: StatusCode::OK,
+            headers: &[("cache-control", "no-store")],
+            body: body::page_body(&events, &cursor),
+        }),
         Some(PollOutcome::TooManyListeners) => Err(InstanceError::TooManyListeners),
         None => Err(broker_gone()),
     }

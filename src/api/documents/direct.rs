@@ -11,7 +11,6 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use actix_web::http::StatusCode;
 use actix_web::rt::net::TcpStream;
 use actix_web::ResponseError;
 use bytes::{Buf, BytesMut};
@@ -69,11 +68,7 @@ pub(crate) async fn publish(state: &AppState, request: &Request<'_, '_>) -> Opti
         Err(e) => Err(e),
     };
     Some(match answer {
-        Ok(published) => Answer::Json {
-            status: StatusCode::ACCEPTED,
-            headers: &[],
-            body: published.to_json(),
-        },
+        Ok(published) => published.answer(),
         Err(e) => Answer::Response(e.error_response()),
     })
 }

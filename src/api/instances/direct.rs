@@ -3,10 +3,9 @@
 //! handler owns waiting (the `LongPoll` actor, noticing a client that hangs up) and the error
 //! answers, and running its checks again costs nothing that matters on those paths.
 
-use actix_web::http::StatusCode;
 use actix_web::ResponseError;
 
-use super::{bearer_credential, long_poll_page, long_poll_spec, PAGE_HEADERS};
+use super::{bearer_credential, long_poll_answer, long_poll_spec};
 use crate::api::{header_text, AppState};
 use crate::server::direct::{Answer, Request};
 use crate::session::longpoll;
@@ -32,12 +31,5 @@ pub(crate) async fn long_poll(state: &AppState, request: &Request<'_, '_>) -> Op
     let (spec, _permit) = long_poll_spec(state, Some(credential), instance, request.query).ok()?;
     let broker = state.brokers.of(&spec.stream);
     let outcome = longpoll::answer_now(&spec, broker, &state.metrics).await??;
-    Some(match long_poll_page(Some(outcome)) {
-        Ok(body) => Answer::Json {
-            status: StatusCode::OK,
-            headers: PAGE_HEADERS,
-            body,
-        },
-        Err(e) => Answer::Response(e.error_response()),
-    })
+    Some(long_poll_answer(Some(outcome)).unwrap_or_else(|e| Answer::Response(e.error_response())))
 }
