@@ -24,7 +24,7 @@ use crate::broker::messages::{CloseReason, CloseStream, ListSubscribed, Publish}
 use crate::event::{StreamKey, StreamKind};
 use crate::metrics::Face;
 use crate::session::ws::{
-    Announcement, Authorize, Refusal, WsRefused, WsSession, WsSettings, MAX_ACCESS_ID,
+    refused, Announcement, Authorize, Refusal, WsSession, WsSettings, MAX_ACCESS_ID,
 };
 
 use schema::*;
@@ -86,7 +86,7 @@ async fn subscribe(
 ) -> Result<HttpResponse, actix_web::Error> {
     // Refused after the upgrade, so WebSocket clients see a close code, not an HTTP status.
     let Some(permit) = state.connections.try_acquire() else {
-        return ws::start(WsRefused, &req, payload);
+        return Ok(ws::handshake(&req)?.streaming(refused()));
     };
     let settings = WsSettings {
         ping: state.config.ws_ping,

@@ -12,6 +12,7 @@
 //! what is queued and ends. Publishers and other subscribers never wait for it. An event's
 //! frame is encoded once (`Event::ws_frame`) and shared by every session that sends it alone.
 
+use std::convert::Infallible;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -22,7 +23,7 @@ use actix::prelude::*;
 use actix_codec::{Decoder, Encoder};
 use actix_http::ws::{Codec, Frame};
 use actix_web::error::PayloadError;
-use actix_web_actors::ws::{self, CloseCode, WebsocketContext};
+use actix_web_actors::ws::{self, CloseCode};
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 use futures_util::Stream;
@@ -421,28 +422,13 @@ pub fn encode(msg: ws::Message) -> Bytes {
     frame.freeze()
 }
 
-/// Answers a WebSocket over `--max-connections`: close 1013 (try again later) right away.
-pub struct WsRefused;
-
-impl Actor for WsRefused {
-    type Context = WebsocketContext<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        refuse(ctx);
-    }
-}
-
-impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsRefused {
-    fn handle(&mut self, _: Result<ws::Message, ws::ProtocolError>, _: &mut Self::Context) {}
-}
-
-/// Sends a close frame and ends the refusal.
-fn refuse(ctx: &mut WebsocketContext<WsRefused>) {
-    ctx.close(Some(ws::CloseReason {
+/// The body of a WebSocket over `--max-connections`: a close 1013 (try again later) at once.
+pub fn refused() -> impl Stream<Item = Result<Bytes, Infallible>> {
+    let close = encode(ws::Message::Close(Some(ws::CloseReason {
         code: CloseCode::Again,
         description: Some("connection limit reached".to_string()),
-    }));
-    ctx.stop();
+    })));
+    futures_util::stream::once(std::future::ready(Ok(close)))
 }
 
 /// The text frames carrying `events` in order, each a JSON array of one or more events, cut
