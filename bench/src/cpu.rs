@@ -9,10 +9,16 @@ use crate::report::{Better, Outcome};
 /// Above this share of its core the load generator may have limited the figure.
 const GENERATOR_BUSY: f64 = 90.0;
 
-/// Measures from `start` to `finish`.
+/// What to measure: the serving process (and the load generator itself).
+#[derive(Clone, Copy)]
 pub struct Meter {
     server_pid: Option<u32>,
-    start: Option<Sample>,
+}
+
+/// A measurement under way, from `Meter::start` to `finish`.
+pub struct Running {
+    server_pid: Option<u32>,
+    start: Sample,
 }
 
 struct Sample {
@@ -42,22 +48,21 @@ fn sample(server_pid: Option<u32>) -> Sample {
 
 impl Meter {
     pub fn new(server_pid: Option<u32>) -> Self {
-        Self {
-            server_pid,
-            start: None,
+        Self { server_pid }
+    }
+
+    pub fn start(self) -> Running {
+        Running {
+            server_pid: self.server_pid,
+            start: sample(self.server_pid),
         }
     }
+}
 
-    pub fn start(&mut self) {
-        self.start = Some(sample(self.server_pid));
-    }
-
+impl Running {
     /// Both shares of a core since `start`.
-    pub fn finish(&self) -> Busy {
-        let Some(start) = &self.start else {
-            return Busy::default();
-        };
-        let end = sample(self.server_pid);
+    pub fn finish(self) -> Busy {
+        let (start, end) = (self.start, sample(self.server_pid));
         // SAFETY: sysconf has no preconditions.
         let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
         let secs = end.at.duration_since(start.at).as_secs_f64().max(1e-9);
@@ -70,7 +75,6 @@ impl Meter {
 }
 
 /// Percent of a core each side was busy.
-#[derive(Default)]
 pub struct Busy {
     server: Option<f64>,
     generator: Option<f64>,

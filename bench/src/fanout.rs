@@ -264,13 +264,7 @@ async fn publisher(
 }
 
 /// Runs one fan-out scenario against a started peer.
-pub async fn run(
-    scenario: u8,
-    peer: Peer,
-    addr: SocketAddr,
-    spec: Spec,
-    meter: &mut Meter,
-) -> Outcome {
+pub async fn run(scenario: u8, peer: Peer, addr: SocketAddr, spec: Spec, meter: Meter) -> Outcome {
     let mut out = Outcome::new(scenario, peer);
     let spec = Rc::new(spec);
     let (expected, seqs) = if spec.shared_stream {
@@ -355,7 +349,7 @@ pub async fn run(
         }
     }
 
-    meter.start();
+    let measuring = meter.start();
     let next = Rc::new(Cell::new(1u64));
     let publishers: Vec<JoinHandle<()>> = (0..spec.publishers)
         .map(|_| {
@@ -368,7 +362,7 @@ pub async fn run(
         t.complete >= spec.publishes || t.lost as usize >= spec.subscribers
     })
     .await;
-    let busy = meter.finish();
+    let busy = measuring.finish();
     abort(publishers);
     abort(subscribers);
 

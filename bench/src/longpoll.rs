@@ -132,7 +132,7 @@ async fn poller(
     }
 }
 
-pub async fn run(peer: Peer, addr: SocketAddr, duration: Duration, meter: &mut Meter) -> Outcome {
+pub async fn run(peer: Peer, addr: SocketAddr, duration: Duration, meter: Meter) -> Outcome {
     let mut out = Outcome::new(5, peer);
     if let Err(why) = fill(peer, addr).await {
         out.notes.push(why);
@@ -144,7 +144,7 @@ pub async fn run(peer: Peer, addr: SocketAddr, duration: Duration, meter: &mut M
         errors: 0,
         first_error: None,
     }));
-    meter.start();
+    let measuring = meter.start();
     let start = Instant::now();
     let until = start + duration;
     let tasks: Vec<_> = (0..CHANNELS * POLLERS_PER_CHANNEL)
@@ -154,7 +154,7 @@ pub async fn run(peer: Peer, addr: SocketAddr, duration: Duration, meter: &mut M
         let _ = t.await;
     }
     let secs = start.elapsed().as_secs_f64();
-    let busy = meter.finish();
+    let busy = measuring.finish();
     let p = polls.borrow();
     if p.errors > 0 {
         out.notes.push(format!(

@@ -163,8 +163,7 @@ async fn run_one(scenario: u8, peer: Peer, programs: &Programs, sizes: &Sizes) -
         }
     }
     let addr = server.addr;
-    let mut meter = cpu::Meter::new(server.serving_pid());
-    let meter = &mut meter;
+    let meter = cpu::Meter::new(server.serving_pid());
     let fan = |transport, shared_stream: bool| {
         let (subscribers, publishes, publishers, window) = if shared_stream {
             (sizes.fanout_subscribers, sizes.fanout_publishes, 4, 200)

@@ -148,12 +148,12 @@ pub async fn run(
     addr: SocketAddr,
     total: u64,
     deadline: Duration,
-    meter: &mut Meter,
+    meter: Meter,
 ) -> Outcome {
     let mut out = Outcome::new(6, peer);
-    meter.start();
+    let measuring = meter.start();
     let single = measure(peer, addr, 1, total, deadline).await;
-    let busy = meter.finish();
+    let busy = measuring.finish();
     out.add(
         "single-event publishes/s",
         single.events_per_sec,

@@ -159,7 +159,7 @@ pub async fn run(
     addr: SocketAddr,
     registrations: usize,
     deadline: Duration,
-    meter: &mut Meter,
+    meter: Meter,
 ) -> Outcome {
     let mut out = Outcome::new(7, peer);
     let listener = match TcpListener::bind("127.0.0.1:0").await {
@@ -231,7 +231,7 @@ pub async fn run(
     }
 
     let expected = (registrations * SUBSCRIPTIONS) as u64;
-    meter.start();
+    let measuring = meter.start();
     let start = Instant::now();
     let post_hist = Rc::new(RefCell::new(histogram()));
     let errors: Rc<RefCell<(u64, Option<String>)>> = Rc::default();
@@ -285,7 +285,7 @@ pub async fn run(
         r.valid + r.invalid >= expected
     })
     .await;
-    let busy = meter.finish();
+    let busy = measuring.finish();
     accept.abort();
     let r = received.borrow();
     let e = errors.borrow();
