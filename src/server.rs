@@ -7,6 +7,7 @@
 
 pub(crate) mod direct;
 pub(crate) mod replay;
+pub(crate) mod stream;
 
 use std::io;
 use std::net::TcpListener;

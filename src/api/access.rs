@@ -7,22 +7,31 @@
 //!
 //! Routes are registered from their OpenAPI declarations (`ApiDoc`; schemas in `schema.rs`).
 
+pub(crate) mod direct;
 mod schema;
 
 use std::collections::HashMap;
 
+use actix_http::ws::verify_handshake;
 use actix_web::http::header;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use actix_web_actors::ws;
+use bytes::{Bytes, BytesMut};
+use futures_util::Stream;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
 use super::openapi::Routes;
-use super::{bearer_header, check_publisher, read_body, AppState, BodyError, PublisherCheck};
+use super::{
+    bearer_header, check_publisher, header_text, read_body, AppState, BodyError, PublisherCheck,
+};
+use crate::auth;
 use crate::broker::messages::{CloseReason, CloseStream, ListSubscribed, Publish};
 use crate::event::{StreamKey, StreamKind};
+use crate::limits::Permit;
 use crate::metrics::Face;
+use crate::session::queue;
 use crate::session::ws::{
     refused, Announcement, Authorize, Refusal, WsSession, WsSettings, MAX_ACCESS_ID,
 };
@@ -84,35 +93,66 @@ async fn subscribe(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, actix_web::Error> {
+    // actix-http's check, the one the direct path makes: stricter than actix-web-actors' own
+    // (`Sec-WebSocket-Key` must be 16 bytes in base64, as RFC 6455 says).
+    verify_handshake(req.head())?;
+    let mut response = ws::handshake(&req)?;
     // Refused after the upgrade, so WebSocket clients see a close code, not an HTTP status.
     let Some(permit) = state.connections.try_acquire() else {
-        return Ok(ws::handshake(&req)?.streaming(refused()));
+        return Ok(response.streaming(refused()));
     };
-    let settings = WsSettings {
-        ping: state.config.ws_ping,
-        announce_timeout: state.config.ws_announce_timeout,
-        queue: state.config.subscriber_queue,
-    };
-    let mut response = ws::handshake(&req)?;
-    let body = WsSession::open(
-        state.brokers.clone(),
-        authorize(&req, &state),
-        settings,
+    let authorization = req.headers().get(header::AUTHORIZATION);
+    let body = open(
+        &state,
         permit,
-        state.metrics.face(Face::Websocket),
+        authorization.map(|value| value.as_bytes()),
+        BytesMut::new(),
         payload,
     );
     Ok(response.streaming(body))
 }
 
-/// The announcement's access rule: a token from the announcement or the upgrade request whose
-/// `sub` is the access id, or that has `access:read`. `--dev` needs no token.
-fn authorize(req: &HttpRequest, state: &web::Data<AppState>) -> Authorize {
+/// Starts the session of an accepted upgrade on the client's bytes (see `WsSession::open`);
+/// returns the frames to write to it.
+fn open<S, E>(
+    state: &web::Data<AppState>,
+    permit: Permit,
+    authorization: Option<&[u8]>,
+    read: BytesMut,
+    payload: S,
+) -> queue::Receiver
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin + 'static,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let settings = WsSettings {
+        ping: state.config.ws_ping,
+        announce_timeout: state.config.ws_announce_timeout,
+        queue: state.config.subscriber_queue,
+    };
+    WsSession::open(
+        state.brokers.clone(),
+        authorize(authorization, state),
+        settings,
+        permit,
+        state.metrics.face(Face::Websocket),
+        read,
+        payload,
+    )
+}
+
+/// The announcement's access rule: a token from the announcement or the upgrade request's
+/// `Authorization` header whose `sub` is the access id, or that has `access:read`. `--dev`
+/// needs no token.
+fn authorize(authorization: Option<&[u8]>, state: &web::Data<AppState>) -> Authorize {
     if state.config.dev {
         return Box::new(|_| Ok(()));
     }
-    let header_present = req.headers().contains_key(header::AUTHORIZATION);
-    let header_token = bearer_header(req).map(str::to_string);
+    let header_present = authorization.is_some();
+    let header_token = authorization
+        .and_then(header_text)
+        .and_then(auth::bearer)
+        .map(str::to_string);
     let state = state.clone();
     Box::new(move |announcement: &Announcement| {
         let token = match (announcement.token.as_deref(), header_token.as_deref()) {

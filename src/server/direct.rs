@@ -1,17 +1,19 @@
 //! The hot routes served straight on their TCP connection instead of through actix-web: a
-//! connection that opens with an SSE subscription, a publish of document status events, or a
-//! long-poll that finds data waiting is read here.
+//! connection that opens with an SSE subscription or a WebSocket session, a publish of
+//! document status events, or a long-poll that finds data waiting is read here.
 //!
 //! Why: idle subscribers are most of what a broker holds, and under actix-http each connection
 //! keeps its dispatcher and two 8 KiB buffers (about 12 KB resident) for as long as the stream
-//! runs. And a short request is mostly framework: under actix-web, decoding, routing and
+//! runs, and every frame goes through it (a WebSocket delivery cost ~3 us of the server's core
+//! under actix-http, an SSE delivery written here ~2 us). And a short request is mostly framework: under actix-web, decoding, routing and
 //! dispatch cost about as much again as publishing the event or reading the page.
 //!
 //! Each route decides through the same functions as its actix-web handler and answers alike:
 //! its usual JSON answers from the same parts (`Answer::Json`), any other with the handler's
 //! own `HttpResponse`, written out here. Only the plain case is claimed: a complete HTTP/1.1
-//! request without an upgrade, an expectation, a chunked body or `Connection: close`, to a route
-//! whose face serves it here (`api::documents::direct`, `api::instances::direct`). Anything
+//! request without an expectation, a chunked body or `Connection: close`, and without an upgrade
+//! unless it is a connection's first request, to a route whose face serves it here
+//! (`api::documents::direct`, `api::access::direct`, `api::instances::direct`). Anything
 //! else goes to actix-web together with the bytes read so far (`Replay`), and actix-web serves
 //! the rest of the connection. A keep-alive connection stays here for as long as its requests
 //! are ones this path serves.
@@ -23,12 +25,12 @@ use actix_server::GracefulShutdownSignal;
 use actix_web::body::MessageBody;
 use actix_web::http::StatusCode;
 use actix_web::rt::net::TcpStream;
-use actix_web::HttpResponse;
+use actix_web::{web, HttpResponse};
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::replay::Replay;
-use crate::api::{documents, instances, AppState};
+use crate::api::{access, documents, instances, AppState};
 
 /// Bytes read at a time; a request head longer than this (many cookies, say), or a request
 /// whose head and body are, goes to actix-web.
@@ -66,8 +68,10 @@ pub struct Request<'h, 'b> {
     /// After `?`, still percent-encoded; empty without one.
     pub query: &'b str,
     pub body: &'b [u8],
+    /// Whether it asks to upgrade the connection (only the first request may, to a WebSocket).
+    pub upgrade: bool,
     /// Bytes of head and body.
-    len: usize,
+    pub len: usize,
 }
 
 impl<'b> Request<'_, 'b> {
@@ -104,18 +108,20 @@ fn parse<'h, 'b>(
         path,
         query,
         body: &[],
+        upgrade: false,
         len: head_len,
     };
     let header = |name| request.only_header(name);
     let plain = request.head.version == Some(1)
-        && matches!(header("upgrade"), Ok(None))
         && matches!(header("expect"), Ok(None))
-        && matches!(header("transfer-encoding"), Ok(None))
-        && match header("connection") {
-            Ok(None) => true,
-            Ok(Some(value)) => value.eq_ignore_ascii_case(b"keep-alive"),
-            Err(()) => false,
-        };
+        && matches!(header("transfer-encoding"), Ok(None));
+    let upgrade = match (header("upgrade").ok()?, header("connection").ok()?) {
+        (None, None) => false,
+        (None, Some(value)) if value.eq_ignore_ascii_case(b"keep-alive") => false,
+        // Whether it is a valid upgrade is the route's to decide.
+        (Some(_), _) => true,
+        (None, Some(_)) => return None,
+    };
     if !plain {
         return None;
     }
@@ -131,6 +137,7 @@ fn parse<'h, 'b>(
     if length > max_body || buf.len() < head_len + length {
         return None;
     }
+    request.upgrade = upgrade;
     request.body = &buf[head_len..head_len + length];
     request.len = head_len + length;
     Some(request)
@@ -139,7 +146,7 @@ fn parse<'h, 'b>(
 /// Serves the connection if it opens with a request this path handles.
 pub async fn serve(
     mut io: TcpStream,
-    state: &AppState,
+    state: &web::Data<AppState>,
     shutdown: &GracefulShutdownSignal,
 ) -> Outcome {
     // Allocated once bytes are there, and dropped before a stream starts: a connection that is
@@ -150,12 +157,18 @@ pub async fn serve(
         // Silent for too long, closed, or broken: nothing to answer.
         Ok(Ok(false) | Err(_)) | Err(_) => return Outcome::Served,
     }
-    match subscription(&buf, state) {
-        Some(opened) => {
+    match opening(&buf, state) {
+        Some(Opening::Events(opened)) => {
             // Bytes after the head (a request pipelined behind it) are ignored, like any
             // bytes the client sends on an event stream.
             drop(buf);
             documents::direct::stream(io, opened).await;
+            Outcome::Served
+        }
+        Some(Opening::Access(upgrade)) => {
+            // What follows the head is the client's first frames.
+            buf.advance(upgrade.request_len);
+            access::direct::session(io, upgrade, buf).await;
             Outcome::Served
         }
         // Boxed: only the tasks of short requests carry the request loop's state.
@@ -163,12 +176,24 @@ pub async fn serve(
     }
 }
 
-/// The subscription the first request in `buf` opens, if it is one this path serves. (A
-/// function of its own so that the parsed headers are not part of the connection's future.)
-fn subscription(buf: &[u8], state: &AppState) -> Option<documents::EventStream> {
+/// A stream that a connection's first request opens on this path.
+enum Opening {
+    /// An SSE subscription to document status events.
+    Events(documents::EventStream),
+    /// A WebSocket session of access events.
+    Access(access::direct::Upgrade),
+}
+
+/// The stream the first request in `buf` opens, if it is one this path serves. (A function of
+/// its own so that the parsed headers are not part of the connection's future.)
+fn opening(buf: &[u8], state: &web::Data<AppState>) -> Option<Opening> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let request = parse(buf, &mut headers, state.config.max_body)?;
-    documents::direct::subscription(&request, state)
+    if request.upgrade {
+        access::direct::upgrade(&request, state).map(Opening::Access)
+    } else {
+        documents::direct::subscription(&request, state).map(Opening::Events)
+    }
 }
 
 /// Serves requests for as long as they are ones this path answers.
@@ -186,7 +211,9 @@ async fn requests(
     tokio::pin!(idle, shutting_down);
     loop {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let Some(request) = parse(&buf, &mut headers, state.config.max_body) else {
+        let Some(request) =
+            parse(&buf, &mut headers, state.config.max_body).filter(|request| !request.upgrade)
+        else {
             return Outcome::Declined(Replay::new(buf, io));
         };
         let answer = match request.head.method {

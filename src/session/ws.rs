@@ -14,6 +14,7 @@
 
 use std::convert::Infallible;
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
@@ -22,12 +23,12 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use actix_codec::{Decoder, Encoder};
 use actix_http::ws::{Codec, Frame};
-use actix_web::error::PayloadError;
 use actix_web_actors::ws::{self, CloseCode};
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 use futures_util::Stream;
 use serde::Deserialize;
+use tokio::io::{AsyncRead, ReadBuf};
 
 use crate::broker::messages::{
     Close, CloseReason, Deliver, Fallback, Start, Subscribe, Subscriber, Unsubscribe,
@@ -134,18 +135,21 @@ pub struct WsSession {
 }
 
 impl WsSession {
-    /// Starts the session on the client's frames (`payload`, the upgraded request's body);
-    /// returns the body of the 101 response.
-    pub fn open<S>(
+    /// Starts the session on the client's bytes: `read`, the bytes already read after the
+    /// upgrade request, then `payload` (the upgraded request's body, or the socket itself on the
+    /// direct path). Returns the frames to write to the client.
+    pub fn open<S, E>(
         brokers: Brokers,
         authorize: Authorize,
         settings: WsSettings,
         permit: Permit,
         metrics: FaceMetrics,
+        read: BytesMut,
         payload: S,
     ) -> queue::Receiver
     where
-        S: Stream<Item = Result<Bytes, PayloadError>> + Unpin + 'static,
+        S: Stream<Item = Result<Bytes, E>> + Unpin + 'static,
+        E: std::error::Error + Send + Sync + 'static,
     {
         let (tx, body) = queue::channel(settings.queue);
         let session = Self {
@@ -161,7 +165,7 @@ impl WsSession {
             metrics,
         };
         WsSession::create(|ctx| {
-            ctx.add_stream(ClientFrames::new(payload));
+            ctx.add_stream(ClientFrames::new(read, payload));
             session
         });
         body
@@ -342,31 +346,32 @@ impl Handler<Close> for WsSession {
     }
 }
 
-/// The client's frames decoded from the upgraded request's body, as actix-web-actors decodes
-/// them for its own contexts (which cannot be used here: they run only while the response body
-/// is polled).
+/// The client's frames decoded from its bytes, as actix-web-actors decodes them for its own
+/// contexts (which cannot be used here: they run only while the response body is polled).
 struct ClientFrames<S> {
     payload: S,
     codec: Codec,
+    /// Bytes not yet decoded; empty (and unallocated) between frames.
     buf: BytesMut,
     /// The payload has ended; what is buffered may still hold frames.
     ended: bool,
 }
 
 impl<S> ClientFrames<S> {
-    fn new(payload: S) -> Self {
+    fn new(buf: BytesMut, payload: S) -> Self {
         Self {
             payload,
             codec: Codec::new(),
-            buf: BytesMut::new(),
+            buf,
             ended: false,
         }
     }
 }
 
-impl<S> Stream for ClientFrames<S>
+impl<S, E> Stream for ClientFrames<S>
 where
-    S: Stream<Item = Result<Bytes, PayloadError>> + Unpin,
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::error::Error + Send + Sync + 'static,
 {
     type Item = Result<ws::Message, ws::ProtocolError>;
 
@@ -384,7 +389,13 @@ where
             }
         }
         let frame = match this.codec.decode(&mut this.buf) {
-            Ok(Some(frame)) => frame,
+            Ok(Some(frame)) => {
+                if this.buf.is_empty() {
+                    // A connection between frames (most of its life) keeps no buffer.
+                    this.buf = BytesMut::new();
+                }
+                frame
+            }
             Ok(None) if this.ended => return Poll::Ready(None),
             Ok(None) => return Poll::Pending,
             Err(e) => {
@@ -409,6 +420,28 @@ where
             Frame::Continuation(item) => ws::Message::Continuation(item),
         };
         Poll::Ready(Some(Ok(msg)))
+    }
+}
+
+/// Bytes read from a socket as they arrive: the client's side of a WebSocket on the direct
+/// path, where no actix-http dispatcher reads the connection. Reads go through a buffer on the
+/// stack, so an idle connection keeps none.
+pub struct SocketBytes<R>(pub R);
+
+impl<R: AsyncRead + Unpin> Stream for SocketBytes<R> {
+    type Item = io::Result<Bytes>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        // Clients send little: an announcement, pongs, a close. Not zeroed first: the session
+        // polls this on every wake-up, a delivery's included.
+        let mut chunk = [MaybeUninit::uninit(); 2048];
+        let mut read = ReadBuf::uninit(&mut chunk);
+        match Pin::new(&mut self.0).poll_read(cx, &mut read) {
+            Poll::Ready(Ok(())) if read.filled().is_empty() => Poll::Ready(None),
+            Poll::Ready(Ok(())) => Poll::Ready(Some(Ok(Bytes::copy_from_slice(read.filled())))),
+            Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 

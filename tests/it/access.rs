@@ -117,7 +117,7 @@ impl WsClient {
     }
 }
 
-fn event(accessid: &str, created_at: i64, payload: Value) -> Value {
+pub(crate) fn event(accessid: &str, created_at: i64, payload: Value) -> Value {
     json!({"accessid": accessid, "created_at": created_at, "payload": payload})
 }
 
@@ -135,7 +135,7 @@ async fn push(srv: &TestServer, events: &Value) -> (StatusCode, Value) {
     )
 }
 
-async fn push_ok(srv: &TestServer, events: Value) {
+pub(crate) async fn push_ok(srv: &TestServer, events: Value) {
     let (status, body) = push(srv, &events).await;
     assert_eq!((status, body), (StatusCode::OK, json!(true)));
 }

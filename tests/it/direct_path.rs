@@ -1,11 +1,16 @@
 //! The direct path over raw HTTP/1.1: a connection that opens with an SSE subscription, a
-//! publish, or a long-poll with data waiting is served by `server::direct`; a request that path
+//! WebSocket session, a publish, or a long-poll with data waiting is served by `server::direct`; a request that path
 //! declines, and everything after it on the connection, by actix-web. Both must look the same
 //! to the client.
 
+use actix_codec::{Decoder, Encoder};
 use actix_rt::net::TcpStream;
+use awc::ws::{CloseCode, CloseReason, Codec, Frame, Message};
+use bytes::BytesMut;
+use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::access::{event, push_ok};
 use crate::common::*;
 use crate::instances::{base, create_messages, reader};
 
@@ -152,6 +157,21 @@ impl Raw {
             let chunk = self.chunk().await;
             assert!(!chunk.is_empty(), "the stream ended before {ids:?}");
             ids.retain(|id| !chunk.contains(&format!("id: {id}\n")));
+        }
+    }
+
+    /// Consumes one WebSocket frame from the server.
+    async fn frame(&mut self) -> Frame {
+        let mut client = Codec::new().client_mode();
+        loop {
+            let mut unread = BytesMut::from(&self.unread[..]);
+            if let Some(frame) = client.decode(&mut unread).expect("a valid frame") {
+                let used = self.unread.len() - unread.len();
+                self.unread.drain(..used);
+                return frame;
+            }
+            let have = self.unread.len();
+            self.fill(have + 1).await;
         }
     }
 
@@ -548,4 +568,121 @@ async fn long_polls_are_answered_alike_by_the_direct_path_and_actix_web() {
     let (status, _, body) = waiting.response().await;
     assert_eq!(status, "http/1.1 200 ok");
     assert!(body.contains("\"m1\""), "{body}");
+}
+
+/// A WebSocket upgrade to `/subscribe_to_events` with `token` on it.
+fn upgrade(token: &str) -> String {
+    format!(
+        "GET /subscribe_to_events HTTP/1.1\r\nHost: herald\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\nAuthorization: Bearer {token}\r\n\r\n"
+    )
+}
+
+/// `msg` as a client sends it (masked).
+fn client_frame(msg: Message) -> Vec<u8> {
+    let mut wire = BytesMut::new();
+    Codec::new()
+        .client_mode()
+        .encode(msg, &mut wire)
+        .expect("encodes");
+    wire.to_vec()
+}
+
+#[actix_rt::test]
+async fn websocket_sessions_are_served_alike_by_the_direct_path_and_actix_web() {
+    let srv = TestServer::start().await;
+    let announce = json!({"access_id": "dee", "timestamp": 0}).to_string();
+    let mut opening = upgrade(&token("dee", &[])).into_bytes();
+    // The announcement right behind the upgrade, in the same write: on the direct path those
+    // bytes are read with the request and must reach the session.
+    opening.extend(client_frame(Message::Text(announce.into())));
+    let mut direct = Raw::connect(&srv).await;
+    direct.io.write_all(&opening).await.unwrap();
+    // After a request the direct path declines, actix-web serves the connection.
+    let mut framework = Raw::connect(&srv).await;
+    framework
+        .send("GET /health HTTP/1.1\r\nHost: herald\r\n\r\n")
+        .await;
+    framework.response().await;
+    framework.io.write_all(&opening).await.unwrap();
+
+    let (direct_head, framework_head) = (direct.head().await, framework.head().await);
+    // actix-web also names the (empty) body's type, which says nothing on a 101.
+    let headers = |head: &str| -> Vec<String> {
+        let mut kept: Vec<String> = head
+            .lines()
+            .filter(|l| !l.starts_with("date:") && !l.starts_with("content-type:"))
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect();
+        kept.sort();
+        kept
+    };
+    assert_eq!(headers(&direct_head), headers(&framework_head));
+    assert!(
+        direct_head.starts_with("http/1.1 101 switching protocols\r\n"),
+        "{direct_head}"
+    );
+    // RFC 6455's own example key and answer.
+    assert!(
+        direct_head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo=\r\n"),
+        "{direct_head}"
+    );
+
+    await_subscribers(&srv, "access:dee", 2).await;
+    let pushed = event("dee", 1, json!("both"));
+    push_ok(&srv, json!([pushed])).await;
+    for raw in [&mut direct, &mut framework] {
+        let Frame::Text(text) = raw.frame().await else {
+            panic!("a text frame");
+        };
+        let events: Vec<Value> = serde_json::from_slice(&text).unwrap();
+        assert_eq!(events, vec![pushed.clone()]);
+
+        // A close is answered with a close, and the connection ends.
+        let bye = CloseReason {
+            code: CloseCode::Normal,
+            description: Some("bye".to_string()),
+        };
+        raw.io
+            .write_all(&client_frame(Message::Close(Some(bye.clone()))))
+            .await
+            .unwrap();
+        assert_eq!(raw.frame().await, Frame::Close(Some(bye)));
+        raw.expect_closed().await;
+    }
+    await_subscribers(&srv, "access:dee", 0).await;
+}
+
+#[actix_rt::test]
+async fn a_websocket_client_that_hangs_up_is_noticed_and_refused_upgrades_are_actix_webs() {
+    let srv = TestServer::start().await;
+    let mut raw = Raw::connect(&srv).await;
+    raw.send(&upgrade(&token("eve", &[]))).await;
+    raw.head().await;
+    let announce = json!({"access_id": "eve", "timestamp": 0}).to_string();
+    raw.io
+        .write_all(&client_frame(Message::Text(announce.into())))
+        .await
+        .unwrap();
+    await_subscribers(&srv, "access:eve", 1).await;
+    drop(raw);
+    await_subscribers(&srv, "access:eve", 0).await;
+
+    // Upgrades the handshake check refuses are answered by actix-web, with its statuses.
+    let refused = [
+        ("Version: 13", "Version: 12", "http/1.1 426 "),
+        (
+            "Key: dGhlIHNhbXBsZSBub25jZQ==",
+            "Key: short",
+            "http/1.1 400 ",
+        ),
+    ];
+    for (good, bad, expected) in refused {
+        let mut raw = Raw::connect(&srv).await;
+        raw.send(&upgrade("t").replace(good, bad)).await;
+        let head = raw.head().await;
+        assert!(head.starts_with(expected), "{head}");
+    }
 }

@@ -2,23 +2,21 @@
 //! with one is streamed straight to the socket, and publishes are answered there.
 //!
 //! An SSE connection under actix-http keeps its dispatcher and two 8 KiB buffers (about 12 KB
-//! resident) for as long as the stream runs; here frames go from the session's queue to the
-//! socket through a buffer that exists only while a write is pending.
+//! resident) for as long as the stream runs; here its frames are written by `server::stream`.
 
 use std::fmt::Write;
 use std::future::poll_fn;
 use std::io;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use actix_web::rt::net::TcpStream;
 use actix_web::ResponseError;
-use bytes::{Buf, BytesMut};
-use tokio::io::AsyncWrite;
+use bytes::BytesMut;
 
 use super::{admit, append, open, EventStream, Opened, Subscription};
 use crate::api::{header_text, AppState};
 use crate::server::direct::{with_date, Answer, Request};
+use crate::server::stream::{self, Framing};
 use crate::session::queue;
 
 /// The subscription path.
@@ -26,9 +24,6 @@ const SUBSCRIBE: &str = "/events/client";
 
 /// The publish path, before the client id.
 const PUBLISH: &str = "/events/client/";
-
-/// Frames gathered into one write, at most (bytes).
-const WRITE_BATCH: usize = 64 * 1024;
 
 /// The subscription `request` opens, if it is one this path serves.
 pub(crate) fn subscription(request: &Request, state: &AppState) -> Option<EventStream> {
@@ -100,48 +95,29 @@ async fn write_stream(io: &mut TcpStream, opened: EventStream) -> io::Result<()>
 /// Why writing into a `BytesMut` cannot fail.
 const GROWS: &str = "a BytesMut grows as needed";
 
-/// One turn of the stream: move queued frames into `out`, write what the socket takes, then
-/// watch the client's side for its end. `body` is taken once it has ended.
+/// SSE frames travel as HTTP/1.1 chunks.
+struct Chunked;
+
+impl Framing for Chunked {
+    fn frame(out: &mut BytesMut, frame: &[u8]) {
+        write!(out, "{:x}\r\n", frame.len()).expect(GROWS);
+        out.extend_from_slice(frame);
+        out.extend_from_slice(b"\r\n");
+    }
+
+    const END: &'static [u8] = b"0\r\n\r\n";
+}
+
+/// One turn of the stream: write what is queued, then watch the client's side for its end.
+/// `body` is taken once it has ended.
 fn poll_stream(
     cx: &mut Context<'_>,
     io: &mut TcpStream,
     body: &mut Option<queue::Receiver>,
     out: &mut BytesMut,
 ) -> Poll<io::Result<()>> {
-    loop {
-        while let Some(frames) = body.as_mut().filter(|_| out.len() < WRITE_BATCH) {
-            match frames.poll_recv(cx) {
-                Poll::Ready(Some(frame)) => {
-                    write!(out, "{:x}\r\n", frame.len()).expect(GROWS);
-                    out.extend_from_slice(&frame);
-                    out.extend_from_slice(b"\r\n");
-                }
-                Poll::Ready(None) => {
-                    out.extend_from_slice(b"0\r\n\r\n");
-                    *body = None;
-                }
-                Poll::Pending => break,
-            }
-        }
-        if out.is_empty() {
-            if body.is_none() {
-                return Poll::Ready(Ok(()));
-            }
-            break;
-        }
-        match Pin::new(&mut *io).poll_write(cx, out) {
-            Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-            Poll::Ready(Ok(n)) => {
-                out.advance(n);
-                if out.is_empty() {
-                    // An idle subscriber keeps no buffer.
-                    *out = BytesMut::new();
-                }
-            }
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-            // Woken when the socket takes more; the queue keeps what arrives meanwhile.
-            Poll::Pending => break,
-        }
+    if let Poll::Ready(written) = stream::poll_write::<Chunked>(cx, io, body, out) {
+        return Poll::Ready(written);
     }
     // The client sends nothing more on an event stream; its end of the connection (or a reset)
     // means it has gone, and the session should end now rather than at the next write.

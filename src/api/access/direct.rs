@@ -1,0 +1,107 @@
+//! This face's WebSocket sessions on `server::direct`'s path: a connection that opens with a
+//! valid upgrade to `/subscribe_to_events` gets its 101 here, and its session's frames are
+//! written straight to the socket while the session reads the client's frames from it.
+//!
+//! The handshake is checked by actix-http's own `verify_handshake`, so both paths accept the
+//! same requests; anything it refuses, and a connection over `--max-connections`, is left to
+//! the actix-web handler, which answers those.
+
+use std::future::poll_fn;
+use std::io;
+
+use actix_http::ws::{hash_key, verify_handshake};
+use actix_http::RequestHead;
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::http::Method;
+use actix_web::rt::net::TcpStream;
+use actix_web::web;
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+
+use super::open;
+use crate::api::AppState;
+use crate::limits::Permit;
+use crate::server::direct::{with_date, Request};
+use crate::server::stream::{self, Framing};
+use crate::session::ws::SocketBytes;
+
+/// The subscription path.
+const SUBSCRIBE: &str = "/subscribe_to_events";
+
+/// An accepted upgrade, not yet answered.
+pub(crate) struct Upgrade {
+    /// The `Sec-WebSocket-Accept` value.
+    accept: [u8; 28],
+    /// The upgrade request's `Authorization`, for the announcement's check.
+    authorization: Option<Vec<u8>>,
+    permit: Permit,
+    state: web::Data<AppState>,
+    /// Bytes of the upgrade request; what follows it is the client's.
+    pub request_len: usize,
+}
+
+/// The upgrade `request` asks for, if it is one this path serves.
+pub(crate) fn upgrade(request: &Request, state: &web::Data<AppState>) -> Option<Upgrade> {
+    if request.head.method != Some("GET") || request.path != SUBSCRIBE || !request.body.is_empty() {
+        return None;
+    }
+    let mut head = RequestHead::default();
+    head.method = Method::GET;
+    for h in request.head.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
+        let value = HeaderValue::from_bytes(h.value).ok()?;
+        head.headers_mut().append(name, value);
+    }
+    verify_handshake(&head).ok()?;
+    // `verify_handshake` saw exactly one key, 24 bytes long.
+    let key = request.only_header("sec-websocket-key").ok()??;
+    let authorization = request.only_header("authorization").ok()?;
+    Some(Upgrade {
+        accept: hash_key(key),
+        authorization: authorization.map(<[u8]>::to_vec),
+        permit: state.connections.try_acquire()?,
+        state: state.clone(),
+        request_len: request.len,
+    })
+}
+
+/// Answers the upgrade and runs the session until it ends or the client goes away. `read`:
+/// bytes the client sent after the upgrade request.
+pub(crate) async fn session(io: TcpStream, upgrade: Upgrade, read: BytesMut) {
+    if let Err(e) = run(io, upgrade, read).await {
+        log::debug!("WebSocket connection ended: {e}");
+    }
+}
+
+async fn run(mut io: TcpStream, upgrade: Upgrade, read: BytesMut) -> io::Result<()> {
+    let accept = std::str::from_utf8(&upgrade.accept).expect("base64 is ASCII");
+    let head = with_date(|date| {
+        format!(
+            "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\
+             sec-websocket-accept: {accept}\r\ndate: {date}\r\n\r\n"
+        )
+    });
+    io.write_all(head.as_bytes()).await?;
+    // The session reads the client's half; this task writes the session's frames to the other.
+    let (client, mut socket) = io.into_split();
+    let body = open(
+        &upgrade.state,
+        upgrade.permit,
+        upgrade.authorization.as_deref(),
+        read,
+        SocketBytes(client),
+    );
+    let (mut body, mut out) = (Some(body), BytesMut::new());
+    poll_fn(|cx| stream::poll_write::<Frames>(cx, &mut socket, &mut body, &mut out)).await
+}
+
+/// WebSocket frames are queued encoded; the connection closes after the last.
+struct Frames;
+
+impl Framing for Frames {
+    fn frame(out: &mut BytesMut, frame: &[u8]) {
+        out.extend_from_slice(frame);
+    }
+
+    const END: &'static [u8] = b"";
+}
