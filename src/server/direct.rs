@@ -166,9 +166,11 @@ pub async fn serve(
             Outcome::Served
         }
         Some(Opening::Access(upgrade)) => {
-            // What follows the head is the client's first frames.
-            buf.advance(upgrade.request_len);
-            access::direct::session(io, upgrade, buf).await;
+            // What follows the head is the client's first frames; copied out, so that the
+            // read buffer is freed before the session waits for its announcement.
+            let read = BytesMut::from(&buf[upgrade.request_len..]);
+            drop(buf);
+            access::direct::session(io, upgrade, read).await;
             Outcome::Served
         }
         // Boxed: only the tasks of short requests carry the request loop's state.
