@@ -4,9 +4,9 @@
 //!
 //! Why: idle subscribers are most of what a broker holds, and under actix-http each connection
 //! keeps its dispatcher and two 8 KiB buffers (about 12 KB resident) for as long as the stream
-//! runs, and every frame goes through it (a WebSocket delivery cost ~3 us of the server's core
-//! under actix-http, an SSE delivery written here ~2 us). And a short request is mostly framework: under actix-web, decoding, routing and
-//! dispatch cost about as much again as publishing the event or reading the page.
+//! runs, and its dispatcher polls the stream's body for every frame. And a short request is
+//! mostly framework: under actix-web, decoding, routing and dispatch cost about as much again
+//! as publishing the event or reading the page.
 //!
 //! Each route decides through the same functions as its actix-web handler and answers alike:
 //! its usual JSON answers from the same parts (`Answer::Json`), any other with the handler's

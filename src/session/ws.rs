@@ -6,8 +6,9 @@
 //! drop). Sends `Subscribe` once the announcement is accepted and `Unsubscribe` in `stopping`.
 //!
 //! Like `SseSession`, the actor runs in a plain `Context` and writes encoded frames into a
-//! bounded queue (`session::queue`) whose receiving end is the 101 response's body, so it keeps
-//! running while the client is not reading. When the queue is full the client has fallen
+//! bounded queue (`session::queue`) whose receiving end the connection writes out (the direct
+//! path's `server::stream`, or the 101 response's body under actix-web), so it keeps running
+//! while the client is not reading. When the queue is full the client has fallen
 //! `--subscriber-queue` frames behind: the session queues a 1008 `slow consumer` close after
 //! what is queued and ends. Publishers and other subscribers never wait for it. An event's
 //! frame is encoded once (`Event::ws_frame`) and shared by every session that sends it alone.
@@ -126,7 +127,7 @@ pub struct WsSession {
     id: u64,
     /// When the client last answered a ping (or connected).
     last_pong: Instant,
-    /// The response body: encoded frames, bounded by `--subscriber-queue`.
+    /// Encoded frames for the client, bounded by `--subscriber-queue`.
     tx: queue::Sender,
     /// The WebSocket face's counters.
     metrics: FaceMetrics,

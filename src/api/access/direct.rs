@@ -53,7 +53,7 @@ pub(crate) fn upgrade(request: &Request, state: &web::Data<AppState>) -> Option<
         head.headers_mut().append(name, value);
     }
     verify_handshake(&head).ok()?;
-    // `verify_handshake` saw exactly one key, 24 bytes long.
+    // `verify_handshake` checked the first key; a request with two is left to actix-web.
     let key = request.only_header("sec-websocket-key").ok()??;
     let authorization = request.only_header("authorization").ok()?;
     Some(Upgrade {
