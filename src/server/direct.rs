@@ -170,7 +170,8 @@ pub async fn serve(
             // read buffer is freed before the session waits for its announcement.
             let read = BytesMut::from(&buf[upgrade.request_len..]);
             drop(buf);
-            access::direct::session(io, upgrade, read).await;
+            // Boxed: an SSE connection's task should not carry room for a WebSocket session.
+            Box::pin(access::direct::session(io, upgrade, read)).await;
             Outcome::Served
         }
         // Boxed: only the tasks of short requests carry the request loop's state.
