@@ -162,7 +162,10 @@ pub async fn serve(
             // Bytes after the head (a request pipelined behind it) are ignored, like any
             // bytes the client sends on an event stream.
             drop(buf);
-            documents::direct::stream(io, opened).await;
+            // A client that takes nothing for two keep-alive intervals after the stream ended
+            // is gone.
+            let flush_limit = state.config.sse_keepalive * 2;
+            documents::direct::stream(io, opened, flush_limit).await;
             Outcome::Served
         }
         Some(Opening::Access(upgrade)) => {

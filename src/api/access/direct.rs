@@ -16,13 +16,12 @@ use actix_web::http::Method;
 use actix_web::rt::net::TcpStream;
 use actix_web::web;
 use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
 
 use super::open;
 use crate::api::AppState;
 use crate::limits::Permit;
 use crate::server::direct::{with_date, Request};
-use crate::server::stream::{self, Framing};
+use crate::server::stream::{Framing, Outgoing};
 use crate::session::ws::SocketBytes;
 
 /// The subscription path.
@@ -73,7 +72,7 @@ pub(crate) async fn session(io: TcpStream, upgrade: Upgrade, read: BytesMut) {
     }
 }
 
-async fn run(mut io: TcpStream, upgrade: Upgrade, read: BytesMut) -> io::Result<()> {
+async fn run(io: TcpStream, upgrade: Upgrade, read: BytesMut) -> io::Result<()> {
     let accept = std::str::from_utf8(&upgrade.accept).expect("base64 is ASCII");
     let head = with_date(|date| {
         format!(
@@ -81,18 +80,21 @@ async fn run(mut io: TcpStream, upgrade: Upgrade, read: BytesMut) -> io::Result<
              sec-websocket-accept: {accept}\r\ndate: {date}\r\n\r\n"
         )
     });
-    io.write_all(head.as_bytes()).await?;
     // The session reads the client's half; this task writes the session's frames to the other.
     let (client, mut socket) = io.into_split();
+    let state = &upgrade.state;
     let body = open(
-        &upgrade.state,
+        state,
         upgrade.permit,
         upgrade.authorization.as_deref(),
         read,
         SocketBytes(client),
     );
-    let (mut body, mut out) = (Some(body), BytesMut::new());
-    poll_fn(|cx| stream::poll_write::<Frames>(cx, &mut socket, &mut body, &mut out)).await
+    // After the session, its close frame gets as long as the heartbeat gives a client that
+    // does not answer.
+    let flush_limit = state.config.ws_ping * 2;
+    let mut outgoing = Outgoing::<Frames>::new(head.as_str().into(), body, flush_limit);
+    poll_fn(|cx| outgoing.poll_write(cx, &mut socket)).await
 }
 
 /// WebSocket frames are queued encoded; the connection closes after the last.

@@ -8,6 +8,7 @@ use std::fmt::Write;
 use std::future::poll_fn;
 use std::io;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use actix_web::rt::net::TcpStream;
 use actix_web::ResponseError;
@@ -16,8 +17,7 @@ use bytes::BytesMut;
 use super::{admit, append, open, EventStream, Opened, Subscription};
 use crate::api::{header_text, AppState};
 use crate::server::direct::{with_date, Answer, Request};
-use crate::server::stream::{self, Framing};
-use crate::session::queue;
+use crate::server::stream::{Framing, Outgoing};
 
 /// The subscription path.
 const SUBSCRIBE: &str = "/events/client";
@@ -68,28 +68,33 @@ pub(crate) async fn publish(state: &AppState, request: &Request<'_, '_>) -> Opti
     })
 }
 
-/// Streams the subscription until its body ends or the client goes away.
-pub(crate) async fn stream(mut io: TcpStream, opened: EventStream) {
-    if let Err(e) = write_stream(&mut io, opened).await {
+/// Streams the subscription until its body ends or the client goes away. After the end, the
+/// client has `flush_limit` to take the last frames.
+pub(crate) async fn stream(mut io: TcpStream, opened: EventStream, flush_limit: Duration) {
+    if let Err(e) = write_stream(&mut io, opened, flush_limit).await {
         log::debug!("SSE connection ended: {e}");
     }
 }
 
 /// Writes the response head and every frame of the subscription's body, chunked, until the
 /// body ends or the client goes away.
-async fn write_stream(io: &mut TcpStream, opened: EventStream) -> io::Result<()> {
+async fn write_stream(
+    io: &mut TcpStream,
+    opened: EventStream,
+    flush_limit: Duration,
+) -> io::Result<()> {
     let body = opened.subscribed().await;
-    let mut out = BytesMut::new();
+    let mut head = BytesMut::new();
     with_date(|date| {
         write!(
-            out,
+            head,
             "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\
              x-accel-buffering: no\r\ntransfer-encoding: chunked\r\ndate: {date}\r\n\r\n",
         )
     })
     .expect(GROWS);
-    let mut body = Some(body);
-    poll_fn(|cx| poll_stream(cx, io, &mut body, &mut out)).await
+    let mut outgoing = Outgoing::new(head, body, flush_limit);
+    poll_fn(|cx| poll_stream(cx, io, &mut outgoing)).await
 }
 
 /// Why writing into a `BytesMut` cannot fail.
@@ -109,14 +114,12 @@ impl Framing for Chunked {
 }
 
 /// One turn of the stream: write what is queued, then watch the client's side for its end.
-/// `body` is taken once it has ended.
 fn poll_stream(
     cx: &mut Context<'_>,
     io: &mut TcpStream,
-    body: &mut Option<queue::Receiver>,
-    out: &mut BytesMut,
+    outgoing: &mut Outgoing<Chunked>,
 ) -> Poll<io::Result<()>> {
-    if let Poll::Ready(written) = stream::poll_write::<Chunked>(cx, io, body, out) {
+    if let Poll::Ready(written) = outgoing.poll_write(cx, io) {
         return Poll::Ready(written);
     }
     // The client sends nothing more on an event stream; its end of the connection (or a reset)
