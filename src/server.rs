@@ -5,6 +5,7 @@
 //! This is what `actix_web::HttpServer` assembles, with its defaults, plus that one branch per
 //! new connection: `HttpServer` hands every connection to actix-http and offers no hook before.
 
+pub(crate) mod access_log;
 pub(crate) mod direct;
 pub(crate) mod replay;
 pub(crate) mod stream;
@@ -24,7 +25,6 @@ use actix_web::{web, App};
 
 use crate::api::{self, AppState};
 use crate::broker::shards::Shards;
-use replay::Replay;
 
 /// Starts the workers. Must run inside an actix system.
 pub fn run(
@@ -36,9 +36,9 @@ pub fn run(
 ) -> io::Result<Server> {
     let addr = listener.local_addr()?;
     // The access log formats a line per request; skip the middleware altogether when the log
-    // level would drop that line anyway (it costs ~5% of a publish). With it on, every request
-    // goes through actix-web, so that every one is logged.
-    let access_log = log::log_enabled!(target: "actix_web::middleware::logger", log::Level::Info);
+    // level would drop that line anyway (it costs ~5% of a publish). The direct path writes
+    // the same lines for what it serves (`access_log`).
+    let access_log = access_log::enabled();
     let builder = Server::build();
     let shutting_down = builder.graceful_shutdown_signal();
     builder
@@ -90,13 +90,9 @@ pub fn run(
                             // fan-out to 1,000 subscribers: 174k -> 252k deliveries/s, p99
                             // 66 -> 41 ms). nginx does the same by default.
                             let _ = io.set_nodelay(true);
-                            let io = if access_log {
-                                Replay::new(bytes::BytesMut::new(), io)
-                            } else {
-                                match direct::serve(io, &state, &shutting_down).await {
-                                    direct::Outcome::Served => return Ok(()),
-                                    direct::Outcome::Declined(io) => io,
-                                }
+                            let io = match direct::serve(io, &state, &shutting_down).await {
+                                direct::Outcome::Served => return Ok(()),
+                                direct::Outcome::Declined(io) => io,
                             };
                             let peer = io.get_ref().peer_addr().ok();
                             // Boxed: the dispatcher is large, and an SSE connection's task

@@ -29,6 +29,7 @@ use actix_web::{web, HttpResponse};
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::access_log::Entry;
 use super::replay::Replay;
 use crate::api::{access, documents, instances, AppState};
 
@@ -157,24 +158,24 @@ pub async fn serve(
         // Silent for too long, closed, or broken: nothing to answer.
         Ok(Ok(false) | Err(_)) | Err(_) => return Outcome::Served,
     }
-    match opening(&buf, state) {
-        Some(Opening::Events(opened)) => {
+    match opening(&io, &buf, state) {
+        Some((Opening::Events(opened), entry)) => {
             // Bytes after the head (a request pipelined behind it) are ignored, like any
             // bytes the client sends on an event stream.
             drop(buf);
             // A client that takes nothing for two keep-alive intervals after the stream ended
             // is gone.
             let flush_limit = state.config.sse_keepalive * 2;
-            documents::direct::stream(io, opened, flush_limit).await;
+            documents::direct::stream(io, opened, flush_limit, entry).await;
             Outcome::Served
         }
-        Some(Opening::Access(upgrade)) => {
+        Some((Opening::Access(upgrade), entry)) => {
             // What follows the head is the client's first frames; copied out, so that the
             // read buffer is freed before the session waits for its announcement.
             let read = BytesMut::from(&buf[upgrade.request_len..]);
             drop(buf);
             // Boxed: an SSE connection's task should not carry room for a WebSocket session.
-            Box::pin(access::direct::session(io, upgrade, read)).await;
+            Box::pin(access::direct::session(io, upgrade, read, entry)).await;
             Outcome::Served
         }
         // Boxed: only the tasks of short requests carry the request loop's state.
@@ -190,16 +191,22 @@ enum Opening {
     Access(access::direct::Upgrade),
 }
 
-/// The stream the first request in `buf` opens, if it is one this path serves. (A function of
-/// its own so that the parsed headers are not part of the connection's future.)
-fn opening(buf: &[u8], state: &web::Data<AppState>) -> Option<Opening> {
+/// The stream the first request in `buf` opens, if it is one this path serves, and its access
+/// log line. (A function of its own so that the parsed headers are not part of the
+/// connection's future.)
+fn opening(
+    io: &TcpStream,
+    buf: &[u8],
+    state: &web::Data<AppState>,
+) -> Option<(Opening, Option<Entry>)> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let request = parse(buf, &mut headers, state.config.max_body)?;
-    if request.upgrade {
-        access::direct::upgrade(&request, state).map(Opening::Access)
+    let opening = if request.upgrade {
+        Opening::Access(access::direct::upgrade(&request, state)?)
     } else {
-        documents::direct::subscription(&request, state).map(Opening::Events)
-    }
+        Opening::Events(documents::direct::subscription(&request, state)?)
+    };
+    Some((opening, Entry::begin(io, &request)))
 }
 
 /// Serves requests for as long as they are ones this path answers.
@@ -222,6 +229,7 @@ async fn requests(
         else {
             return Outcome::Declined(Replay::new(buf, io));
         };
+        let entry = Entry::begin(&io, &request);
         let answer = match request.head.method {
             Some("POST") => documents::direct::publish(state, &request).await,
             Some("GET") => instances::direct::long_poll(state, &request).await,
@@ -231,11 +239,14 @@ async fn requests(
             return Outcome::Declined(Replay::new(buf, io));
         };
         let len = request.len;
-        write_answer(&mut out, response);
+        let (status, size) = write_answer(&mut out, response);
         buf.advance(len);
         if let Err(e) = io.write_all(&out).await {
             log::debug!("connection ended: {e}");
             return Outcome::Served;
+        }
+        if let Some(entry) = entry {
+            entry.end(status, size);
         }
         out.clear();
         if buf.is_empty() {
@@ -298,8 +309,9 @@ impl From<Answer> for HttpResponse {
     }
 }
 
-/// Appends `answer`, as actix-http writes a response with a sized body, to `out`.
-fn write_answer(out: &mut Vec<u8>, answer: Answer) {
+/// Appends `answer`, as actix-http writes a response with a sized body, to `out`; its status
+/// and body size.
+fn write_answer(out: &mut Vec<u8>, answer: Answer) -> (StatusCode, usize) {
     match answer {
         Answer::Json {
             status,
@@ -309,6 +321,7 @@ fn write_answer(out: &mut Vec<u8>, answer: Answer) {
             let content_type = ("content-type", "application/json");
             let headers = std::iter::once(&content_type).chain(headers);
             write(out, status, headers.map(|(n, v)| (*n, v.as_bytes())), &body);
+            (status, body.len())
         }
         Answer::Response(response) => {
             let (response, body) = response.into_parts();
@@ -320,6 +333,7 @@ fn write_answer(out: &mut Vec<u8>, answer: Answer) {
             let headers = response.headers().iter();
             let headers = headers.map(|(n, v)| (n.as_str(), v.as_bytes()));
             write(out, response.status(), headers, &body);
+            (response.status(), body.len())
         }
     }
 }

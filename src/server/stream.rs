@@ -43,6 +43,8 @@ pub(crate) struct Outgoing<F> {
     flush_limit: Duration,
     /// Armed when the session has ended with bytes still to write.
     flush_by: Option<Pin<Box<Sleep>>>,
+    /// Bytes of frames taken from the queue (the response body's size, for the access log).
+    body_size: usize,
     framing: PhantomData<F>,
 }
 
@@ -54,8 +56,14 @@ impl<F: Framing> Outgoing<F> {
             out: head,
             flush_limit,
             flush_by: None,
+            body_size: 0,
             framing: PhantomData,
         }
+    }
+
+    /// Bytes of frames taken from the queue so far.
+    pub fn body_size(&self) -> usize {
+        self.body_size
     }
 
     /// Moves queued frames into the buffer and writes what the socket takes, until the queue
@@ -70,7 +78,10 @@ impl<F: Framing> Outgoing<F> {
         loop {
             while let Some(frames) = self.body.as_mut().filter(|_| self.out.len() < WRITE_BATCH) {
                 match frames.poll_recv(cx) {
-                    Poll::Ready(Some(frame)) => F::frame(&mut self.out, &frame),
+                    Poll::Ready(Some(frame)) => {
+                        self.body_size += frame.len();
+                        F::frame(&mut self.out, &frame);
+                    }
                     Poll::Ready(None) => {
                         self.out.extend_from_slice(F::END);
                         self.body = None;

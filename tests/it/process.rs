@@ -3,6 +3,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 
 use awc::http::StatusCode;
 use serde_json::{json, Value};
@@ -19,6 +20,8 @@ pub fn herald() -> Command {
 pub struct Served {
     pub child: Child,
     pub addr: String,
+    /// Its log lines so far.
+    pub log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Drop for Served {
@@ -44,17 +47,20 @@ pub fn serve_with(mut cmd: Command, args: &[&str]) -> Served {
         .expect("spawn herald");
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let lines = log.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if let Some(addr) = line.split("listening on http://").nth(1) {
                 let _ = tx.send(addr.trim_end_matches('/').to_string());
             }
+            lines.lock().unwrap().push(line);
         }
     });
     let addr = rx
         .recv_timeout(DEADLINE)
         .expect("server announces its address");
-    Served { child, addr }
+    Served { child, addr, log }
 }
 
 #[test]
@@ -127,6 +133,36 @@ async fn dev_mode_keeps_its_secret_and_mints_tokens() {
         let data: Value = serde_json::from_str(&event.data).unwrap();
         assert_eq!(data["documentId"], doc.to_string());
     }
+}
+
+#[actix_rt::test]
+async fn the_access_log_has_a_line_per_request_whichever_path_serves_it() {
+    let srv = serve(&["--dev", "--memory"]);
+    let base = format!("http://{}", srv.addr);
+    // A publish opening its connection is served on the direct path; `/health` by actix-web.
+    let res = client()
+        .post(format!("{base}/events/client/jo"))
+        .insert_header(("User-Agent", "probe/1"))
+        .send_json(&json!({"documentId": uuid::Uuid::new_v4(), "status": "PENDING"}))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let res = client().get(format!("{base}/health")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+
+    // `%a "%r" %s %b "%{Referer}i" "%{User-Agent}i" %T`, as actix-web's Logger writes it.
+    let expected = [
+        r#"actix_web::middleware::logger] 127.0.0.1 "POST /events/client/jo HTTP/1.1" 202 28 "-" "probe/1" "#,
+        r#"actix_web::middleware::logger] 127.0.0.1 "GET /health HTTP/1.1" 200 "#,
+    ];
+    wait_for("both access log lines", || async {
+        let log = srv.log.lock().unwrap();
+        expected
+            .iter()
+            .all(|line| log.iter().any(|l| l.contains(line)))
+            .then_some(())
+    })
+    .await;
 }
 
 #[actix_rt::test]

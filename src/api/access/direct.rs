@@ -7,12 +7,11 @@
 //! the actix-web handler, which answers those.
 
 use std::future::poll_fn;
-use std::io;
 
 use actix_http::ws::{hash_key, verify_handshake};
 use actix_http::RequestHead;
 use actix_web::http::header::{HeaderName, HeaderValue};
-use actix_web::http::Method;
+use actix_web::http::{Method, StatusCode};
 use actix_web::rt::net::TcpStream;
 use actix_web::web;
 use bytes::BytesMut;
@@ -20,6 +19,7 @@ use bytes::BytesMut;
 use super::open;
 use crate::api::AppState;
 use crate::limits::Permit;
+use crate::server::access_log::Entry;
 use crate::server::direct::{with_date, Request};
 use crate::server::stream::{Framing, Outgoing};
 use crate::session::ws::SocketBytes;
@@ -65,14 +65,8 @@ pub(crate) fn upgrade(request: &Request, state: &web::Data<AppState>) -> Option<
 }
 
 /// Answers the upgrade and runs the session until it ends or the client goes away. `read`:
-/// bytes the client sent after the upgrade request.
-pub(crate) async fn session(io: TcpStream, upgrade: Upgrade, read: BytesMut) {
-    if let Err(e) = run(io, upgrade, read).await {
-        log::debug!("WebSocket connection ended: {e}");
-    }
-}
-
-async fn run(io: TcpStream, upgrade: Upgrade, read: BytesMut) -> io::Result<()> {
+/// bytes the client sent after the upgrade request; `entry`: its access log line.
+pub(crate) async fn session(io: TcpStream, upgrade: Upgrade, read: BytesMut, entry: Option<Entry>) {
     let accept = std::str::from_utf8(&upgrade.accept).expect("base64 is ASCII");
     let head = with_date(|date| {
         format!(
@@ -94,7 +88,12 @@ async fn run(io: TcpStream, upgrade: Upgrade, read: BytesMut) -> io::Result<()> 
     // does not answer.
     let flush_limit = state.config.ws_ping * 2;
     let mut outgoing = Outgoing::<Frames>::new(head.as_str().into(), body, flush_limit);
-    poll_fn(|cx| outgoing.poll_write(cx, &mut socket)).await
+    if let Err(e) = poll_fn(|cx| outgoing.poll_write(cx, &mut socket)).await {
+        log::debug!("WebSocket connection ended: {e}");
+    }
+    if let Some(entry) = entry {
+        entry.end(StatusCode::SWITCHING_PROTOCOLS, outgoing.body_size());
+    }
 }
 
 /// WebSocket frames are queued encoded; the connection closes after the last.

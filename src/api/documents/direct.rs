@@ -10,12 +10,14 @@ use std::io;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use actix_web::http::StatusCode;
 use actix_web::rt::net::TcpStream;
 use actix_web::ResponseError;
 use bytes::BytesMut;
 
 use super::{admit, append, open, EventStream, Opened, Subscription};
 use crate::api::{header_text, AppState};
+use crate::server::access_log::Entry;
 use crate::server::direct::{with_date, Answer, Request};
 use crate::server::stream::{Framing, Outgoing};
 
@@ -69,20 +71,13 @@ pub(crate) async fn publish(state: &AppState, request: &Request<'_, '_>) -> Opti
 }
 
 /// Streams the subscription until its body ends or the client goes away. After the end, the
-/// client has `flush_limit` to take the last frames.
-pub(crate) async fn stream(mut io: TcpStream, opened: EventStream, flush_limit: Duration) {
-    if let Err(e) = write_stream(&mut io, opened, flush_limit).await {
-        log::debug!("SSE connection ended: {e}");
-    }
-}
-
-/// Writes the response head and every frame of the subscription's body, chunked, until the
-/// body ends or the client goes away.
-async fn write_stream(
-    io: &mut TcpStream,
+/// client has `flush_limit` to take the last frames. `entry`: the request's access log line.
+pub(crate) async fn stream(
+    mut io: TcpStream,
     opened: EventStream,
     flush_limit: Duration,
-) -> io::Result<()> {
+    entry: Option<Entry>,
+) {
     let body = opened.subscribed().await;
     let mut head = BytesMut::new();
     with_date(|date| {
@@ -94,7 +89,12 @@ async fn write_stream(
     })
     .expect(GROWS);
     let mut outgoing = Outgoing::new(head, body, flush_limit);
-    poll_fn(|cx| poll_stream(cx, io, &mut outgoing)).await
+    if let Err(e) = poll_fn(|cx| poll_stream(cx, &mut io, &mut outgoing)).await {
+        log::debug!("SSE connection ended: {e}");
+    }
+    if let Some(entry) = entry {
+        entry.end(StatusCode::OK, outgoing.body_size());
+    }
 }
 
 /// Why writing into a `BytesMut` cannot fail.
