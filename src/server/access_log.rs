@@ -23,8 +23,11 @@ pub(crate) fn enabled() -> bool {
 }
 
 /// A request's line, begun when the request arrives and written when its answer has been
-/// (for a stream, when the stream ends).
-pub(crate) struct Entry {
+/// (for a stream, when the stream ends). Boxed: a stream's task carries it for the stream's
+/// life, and an idle SSE connection's task is part of what every subscriber costs.
+pub(crate) struct Entry(Box<Line>);
+
+struct Line {
     /// `%a "%r"`.
     request: String,
     /// `"%{Referer}i" "%{User-Agent}i"`.
@@ -46,25 +49,26 @@ impl Entry {
         let peer = peer.map_or_else(|| "-".to_string(), |peer| peer.ip().to_string());
         let method = request.head.method.unwrap_or("-");
         let query = if request.query.is_empty() { "" } else { "?" };
-        Some(Self {
+        Some(Self(Box::new(Line {
             request: format!(
                 "{peer} \"{method} {}{query}{} HTTP/1.1\"",
                 request.path, request.query
             ),
             headers: format!("\"{}\" \"{}\"", header("referer"), header("user-agent")),
             started: Instant::now(),
-        })
+        })))
     }
 
     /// Writes the line: the answer's status and body size (bytes).
     pub fn end(self, status: StatusCode, size: usize) {
+        let line = self.0;
         log::info!(
             target: TARGET,
             "{} {} {size} {} {:.6}",
-            self.request,
+            line.request,
             status.as_u16(),
-            self.headers,
-            self.started.elapsed().as_secs_f64()
+            line.headers,
+            line.started.elapsed().as_secs_f64()
         );
     }
 }
