@@ -52,7 +52,7 @@ pub fn run(
                 .app_data(state.clone())
                 .wrap(actix_web::middleware::Condition::new(
                     access_log,
-                    actix_web::middleware::Logger::default(),
+                    access_log::logger(),
                 ))
                 .configure(api::configure)
                 .into_factory()
