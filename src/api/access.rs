@@ -11,14 +11,15 @@ pub(crate) mod direct;
 mod schema;
 
 use std::collections::HashMap;
+use std::io;
 
 use actix_http::ws::verify_handshake;
 use actix_web::http::header;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use actix_web_actors::ws;
-use bytes::{Bytes, BytesMut};
-use futures_util::Stream;
+use bytes::BytesMut;
+use futures_util::TryStreamExt;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
@@ -33,7 +34,7 @@ use crate::limits::Permit;
 use crate::metrics::Face;
 use crate::session::queue;
 use crate::session::ws::{
-    refused, Announcement, Authorize, Refusal, WsSession, WsSettings, MAX_ACCESS_ID,
+    refused, Announcement, Authorize, ClientBytes, Refusal, WsSession, WsSettings, MAX_ACCESS_ID,
 };
 
 use schema::*;
@@ -107,24 +108,20 @@ async fn subscribe(
         permit,
         authorization.map(|value| value.as_bytes()),
         BytesMut::new(),
-        payload,
+        Box::pin(payload.map_err(io::Error::other)),
     );
     Ok(response.streaming(body))
 }
 
 /// Starts the session of an accepted upgrade on the client's bytes (see `WsSession::open`);
 /// returns the frames to write to it.
-fn open<S, E>(
+fn open(
     state: &web::Data<AppState>,
     permit: Permit,
     authorization: Option<&[u8]>,
     read: BytesMut,
-    payload: S,
-) -> queue::Receiver
-where
-    S: Stream<Item = Result<Bytes, E>> + Unpin + 'static,
-    E: std::error::Error + Send + Sync + 'static,
-{
+    client: ClientBytes,
+) -> queue::Receiver {
     let settings = WsSettings {
         ping: state.config.ws_ping,
         announce_timeout: state.config.ws_announce_timeout,
@@ -137,7 +134,7 @@ where
         permit,
         state.metrics.face(Face::Websocket),
         read,
-        payload,
+        client,
     )
 }
 

@@ -137,21 +137,16 @@ pub struct WsSession {
 
 impl WsSession {
     /// Starts the session on the client's bytes: `read`, the bytes already read after the
-    /// upgrade request, then `payload` (the upgraded request's body, or the socket itself on the
-    /// direct path). Returns the frames to write to the client.
-    pub fn open<S, E>(
+    /// upgrade request, then `client`. Returns the frames to write to the client.
+    pub fn open(
         brokers: Brokers,
         authorize: Authorize,
         settings: WsSettings,
         permit: Permit,
         metrics: FaceMetrics,
         read: BytesMut,
-        payload: S,
-    ) -> queue::Receiver
-    where
-        S: Stream<Item = Result<Bytes, E>> + Unpin + 'static,
-        E: std::error::Error + Send + Sync + 'static,
-    {
+        client: ClientBytes,
+    ) -> queue::Receiver {
         let (tx, body) = queue::channel(settings.queue);
         let session = Self {
             brokers,
@@ -166,7 +161,7 @@ impl WsSession {
             metrics,
         };
         WsSession::create(|ctx| {
-            ctx.add_stream(ClientFrames::new(read, payload));
+            ctx.add_stream(ClientFrames::new(read, client));
             session
         });
         body
@@ -347,10 +342,14 @@ impl Handler<Close> for WsSession {
     }
 }
 
+/// The client's bytes as they arrive: the upgraded request's body under actix-web, the socket
+/// on the direct path (`SocketBytes`).
+pub type ClientBytes = Pin<Box<dyn Stream<Item = io::Result<Bytes>>>>;
+
 /// The client's frames decoded from its bytes, as actix-web-actors decodes them for its own
 /// contexts (which cannot be used here: they run only while the response body is polled).
-struct ClientFrames<S> {
-    payload: S,
+struct ClientFrames {
+    payload: ClientBytes,
     codec: Codec,
     /// Bytes not yet decoded; empty (and unallocated) between frames.
     buf: BytesMut,
@@ -358,8 +357,8 @@ struct ClientFrames<S> {
     ended: bool,
 }
 
-impl<S> ClientFrames<S> {
-    fn new(buf: BytesMut, payload: S) -> Self {
+impl ClientFrames {
+    fn new(buf: BytesMut, payload: ClientBytes) -> Self {
         Self {
             payload,
             codec: Codec::new(),
@@ -369,21 +368,17 @@ impl<S> ClientFrames<S> {
     }
 }
 
-impl<S, E> Stream for ClientFrames<S>
-where
-    S: Stream<Item = Result<Bytes, E>> + Unpin,
-    E: std::error::Error + Send + Sync + 'static,
-{
+impl Stream for ClientFrames {
     type Item = Result<ws::Message, ws::ProtocolError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
         while !this.ended {
-            match Pin::new(&mut this.payload).poll_next(cx) {
+            match this.payload.as_mut().poll_next(cx) {
                 Poll::Ready(Some(Ok(chunk))) => this.buf.extend_from_slice(&chunk),
                 Poll::Ready(Some(Err(e))) => {
                     this.ended = true;
-                    return Poll::Ready(Some(Err(ws::ProtocolError::Io(io::Error::other(e)))));
+                    return Poll::Ready(Some(Err(ws::ProtocolError::Io(e))));
                 }
                 Poll::Ready(None) => this.ended = true,
                 Poll::Pending => break,

@@ -82,7 +82,7 @@ pub(crate) async fn session(io: TcpStream, upgrade: Upgrade, read: BytesMut, ent
         upgrade.permit,
         upgrade.authorization.as_deref(),
         read,
-        SocketBytes(client),
+        Box::pin(SocketBytes(client)),
     );
     // After the session, its close frame gets as long as the heartbeat gives a client that
     // does not answer.
