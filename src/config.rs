@@ -67,6 +67,11 @@ pub struct ServeArgs {
     #[arg(long, env = "HERALD_MAX_CONNECTIONS", default_value_t = 65_536)]
     pub max_connections: usize,
 
+    /// Worker threads, each serving connections and owning a shard of the streams; one per
+    /// CPU core Herald may run on when not given.
+    #[arg(long, env = "HERALD_WORKERS", value_parser = clap::value_parser!(u16).range(1..))]
+    pub workers: Option<u16>,
+
     /// Concurrent long-polls of one instance's notifications; more get 409.
     #[arg(long, env = "HERALD_MAX_LISTENERS_PER_INSTANCE", default_value_t = 4)]
     pub max_listeners_per_instance: usize,
@@ -131,6 +136,8 @@ pub struct Config {
     pub sse_keepalive: Duration,
     pub subscriber_queue: usize,
     pub max_connections: usize,
+    /// Resolved `--workers`.
+    pub workers: usize,
     pub max_listeners_per_instance: usize,
     pub max_body: usize,
     pub shutdown_timeout: Duration,
@@ -213,6 +220,7 @@ impl ServeArgs {
             sse_keepalive: self.sse_keepalive,
             subscriber_queue: self.subscriber_queue,
             max_connections: self.max_connections,
+            workers: self.workers.map_or_else(default_workers, usize::from),
             max_listeners_per_instance: self.max_listeners_per_instance,
             max_body: self.max_body,
             shutdown_timeout: self.shutdown_timeout,
@@ -254,6 +262,11 @@ pub fn read_dev_secret(data_dir: &std::path::Path) -> Option<String> {
     (!s.is_empty()).then(|| s.to_string())
 }
 
+/// One worker per CPU core this process may run on (its affinity mask, as `taskset` sets it).
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+}
+
 impl Config {
     /// A configuration for tests and embedding: in memory, on a random loopback port.
     pub fn for_tests(jwt_secret: &str) -> Self {
@@ -269,6 +282,7 @@ impl Config {
             sse_keepalive: Duration::from_secs(15),
             subscriber_queue: 1024,
             max_connections: 65_536,
+            workers: default_workers(),
             max_listeners_per_instance: 4,
             max_body: 1024 * 1024,
             shutdown_timeout: Duration::from_secs(30),

@@ -92,19 +92,16 @@ pub async fn start(config: Config) -> Result<Herald, StartError> {
     let store = store.map_err(StartError::Store)?;
     // One Broker shard per HTTP worker; each worker runs one on its own thread (see
     // broker/shards.rs for why).
-    let workers = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let workers = config.workers;
     let mut kept_by_shard: Vec<Vec<store::StoredStream>> =
         (0..workers).map(|_| Vec::new()).collect();
     for stream in kept {
         kept_by_shard[shards::shard_of(&stream.key, workers)].push(stream);
     }
     let (shards, brokers) = Shards::new(workers, |i| {
-        Broker::new(
-            store.clone(),
-            retention,
-            std::mem::take(&mut kept_by_shard[i]),
-            &metrics,
-        )
+        let (store, metrics) = (store.clone(), metrics.clone());
+        let kept = std::mem::take(&mut kept_by_shard[i]);
+        Box::new(move || Broker::new(store, retention, kept, &metrics))
     });
     let shards = std::sync::Arc::new(shards);
 

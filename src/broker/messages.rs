@@ -66,7 +66,9 @@ pub enum Fallback {
     CreatedSince { created_at: i64 },
 }
 
-/// A session's two inboxes, registered with the Broker for one stream.
+/// A session's two inboxes, registered with the Broker for one stream. A session on the
+/// Broker's own thread also offers its queue (`session::sink`), and then gets live events
+/// there instead of as `Deliver`.
 #[derive(Clone)]
 pub struct Subscriber {
     /// Unique per session, so it can unregister.
@@ -135,6 +137,9 @@ pub enum CloseReason {
     Shutdown,
     /// An operator dropped every session of the stream (`POST /drop_user`).
     Dropped,
+    /// The session's queue was full when the Broker queued a live event into it
+    /// (`session::sink`): the client is `--subscriber-queue` frames behind.
+    SlowConsumer,
 }
 
 /// Closes every session following one stream and forgets them at once, so a listing right

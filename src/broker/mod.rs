@@ -4,8 +4,9 @@
 //! State: per stream, its `History` (positions and retained events) and its subscribers.
 //! Handles `Publish` (assigns positions, hands the batch to the store writer), `Committed`
 //! (appends to history, acks the publisher and, once the thread has run what else is ready,
-//! fans out `Deliver` to subscribers), `Subscribe` /
-//! `Unsubscribe`, and `Drain`. Sends `Deliver` and `Close` to sessions.
+//! fans out to subscribers), `Subscribe` / `Unsubscribe`, and `Drain`. Sends `Deliver` and
+//! `Close` to sessions; a session on the shard's own thread gets live events straight in its
+//! queue instead (`session::sink`), and a `Close` when that queue is full.
 //! `WatchKind` registers a recipient (the WebhookDispatcher) for every stream of one kind.
 //! `CloseStream` and `ListSubscribed` answer the WebSocket face's `drop_user` and `clients`.
 //! Also answers read queries from history without registering anyone (`ReadPage`,
@@ -28,6 +29,7 @@ use tokio::sync::oneshot;
 
 use crate::event::{Event, Position, StreamKey, StreamKind};
 use crate::metrics::Metrics;
+use crate::session::sink::{self, Sink};
 use crate::store::{StoreWriter, StoredStream};
 use history::{Gap, History, Retention};
 use messages::*;
@@ -44,7 +46,36 @@ struct StreamState {
     /// Positions and retained events.
     history: History,
     /// Sessions following the stream, by `Subscriber::id`.
-    subscribers: HashMap<u64, Subscriber>,
+    subscribers: HashMap<u64, Member>,
+}
+
+/// A session following a stream.
+struct Member {
+    inboxes: Subscriber,
+    /// The session's queue, when the session runs on this thread: live events go straight in.
+    sink: Option<Sink>,
+}
+
+impl Member {
+    /// Hands a run of events to the session. False when its queue is full: the session is told
+    /// so and must be forgotten.
+    fn deliver(&self, run: &[Arc<Event>]) -> bool {
+        let Some(sink) = &self.sink else {
+            for event in run {
+                self.inboxes.deliver.do_send(Deliver {
+                    event: event.clone(),
+                });
+            }
+            return true;
+        };
+        if run.iter().all(|event| sink.deliver(event).is_ok()) {
+            return true;
+        }
+        self.inboxes.close.do_send(Close {
+            reason: CloseReason::SlowConsumer,
+        });
+        false
+    }
 }
 
 pub struct Broker {
@@ -135,15 +166,12 @@ impl Broker {
         // Events come in runs of one stream (a publish's batch); look its state up once per run.
         for run in unsent.chunk_by(|a, b| a.stream == b.stream) {
             let stream = &run[0].stream;
-            let subscribers = self.streams.get(stream).map(|s| &s.subscribers);
-            let watchers = self.watchers.get(&stream.kind);
-            let recipients = subscribers
-                .into_iter()
-                .flat_map(|s| s.values().map(|s| &s.deliver))
-                .chain(watchers.into_iter().flatten());
-            for recipient in recipients {
+            if let Some(state) = self.streams.get_mut(stream) {
+                state.subscribers.retain(|_, member| member.deliver(run));
+            }
+            for watcher in self.watchers.get(&stream.kind).into_iter().flatten() {
                 for event in run {
-                    recipient.do_send(Deliver {
+                    watcher.do_send(Deliver {
                         event: event.clone(),
                     });
                 }
@@ -164,9 +192,13 @@ impl Broker {
                 reason: CloseReason::Shutdown,
             });
         }
+        let member = Member {
+            sink: sink::claim(msg.subscriber.id),
+            inboxes: msg.subscriber,
+        };
         self.stream_mut(&msg.stream)
             .subscribers
-            .insert(msg.subscriber.id, msg.subscriber);
+            .insert(member.inboxes.id, member);
         reply
     }
 
@@ -352,8 +384,8 @@ impl Handler<Drain> for Broker {
         // What was committed before the drain reaches subscribers before their `Close`.
         self.fan_out();
         self.draining = true;
-        for subscriber in self.streams.values().flat_map(|s| s.subscribers.values()) {
-            subscriber.close.do_send(Close {
+        for member in self.streams.values().flat_map(|s| s.subscribers.values()) {
+            member.inboxes.close.do_send(Close {
                 reason: CloseReason::Shutdown,
             });
         }
@@ -369,8 +401,8 @@ impl Handler<CloseStream> for Broker {
             return 0;
         };
         let closed = state.subscribers.len();
-        for (_, subscriber) in state.subscribers.drain() {
-            subscriber.close.do_send(Close { reason: msg.reason });
+        for (_, member) in state.subscribers.drain() {
+            member.inboxes.close.do_send(Close { reason: msg.reason });
         }
         closed
     }

@@ -44,15 +44,20 @@ impl Brokers {
     }
 }
 
+/// Builds a shard's Broker on the thread it runs on: a Broker holds the queues of sessions of
+/// its thread (`Rc`), so it cannot be built on one thread and moved to another.
+pub type MakeBroker = Box<dyn FnOnce() -> Broker + Send>;
+
 /// Shards whose mailboxes exist but which do not run yet.
 pub struct Shards {
     /// Taken one by one by `start_one`.
-    unstarted: Mutex<Vec<(AddressReceiver<Broker>, Broker)>>,
+    unstarted: Mutex<Vec<(AddressReceiver<Broker>, MakeBroker)>>,
 }
 
 impl Shards {
-    /// One shard per Broker given (`make(i)` builds shard `i`), and the addresses of all.
-    pub fn new(count: usize, mut make: impl FnMut(usize) -> Broker) -> (Self, Brokers) {
+    /// One shard per Broker given (`make(i)` builds shard `i`'s maker), and the addresses of
+    /// all.
+    pub fn new(count: usize, mut make: impl FnMut(usize) -> MakeBroker) -> (Self, Brokers) {
         let mut addrs = Vec::with_capacity(count);
         let mut unstarted = Vec::with_capacity(count);
         for i in 0..count {
@@ -83,8 +88,8 @@ impl Shards {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .pop();
         match next {
-            Some((rx, broker)) => {
-                Context::with_receiver(rx).run(broker);
+            Some((rx, make)) => {
+                Context::with_receiver(rx).run(make());
                 log::debug!(
                     "Broker shard started on thread {:?}",
                     std::thread::current().name()

@@ -3,5 +3,6 @@
 
 pub mod longpoll;
 pub mod queue;
+pub mod sink;
 pub mod sse;
 pub mod ws;

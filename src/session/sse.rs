@@ -2,8 +2,9 @@
 //!
 //! State: the stream it follows, its id with the Broker, and the bounded queue whose receiving
 //! end is the HTTP response body (written by actix-web or by `api::documents::direct`).
-//! Handles `Deliver` (writes the event's pre-rendered frame) and `Close` (writes a `retry:`
-//! hint and ends the body). Sends `Subscribe` in `started` and `Unsubscribe` in `stopping`.
+//! Live events reach the queue from the Broker directly when it runs on the session's thread
+//! (`session::sink`), as `Deliver` otherwise. Handles `Close` (writes a `retry:` hint and ends
+//! the body). Sends `Subscribe` in `started` and `Unsubscribe` in `stopping`.
 //!
 //! The channel is the subscriber's queue: when it is full the client has fallen
 //! `--subscriber-queue` events behind, and the session ends. Frames already queued still reach
@@ -15,12 +16,15 @@ use actix::prelude::*;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use crate::broker::messages::{Close, Deliver, Start, Subscribe, Subscriber, Unsubscribe};
+use crate::broker::messages::{
+    Close, CloseReason, Deliver, Start, Subscribe, Subscriber, Unsubscribe,
+};
 use crate::broker::Broker;
 use crate::event::StreamKey;
 use crate::limits::Permit;
 use crate::metrics::FaceMetrics;
 use crate::session::queue::{self, TrySendError};
+use crate::session::sink::{self, Format, Sink};
 
 /// The keep-alive comment. Proxies and browsers drop idle connections without it.
 const KEEPALIVE: &[u8] = b": keep-alive\n\n";
@@ -41,7 +45,7 @@ pub struct SseSession {
     /// The Broker it subscribes to.
     broker: Addr<Broker>,
     /// The response body; bounded by `--subscriber-queue`.
-    tx: queue::Sender,
+    sink: Sink,
     /// Interval of keep-alive comments.
     keepalive: Duration,
     /// Fired once the Broker has registered the session, so the handler sends the response
@@ -71,7 +75,7 @@ impl SseSession {
             start: Some(start),
             id: rand::random(),
             broker,
-            tx,
+            sink: Sink::new(tx, Format::Sse, metrics.delivered.clone()),
             keepalive,
             ready: Some(ready),
             _permit: permit.tracked(metrics.connected.clone()),
@@ -82,15 +86,19 @@ impl SseSession {
 
     /// Queues a frame; ends the session if the client is gone or too far behind.
     fn send(&mut self, frame: Bytes, ctx: &mut Context<Self>) {
-        match self.tx.try_send(frame) {
+        match self.sink.try_send(frame) {
             Ok(()) => {}
-            Err(TrySendError::Full) => {
-                log::info!("{}: slow consumer disconnected", self.stream);
-                self.metrics.slow_consumers.inc();
-                ctx.stop();
-            }
+            Err(TrySendError::Full) => self.slow_consumer(ctx),
             Err(TrySendError::Closed) => ctx.stop(),
         }
+    }
+
+    /// Ends the session of a client too far behind; what is queued still reaches it.
+    fn slow_consumer(&mut self, ctx: &mut Context<Self>) {
+        log::info!("{}: slow consumer disconnected", self.stream);
+        self.metrics.slow_consumers.inc();
+        self.sink.end();
+        ctx.stop();
     }
 }
 
@@ -108,12 +116,15 @@ impl Actor for SseSession {
                 close: ctx.address().recipient(),
             },
         };
-        // `wait` holds back `Deliver`s until the backlog is written: backlog, then live.
+        // `wait` holds back `Deliver`s, and the sink live events, until the backlog is
+        // queued: backlog, then live.
+        sink::offer(self.id, &self.sink);
         ctx.wait(
             self.broker
                 .send(subscribe)
                 .into_actor(self)
                 .map(|reply, session, ctx| {
+                    sink::withdraw(session.id);
                     let Ok(reply) = reply else {
                         ctx.stop();
                         return;
@@ -131,6 +142,9 @@ impl Actor for SseSession {
                     for event in reply.backlog {
                         session.send(event.sse_frame(), ctx);
                     }
+                    if session.sink.go_live().is_err() {
+                        session.slow_consumer(ctx);
+                    }
                     if let Some(ready) = session.ready.take() {
                         let _ = ready.send(());
                     }
@@ -143,7 +157,7 @@ impl Actor for SseSession {
         // fails or the client hangs up, so a silent client is noticed at the latest at the next
         // event or keep-alive.
         ctx.spawn(
-            self.tx
+            self.sink
                 .closed()
                 .into_actor(self)
                 .map(|(), _, ctx| ctx.stop()),
@@ -151,6 +165,8 @@ impl Actor for SseSession {
     }
 
     fn stopping(&mut self, _: &mut Self::Context) -> Running {
+        sink::withdraw(self.id);
+        self.sink.end();
         self.broker.do_send(Unsubscribe {
             stream: self.stream.clone(),
             id: self.id,
@@ -163,18 +179,26 @@ impl Handler<Deliver> for SseSession {
     type Result = ();
 
     fn handle(&mut self, msg: Deliver, ctx: &mut Self::Context) {
-        self.metrics.delivered.inc();
-        self.send(msg.event.sse_frame(), ctx);
+        if self.sink.deliver(&msg.event).is_err() {
+            self.slow_consumer(ctx);
+        }
     }
 }
 
 impl Handler<Close> for SseSession {
     type Result = ();
 
-    fn handle(&mut self, _: Close, ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: Close, ctx: &mut Self::Context) {
+        if msg.reason == CloseReason::SlowConsumer {
+            // Unless the session found the queue full itself first.
+            if !ctx.state().stopping() {
+                self.slow_consumer(ctx);
+            }
+            return;
+        }
         // A full queue cannot take the hint; the client reconnects on its own default then.
         let _ = self
-            .tx
+            .sink
             .try_send(Bytes::from(format!("retry: {DRAIN_RETRY_MS}\n\n")));
         ctx.stop();
     }

@@ -2,8 +2,10 @@
 //!
 //! State: whether the client has announced itself yet and which `access:<id>` stream it follows
 //! (and from which `created_at`), its heartbeat, and its permit under `--max-connections`.
-//! Handles the client's frames, `Deliver` of live events from the Broker and `Close` (drain,
-//! drop). Sends `Subscribe` once the announcement is accepted and `Unsubscribe` in `stopping`.
+//! Handles the client's frames, `Deliver` of live events from a Broker on another thread (one
+//! on the session's own thread queues them directly, `session::sink`) and `Close` (drain, drop,
+//! slow consumer). Sends `Subscribe` once the announcement is accepted and `Unsubscribe` in
+//! `stopping`.
 //!
 //! Like `SseSession`, the actor runs in a plain `Context` and writes encoded frames into a
 //! bounded queue (`session::queue`) whose receiving end the connection writes out (the direct
@@ -39,6 +41,7 @@ use crate::event::{Event, StreamKey, StreamKind};
 use crate::limits::Permit;
 use crate::metrics::FaceMetrics;
 use crate::session::queue::{self, TrySendError};
+use crate::session::sink::{self, Format, Sink};
 
 /// Longest access id accepted, so stream names stay small (as for client ids).
 pub const MAX_ACCESS_ID: usize = 256;
@@ -120,15 +123,12 @@ pub struct WsSession {
     settings: WsSettings,
     /// The stream followed once announced; `None` while waiting for the announcement.
     stream: Option<StreamKey>,
-    /// Live events created before this are not for the session (the announcement's
-    /// `timestamp`).
-    since: i64,
     /// Its identity in the Broker's subscriber set.
     id: u64,
     /// When the client last answered a ping (or connected).
     last_pong: Instant,
     /// Encoded frames for the client, bounded by `--subscriber-queue`.
-    tx: queue::Sender,
+    sink: Sink,
     /// The WebSocket face's counters.
     metrics: FaceMetrics,
     /// This subscriber's place under `--max-connections`, released when the session ends.
@@ -153,10 +153,9 @@ impl WsSession {
             authorize,
             settings,
             stream: None,
-            since: 0,
             id: rand::random(),
             last_pong: Instant::now(),
-            tx,
+            sink: Sink::new(tx, Format::Ws, metrics.delivered.clone()),
             _permit: permit.tracked(metrics.connected.clone()),
             metrics,
         };
@@ -169,17 +168,20 @@ impl WsSession {
 
     /// Queues a frame; a client too far behind gets a 1008 close after what is queued.
     fn send(&mut self, frame: Bytes, ctx: &mut Context<Self>) {
-        match self.tx.try_send(frame) {
+        match self.sink.try_send(frame) {
             Ok(()) => {}
-            Err(TrySendError::Full) => {
-                if let Some(stream) = &self.stream {
-                    log::info!("{stream}: slow consumer cut off");
-                }
-                self.metrics.slow_consumers.inc();
-                self.close(CloseCode::Policy, "slow consumer", ctx);
-            }
+            Err(TrySendError::Full) => self.slow_consumer(ctx),
             Err(TrySendError::Closed) => ctx.stop(),
         }
+    }
+
+    /// Ends the session of a client too far behind: a 1008 close after what is queued.
+    fn slow_consumer(&mut self, ctx: &mut Context<Self>) {
+        if let Some(stream) = &self.stream {
+            log::info!("{stream}: slow consumer cut off");
+        }
+        self.metrics.slow_consumers.inc();
+        self.close(CloseCode::Policy, "slow consumer", ctx);
     }
 
     /// Queues a close frame after everything queued (past the bound: it is the last) and
@@ -189,7 +191,8 @@ impl WsSession {
             code,
             description: Some(reason.to_string()),
         };
-        self.tx.push_last(encode(ws::Message::Close(Some(reason))));
+        self.sink
+            .push_last(encode(ws::Message::Close(Some(reason))));
         ctx.stop();
     }
 
@@ -210,7 +213,7 @@ impl WsSession {
         let stream = StreamKey::new(StreamKind::Access, announcement.access_id);
         let broker = self.brokers.of(&stream).clone();
         self.stream = Some(stream.clone());
-        self.since = announcement.timestamp;
+        self.sink.only_created_since(announcement.timestamp);
         let subscribe = Subscribe {
             stream,
             start: Start {
@@ -225,12 +228,15 @@ impl WsSession {
                 close: ctx.address().recipient(),
             },
         };
-        // `wait` holds back `Deliver`s until the backlog is queued: replay, then live.
+        // `wait` holds back `Deliver`s, and the sink live events, until the backlog is
+        // queued: replay, then live.
+        sink::offer(self.id, &self.sink);
         ctx.wait(
             broker
                 .send(subscribe)
                 .into_actor(self)
                 .map(move |reply, session, ctx| {
+                    sink::withdraw(session.id);
                     let Ok(reply) = reply else {
                         ctx.stop();
                         return;
@@ -238,6 +244,9 @@ impl WsSession {
                     session.metrics.delivered.inc_by(reply.backlog.len() as u64);
                     for frame in frames(&reply.backlog) {
                         session.send(frame, ctx);
+                    }
+                    if session.sink.go_live().is_err() {
+                        session.slow_consumer(ctx);
                     }
                 }),
         );
@@ -263,7 +272,7 @@ impl Actor for WsSession {
         });
         // Ends the session as soon as the body is dropped (a failed write, a hang-up).
         ctx.spawn(
-            self.tx
+            self.sink
                 .closed()
                 .into_actor(self)
                 .map(|(), _, ctx| ctx.stop()),
@@ -271,6 +280,8 @@ impl Actor for WsSession {
     }
 
     fn stopping(&mut self, _: &mut Self::Context) -> Running {
+        sink::withdraw(self.id);
+        self.sink.end();
         if let Some(stream) = self.stream.clone() {
             self.brokers.of(&stream).do_send(Unsubscribe {
                 stream,
@@ -301,7 +312,7 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
             ws::Message::Ping(payload) => self.send(encode(ws::Message::Pong(payload)), ctx),
             ws::Message::Pong(_) => self.last_pong = Instant::now(),
             ws::Message::Close(reason) => {
-                self.tx.push_last(encode(ws::Message::Close(reason)));
+                self.sink.push_last(encode(ws::Message::Close(reason)));
                 ctx.stop();
             }
             ws::Message::Text(text) if !announced => self.announce(&text, ctx),
@@ -322,12 +333,9 @@ impl Handler<Deliver> for WsSession {
     type Result = ();
 
     fn handle(&mut self, msg: Deliver, ctx: &mut Self::Context) {
-        let created_at = msg.event.access_created_at();
-        if created_at.is_none_or(|created_at| created_at < self.since) {
-            return;
+        if self.sink.deliver(&msg.event).is_err() {
+            self.slow_consumer(ctx);
         }
-        self.metrics.delivered.inc();
-        self.send(msg.event.ws_frame(), ctx);
     }
 }
 
@@ -338,6 +346,9 @@ impl Handler<Close> for WsSession {
         match msg.reason {
             CloseReason::Shutdown => self.close(CloseCode::Away, "shutdown", ctx),
             CloseReason::Dropped => self.close(CloseCode::Normal, "dropped", ctx),
+            // Unless the session found the queue full itself first.
+            CloseReason::SlowConsumer if !ctx.state().stopping() => self.slow_consumer(ctx),
+            CloseReason::SlowConsumer => {}
         }
     }
 }

@@ -249,7 +249,22 @@ async fn replay_is_ordered_by_created_at_then_publish_order() {
 
 #[actix_rt::test]
 async fn replay_then_live_has_no_gap_or_duplicate_at_the_seam() {
-    let srv = TestServer::start_with(|c| c.dev = true).await;
+    seam_has_no_gap_or_duplicate(None).await;
+}
+
+/// On one worker the Broker queues live events into the session itself, and must hold them
+/// until the session has queued its replay.
+#[actix_rt::test]
+async fn replay_then_live_has_no_gap_or_duplicate_at_the_seam_on_one_worker() {
+    seam_has_no_gap_or_duplicate(Some(1)).await;
+}
+
+async fn seam_has_no_gap_or_duplicate(workers: Option<usize>) {
+    let srv = TestServer::start_with(|c| {
+        c.dev = true;
+        c.workers = workers.unwrap_or(c.workers);
+    })
+    .await;
     const TOTAL: i64 = 300;
     let published = std::cell::Cell::new(0);
     let publisher = async {
@@ -486,14 +501,34 @@ async fn the_connection_limit_closes_with_1013() {
     .await;
 }
 
+/// One worker: every session runs on its stream's Broker shard, which queues live events into
+/// the session's queue directly (`session::sink`).
 #[actix_rt::test]
 async fn a_client_that_stops_reading_is_cut_off_without_slowing_anyone() {
+    clients_that_stop_reading_are_cut_off(1).await;
+}
+
+/// Two workers: connections alternate between them, so of the two slow clients of one stream,
+/// one is served on its shard's thread and one gets its events as messages from the other.
+#[actix_rt::test]
+async fn slow_clients_are_cut_off_alike_on_and_off_their_streams_thread() {
+    clients_that_stop_reading_are_cut_off(2).await;
+}
+
+/// Two clients of one stream stop reading (`slow`) while a third reads (`fast`).
+async fn clients_that_stop_reading_are_cut_off(workers: usize) {
     let srv = TestServer::start_with(|c| {
         c.dev = true;
         c.subscriber_queue = 8;
+        c.workers = workers;
+        // No ping comes to find a queue full: the Broker must tell the session.
+        c.ws_ping = Duration::from_secs(3600);
     })
     .await;
-    let mut slow = WsClient::announce(&srv, "slow", 0).await;
+    let mut slow = [
+        WsClient::announce(&srv, "slow", 0).await,
+        WsClient::announce(&srv, "slow", 0).await,
+    ];
     let mut fast = WsClient::announce(&srv, "fast", 0).await;
     wait_connected(&srv, &["fast", "slow"]).await;
     let cut_off = (
@@ -539,26 +574,29 @@ async fn a_client_that_stops_reading_is_cut_off_without_slowing_anyone() {
     assert_eq!(*received.borrow(), (1..=pushed).collect::<Vec<_>>());
     reader.abort();
     let after = Scrape::take(&srv).await.value(cut_off.0, cut_off.1);
-    assert_eq!(after - before, 1.0);
+    assert_eq!(after - before, 2.0);
 
-    // Reading again, the slow client gets what was queued, in order, then the close.
-    let mut got = Vec::new();
-    let close = loop {
-        match slow.next_frame().await {
-            Some(Frame::Text(text)) => {
-                let events: Vec<Value> = serde_json::from_slice(&text).unwrap();
-                got.extend(created_ats(&events));
+    // Reading again, each slow client gets what was queued, in order, then the close.
+    for slow in &mut slow {
+        let mut got = Vec::new();
+        let close = loop {
+            match slow.next_frame().await {
+                Some(Frame::Text(text)) => {
+                    let events: Vec<Value> = serde_json::from_slice(&text).unwrap();
+                    got.extend(created_ats(&events));
+                }
+                Some(Frame::Close(Some(reason))) => break reason,
+                other => panic!("unexpected {other:?}"),
             }
-            Some(Frame::Close(Some(reason))) => break reason,
-            other => panic!("unexpected {other:?}"),
-        }
-    };
-    assert_eq!(
-        (u16::from(close.code), close.description.as_deref()),
-        (1008, Some("slow consumer"))
-    );
-    assert_eq!(got, (1..=got.len() as i64).collect::<Vec<_>>());
-    assert!((got.len() as i64) < pushed, "it was cut off before the end");
+        };
+        assert_eq!(
+            (u16::from(close.code), close.description.as_deref()),
+            (1008, Some("slow consumer"))
+        );
+        assert_eq!(got, (1..=got.len() as i64).collect::<Vec<_>>());
+        assert!((got.len() as i64) < pushed, "it was cut off before the end");
+        assert!(slow.next_frame().await.is_none(), "nothing after the close");
+    }
 }
 
 #[actix_rt::test]

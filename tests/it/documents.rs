@@ -431,13 +431,31 @@ fn stalled_subscriber(srv: &TestServer, token: &str) -> std::net::TcpStream {
     stream
 }
 
+/// On the machine's workers: subscribers are served on their stream's thread or off it.
 #[actix_rt::test]
 async fn a_stalled_subscriber_is_dropped_and_others_get_everything() {
-    let srv = TestServer::start().await;
+    let srv = TestServer::start_with(|c| c.sse_keepalive = Duration::from_secs(3600)).await;
+    stalled_subscriber_is_dropped(srv, 50).await;
+}
+
+/// On one worker, where the Broker queues every live event into the sessions' queues itself
+/// and must tell the stalled one to end (no keep-alive comes to find its queue full).
+#[actix_rt::test]
+async fn a_stalled_subscriber_is_dropped_on_its_streams_thread() {
+    let srv = TestServer::start_with(|c| {
+        c.workers = 1;
+        c.subscriber_queue = 256; // above a publish batch (100)
+        c.sse_keepalive = Duration::from_secs(3600);
+    })
+    .await;
+    stalled_subscriber_is_dropped(srv, 5).await;
+}
+
+/// `healthy` subscribers read continuously in their own tasks while one reads nothing.
+async fn stalled_subscriber_is_dropped(srv: TestServer, healthy: usize) {
     let t = token("nora", &[]);
-    // Fifty healthy subscribers read continuously in their own tasks.
     let received: Vec<std::rc::Rc<std::cell::RefCell<Vec<String>>>> =
-        (0..50).map(|_| Default::default()).collect();
+        (0..healthy).map(|_| Default::default()).collect();
     for ids in &received {
         let mut client = srv.subscribe(&t, &[]).await;
         let ids = ids.clone();
@@ -457,7 +475,7 @@ async fn a_stalled_subscriber_is_dropped_and_others_get_everything() {
         }
     };
     wait_for("the stalled subscriber to register", || async {
-        (scrape("herald_subscribers").await == 51.0).then_some(())
+        (scrape("herald_subscribers").await == healthy as f64 + 1.0).then_some(())
     })
     .await;
 
@@ -473,7 +491,7 @@ async fn a_stalled_subscriber_is_dropped_and_others_get_everything() {
         let ids = body["ids"].as_array().unwrap();
         published.extend(ids.iter().map(|v| v.as_str().unwrap().to_string()));
     }
-    assert_eq!(scrape("herald_subscribers").await, 50.0);
+    assert_eq!(scrape("herald_subscribers").await, healthy as f64);
     for ids in &received {
         wait_for("every event at every healthy subscriber", || async {
             (ids.borrow().len() >= published.len()).then_some(())
