@@ -1,4 +1,5 @@
-//! The bounded queue between a session actor and the response body it writes to.
+//! The bounded queue between a session actor (its `session::sink`) and the response body it
+//! writes to.
 //!
 //! Why not `tokio::sync::mpsc`: it allocates a 32-slot block and a cache-padded channel
 //! (about 1.4 KiB) per subscriber when created, whatever the capacity, and most subscribers sit
@@ -32,8 +33,8 @@ struct Shared {
     frames: VecDeque<Bytes>,
     /// Most frames that may wait.
     capacity: usize,
-    /// Senders alive; the body ends once none is left and `frames` is drained.
-    senders: usize,
+    /// Whether the sending end is alive; the body ends once it is gone and `frames` is drained.
+    sending: bool,
     /// Whether the receiving end is alive.
     open: bool,
     /// The body waiting for a frame.
@@ -47,7 +48,7 @@ pub fn channel(capacity: usize) -> (Sender, Receiver) {
     let shared = Rc::new(RefCell::new(Shared {
         frames: VecDeque::new(),
         capacity,
-        senders: 1,
+        sending: true,
         open: true,
         receiver: None,
         closed: None,
@@ -106,20 +107,11 @@ impl Sender {
     }
 }
 
-impl Clone for Sender {
-    fn clone(&self) -> Self {
-        self.0.borrow_mut().senders += 1;
-        Self(self.0.clone())
-    }
-}
-
 impl Drop for Sender {
     fn drop(&mut self) {
         let mut shared = self.0.borrow_mut();
-        shared.senders -= 1;
-        let waiting = (shared.senders == 0)
-            .then(|| shared.receiver.take())
-            .flatten();
+        shared.sending = false;
+        let waiting = shared.receiver.take();
         drop(shared);
         if let Some(waker) = waiting {
             waker.wake();
@@ -131,7 +123,7 @@ impl Drop for Sender {
 pub struct Receiver(Rc<RefCell<Shared>>);
 
 impl Receiver {
-    /// The next frame; `None` once every sender is gone and the queue is drained.
+    /// The next frame; `None` once the sender is gone and the queue is drained.
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
         let mut shared = self.0.borrow_mut();
         if let Some(frame) = shared.frames.pop_front() {
@@ -141,7 +133,7 @@ impl Receiver {
             }
             return Poll::Ready(Some(frame));
         }
-        if shared.senders == 0 {
+        if !shared.sending {
             return Poll::Ready(None);
         }
         shared.receiver = Some(cx.waker().clone());
@@ -226,17 +218,15 @@ mod tests {
     }
 
     #[test]
-    fn body_ends_after_the_last_sender_once_drained() {
+    fn body_ends_after_the_sender_once_drained() {
         let (tx, mut rx) = channel(4);
-        let other = tx.clone();
         let count = Arc::new(Count::default());
         let waker = Waker::from(count.clone());
         let mut cx = Context::from_waker(&waker);
         tx.try_send(frame("last")).unwrap();
-        drop(tx);
         assert_eq!(rx.poll_recv(&mut cx), Poll::Ready(Some(frame("last"))));
-        assert_eq!(rx.poll_recv(&mut cx), Poll::Pending, "a sender is left");
-        drop(other);
+        assert_eq!(rx.poll_recv(&mut cx), Poll::Pending, "the sender is alive");
+        drop(tx);
         assert_eq!(count.0.load(Ordering::SeqCst), 1, "the body is woken");
         assert_eq!(rx.poll_recv(&mut cx), Poll::Ready(None));
     }
