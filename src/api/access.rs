@@ -25,9 +25,8 @@ use serde_json::value::RawValue;
 
 use super::openapi::Routes;
 use super::{
-    bearer_header, check_publisher, header_text, read_body, AppState, BodyError, PublisherCheck,
+    bearer, bearer_header, check_publisher, read_body, AppState, BodyError, PublisherCheck,
 };
-use crate::auth;
 use crate::broker::messages::{CloseReason, CloseStream, ListSubscribed, Publish};
 use crate::event::{StreamKey, StreamKind};
 use crate::limits::Permit;
@@ -146,10 +145,7 @@ fn authorize(authorization: Option<&[u8]>, state: &web::Data<AppState>) -> Autho
         return Box::new(|_| Ok(()));
     }
     let header_present = authorization.is_some();
-    let header_token = authorization
-        .and_then(header_text)
-        .and_then(auth::bearer)
-        .map(str::to_string);
+    let header_token = authorization.and_then(bearer).map(str::to_string);
     let state = state.clone();
     Box::new(move |announcement: &Announcement| {
         let token = match (announcement.token.as_deref(), header_token.as_deref()) {

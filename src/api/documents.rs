@@ -155,7 +155,7 @@ pub(crate) fn open(state: &AppState, request: &Subscription) -> Opened {
         .unwrap_or_default();
     let token = match request.authorization {
         // A header that is present but not a bearer token is a failed attempt, not a missing one.
-        Some(value) => header_text(value).and_then(crate::auth::bearer),
+        Some(value) => super::bearer(value),
         None => query.access_token.as_deref(),
     };
     let claims = match token {

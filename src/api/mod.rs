@@ -78,11 +78,13 @@ fn faces(routes: &mut openapi::Routes) {
 
 /// The bearer credential of the `Authorization` header, if it has one.
 pub fn bearer_header(req: &HttpRequest) -> Option<&str> {
-    req.headers()
-        .get(actix_web::http::header::AUTHORIZATION)?
-        .to_str()
-        .ok()
-        .and_then(auth::bearer)
+    let value = req.headers().get(actix_web::http::header::AUTHORIZATION)?;
+    bearer(value.as_bytes())
+}
+
+/// The bearer credential of an `Authorization` header's value, if it is one.
+pub(crate) fn bearer(value: &[u8]) -> Option<&str> {
+    header_text(value).and_then(auth::bearer)
 }
 
 /// A header value as text, when it is visible ASCII (what `HeaderValue::to_str` accepts).

@@ -72,12 +72,13 @@ impl Entry {
         if !enabled() {
             return None;
         }
-        let peer = io.peer_addr().ok();
         let header = |name| match request.only_header(name) {
             Ok(Some(value)) => String::from_utf8_lossy(value).into_owned(),
             _ => "-".to_string(),
         };
-        let peer = peer.map_or_else(|| "-".to_string(), |peer| peer.ip().to_string());
+        let peer = io
+            .peer_addr()
+            .map_or_else(|_| "-".to_string(), |peer| peer.ip().to_string());
         let method = request.head.method.unwrap_or("-");
         let line = request_line(method, request.path, request.query, Version::HTTP_11);
         Some(Self(Box::new(Line {

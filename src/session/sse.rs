@@ -97,7 +97,6 @@ impl SseSession {
     fn slow_consumer(&mut self, ctx: &mut Context<Self>) {
         log::info!("{}: slow consumer disconnected", self.stream);
         self.metrics.slow_consumers.inc();
-        self.sink.end();
         ctx.stop();
     }
 }

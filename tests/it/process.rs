@@ -157,18 +157,14 @@ async fn the_access_log_has_a_line_per_request_whichever_path_serves_it() {
         .await
         .unwrap();
     let token = String::from_utf8(res.body().await.unwrap().to_vec()).unwrap();
-    let stream = client()
-        .get(format!("{base}/events/client?access_token={token}"))
-        .send()
-        .await
-        .unwrap();
+    let subscribe = |token: &str| {
+        let url = format!("{base}/events/client?access_token={token}");
+        async move { client().get(url).send().await.unwrap() }
+    };
+    let stream = subscribe(&token).await;
     assert_eq!(stream.status(), StatusCode::OK);
     drop(stream);
-    let res = client()
-        .get(format!("{base}/events/client?access_token=not-a-token"))
-        .send()
-        .await
-        .unwrap();
+    let res = subscribe("not-a-token").await;
     assert_eq!(res.status(), StatusCode::OK);
 
     // `%a "%r" %s %b "%{Referer}i" "%{User-Agent}i" %T`, as actix-web's Logger writes it.

@@ -16,7 +16,7 @@ use actix_web::ResponseError;
 use bytes::BytesMut;
 
 use super::{admit, append, open, EventStream, Opened, Subscription};
-use crate::api::{header_text, AppState};
+use crate::api::{bearer, AppState};
 use crate::server::access_log::Entry;
 use crate::server::direct::{with_date, Answer, Request};
 use crate::server::stream::{Framing, Outgoing};
@@ -55,11 +55,7 @@ pub(crate) async fn publish(state: &AppState, request: &Request<'_, '_>) -> Opti
     if !client_id.bytes().all(unreserved) || !request.query.is_empty() {
         return None;
     }
-    let credential = request
-        .only_header("authorization")
-        .ok()?
-        .and_then(header_text)
-        .and_then(crate::auth::bearer);
+    let credential = request.only_header("authorization").ok()?.and_then(bearer);
     let answer = match admit(state, credential, client_id) {
         Ok(()) => append(state, client_id.to_string(), request.body).await,
         Err(e) => Err(e),
