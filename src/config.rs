@@ -108,6 +108,24 @@ pub struct ServeArgs {
     /// How long a new WebSocket may take to send its announcement before it is closed.
     #[arg(long, env = "HERALD_WS_ANNOUNCE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub ws_announce_timeout: Duration,
+
+    /// Cluster mode: keep streams and shared state in this Redis, so that every node started
+    /// with the same URL acts as one broker (e.g. `redis://127.0.0.1:6379/`).
+    #[arg(long, env = "HERALD_REDIS", value_parser = parse_redis_url)]
+    pub redis: Option<String>,
+
+    /// This node's name in the cluster, unique among the nodes of one Redis; a random one
+    /// when not given.
+    #[arg(long, env = "HERALD_NODE_NAME")]
+    pub node_name: Option<String>,
+}
+
+/// Checks `--redis` as the client will read it, so a typo is refused at start in one line.
+fn parse_redis_url(url: &str) -> Result<String, String> {
+    use redis::IntoConnectionInfo;
+    url.into_connection_info()
+        .map(|_| url.to_string())
+        .map_err(|e| format!("not a Redis URL ({e}); e.g. redis://127.0.0.1:6379/"))
 }
 
 /// How subscriber and publisher tokens are verified.
@@ -148,6 +166,17 @@ pub struct Config {
     pub dashboard_auth: bool,
     pub ws_ping: Duration,
     pub ws_announce_timeout: Duration,
+    /// Cluster mode: Redis and this node's name in it; `None` for one node on its own store.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `--redis` and `--node-name`, validated.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// The Redis every node of the cluster shares.
+    pub redis_url: String,
+    /// Unique among the nodes of that Redis.
+    pub node: String,
 }
 
 /// Why a configuration cannot be used; each message says which flag to change.
@@ -230,6 +259,12 @@ impl ServeArgs {
             dashboard_auth: self.dashboard_auth,
             ws_ping: self.ws_ping,
             ws_announce_timeout: self.ws_announce_timeout,
+            cluster: self.redis.map(|redis_url| ClusterConfig {
+                redis_url,
+                node: self
+                    .node_name
+                    .unwrap_or_else(|| format!("node-{:08x}", rand::random::<u32>())),
+            }),
         })
     }
 }
@@ -295,6 +330,7 @@ impl Config {
             dashboard_auth: false,
             ws_ping: Duration::from_secs(30),
             ws_announce_timeout: Duration::from_secs(10),
+            cluster: None,
         }
     }
 }

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod auth;
 pub mod broker;
+pub mod cluster;
 pub mod config;
 pub mod dashboard;
 pub mod event;
@@ -27,7 +28,7 @@ use api::AppState;
 use broker::history::Retention;
 use broker::messages::{Drain, WatchKind};
 use broker::shards::{self, Shards};
-use broker::Broker;
+use broker::{Broker, Engine};
 pub use config::Config;
 use store::{SqliteStore, Store, StoreWriter};
 use webhook::{DispatcherSettings, WebhookDispatcher, WebhookState};
@@ -51,6 +52,11 @@ pub enum StartError {
         path: std::path::PathBuf,
         source: store::StoreError,
     },
+    #[error("cannot reach Redis at {url} (--redis): {source}")]
+    Redis {
+        url: String,
+        source: cluster::ClusterError,
+    },
 }
 
 /// A running server.
@@ -67,6 +73,8 @@ pub struct Herald {
     store: StoreWriter,
     /// Keeps the WebhookDispatcher's thread alive for the server's lifetime.
     _webhook_thread: Arbiter,
+    /// Cluster mode: the thread of the live channel (`cluster::live`).
+    _cluster_thread: Option<Arbiter>,
 }
 
 /// Starts the Broker, the store writer and the HTTP server. Must run inside an actix system.
@@ -77,7 +85,17 @@ pub async fn start(config: Config) -> Result<Herald, StartError> {
         ttl: config.history_ttl,
     };
     let metrics = metrics::Metrics::new();
-    let (store, kept, saved) = if config.memory {
+    let cluster = match &config.cluster {
+        None => None,
+        Some(cluster) => Some(cluster::Node::connect(cluster, retention).await.map_err(
+            |source| StartError::Redis {
+                url: cluster.redis_url.clone(),
+                source,
+            },
+        )?),
+    };
+    // In a cluster, streams live in Redis and nothing is kept on the node.
+    let (store, kept, saved) = if config.memory || cluster.is_some() {
         (Ok(StoreWriter::in_memory()), Vec::new(), Saved::default())
     } else {
         let mut sqlite = SqliteStore::open(&config.data_dir, retention)?;
@@ -98,12 +116,34 @@ pub async fn start(config: Config) -> Result<Herald, StartError> {
     for stream in kept {
         kept_by_shard[shards::shard_of(&stream.key, workers)].push(stream);
     }
+    let node = cluster.as_ref().map(|(node, _)| node.clone());
     let (shards, brokers) = Shards::new(workers, |i| {
-        let (store, metrics) = (store.clone(), metrics.clone());
+        let (store, metrics, node) = (store.clone(), metrics.clone(), node.clone());
         let kept = std::mem::take(&mut kept_by_shard[i]);
-        Box::new(move || Broker::new(store, retention, kept, &metrics))
+        Box::new(move || {
+            // Made here, on the shard's own thread, so its connection to Redis lives there.
+            let engine = match node {
+                Some(node) => Engine::Redis(cluster::StreamLog::new(node)),
+                None => Engine::Local(store),
+            };
+            Broker::new(engine, retention, kept, &metrics)
+        })
     });
     let shards = std::sync::Arc::new(shards);
+    let cluster_thread = match cluster {
+        None => None,
+        Some((node, commands)) => Some(start_live(node, commands, brokers.clone()).await.map_err(
+            |source| {
+                StartError::Redis {
+                    url: config
+                        .cluster
+                        .as_ref()
+                        .map_or_else(String::new, |c| c.redis_url.clone()),
+                    source,
+                }
+            },
+        )?),
+    };
 
     // Webhook delivery gets a thread of its own too: its outbound HTTP never competes with
     // fan-out or with the HTTP workers.
@@ -120,7 +160,8 @@ pub async fn start(config: Config) -> Result<Herald, StartError> {
             WebhookDispatcher::new(settings, saved.webhooks, webhook_metrics, webhook_store)
         });
     // Queued first in every shard's mailbox, so it is handled before any dashboard event.
-    for shard in brokers.all() {
+    // In a cluster, webhook deliveries are not made from this node's Broker.
+    for shard in brokers.all().filter(|_| node.is_none()) {
         shard.do_send(WatchKind {
             kind: event::StreamKind::Country,
             deliver: webhooks.clone().recipient(),
@@ -141,6 +182,13 @@ pub async fn start(config: Config) -> Result<Herald, StartError> {
     if config.dev {
         log::warn!("--dev mode: open publishing and token minting; not for production");
     }
+    if let Some(cluster) = &config.cluster {
+        log::info!(
+            "cluster mode: node {} on Redis {}",
+            cluster.node,
+            cluster.redis_url
+        );
+    }
     let state = web::Data::new(AppState {
         connections: limits::Connections::new(config.max_connections),
         metrics,
@@ -152,6 +200,7 @@ pub async fn start(config: Config) -> Result<Herald, StartError> {
         webhooks,
         started: std::time::Instant::now(),
         dev_sink: api::dashboard::dev_sink::DevSink::default(),
+        cluster: node,
     });
     let server = server::run(
         listener,
@@ -170,7 +219,31 @@ pub async fn start(config: Config) -> Result<Herald, StartError> {
         state,
         store,
         _webhook_thread: webhook_thread,
+        _cluster_thread: cluster_thread,
     })
+}
+
+/// Starts the live channel on a thread of its own and waits until it is subscribed.
+async fn start_live(
+    node: std::sync::Arc<cluster::Node>,
+    commands: tokio::sync::mpsc::UnboundedReceiver<cluster::live::Command>,
+    brokers: broker::shards::Brokers,
+) -> Result<Arbiter, cluster::ClusterError> {
+    /// How long the live channel may take to come up at start.
+    const LIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+    let thread = Arbiter::new();
+    let live = node.clone();
+    thread.spawn_fn(move || {
+        actix::spawn(cluster::live::run(live, commands, brokers));
+    });
+    let started = std::time::Instant::now();
+    while !node.reachable() {
+        if started.elapsed() > LIVE_TIMEOUT {
+            return Err(cluster::ClusterError::Timeout(LIVE_TIMEOUT));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    Ok(thread)
 }
 
 impl Herald {
@@ -221,6 +294,9 @@ impl Herald {
             .is_err()
         {
             log::error!("webhook dispatcher stopped before the drain");
+        }
+        if let Some(node) = &self.state.cluster {
+            node.leave().await;
         }
         match self.store.flushed().await {
             Ok(()) => log::info!("store flushed; shutdown complete"),

@@ -385,6 +385,12 @@ async fn drop_user(
         Some(_) => return Err(AccessError::invalid("must be a string", "drop_access_id")),
     };
     let stream = StreamKey::new(StreamKind::Access, access_id.clone());
+    // In a cluster every node closes its own sessions when told; this node's close at once.
+    if let Some(node) = &state.cluster {
+        node.drop_sessions(&stream)
+            .await
+            .map_err(|_| AccessError::unavailable())?;
+    }
     let closed = state
         .brokers
         .of(&stream)
@@ -418,6 +424,13 @@ async fn clients(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AccessError> {
     require_publisher(&req, &state)?;
+    if let Some(node) = &state.cluster {
+        let ids = node
+            .clients()
+            .await
+            .map_err(|_| AccessError::unavailable())?;
+        return Ok(HttpResponse::Ok().json(ids));
+    }
     let lists = state.brokers.all().map(|shard| {
         shard.send(ListSubscribed {
             kind: StreamKind::Access,

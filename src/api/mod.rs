@@ -44,6 +44,8 @@ pub struct AppState {
     pub dev_sink: dashboard::dev_sink::DevSink,
     /// What `/metrics` exposes.
     pub metrics: Arc<Metrics>,
+    /// Cluster mode: this node and its way to Redis; `None` on a node of its own.
+    pub cluster: Option<Arc<crate::cluster::Node>>,
 }
 
 impl AppState {

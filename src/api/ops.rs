@@ -39,9 +39,13 @@ pub struct ApiDoc;
 #[derive(utoipa::ToSchema)]
 #[allow(dead_code)] // Read by utoipa's derive only.
 struct Health {
-    /// `ok` while serving, `draining` during a graceful shutdown.
+    /// `ok` while serving, `draining` during a graceful shutdown, `redis_unreachable` while
+    /// a node of a cluster cannot reach Redis.
     #[schema(example = "ok")]
     status: String,
+    /// Cluster mode: the name of the node that answered.
+    #[schema(example = "node-1")]
+    node: Option<String>,
 }
 
 /// The body of an error of `/dev/token`.
@@ -65,7 +69,8 @@ pub fn configure(routes: &mut Routes) {
 
 /// Health
 ///
-/// For load balancers: 503 as soon as a graceful shutdown begins.
+/// For load balancers: 503 as soon as a graceful shutdown begins, and in cluster mode while
+/// the node cannot reach Redis.
 #[utoipa::path(
     get,
     path = "/health",
@@ -73,16 +78,27 @@ pub fn configure(routes: &mut Routes) {
     operation_id = "health",
     responses(
         (status = 200, description = "Serving", body = Health, example = json!({"status": "ok"})),
-        (status = 503, description = "Draining (SIGINT/SIGTERM received)", body = Health,
-            example = json!({"status": "draining"})),
+        (status = 503, description = "Draining (SIGINT/SIGTERM received), or, in a cluster, \
+Redis unreachable", body = Health, example = json!({"status": "draining"})),
     )
 )]
 
 async fn health(state: web::Data<AppState>) -> HttpResponse {
-    if state.is_draining() {
-        HttpResponse::ServiceUnavailable().json(serde_json::json!({"status": "draining"}))
+    let status = if state.is_draining() {
+        "draining"
+    } else if state.cluster.as_ref().is_some_and(|node| !node.reachable()) {
+        "redis_unreachable"
     } else {
-        HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+        "ok"
+    };
+    let mut body = serde_json::json!({ "status": status });
+    if let Some(node) = &state.cluster {
+        body["node"] = node.name.clone().into();
+    }
+    if status == "ok" {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
     }
 }
 

@@ -100,14 +100,26 @@ impl History {
         }
     }
 
-    /// Appends a committed event (positions arrive in increasing order).
+    /// Appends a committed event (positions arrive in increasing order). In cluster mode the
+    /// position was assigned by Redis, so the head moves up to it.
     pub fn push(&mut self, event: Arc<Event>, retention: Retention, now: SystemTime) {
         debug_assert!(self
             .events
             .back()
             .is_none_or(|e| e.position.seq < event.position.seq));
+        self.head = self.head.max(event.position.seq);
         self.events.push_back(event);
         self.prune(retention, now);
+    }
+
+    /// Records that every event up to `seq` is gone for this node (cluster mode: positions no
+    /// longer in Redis's history). Retained events before them go too, so a cursor before the
+    /// hole reads as a gap instead of skipping it.
+    pub fn lose_through(&mut self, seq: u64) {
+        let keep = self.events.partition_point(|e| e.position.seq <= seq);
+        self.events.drain(..keep);
+        self.evicted_through = self.evicted_through.max(seq);
+        self.head = self.head.max(seq);
     }
 
     /// Drops events beyond the count bound or older than the ttl.

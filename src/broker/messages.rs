@@ -1,5 +1,6 @@
 //! The whole vocabulary between the Broker, the handlers that publish, the sessions that
-//! subscribe, and the store writer that acknowledges commits.
+//! subscribe, the store writer that acknowledges commits, and (in cluster mode) the live
+//! channel that brings other nodes' publishes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
 use super::history::Gap;
+use crate::cluster::ClusterError;
 use crate::event::{Event, Position, StreamKey, StreamKind};
 use crate::store::StoreError;
 
@@ -28,6 +30,8 @@ pub struct Publish {
 pub enum PublishError {
     #[error("the store could not commit the events: {0}")]
     Store(#[from] StoreError),
+    #[error("the cluster could not take the events: {0}")]
+    Cluster(#[from] ClusterError),
     #[error("the broker is not running")]
     Unavailable,
 }
@@ -140,6 +144,10 @@ pub enum CloseReason {
     /// The session's queue was full when the Broker queued a live event into it
     /// (`session::sink`): the client is `--subscriber-queue` frames behind.
     SlowConsumer,
+    /// Cluster mode: events of the stream were lost in Redis (a restart without its data, or
+    /// positions trimmed before this node read them). The session ends so that its client
+    /// resumes and sees its face's gap signal; the Broker has forgotten it already.
+    Reset,
 }
 
 /// Closes every session following one stream and forgets them at once, so a listing right
@@ -197,6 +205,9 @@ pub struct SubscribeBounded {
     pub max_subscribers: usize,
     /// Most backlog events wanted.
     pub page_size: usize,
+    /// Longest the poll may wait. In cluster mode its place under the limit is held in Redis
+    /// for that long (plus a margin), so the places of a node that died free themselves.
+    pub lease: std::time::Duration,
 }
 
 /// A long-poll's first look, before any session exists: the same answer as `SubscribeBounded`
@@ -260,4 +271,24 @@ pub struct GetEvent {
 pub struct CountSubscribers {
     /// The stream asked about.
     pub stream: StreamKey,
+}
+
+/// Cluster mode: a batch announced on the live channel of a stream this node follows.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Announced {
+    /// The stream it was published to.
+    pub stream: StreamKey,
+    /// The batch, in position order.
+    pub events: Vec<Arc<Event>>,
+}
+
+/// Cluster mode: read followed streams from Redis's history again, because announcements may
+/// have been missed: every stream after the live channel reconnected (`None`), or one whose
+/// announcement could not be read.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Resync {
+    /// The one stream, or `None` for all.
+    pub stream: Option<StreamKey>,
 }

@@ -15,22 +15,33 @@
 //!
 //! Subscribers see an event only after the store has committed it, so nothing a subscriber
 //! saw can be lost by a crash.
+//!
+//! What differs between a node on its own and a node in a cluster is the `Engine` (`engine.rs`): on
+//! its own the Broker numbers batches and the store writer makes them durable; in a cluster
+//! Redis numbers and keeps them, and the Broker follows the streams its sessions read
+//! (`follow.rs`): it handles `Announced` batches and `Resync`, reads streams from Redis, and
+//! makes requests wait (`when_ready`) until its copy can answer them.
 
+pub mod engine;
+pub mod follow;
 pub mod history;
 pub mod messages;
 pub mod shards;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
+use crate::cluster::{ClusterError, Snapshot};
 use crate::event::{Event, Position, StreamKey, StreamKind};
 use crate::metrics::Metrics;
 use crate::session::sink::{self, Sink};
-use crate::store::{StoreWriter, StoredStream};
+use crate::store::StoredStream;
+pub use engine::Engine;
+use follow::{Applied, Follow};
 use history::{Gap, History, Retention};
 use messages::*;
 use prometheus_client::metrics::counter::Counter;
@@ -41,12 +52,28 @@ const PRUNE_INTERVAL: Duration = Duration::from_secs(5);
 /// Recipients up to which a stream's events are handed out at once, not after a yield.
 const INLINE_FAN_OUT: usize = 4;
 
+/// Cluster mode: a followed stream that no session has needed for this long is unfollowed.
+/// Long enough that a client polling again (or a resume) finds it loaded.
+const LINGER: Duration = Duration::from_secs(60);
+
+/// Cluster mode: how often the meta of followed streams is kept from expiring.
+const KEEP_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Cluster mode: wait before a failed read from Redis is tried again.
+const READ_RETRY: Duration = Duration::from_millis(250);
+
+/// Cluster mode: a waiting long-poll's place under the limit outlives its deadline by this
+/// much, so a slow answer never frees it early.
+const LEASE_MARGIN: Duration = Duration::from_secs(5);
+
 /// One stream as the Broker sees it.
 struct StreamState {
     /// Positions and retained events.
     history: History,
     /// Sessions following the stream, by `Subscriber::id`.
     subscribers: HashMap<u64, Member>,
+    /// Cluster mode: how this node keeps its copy of the stream current; `None` on its own.
+    follow: Option<Follow>,
 }
 
 /// A session following a stream.
@@ -54,6 +81,8 @@ struct Member {
     inboxes: Subscriber,
     /// The session's queue, when the session runs on this thread: live events go straight in.
     sink: Option<Sink>,
+    /// Cluster mode: a long-poll's place under the per-instance limit, held in Redis.
+    lease: Option<String>,
 }
 
 impl Member {
@@ -79,10 +108,11 @@ impl Member {
 }
 
 pub struct Broker {
-    /// Every stream that was published to or subscribed to since start.
+    /// On its own: every stream that was published to or subscribed to since start. In a
+    /// cluster: the streams this node follows.
     streams: HashMap<StreamKey, StreamState>,
-    /// Where batches go to become durable.
-    store: StoreWriter,
+    /// Where batches are numbered and made durable, and (in a cluster) announced.
+    engine: Engine,
     /// Bounds of every stream's history.
     retention: Retention,
     /// Events committed, by stream kind.
@@ -97,9 +127,9 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// A Broker that resumes the streams the store kept.
+    /// A Broker that resumes the streams the store kept (none in a cluster).
     pub fn new(
-        store: StoreWriter,
+        engine: Engine,
         retention: Retention,
         kept: Vec<StoredStream>,
         metrics: &Metrics,
@@ -123,6 +153,7 @@ impl Broker {
                 let state = StreamState {
                     history,
                     subscribers: HashMap::new(),
+                    follow: None,
                 };
                 (stream.key, state)
             })
@@ -139,7 +170,7 @@ impl Broker {
         Self {
             streams,
             published,
-            store,
+            engine,
             retention,
             draining: false,
             watchers: HashMap::new(),
@@ -155,6 +186,7 @@ impl Broker {
                 // stream read as gaps instead of pointing at unrelated events.
                 history: History::new(rand::random()),
                 subscribers: HashMap::new(),
+                follow: None,
             })
     }
 
@@ -167,7 +199,11 @@ impl Broker {
         for run in unsent.chunk_by(|a, b| a.stream == b.stream) {
             let stream = &run[0].stream;
             if let Some(state) = self.streams.get_mut(stream) {
+                let before = state.subscribers.len();
                 state.subscribers.retain(|_, member| member.deliver(run));
+                if before > 0 && state.subscribers.is_empty() {
+                    self.engine.present(stream, false);
+                }
             }
             for watcher in self.watchers.get(&stream.kind).into_iter().flatten() {
                 for event in run {
@@ -175,6 +211,38 @@ impl Broker {
                         event: event.clone(),
                     });
                 }
+            }
+        }
+    }
+
+    /// Queues committed events (already in history) for fan-out.
+    fn hand_out(&mut self, stream: &StreamKey, events: Vec<Arc<Event>>, ctx: &mut Context<Self>) {
+        if events.is_empty() {
+            return;
+        }
+        let watchers = self.watchers.get(&stream.kind).map_or(0, Vec::len);
+        let subscribers = self.streams.get(stream).map_or(0, |s| s.subscribers.len());
+        let recipients = subscribers + watchers;
+        let pending = !self.unsent.is_empty();
+        self.unsent.extend(events);
+        // Fan-out waits until the worker thread has run whatever else is ready (other
+        // connections' publishes among them), so that under load each subscriber is woken
+        // once for several events and writes them in one frame/syscall: the shard shares its
+        // thread with the sessions, and handing out each event at once made the sessions
+        // write one event at a time (WebSocket fan-out to 1,000 subscribers fell from 263k to
+        // 89k deliveries/s). A stream with a few recipients has little to batch: its events
+        // go out at once, when nothing is waiting ahead of them (10,000 streams of one SSE
+        // subscriber: publish-to-receive p50 0.75 -> 0.52-0.60 ms, p99 0.95-1.0 -> 0.7-0.9 ms).
+        // With events pending, the fan-out already scheduled takes these too.
+        if !pending {
+            if recipients <= INLINE_FAN_OUT {
+                self.fan_out();
+            } else {
+                ctx.spawn(
+                    tokio::task::yield_now()
+                        .into_actor(self)
+                        .map(|(), broker, _| broker.fan_out()),
+                );
             }
         }
     }
@@ -187,6 +255,10 @@ impl Broker {
         if page.is_some() && !reply.backlog.is_empty() {
             return reply;
         }
+        // In a cluster the answer may come late: a session that ended meanwhile is not kept.
+        if !msg.subscriber.deliver.connected() {
+            return reply;
+        }
         if self.draining {
             msg.subscriber.close.do_send(Close {
                 reason: CloseReason::Shutdown,
@@ -195,11 +267,49 @@ impl Broker {
         let member = Member {
             sink: sink::claim(msg.subscriber.id),
             inboxes: msg.subscriber,
+            lease: None,
         };
-        self.stream_mut(&msg.stream)
-            .subscribers
-            .insert(member.inboxes.id, member);
+        let state = self.stream_mut(&msg.stream);
+        let first = state.subscribers.is_empty();
+        state.subscribers.insert(member.inboxes.id, member);
+        if first {
+            self.engine.present(&msg.stream, true);
+        }
         reply
+    }
+
+    /// Forgets one subscriber of `stream`, and gives back what it held in the cluster.
+    fn forget(&mut self, stream: &StreamKey, id: u64) {
+        let Some(state) = self.streams.get_mut(stream) else {
+            return;
+        };
+        let Some(member) = state.subscribers.remove(&id) else {
+            return;
+        };
+        if let Some(lease) = &member.lease {
+            self.engine.release(stream, lease);
+        }
+        if state.subscribers.is_empty() {
+            self.engine.present(stream, false);
+        }
+    }
+
+    /// Closes and forgets every subscriber of `stream`; answers how many there were.
+    fn close_all(&mut self, stream: &StreamKey, reason: CloseReason) -> usize {
+        let Some(state) = self.streams.get_mut(stream) else {
+            return 0;
+        };
+        let members: Vec<Member> = state.subscribers.drain().map(|(_, m)| m).collect();
+        for member in &members {
+            member.inboxes.close.do_send(Close { reason });
+            if let Some(lease) = &member.lease {
+                self.engine.release(stream, lease);
+            }
+        }
+        if !members.is_empty() {
+            self.engine.present(stream, false);
+        }
+        members.len()
     }
 
     /// The retained events after `start` (at most `page` of them), where they end, and whether
@@ -262,6 +372,49 @@ impl Broker {
         }
         Ok(())
     }
+
+    /// A long-poll that must wait, in a cluster: its place is taken in Redis (counted on every
+    /// node) before it is registered. While Redis is away the poll counts on this node only.
+    fn subscribe_bounded_in_cluster(
+        &mut self,
+        msg: SubscribeBounded,
+    ) -> ResponseActFuture<Self, Result<SubscribeReply, TooManySubscribers>> {
+        let stream = msg.subscribe.stream.clone();
+        let max = msg.max_subscribers;
+        if let Err(full) = self.has_room(&stream, max) {
+            return Box::pin(fut::ready(Err(full)));
+        }
+        let peek = self.backlog(&stream, &msg.subscribe.start, Some(msg.page_size));
+        let Engine::Redis(redis) = &self.engine else {
+            unreachable!("only called in cluster mode");
+        };
+        if !peek.backlog.is_empty() {
+            return Box::pin(fut::ready(Ok(peek)));
+        }
+        let lease = format!("{}/{:016x}", redis.node().name, msg.subscribe.subscriber.id);
+        let admitted = redis.admit(&stream, max, Some((&lease, msg.lease + LEASE_MARGIN)));
+        Box::pin(admitted.into_actor(self).map(move |admitted, broker, _| {
+            match admitted {
+                Ok(false) => return Err(TooManySubscribers(max)),
+                Ok(true) => {}
+                Err(e) => {
+                    log::debug!("{stream}: long-poll counted on this node only: {e}");
+                    broker.has_room(&stream, max)?;
+                }
+            }
+            let id = msg.subscribe.subscriber.id;
+            let reply = broker.subscribe(msg.subscribe, Some(msg.page_size));
+            let member = broker
+                .streams
+                .get_mut(&stream)
+                .and_then(|s| s.subscribers.get_mut(&id));
+            match member {
+                Some(member) => member.lease = Some(lease),
+                None => broker.engine.release(&stream, &lease),
+            }
+            Ok(reply)
+        }))
+    }
 }
 
 impl Actor for Broker {
@@ -273,15 +426,39 @@ impl Actor for Broker {
             for state in broker.streams.values_mut() {
                 state.history.prune(broker.retention, now);
             }
+            broker.unfollow_idle();
         });
+        if matches!(self.engine, Engine::Redis(_)) {
+            ctx.run_interval(KEEP_INTERVAL, |broker, _| {
+                broker.engine.keep(broker.streams.keys().cloned());
+            });
+        }
     }
 }
 
 impl Handler<Publish> for Broker {
-    type Result = ResponseFuture<Result<Vec<Arc<Event>>, PublishError>>;
+    type Result = ResponseActFuture<Self, Result<Vec<Arc<Event>>, PublishError>>;
 
     fn handle(&mut self, msg: Publish, ctx: &mut Self::Context) -> Self::Result {
         let now = SystemTime::now();
+        let store = match &self.engine {
+            Engine::Local(store) => store.clone(),
+            // Redis numbers the batch; the Broker applies it in position order like any
+            // announcement, and acknowledges it once it is in Redis.
+            Engine::Redis(redis) => {
+                let stream = msg.stream.clone();
+                let appended = redis.append(&msg.stream, msg.data, now);
+                return Box::pin(appended.into_actor(self).map(move |result, broker, ctx| {
+                    let events = result.map_err(|e: ClusterError| {
+                        log::error!("publish to {stream} failed: {e}");
+                        PublishError::from(e)
+                    })?;
+                    broker.count(&events);
+                    broker.accept(&stream, events.clone(), ctx);
+                    Ok(events)
+                }));
+            }
+        };
         let state = self.stream_mut(&msg.stream);
         let events: Vec<Arc<Event>> = msg
             .data
@@ -294,7 +471,7 @@ impl Handler<Publish> for Broker {
         let (reply, acked) = oneshot::channel();
         let broker = ctx.address();
         let committed = events.clone();
-        self.store.append(
+        store.append(
             events,
             Box::new(move |result| {
                 broker.do_send(Committed {
@@ -304,7 +481,9 @@ impl Handler<Publish> for Broker {
                 })
             }),
         );
-        Box::pin(async move { acked.await.unwrap_or(Err(PublishError::Unavailable)) })
+        Box::pin(fut::wrap_future(async move {
+            acked.await.unwrap_or(Err(PublishError::Unavailable))
+        }))
     }
 }
 
@@ -321,49 +500,40 @@ impl Handler<Committed> for Broker {
             let _ = msg.reply.send(Ok(msg.events));
             return;
         };
-        if let Some(counter) = self.published.get(&first.stream.kind) {
-            counter.inc_by(msg.events.len() as u64);
-        }
+        let stream = first.stream.clone();
+        self.count(&msg.events);
         let now = SystemTime::now();
         let retention = self.retention;
-        let watchers = self.watchers.get(&first.stream.kind).map_or(0, Vec::len);
-        let state = self.stream_mut(&first.stream);
+        let state = self.stream_mut(&stream);
         for event in &msg.events {
             state.history.push(event.clone(), retention, now);
         }
-        let recipients = state.subscribers.len() + watchers;
-        let pending = !self.unsent.is_empty();
-        self.unsent.extend(msg.events.iter().cloned());
-        // Fan-out waits until the worker thread has run whatever else is ready (other
-        // connections' publishes among them), so that under load each subscriber is woken
-        // once for several events and writes them in one frame/syscall: the shard shares its
-        // thread with the sessions, and handing out each event at once made the sessions
-        // write one event at a time (WebSocket fan-out to 1,000 subscribers fell from 263k to
-        // 89k deliveries/s). A stream with a few recipients has little to batch: its events
-        // go out at once, when nothing is waiting ahead of them (10,000 streams of one SSE
-        // subscriber: publish-to-receive p50 0.75 -> 0.52-0.60 ms, p99 0.95-1.0 -> 0.7-0.9 ms).
-        // With events pending, the fan-out already scheduled takes these too.
-        if !pending {
-            if recipients <= INLINE_FAN_OUT {
-                self.fan_out();
-            } else {
-                ctx.spawn(
-                    tokio::task::yield_now()
-                        .into_actor(self)
-                        .map(|(), broker, _| broker.fan_out()),
-                );
-            }
-        }
+        self.hand_out(&stream, msg.events.clone(), ctx);
         // The publisher may have gone away; the events are committed and delivered anyway.
         let _ = msg.reply.send(Ok(msg.events));
     }
 }
 
-impl Handler<Subscribe> for Broker {
-    type Result = SubscribeReply;
+impl Broker {
+    /// Counts committed events in `/metrics`.
+    fn count(&self, events: &[Arc<Event>]) {
+        if let Some(counter) = events
+            .first()
+            .and_then(|e| self.published.get(&e.stream.kind))
+        {
+            counter.inc_by(events.len() as u64);
+        }
+    }
+}
 
-    fn handle(&mut self, msg: Subscribe, _: &mut Self::Context) -> SubscribeReply {
-        self.subscribe(msg, None)
+impl Handler<Subscribe> for Broker {
+    type Result = ActorResponse<Self, SubscribeReply>;
+
+    fn handle(&mut self, msg: Subscribe, ctx: &mut Self::Context) -> Self::Result {
+        let (stream, cursor) = (msg.stream.clone(), msg.start.cursor.clone());
+        self.when_ready(&stream, cursor.as_deref(), ctx, move |broker| {
+            broker.subscribe(msg, None)
+        })
     }
 }
 
@@ -371,9 +541,7 @@ impl Handler<Unsubscribe> for Broker {
     type Result = ();
 
     fn handle(&mut self, msg: Unsubscribe, _: &mut Self::Context) {
-        if let Some(state) = self.streams.get_mut(&msg.stream) {
-            state.subscribers.remove(&msg.id);
-        }
+        self.forget(&msg.stream, msg.id);
     }
 }
 
@@ -397,14 +565,7 @@ impl Handler<CloseStream> for Broker {
 
     fn handle(&mut self, msg: CloseStream, _: &mut Self::Context) -> usize {
         self.fan_out();
-        let Some(state) = self.streams.get_mut(&msg.stream) else {
-            return 0;
-        };
-        let closed = state.subscribers.len();
-        for (_, member) in state.subscribers.drain() {
-            member.inboxes.close.do_send(Close { reason: msg.reason });
-        }
-        closed
+        self.close_all(&msg.stream, msg.reason)
     }
 }
 
@@ -447,29 +608,62 @@ impl Handler<WatchKind> for Broker {
 }
 
 impl Handler<SubscribeBounded> for Broker {
-    type Result = Result<SubscribeReply, TooManySubscribers>;
+    type Result = ActorResponse<Self, Result<SubscribeReply, TooManySubscribers>>;
 
-    fn handle(&mut self, msg: SubscribeBounded, _: &mut Self::Context) -> Self::Result {
-        self.has_room(&msg.subscribe.stream, msg.max_subscribers)?;
-        Ok(self.subscribe(msg.subscribe, Some(msg.page_size)))
+    fn handle(&mut self, msg: SubscribeBounded, ctx: &mut Self::Context) -> Self::Result {
+        if let Engine::Local(_) = self.engine {
+            let result = self
+                .has_room(&msg.subscribe.stream, msg.max_subscribers)
+                .map(|()| self.subscribe(msg.subscribe, Some(msg.page_size)));
+            return ActorResponse::reply(result);
+        }
+        let (stream, cursor) = (
+            msg.subscribe.stream.clone(),
+            msg.subscribe.start.cursor.clone(),
+        );
+        let ready = self.wait_for(&stream, cursor.as_deref(), ctx);
+        let waited = async move {
+            if let Some(ready) = ready {
+                let _ = ready.await;
+            }
+        };
+        ActorResponse::r#async(Box::pin(
+            waited
+                .into_actor(self)
+                .then(move |(), broker, _| broker.subscribe_bounded_in_cluster(msg)),
+        ))
     }
 }
 
 impl Handler<PeekPage> for Broker {
-    type Result = Result<SubscribeReply, TooManySubscribers>;
+    type Result = ActorResponse<Self, Result<SubscribeReply, TooManySubscribers>>;
 
-    fn handle(&mut self, msg: PeekPage, _: &mut Self::Context) -> Self::Result {
-        self.has_room(&msg.stream, msg.max_subscribers)?;
-        // No `fan_out` first: unsent events are in history already, and nobody is registered
-        // who could get them twice.
-        Ok(self.backlog(&msg.stream, &msg.start, Some(msg.page_size)))
+    fn handle(&mut self, msg: PeekPage, ctx: &mut Self::Context) -> Self::Result {
+        let (stream, cursor) = (msg.stream.clone(), msg.start.cursor.clone());
+        self.when_ready(&stream, cursor.as_deref(), ctx, move |broker| {
+            // In a cluster only this node's waiting polls are counted here; a poll that must
+            // wait is counted on every node by `SubscribeBounded`.
+            broker.has_room(&msg.stream, msg.max_subscribers)?;
+            // No `fan_out` first: unsent events are in history already, and nobody is
+            // registered who could get them twice.
+            Ok(broker.backlog(&msg.stream, &msg.start, Some(msg.page_size)))
+        })
     }
 }
 
 impl Handler<ReadPage> for Broker {
-    type Result = PageReply;
+    type Result = ActorResponse<Self, PageReply>;
 
-    fn handle(&mut self, msg: ReadPage, _: &mut Self::Context) -> PageReply {
+    fn handle(&mut self, msg: ReadPage, ctx: &mut Self::Context) -> Self::Result {
+        let (stream, start_at) = (msg.stream.clone(), msg.start_at.clone());
+        self.when_ready(&stream, start_at.as_deref(), ctx, move |broker| {
+            broker.read_page(msg)
+        })
+    }
+}
+
+impl Broker {
+    fn read_page(&mut self, msg: ReadPage) -> PageReply {
         let retention = self.retention;
         let Some(state) = self.streams.get_mut(&msg.stream) else {
             return PageReply {
@@ -500,13 +694,16 @@ impl Handler<ReadPage> for Broker {
 }
 
 impl Handler<GetEvent> for Broker {
-    type Result = Option<Arc<Event>>;
+    type Result = ActorResponse<Self, Option<Arc<Event>>>;
 
-    fn handle(&mut self, msg: GetEvent, _: &mut Self::Context) -> Self::Result {
-        let retention = self.retention;
-        let history = &mut self.streams.get_mut(&msg.stream)?.history;
-        history.prune(retention, SystemTime::now());
-        history.get(msg.position).cloned()
+    fn handle(&mut self, msg: GetEvent, ctx: &mut Self::Context) -> Self::Result {
+        let (stream, cursor) = (msg.stream.clone(), msg.position.cursor());
+        self.when_ready(&stream, Some(&cursor), ctx, move |broker| {
+            let retention = broker.retention;
+            let history = &mut broker.streams.get_mut(&msg.stream)?.history;
+            history.prune(retention, SystemTime::now());
+            history.get(msg.position).cloned()
+        })
     }
 }
 
@@ -517,5 +714,205 @@ impl Handler<CountSubscribers> for Broker {
         self.streams
             .get(&msg.stream)
             .map_or(0, |s| s.subscribers.len())
+    }
+}
+
+// ---- Cluster mode: following streams that live in Redis ----
+
+impl Broker {
+    /// Runs `then` once this node's copy of `stream` can answer a request that resumes from
+    /// `cursor`: at once on a node of its own, or when the copy is loaded and not behind the
+    /// cursor; otherwise after a read from Redis that started after the request came.
+    fn when_ready<R: 'static>(
+        &mut self,
+        stream: &StreamKey,
+        cursor: Option<&str>,
+        ctx: &mut Context<Self>,
+        then: impl FnOnce(&mut Self) -> R + 'static,
+    ) -> ActorResponse<Self, R> {
+        match self.wait_for(stream, cursor, ctx) {
+            None => ActorResponse::reply(then(self)),
+            Some(ready) => ActorResponse::r#async(Box::pin(
+                async move {
+                    let _ = ready.await;
+                }
+                .into_actor(self)
+                .map(move |(), broker, _| then(broker)),
+            )),
+        }
+    }
+
+    /// What `when_ready` must wait for, if anything; starts following or reading `stream`.
+    fn wait_for(
+        &mut self,
+        stream: &StreamKey,
+        cursor: Option<&str>,
+        ctx: &mut Context<Self>,
+    ) -> Option<oneshot::Receiver<()>> {
+        let Engine::Redis(redis) = &self.engine else {
+            return None;
+        };
+        if !self.streams.contains_key(stream) {
+            let subscribed = redis.follow(stream);
+            let key = stream.clone();
+            ctx.spawn(subscribed.into_actor(self).map(move |(), broker, ctx| {
+                let started = broker
+                    .streams
+                    .get_mut(&key)
+                    .and_then(|s| s.follow.as_mut())
+                    .is_some_and(Follow::subscribed);
+                if started {
+                    broker.read(key, ctx);
+                }
+            }));
+            self.streams.insert(
+                stream.clone(),
+                StreamState {
+                    // Replaced by the first read.
+                    history: History::new(0),
+                    subscribers: HashMap::new(),
+                    follow: Some(Follow::new(Instant::now())),
+                },
+            );
+        }
+        let state = self.streams.get_mut(stream)?;
+        let follow = state.follow.as_mut()?;
+        follow.used = Instant::now();
+        let behind = cursor
+            .and_then(Position::from_cursor)
+            .is_some_and(|p| p.epoch != state.history.epoch || p.seq > state.history.head().seq);
+        if follow.loaded() && !behind {
+            return None;
+        }
+        let (ready, start) = follow.wait();
+        if start {
+            self.read(stream.clone(), ctx);
+        }
+        Some(ready)
+    }
+
+    /// Reads `stream` from Redis after what this node has (see `Follow`).
+    fn read(&mut self, stream: StreamKey, ctx: &mut Context<Self>) {
+        let Engine::Redis(redis) = &self.engine else {
+            return;
+        };
+        let Some(state) = self.streams.get(&stream) else {
+            return;
+        };
+        let known = state
+            .follow
+            .as_ref()
+            .is_some_and(Follow::loaded)
+            .then(|| state.history.head());
+        let read = redis.read(&stream, known);
+        ctx.spawn(
+            read.into_actor(self)
+                .map(move |result, broker, ctx| broker.on_read(stream, result, ctx)),
+        );
+    }
+
+    fn on_read(
+        &mut self,
+        stream: StreamKey,
+        result: Result<Snapshot, ClusterError>,
+        ctx: &mut Context<Self>,
+    ) {
+        let retention = self.retention;
+        let Some(state) = self.streams.get_mut(&stream) else {
+            return;
+        };
+        let Some(follow) = state.follow.as_mut() else {
+            return;
+        };
+        match result {
+            Ok(snapshot) => {
+                let applied =
+                    follow.snapshot(&mut state.history, snapshot, retention, SystemTime::now());
+                self.applied(stream, applied, ctx);
+            }
+            Err(e) => {
+                log::debug!("{stream}: read from Redis failed: {e}");
+                if follow.failed() {
+                    ctx.run_later(READ_RETRY, move |broker, ctx| broker.read(stream, ctx));
+                }
+            }
+        }
+    }
+
+    /// Events this node's own publish or an announcement brought: applied in position order.
+    fn accept(&mut self, stream: &StreamKey, events: Vec<Arc<Event>>, ctx: &mut Context<Self>) {
+        let retention = self.retention;
+        let Some(state) = self.streams.get_mut(stream) else {
+            // Not followed: no session here reads it.
+            return;
+        };
+        let Some(follow) = state.follow.as_mut() else {
+            return;
+        };
+        let applied = follow.offer(&mut state.history, events, retention, SystemTime::now());
+        self.applied(stream.clone(), applied, ctx);
+    }
+
+    fn applied(&mut self, stream: StreamKey, applied: Applied, ctx: &mut Context<Self>) {
+        if applied.lost {
+            log::warn!("{stream}: events were lost in Redis; its subscribers resume from history");
+            self.fan_out();
+            self.close_all(&stream, CloseReason::Reset);
+        }
+        self.hand_out(&stream, applied.released, ctx);
+        if applied.read {
+            self.read(stream, ctx);
+        }
+    }
+
+    /// Unfollows the streams no session has needed for `LINGER`.
+    fn unfollow_idle(&mut self) {
+        let Engine::Redis(redis) = &self.engine else {
+            return;
+        };
+        let idle: Vec<StreamKey> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| {
+                s.subscribers.is_empty()
+                    && s.follow
+                        .as_ref()
+                        .is_some_and(|f| !f.busy() && f.used.elapsed() > LINGER)
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in idle {
+            redis.unfollow(&key);
+            self.streams.remove(&key);
+        }
+    }
+}
+
+impl Handler<Announced> for Broker {
+    type Result = ();
+
+    fn handle(&mut self, msg: Announced, ctx: &mut Self::Context) {
+        self.accept(&msg.stream, msg.events, ctx);
+    }
+}
+
+impl Handler<Resync> for Broker {
+    type Result = ();
+
+    fn handle(&mut self, msg: Resync, ctx: &mut Self::Context) {
+        let streams: Vec<StreamKey> = match msg.stream {
+            Some(stream) => vec![stream],
+            None => self.streams.keys().cloned().collect(),
+        };
+        for stream in streams {
+            let start = self
+                .streams
+                .get_mut(&stream)
+                .and_then(|s| s.follow.as_mut())
+                .is_some_and(|f| f.loaded() && f.want_read());
+            if start {
+                self.read(stream, ctx);
+            }
+        }
     }
 }

@@ -254,6 +254,7 @@ impl Actor for LongPoll {
             },
             max_subscribers: self.spec.max_listeners,
             page_size: self.spec.page_size,
+            lease: self.spec.deadline,
         };
         // `wait` holds back `Deliver`s until the backlog is looked at.
         ctx.wait(self.broker.send(subscribe).into_actor(self).map(

@@ -346,6 +346,8 @@ impl Handler<Close> for WsSession {
         match msg.reason {
             CloseReason::Shutdown => self.close(CloseCode::Away, "shutdown", ctx),
             CloseReason::Dropped => self.close(CloseCode::Normal, "dropped", ctx),
+            // Events of the stream were lost in the cluster's Redis: reconnect and replay.
+            CloseReason::Reset => self.close(CloseCode::Restart, "stream reset", ctx),
             // Unless the session found the queue full itself first.
             CloseReason::SlowConsumer if !ctx.state().stopping() => self.slow_consumer(ctx),
             CloseReason::SlowConsumer => {}

@@ -26,8 +26,13 @@ pub struct WsClient {
 
 impl WsClient {
     pub async fn connect(srv: &TestServer, headers: &[(&str, &str)]) -> Self {
+        Self::connect_to(&srv.url(""), headers).await
+    }
+
+    /// Connects to the server at `root` (`http://host:port`).
+    pub async fn connect_to(root: &str, headers: &[(&str, &str)]) -> Self {
         let mut req = client()
-            .ws(srv.url("/subscribe_to_events"))
+            .ws(format!("{root}/subscribe_to_events"))
             .max_frame_size(MAX_FRAME);
         for (k, v) in headers {
             req = req.header(*k, *v);
@@ -42,9 +47,22 @@ impl WsClient {
 
     /// Connects and announces `access_id` from `timestamp`, with an optional token.
     pub async fn announce(srv: &TestServer, access_id: &str, timestamp: i64) -> Self {
-        let mut ws = Self::connect(srv, &[]).await;
-        ws.send_text(&json!({"access_id": access_id, "timestamp": timestamp}).to_string())
-            .await;
+        Self::announce_to(&srv.url(""), access_id, timestamp, None).await
+    }
+
+    /// Connects to the server at `root` and announces, with a token if given.
+    pub async fn announce_to(
+        root: &str,
+        access_id: &str,
+        timestamp: i64,
+        token: Option<&str>,
+    ) -> Self {
+        let mut ws = Self::connect_to(root, &[]).await;
+        let mut announcement = json!({"access_id": access_id, "timestamp": timestamp});
+        if let Some(token) = token {
+            announcement["token"] = token.into();
+        }
+        ws.send_text(&announcement.to_string()).await;
         ws
     }
 
@@ -110,7 +128,7 @@ impl WsClient {
     }
 
     /// Asserts no frame (other than pings) arrives within `quiet`.
-    async fn expect_silence(&mut self, quiet: Duration) {
+    pub async fn expect_silence(&mut self, quiet: Duration) {
         if let Ok(frame) = actix_rt::time::timeout(quiet, self.next_frame()).await {
             panic!("expected silence, got {frame:?}");
         }
@@ -123,8 +141,12 @@ pub(crate) fn event(accessid: &str, created_at: i64, payload: Value) -> Value {
 
 /// `POST /push_events` with the publisher key.
 async fn push(srv: &TestServer, events: &Value) -> (StatusCode, Value) {
+    push_at(&srv.url(""), events).await
+}
+
+async fn push_at(root: &str, events: &Value) -> (StatusCode, Value) {
     let mut res = client()
-        .post(srv.url("/push_events"))
+        .post(format!("{root}/push_events"))
         .bearer_auth(PUBLISHER_KEY)
         .send_json(events)
         .await
@@ -136,14 +158,24 @@ async fn push(srv: &TestServer, events: &Value) -> (StatusCode, Value) {
 }
 
 pub(crate) async fn push_ok(srv: &TestServer, events: Value) {
-    let (status, body) = push(srv, &events).await;
+    push_to(&srv.url(""), &events).await;
+}
+
+/// `POST /push_events` to the server at `root`, which must answer `true`.
+pub(crate) async fn push_to(root: &str, events: &Value) {
+    let (status, body) = push_at(root, events).await;
     assert_eq!((status, body), (StatusCode::OK, json!(true)));
 }
 
 /// `GET /clients`.
 async fn connected(srv: &TestServer) -> Vec<String> {
+    clients_of(&srv.url("")).await
+}
+
+/// `GET /clients` of the server at `root`.
+pub(crate) async fn clients_of(root: &str) -> Vec<String> {
     let mut res = client()
-        .get(srv.url("/clients"))
+        .get(format!("{root}/clients"))
         .bearer_auth(PUBLISHER_KEY)
         .send()
         .await

@@ -3,6 +3,7 @@
 
 mod access;
 mod browser;
+mod cluster;
 mod common;
 mod dashboard;
 mod direct_path;

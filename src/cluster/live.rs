@@ -1,0 +1,258 @@
+//! The node's live channel: one PUB/SUB connection to Redis, on the cluster thread, that
+//! carries the announcements of every stream the node follows and the cluster's control
+//! messages.
+//!
+//! PUB/SUB alone may lose messages: a reconnect drops what was published meanwhile, and a
+//! subscription can wedge while the connection looks healthy (after a failover, say). So the
+//! channel is probed: every `PROBE_INTERVAL` the node publishes on a channel of its own and
+//! expects to hear it back within `PROBE_TIMEOUT`; if not, the connection is dropped and made
+//! again. After every (re)connect every shard reads its followed streams from history
+//! (`Resync`) before it trusts the channel again, so a subscriber never sees a hole. The probe
+//! also decides whether the node counts Redis as reachable (`Node::reachable`).
+//!
+//! The same loop keeps the node's heartbeat: its place among the live nodes and the set of
+//! access ids it has WebSocket sessions for (`/clients`), written whole again when Redis lost
+//! it or a shard's update of it failed.
+//!
+//! Handles `Command`s from the shards; sends `Announced`, `Resync`, `CloseStream` and
+//! `ListSubscribed` to them.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{scripts, wire, Node};
+use crate::broker::messages::{Announced, CloseReason, CloseStream, ListSubscribed, Resync};
+use crate::broker::shards::Brokers;
+use crate::event::StreamKind;
+
+/// How often the live channel is probed.
+const PROBE_INTERVAL: Duration = Duration::from_millis(500);
+
+/// A probe not heard back within this means the subscription is broken.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Longest wait between two attempts to reconnect.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// How often the node renews its heartbeat.
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
+
+/// How long a heartbeat lasts: a node that stops renewing it (killed) drops out of `/clients`
+/// after this.
+pub const NODE_TTL: Duration = Duration::from_secs(6);
+
+/// What the shards ask of the live channel.
+pub enum Command {
+    /// Subscribe to a channel; `ready` is answered once the subscription is in place.
+    Follow {
+        channel: String,
+        ready: oneshot::Sender<()>,
+    },
+    /// Unsubscribe from a channel.
+    Unfollow { channel: String },
+}
+
+/// Runs the live channel until the node stops. Must run on its own thread's arbiter.
+pub async fn run(
+    node: Arc<Node>,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    brokers: Brokers,
+) {
+    let mut channels: HashSet<String> = HashSet::new();
+    // Follows asked for while disconnected, answered once subscribed.
+    let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
+    let mut conn = node.connection();
+    let probe_channel = wire::probe_channel(&node.name);
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let connected = async {
+            let (mut sink, stream) = node.client.get_async_pubsub().await?.split();
+            sink.subscribe(&[wire::CONTROL_CHANNEL, probe_channel.as_str()])
+                .await?;
+            let all: Vec<&String> = channels.iter().collect();
+            for chunk in all.chunks(512) {
+                sink.subscribe(chunk).await?;
+            }
+            redis::RedisResult::Ok((sink, stream))
+        };
+        let (mut sink, mut messages) = match tokio::time::timeout(PROBE_TIMEOUT, connected).await {
+            Ok(Ok(pair)) => pair,
+            failed => {
+                node.set_reachable(false);
+                if let Ok(Err(e)) = failed {
+                    log::debug!("live channel: {e}");
+                }
+                // Keep taking commands while away, so shards that follow now are answered
+                // once the channel is back.
+                let until = tokio::time::sleep(backoff);
+                tokio::pin!(until);
+                loop {
+                    tokio::select! {
+                        () = &mut until => break,
+                        command = commands.recv() => match command {
+                            None => return,
+                            Some(command) => note(command, &mut channels, &mut waiting),
+                        },
+                    }
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(50);
+        // The probes confirm it from now on.
+        node.set_reachable(true);
+        for ready in waiting.drain(..) {
+            let _ = ready.send(());
+        }
+        // Whatever was announced while the channel was down is read from history.
+        for shard in brokers.all() {
+            shard.do_send(Resync { stream: None });
+        }
+        let mut probe: Option<(u64, Instant)> = None;
+        let mut probes: u64 = 0;
+        let mut probe_tick = tokio::time::interval(PROBE_INTERVAL);
+        let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
+        loop {
+            tokio::select! {
+                command = commands.recv() => {
+                    let Some(command) = command else { return };
+                    let outcome = match command {
+                        Command::Follow { channel, ready } => {
+                            let subscribed = if channels.insert(channel.clone()) {
+                                sink.subscribe(&channel).await
+                            } else {
+                                Ok(())
+                            };
+                            match subscribed {
+                                Ok(()) => { let _ = ready.send(()); Ok(()) }
+                                Err(e) => { waiting.push(ready); Err(e) }
+                            }
+                        }
+                        Command::Unfollow { channel } => {
+                            if channels.remove(&channel) {
+                                sink.unsubscribe(&channel).await
+                            } else {
+                                Ok(())
+                            }
+                        }
+                    };
+                    if let Err(e) = outcome {
+                        log::warn!("live channel failed ({e}); reconnecting");
+                        break;
+                    }
+                }
+                message = messages.next() => {
+                    let Some(message) = message else {
+                        log::warn!("live channel closed by Redis; reconnecting");
+                        break;
+                    };
+                    let channel = message.get_channel_name();
+                    let payload = message.get_payload_bytes();
+                    if channel == probe_channel {
+                        if probe.is_some_and(|(n, _)| payload == n.to_string().as_bytes()) {
+                            probe = None;
+                            node.set_reachable(true);
+                        }
+                    } else if channel == wire::CONTROL_CHANNEL {
+                        if let Some(stream) = wire::dropped_stream(payload) {
+                            brokers.of(&stream).do_send(CloseStream { stream, reason: CloseReason::Dropped });
+                        }
+                    } else if let Some(stream) = wire::stream_of_channel(channel) {
+                        match wire::decode(&stream, payload) {
+                            Ok(announced) => brokers.of(&stream).do_send(Announced {
+                                stream,
+                                events: announced.events,
+                            }),
+                            Err(e) => {
+                                log::warn!("{stream}: {e}; reading it from history");
+                                brokers.of(&stream).do_send(Resync { stream: Some(stream) });
+                            }
+                        }
+                    }
+                }
+                _ = probe_tick.tick() => {
+                    match probe {
+                        Some((_, sent)) if sent.elapsed() > PROBE_TIMEOUT => {
+                            log::warn!("live channel did not carry its probe within {PROBE_TIMEOUT:?}; reconnecting");
+                            break;
+                        }
+                        Some(_) => {}
+                        None => {
+                            probes += 1;
+                            probe = Some((probes, Instant::now()));
+                            let mut publish = redis::cmd("PUBLISH");
+                            publish.arg(&probe_channel).arg(probes);
+                            let sent = publish.query_async::<i64>(&mut conn);
+                            if tokio::time::timeout(PROBE_TIMEOUT, sent).await.map_or(true, |r| r.is_err()) {
+                                node.set_reachable(false);
+                            }
+                        }
+                    }
+                }
+                _ = heartbeat.tick() => beat(&node, &mut conn, &brokers).await,
+            }
+        }
+        node.set_reachable(false);
+    }
+}
+
+/// A command taken while the channel is down: remembered, answered once it is back.
+fn note(command: Command, channels: &mut HashSet<String>, waiting: &mut Vec<oneshot::Sender<()>>) {
+    match command {
+        Command::Follow { channel, ready } => {
+            channels.insert(channel);
+            waiting.push(ready);
+        }
+        Command::Unfollow { channel } => {
+            channels.remove(&channel);
+        }
+    }
+}
+
+/// Renews the node's heartbeat, and writes its client set again if Redis lost it.
+async fn beat(node: &Node, conn: &mut redis::aio::ConnectionManager, brokers: &Brokers) {
+    let key = wire::clients_key(&node.name);
+    let ttl = NODE_TTL.as_millis().to_string();
+    let mut renewal = scripts::HEARTBEAT.prepare_invoke();
+    renewal
+        .key(wire::NODES_KEY)
+        .key(&key)
+        .arg(&node.name)
+        .arg(&ttl);
+    let stale = node.stale_clients.swap(false, Ordering::Relaxed);
+    match super::answer(node, renewal.invoke_async::<i64>(conn)).await {
+        Ok(1) if !stale => return,
+        Ok(_) => {}
+        Err(e) => {
+            node.stale_clients.fetch_or(stale, Ordering::Relaxed);
+            log::debug!("heartbeat: {e}");
+            return;
+        }
+    }
+    let lists = brokers.all().map(|shard| {
+        shard.send(ListSubscribed {
+            kind: StreamKind::Access,
+        })
+    });
+    let ids: Vec<String> = futures_util::future::join_all(lists)
+        .await
+        .into_iter()
+        .flat_map(Result::unwrap_or_default)
+        .collect();
+    let mut pipe = redis::pipe();
+    pipe.atomic().cmd("DEL").arg(&key).ignore();
+    if !ids.is_empty() {
+        pipe.cmd("SADD").arg(&key).arg(&ids).ignore();
+        pipe.cmd("PEXPIRE").arg(&key).arg(&ttl).ignore();
+    }
+    if let Err(e) = super::answer(node, pipe.exec_async(conn)).await {
+        node.stale_clients.store(true, Ordering::Relaxed);
+        log::debug!("heartbeat: {e}");
+    }
+}

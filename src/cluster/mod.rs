@@ -1,0 +1,435 @@
+//! Cluster mode (`--redis`): several Herald nodes behind one load balancer act as one broker,
+//! through Redis.
+//!
+//! Redis is the order and the truth of every stream: one script per publish assigns positions,
+//! appends to the stream's history (a Redis stream, trimmed to `--history-size` and kept for
+//! `--history-ttl`) and announces the batch on the stream's PUB/SUB channel
+//! (`scripts.rs`, `wire.rs`). Each node's Broker keeps owning its local subscribers: it follows
+//! the streams they read (a snapshot, then announcements) and repairs from history whatever
+//! announcement it missed before it delivers anything newer (`broker::follow`). PUB/SUB is only
+//! the fast path; `live.rs` runs the node's subscription, probes it, and has every stream read
+//! again after a reconnect.
+//!
+//! `Node` is what the whole node shares (its name, the Redis client, whether Redis answers);
+//! `StreamLog` is one Broker shard's connection, created on the shard's own thread so a
+//! publish never leaves it.
+
+pub mod live;
+mod scripts;
+pub mod wire;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::Value;
+use serde_json::value::RawValue;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::broker::history::Retention;
+use crate::config::ClusterConfig;
+use crate::event::{Event, Position, StreamKey};
+
+/// Longest wait for one answer from Redis. A publish that gets none is answered 503; its
+/// script may still have run, as with any request whose answer is lost.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Longest wait for a connection to Redis.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long `start` waits for Redis before refusing to start.
+const START_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why Redis could not do what a node asked.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClusterError {
+    /// The node has no working connection to Redis now; nothing was sent.
+    #[error("Redis is unreachable")]
+    Unreachable,
+    #[error("Redis failed: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("Redis did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error(transparent)]
+    Malformed(#[from] wire::Malformed),
+}
+
+/// What every part of one node shares about the cluster.
+pub struct Node {
+    /// This node's name, unique among the nodes of its Redis.
+    pub name: String,
+    /// Opens connections; cheap to clone.
+    client: redis::Client,
+    /// History bounds, applied in Redis by the scripts.
+    retention: Retention,
+    /// Whether the live channel answers its probes (`live.rs`): `/health` turns 503 and
+    /// publishes are refused at once while it does not.
+    reachable: AtomicBool,
+    /// Commands for the live channel.
+    live: mpsc::UnboundedSender<live::Command>,
+    /// For the HTTP handlers' few requests of their own (`/clients`, `drop_user`).
+    shared: ConnectionManager,
+    /// A shard's bookkeeping could not be written (Redis away): the next heartbeat writes
+    /// this node's client set whole.
+    stale_clients: AtomicBool,
+}
+
+impl Node {
+    /// Checks that Redis answers and prepares the node; `live::run` must then be started with
+    /// the receiver.
+    pub async fn connect(
+        config: &ClusterConfig,
+        retention: Retention,
+    ) -> Result<(Arc<Node>, mpsc::UnboundedReceiver<live::Command>), ClusterError> {
+        let client = redis::Client::open(config.redis_url.as_str())?;
+        let ping = async {
+            let mut conn = client.get_multiplexed_async_connection().await?;
+            redis::cmd("PING").query_async::<()>(&mut conn).await
+        };
+        tokio::time::timeout(START_TIMEOUT, ping)
+            .await
+            .map_err(|_| ClusterError::Timeout(START_TIMEOUT))??;
+        let (live, commands) = mpsc::unbounded_channel();
+        let node = Node {
+            name: config.node.clone(),
+            shared: connection(&client),
+            client,
+            retention,
+            reachable: AtomicBool::new(false),
+            live,
+            stale_clients: AtomicBool::new(false),
+        };
+        Ok((Arc::new(node), commands))
+    }
+
+    /// Whether this node can reach Redis now.
+    pub fn reachable(&self) -> bool {
+        self.reachable.load(Ordering::Relaxed)
+    }
+
+    fn set_reachable(&self, reachable: bool) {
+        if self.reachable.swap(reachable, Ordering::Relaxed) != reachable {
+            if reachable {
+                log::info!("Redis reachable");
+            } else {
+                log::warn!("Redis unreachable: publishes answer 503 until it is back");
+            }
+        }
+    }
+
+    /// A connection of its own for the calling thread (see `connection`).
+    pub fn connection(&self) -> ConnectionManager {
+        connection(&self.client)
+    }
+
+    /// Lists the access ids with a WebSocket session on any live node, sorted.
+    pub async fn clients(&self) -> Result<Vec<String>, ClusterError> {
+        let mut conn = self.shared.clone();
+        let mut listing = scripts::CLIENTS.prepare_invoke();
+        listing.key(wire::NODES_KEY);
+        let mut ids: Vec<String> = answer(self, listing.invoke_async(&mut conn)).await?;
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    /// `drop_user` on every node: see `scripts::DROP`.
+    pub async fn drop_sessions(&self, stream: &StreamKey) -> Result<(), ClusterError> {
+        let mut conn = self.shared.clone();
+        let mut dropping = scripts::DROP.prepare_invoke();
+        dropping
+            .key(wire::NODES_KEY)
+            .arg(&stream.id)
+            .arg(wire::CONTROL_CHANNEL)
+            .arg(wire::drop_message(stream));
+        answer(self, dropping.invoke_async::<i64>(&mut conn))
+            .await
+            .map(drop)
+    }
+
+    /// Leaves the cluster at the end of a drain: off the live nodes, its clients unlisted.
+    pub async fn leave(&self) {
+        let mut conn = self.shared.clone();
+        let mut pipe = redis::pipe();
+        pipe.cmd("ZREM")
+            .arg(wire::NODES_KEY)
+            .arg(&self.name)
+            .ignore();
+        pipe.cmd("DEL").arg(wire::clients_key(&self.name)).ignore();
+        if let Err(e) = answer(self, pipe.exec_async(&mut conn)).await {
+            log::warn!("could not leave the cluster cleanly ({e}); other nodes forget this one within {:?}", live::NODE_TTL);
+        }
+    }
+}
+
+/// A connection that connects on first use, on the thread that first uses it, and reconnects
+/// by itself; every request gives up after `ANSWER_TIMEOUT`.
+fn connection(client: &redis::Client) -> ConnectionManager {
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(ANSWER_TIMEOUT))
+        .set_number_of_retries(1)
+        .set_min_delay(Duration::from_millis(50));
+    ConnectionManager::new_lazy_with_config(client.clone(), config)
+        .expect("a lazy connection manager needs no connection")
+}
+
+/// Runs one request: at once `Unreachable` while Redis is known to be away, else the answer
+/// within `ANSWER_TIMEOUT`.
+async fn answer<T>(
+    node: &Node,
+    request: impl Future<Output = redis::RedisResult<T>>,
+) -> Result<T, ClusterError> {
+    if !node.reachable() {
+        return Err(ClusterError::Unreachable);
+    }
+    match tokio::time::timeout(ANSWER_TIMEOUT, request).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => Err(ClusterError::Timeout(ANSWER_TIMEOUT)),
+    }
+}
+
+/// A stream as Redis holds it, for a node that follows it.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub epoch: u32,
+    /// The newest position ever assigned in this epoch.
+    pub head: u64,
+    /// Retained events after what the node knew (all of them for a new epoch), oldest first.
+    pub events: Vec<Arc<Event>>,
+}
+
+/// One Broker shard's way to the cluster: its own connection, and the node's live channel.
+pub struct StreamLog {
+    node: Arc<Node>,
+    conn: ConnectionManager,
+    /// Bookkeeping nobody waits for, sent in order by one task (a client listed, then
+    /// unlisted, must not reach Redis the other way round).
+    bookkeeping: mpsc::UnboundedSender<(redis::Pipeline, &'static str)>,
+}
+
+impl StreamLog {
+    /// Must be called on the shard's thread: the connection's task runs there.
+    pub fn new(node: Arc<Node>) -> Self {
+        let conn = node.connection();
+        let (bookkeeping, mut queue) = mpsc::unbounded_channel::<(redis::Pipeline, &str)>();
+        let (sender, mut sending) = (node.clone(), conn.clone());
+        actix::spawn(async move {
+            while let Some((pipe, what)) = queue.recv().await {
+                if let Err(e) = answer(&sender, pipe.exec_async(&mut sending)).await {
+                    log::debug!("could not {what}: {e}");
+                    sender.stale_clients.store(true, Ordering::Relaxed);
+                }
+            }
+        });
+        Self {
+            node,
+            conn,
+            bookkeeping,
+        }
+    }
+
+    /// The node this shard runs on.
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
+    /// Appends a batch to `stream` (see `scripts::APPEND`) and answers with its events as
+    /// stored. The batch is in Redis, announced, when this answers `Ok`.
+    pub fn append(
+        &self,
+        stream: &StreamKey,
+        data: Vec<Box<RawValue>>,
+        created: SystemTime,
+    ) -> impl Future<Output = Result<Vec<Arc<Event>>, ClusterError>> + 'static {
+        let mut invocation = scripts::APPEND.prepare_invoke();
+        invocation
+            .key(wire::meta_key(stream))
+            .key(wire::log_key(stream))
+            .arg(wire::live_channel(stream))
+            .arg(self.node.retention.max_events)
+            .arg(ttl_ms(self.node.retention))
+            .arg(wire::micros(created))
+            .arg(rand::random::<u32>());
+        for doc in &data {
+            invocation.arg(doc.get());
+        }
+        let (node, mut conn, stream) = (self.node.clone(), self.conn.clone(), stream.clone());
+        async move {
+            let (epoch, first): (u32, u64) =
+                answer(&node, invocation.invoke_async(&mut conn)).await?;
+            // The stored creation time has µs precision; every node must see the same one.
+            let created = wire::from_micros(wire::micros(created));
+            let events = data
+                .into_iter()
+                .enumerate()
+                .map(|(i, data)| {
+                    let position = Position {
+                        epoch,
+                        seq: first + i as u64,
+                    };
+                    Arc::new(Event::new(stream.clone(), position, created, data))
+                })
+                .collect();
+            Ok(events)
+        }
+    }
+
+    /// Reads `stream` after what the node knows (`known`: its epoch and head), or whole (see
+    /// `scripts::READ`).
+    pub fn read(
+        &self,
+        stream: &StreamKey,
+        known: Option<Position>,
+    ) -> impl Future<Output = Result<Snapshot, ClusterError>> + 'static {
+        let mut invocation = scripts::READ.prepare_invoke();
+        invocation
+            .key(wire::meta_key(stream))
+            .key(wire::log_key(stream))
+            .arg(known.map_or(String::new(), |p| p.epoch.to_string()))
+            .arg(known.map_or(0, |p| p.seq))
+            .arg(rand::random::<u32>())
+            .arg(ttl_ms(self.node.retention));
+        let (node, mut conn, stream) = (self.node.clone(), self.conn.clone(), stream.clone());
+        async move {
+            let (epoch, head, entries): (u32, u64, Vec<Value>) =
+                answer(&node, invocation.invoke_async(&mut conn)).await?;
+            let events = entries
+                .iter()
+                .map(|entry| log_entry(&stream, epoch, entry))
+                .collect::<Result<_, _>>()?;
+            Ok(Snapshot {
+                epoch,
+                head,
+                events,
+            })
+        }
+    }
+
+    /// Subscribes the node to `stream`'s announcements; answers once the subscription is in
+    /// place (after Redis is back, if it is away).
+    pub fn follow(&self, stream: &StreamKey) -> impl Future<Output = ()> + 'static {
+        let (ready, subscribed) = oneshot::channel();
+        let _ = self.node.live.send(live::Command::Follow {
+            channel: wire::live_channel(stream),
+            ready,
+        });
+        async move {
+            let _ = subscribed.await;
+        }
+    }
+
+    /// Ends the node's subscription to `stream`.
+    pub fn unfollow(&self, stream: &StreamKey) {
+        let _ = self.node.live.send(live::Command::Unfollow {
+            channel: wire::live_channel(stream),
+        });
+    }
+
+    /// Keeps the meta of streams this node follows from expiring while it follows them, so a
+    /// stream idle for longer than `--history-ttl` keeps its epoch, and its subscribers' cursors.
+    pub fn keep(&self, streams: impl Iterator<Item = StreamKey>) {
+        let mut pipe = redis::pipe();
+        let ttl = ttl_ms(self.node.retention);
+        for stream in streams {
+            pipe.cmd("PEXPIRE")
+                .arg(wire::meta_key(&stream))
+                .arg(&ttl)
+                .ignore();
+        }
+        self.fire(pipe, "keep followed streams");
+    }
+
+    /// Takes a place among `stream`'s waiting long-polls, if fewer than `max` wait (counted on
+    /// every node); with no `lease`, only counts. See `scripts::ADMIT`.
+    pub fn admit(
+        &self,
+        stream: &StreamKey,
+        max: usize,
+        lease: Option<(&str, Duration)>,
+    ) -> impl Future<Output = Result<bool, ClusterError>> + 'static {
+        let mut invocation = scripts::ADMIT.prepare_invoke();
+        let (id, ms) = lease.map_or(("", 0), |(id, length)| (id, length.as_millis()));
+        invocation
+            .key(wire::polls_key(stream))
+            .arg(max)
+            .arg(id)
+            .arg(ms.to_string());
+        let (node, mut conn) = (self.node.clone(), self.conn.clone());
+        async move {
+            let admitted: i64 = answer(&node, invocation.invoke_async(&mut conn)).await?;
+            Ok(admitted == 1)
+        }
+    }
+
+    /// Gives a long-poll's place back.
+    pub fn release(&self, stream: &StreamKey, lease: &str) {
+        let mut pipe = redis::pipe();
+        pipe.cmd("ZREM")
+            .arg(wire::polls_key(stream))
+            .arg(lease)
+            .ignore();
+        self.fire(pipe, "release a long-poll's place");
+    }
+
+    /// Lists or unlists an access id among this node's WebSocket clients (`/clients`).
+    pub fn present(&self, access_id: &str, present: bool) {
+        let key = wire::clients_key(&self.node.name);
+        let mut pipe = redis::pipe();
+        if present {
+            pipe.cmd("SADD").arg(&key).arg(access_id).ignore();
+            pipe.cmd("PEXPIRE")
+                .arg(&key)
+                .arg(live::NODE_TTL.as_millis().to_string())
+                .ignore();
+        } else {
+            pipe.cmd("SREM").arg(&key).arg(access_id).ignore();
+        }
+        self.fire(pipe, "update this node's clients");
+    }
+
+    /// Queues bookkeeping nobody waits for. A failure heals by itself: leases end, the next
+    /// heartbeat writes the client set whole, followed streams' meta is kept again.
+    fn fire(&self, pipe: redis::Pipeline, what: &'static str) {
+        let _ = self.bookkeeping.send((pipe, what));
+    }
+}
+
+/// `--history-ttl` in milliseconds, as `PEXPIRE` takes it (at least 1).
+fn ttl_ms(retention: Retention) -> String {
+    retention.ttl.as_millis().max(1).to_string()
+}
+
+/// One entry of a stream's log (`[id, [field, value, ...]]`) as the event it stores.
+fn log_entry(stream: &StreamKey, epoch: u32, entry: &Value) -> Result<Arc<Event>, wire::Malformed> {
+    let bad = wire::Malformed { what: "log entry" };
+    let Value::Array(parts) = entry else {
+        return Err(bad);
+    };
+    let [Value::BulkString(id), Value::Array(fields)] = parts.as_slice() else {
+        return Err(bad);
+    };
+    let seq = wire::entry_seq(id).ok_or(bad.clone())?;
+    let (mut created, mut data) = (None, None);
+    for pair in fields.chunks(2) {
+        if let [Value::BulkString(name), Value::BulkString(value)] = pair {
+            match name.as_slice() {
+                b"t" => created = std::str::from_utf8(value).ok().and_then(|t| t.parse().ok()),
+                b"d" => data = wire::document(value),
+                _ => {}
+            }
+        }
+    }
+    let (Some(created), Some(data)) = (created, data) else {
+        return Err(bad);
+    };
+    let position = Position { epoch, seq };
+    Ok(Arc::new(Event::new(
+        stream.clone(),
+        position,
+        wire::from_micros(created),
+        data,
+    )))
+}

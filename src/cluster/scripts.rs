@@ -1,0 +1,156 @@
+//! The Lua scripts that make Redis the order and the truth of every stream. Each runs
+//! atomically: a publish is either appended and announced whole, or not at all.
+//!
+//! Invariant the scripts keep: a stream's log holds no entry beyond its meta's `head`. Both are
+//! written together, and a meta that is missing (a Redis that lost it, or a stream idle past
+//! its ttl) starts a new epoch with an emptied log, so old cursors read as gaps instead of
+//! pointing at unrelated events.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// Appends one publish's batch to a stream and announces it.
+///
+/// KEYS: meta, log. ARGV: live channel, `--history-size`, `--history-ttl` in ms, creation
+/// time in µs, a fresh random epoch (used only if the stream has none), then one JSON document
+/// per event. Returns `{epoch, first seq}`.
+pub static APPEND: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = ARGV[5]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'head', 0)
+end
+local n = #ARGV - 5
+local last = redis.call('HINCRBY', KEYS[1], 'head', n)
+local first = last - n + 1
+local out = {epoch, ' ', string.format('%d', first), ' ', ARGV[4], '\n'}
+for i = 1, n do
+  local doc = ARGV[5 + i]
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], string.format('%d-0', first + i - 1),
+    't', ARGV[4], 'd', doc)
+  out[#out + 1] = string.format('%d:', #doc)
+  out[#out + 1] = doc
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('PUBLISH', ARGV[1], table.concat(out))
+return {tonumber(epoch), first}
+"#,
+    )
+});
+
+/// Reads a stream as a node that follows it needs it: its epoch, its head, and the retained
+/// events after what the node has.
+///
+/// KEYS: meta, log. ARGV: the epoch the node knows (`""` for none), the head it knows, a fresh
+/// random epoch, `--history-ttl` in ms. Returns `{epoch, head, entries}`: the entries after the
+/// known head when the epoch is the known one, else every retained entry.
+///
+/// A stream without meta gets one (a new epoch, head 0), so every node agrees from now on. A
+/// head below the one the node knows means Redis lost acknowledged events (restarted from an
+/// older snapshot): their positions would be handed out again, so the stream moves to a new
+/// epoch, and cursors into the lost part become gaps on every node.
+pub static READ: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local meta = redis.call('HMGET', KEYS[1], 'epoch', 'head')
+local epoch, head = meta[1], meta[2]
+if not epoch then
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'epoch', ARGV[3], 'head', 0)
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+  return {tonumber(ARGV[3]), 0, {}}
+end
+local from = '-'
+if epoch == ARGV[1] then
+  if tonumber(head) < tonumber(ARGV[2]) then
+    epoch = ARGV[3]
+    redis.call('HSET', KEYS[1], 'epoch', epoch)
+  else
+    from = '(' .. ARGV[2] .. '-0'
+  end
+end
+return {tonumber(epoch), tonumber(head), redis.call('XRANGE', KEYS[2], from, '+')}
+"#,
+    )
+});
+
+/// Admits a long-poll under the per-instance listener limit, across every node.
+///
+/// KEYS: the instance's polls set. ARGV: the limit, the poll's lease id (`""` only counts), the
+/// lease's length in ms. Leases are scored by when they end, on Redis's clock, so the polls of
+/// a node that died stop counting once their deadline has passed. Returns 1 if admitted.
+pub static ADMIT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
+  return 0
+end
+if ARGV[2] ~= '' then
+  local ends = now + tonumber(ARGV[3])
+  redis.call('ZADD', KEYS[1], ends, ARGV[2])
+  local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+  redis.call('PEXPIREAT', KEYS[1], last[2])
+end
+return 1
+"#,
+    )
+});
+
+/// Lists the access ids with a WebSocket session on any live node.
+///
+/// KEYS: the nodes set. Forgets nodes whose heartbeat ended, then returns the union of the
+/// live nodes' client sets (unsorted).
+pub static CLIENTS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local t = redis.call('TIME')
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', tonumber(t[1]) * 1000)
+local keys = {}
+for _, node in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  keys[#keys + 1] = 'herald:node:' .. node .. ':clients'
+end
+if #keys == 0 then return {} end
+return redis.call('SUNION', unpack(keys))
+"#,
+    )
+});
+
+/// `drop_user` for the whole cluster: takes the access id out of every node's client set, so a
+/// listing right after the answer no longer shows it, and tells every node to close the
+/// sessions.
+///
+/// KEYS: the nodes set. ARGV: the access id, the control channel, the control message.
+pub static DROP: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+for _, node in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  redis.call('SREM', 'herald:node:' .. node .. ':clients', ARGV[1])
+end
+return redis.call('PUBLISH', ARGV[2], ARGV[3])
+"#,
+    )
+});
+
+/// A node's heartbeat: keeps it among the live nodes and its client set alive.
+///
+/// KEYS: the nodes set, the node's client set. ARGV: the node, how long the heartbeat lasts in
+/// ms. Returns 0 when the client set was gone (a Redis that lost it), so the node writes it
+/// again.
+pub static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+return redis.call('PEXPIRE', KEYS[2], ARGV[2])
+"#,
+    )
+});

@@ -1,0 +1,197 @@
+//! Cluster mode: several `herald serve --redis` processes on one real `redis-server` (started
+//! here on a random port, in a directory of its own), talked to with real clients.
+//!
+//! `faces.rs`: every face across nodes. `failures.rs`: nodes killed, the live channel cut, Redis
+//! restarted, stopped or emptied.
+
+mod faces;
+mod failures;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use awc::http::StatusCode;
+use serde_json::{json, Value};
+
+use crate::common::*;
+use crate::process::{serve, Served};
+
+/// How Redis keeps its data.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Persistence {
+    /// Nothing: a restart starts empty.
+    None,
+    /// AOF with `appendfsync always`: what was acknowledged survives even `kill -9`.
+    Always,
+}
+
+/// A `redis-server` of the test's own.
+pub struct Redis {
+    child: Option<Child>,
+    pub port: u16,
+    /// Its working directory (the AOF lives there); removed with the test.
+    dir: tempfile::TempDir,
+    persistence: Persistence,
+}
+
+impl Redis {
+    pub fn start(persistence: Persistence) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut redis = Self {
+            child: None,
+            port,
+            dir: tempfile::tempdir().expect("a directory for Redis"),
+            persistence,
+        };
+        redis.spawn();
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        match self.persistence {
+            Persistence::None => cmd.args(["--appendonly", "no"]),
+            Persistence::Always => cmd.args(["--appendonly", "yes", "--appendfsync", "always"]),
+        };
+        let child = cmd
+            .spawn()
+            .expect("redis-server runs (Debian package redis-server; .ci/run installs it)");
+        self.child = Some(child);
+        let started = Instant::now();
+        while self.command(&["PING"]).as_deref() != Some("+PONG") {
+            assert!(started.elapsed() < DEADLINE, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// `kill -9`, then waits for the process to be gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port and directory (with its AOF, if it keeps one).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Sends one command (arguments without spaces) and reads the first line of the answer;
+    /// `None` if Redis does not answer.
+    pub fn command(&self, args: &[&str]) -> Option<String> {
+        let mut conn = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        conn.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        let mut request = format!("*{}\r\n", args.len());
+        for arg in args {
+            request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+        }
+        conn.write_all(request.as_bytes()).ok()?;
+        let mut answer = [0u8; 512];
+        let n = conn.read(&mut answer).ok()?;
+        let text = String::from_utf8_lossy(&answer[..n]).to_string();
+        text.lines().next().map(str::to_string)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Starts a node of the cluster on `redis`, with the test secret and publisher key.
+pub fn node(redis: &Redis, name: &str, extra: &[&str]) -> Served {
+    let url = redis.url();
+    let mut args = vec![
+        "--redis",
+        &url,
+        "--node-name",
+        name,
+        "--jwt-secret",
+        SECRET,
+        "--publisher-key",
+        PUBLISHER_KEY,
+    ];
+    args.extend_from_slice(extra);
+    serve(&args)
+}
+
+/// `http://host:port` of a node.
+pub fn root(node: &Served) -> String {
+    format!("http://{}", node.addr)
+}
+
+/// Publishes status events to `client`'s stream on the node at `root`, one request each;
+/// answers their ids.
+pub async fn publish(root: &str, client_id: &str, count: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for _ in 0..count {
+        let (status, body) = try_publish(root, client_id)
+            .await
+            .expect("publish answered");
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        ids.push(body["ids"][0].as_str().expect("an id").to_string());
+    }
+    ids
+}
+
+/// One status event to `client`'s stream; `None` if the node did not answer at all.
+pub async fn try_publish(root: &str, client_id: &str) -> Option<(StatusCode, Value)> {
+    let body = json!({"documentId": uuid::Uuid::new_v4(), "status": "PENDING"});
+    let mut res = client()
+        .post(format!("{root}/events/client/{client_id}"))
+        .bearer_auth(PUBLISHER_KEY)
+        .send_json(&body)
+        .await
+        .ok()?;
+    let json = res.json::<Value>().await.ok()?;
+    Some((res.status(), json))
+}
+
+/// Opens `client`'s SSE stream on the node at `root`, resuming after `last` if given.
+pub async fn sse(root: &str, client_id: &str, last: Option<&str>) -> SseClient {
+    let mut req = client()
+        .get(format!("{root}/events/client"))
+        .insert_header(("Accept", "text/event-stream"))
+        .bearer_auth(token(client_id, &[]));
+    if let Some(last) = last {
+        req = req.insert_header(("Last-Event-ID", last));
+    }
+    let stream = SseClient::open(req).await;
+    assert_eq!(stream.status, StatusCode::OK);
+    stream
+}
+
+/// The ids of the next `n` events of an SSE stream (failing on anything else).
+pub async fn sse_ids(stream: &mut SseClient, n: usize) -> Vec<String> {
+    let mut ids = Vec::with_capacity(n);
+    while ids.len() < n {
+        let event = stream.expect_event().await;
+        assert_eq!(event.event, "message", "{event:?}");
+        ids.push(event.id);
+    }
+    ids
+}
+
+/// `GET /health` of a node: its status code.
+pub async fn health(root: &str) -> Option<StatusCode> {
+    let res = client().get(format!("{root}/health")).send().await.ok()?;
+    Some(res.status())
+}
