@@ -176,30 +176,49 @@ pub async fn run(
                         }
                     }
                 }
-                _ = probe_tick.tick() => {
-                    match probe {
-                        Some((_, sent)) if sent.elapsed() > PROBE_TIMEOUT => {
-                            log::warn!("live channel did not carry its probe within {PROBE_TIMEOUT:?}; reconnecting");
-                            break;
-                        }
-                        Some(_) => {}
-                        None => {
-                            probes += 1;
-                            probe = Some((probes, Instant::now()));
-                            let mut publish = redis::cmd("PUBLISH");
-                            publish.arg(&probe_channel).arg(probes);
-                            let sent = publish.query_async::<i64>(&mut conn);
-                            if tokio::time::timeout(PROBE_TIMEOUT, sent).await.map_or(true, |r| r.is_err()) {
+                _ = probe_tick.tick() => match probe {
+                    Some((_, sent)) if sent.elapsed() > PROBE_TIMEOUT => {
+                        log::warn!("live channel did not carry its probe within {PROBE_TIMEOUT:?}; reconnecting");
+                        break;
+                    }
+                    Some(_) => {}
+                    None => {
+                        probes += 1;
+                        match send_probe(&mut conn, &probe_channel, probes).await {
+                            Ok(()) => probe = Some((probes, Instant::now())),
+                            // Tried again at the next tick.
+                            Err(e) => {
+                                log::debug!("probe: {e}");
                                 node.set_reachable(false);
                             }
                         }
                     }
-                }
+                },
                 _ = heartbeat.tick() => beat(&node, &mut conn, &brokers).await,
             }
         }
-        node.set_reachable(false);
+        // Reconnected at once; Redis counts as unreachable only if that fails.
     }
+}
+
+/// Publishes a probe; a connection that broke (Redis restarted) is tried once more, on the
+/// connection the manager makes anew.
+async fn send_probe(
+    conn: &mut redis::aio::ConnectionManager,
+    channel: &str,
+    n: u64,
+) -> Result<(), super::ClusterError> {
+    let mut publish = redis::cmd("PUBLISH");
+    publish.arg(channel).arg(n);
+    for attempt in 0..2 {
+        match tokio::time::timeout(PROBE_TIMEOUT, publish.query_async::<i64>(conn)).await {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(e)) if attempt == 0 && super::broken(&e) => {}
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => return Err(super::ClusterError::Timeout(PROBE_TIMEOUT)),
+        }
+    }
+    unreachable!("the second attempt returns")
 }
 
 /// A command taken while the channel is down: remembered, answered once it is back.

@@ -237,29 +237,42 @@ impl StreamLog {
     }
 
     /// Appends a batch to `stream` (see `scripts::APPEND`) and answers with its events as
-    /// stored. The batch is in Redis, announced, when this answers `Ok`.
+    /// stored. The batch is in Redis, announced, when this answers `Ok`. A connection that
+    /// broke on the way is retried once: the script recognises a batch it already applied.
     pub fn append(
         &self,
         stream: &StreamKey,
         data: Vec<Box<RawValue>>,
         created: SystemTime,
     ) -> impl Future<Output = Result<Vec<Arc<Event>>, ClusterError>> + 'static {
-        let mut invocation = scripts::APPEND.prepare_invoke();
-        invocation
-            .key(wire::meta_key(stream))
-            .key(wire::log_key(stream))
-            .arg(wire::live_channel(stream))
-            .arg(self.node.retention.max_events)
-            .arg(ttl_ms(self.node.retention))
-            .arg(wire::micros(created))
-            .arg(rand::random::<u32>());
-        for doc in &data {
-            invocation.arg(doc.get());
-        }
+        let publish_id = format!("{:016x}", rand::random::<u64>());
+        let invocation = |retry: bool| {
+            let mut invocation = scripts::APPEND.prepare_invoke();
+            invocation
+                .key(wire::meta_key(stream))
+                .key(wire::log_key(stream))
+                .arg(wire::live_channel(stream))
+                .arg(self.node.retention.max_events)
+                .arg(ttl_ms(self.node.retention))
+                .arg(wire::micros(created))
+                .arg(rand::random::<u32>())
+                .arg(&publish_id)
+                .arg(if retry { "1" } else { "0" });
+            for doc in &data {
+                invocation.arg(doc.get());
+            }
+            invocation
+        };
+        let (first_try, retry) = (invocation(false), invocation(true));
         let (node, mut conn, stream) = (self.node.clone(), self.conn.clone(), stream.clone());
         async move {
             let (epoch, first): (u32, u64) =
-                answer(&node, invocation.invoke_async(&mut conn)).await?;
+                match answer(&node, first_try.invoke_async(&mut conn)).await {
+                    Err(ClusterError::Redis(e)) if broken(&e) => {
+                        answer(&node, retry.invoke_async(&mut conn)).await?
+                    }
+                    other => other?,
+                };
             // The stored creation time has µs precision; every node must see the same one.
             let created = wire::from_micros(wire::micros(created));
             let events = data
@@ -295,7 +308,13 @@ impl StreamLog {
         let (node, mut conn, stream) = (self.node.clone(), self.conn.clone(), stream.clone());
         async move {
             let (epoch, head, entries): (u32, u64, Vec<Value>) =
-                answer(&node, invocation.invoke_async(&mut conn)).await?;
+                match answer(&node, invocation.invoke_async(&mut conn)).await {
+                    // A read can always be repeated.
+                    Err(ClusterError::Redis(e)) if broken(&e) => {
+                        answer(&node, invocation.invoke_async(&mut conn)).await?
+                    }
+                    other => other?,
+                };
             let events = entries
                 .iter()
                 .map(|entry| log_entry(&stream, epoch, entry))
@@ -395,6 +414,12 @@ impl StreamLog {
     fn fire(&self, pipe: redis::Pipeline, what: &'static str) {
         let _ = self.bookkeeping.send((pipe, what));
     }
+}
+
+/// Whether a request failed because its connection broke (Redis restarted, say): the manager
+/// reconnects, so the request may be tried again on the new connection.
+pub(crate) fn broken(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal()
 }
 
 /// `--history-ttl` in milliseconds, as `PEXPIRE` takes it (at least 1).

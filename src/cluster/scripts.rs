@@ -13,25 +13,44 @@ use redis::Script;
 /// Appends one publish's batch to a stream and announces it.
 ///
 /// KEYS: meta, log. ARGV: live channel, `--history-size`, `--history-ttl` in ms, creation
-/// time in µs, a fresh random epoch (used only if the stream has none), then one JSON document
-/// per event. Returns `{epoch, first seq}`.
+/// time in µs, a fresh random epoch (used only if the stream has none), the publish's own
+/// random id, whether this is a retry (`1`), then one JSON document per event. Returns
+/// `{epoch, first seq}`.
+///
+/// Each entry keeps its publish's id (`p`). A retry (the connection broke before the answer
+/// came) first looks for it among the retained entries: if the first attempt was applied, its
+/// positions are answered and nothing is appended twice.
 pub static APPEND: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if epoch and ARGV[7] == '1' then
+  -- Newest first; a publish's entries are contiguous, and fields are written t, d, p.
+  local first = nil
+  for _, entry in ipairs(redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[2])) do
+    if entry[2][6] == ARGV[6] then
+      first = tonumber(string.match(entry[1], '^(%d+)-'))
+    elseif first then
+      break
+    end
+  end
+  if first then
+    return {tonumber(epoch), first}
+  end
+end
 if not epoch then
   epoch = ARGV[5]
   redis.call('DEL', KEYS[2])
   redis.call('HSET', KEYS[1], 'epoch', epoch, 'head', 0)
 end
-local n = #ARGV - 5
+local n = #ARGV - 7
 local last = redis.call('HINCRBY', KEYS[1], 'head', n)
 local first = last - n + 1
 local out = {epoch, ' ', string.format('%d', first), ' ', ARGV[4], '\n'}
 for i = 1, n do
-  local doc = ARGV[5 + i]
+  local doc = ARGV[7 + i]
   redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], string.format('%d-0', first + i - 1),
-    't', ARGV[4], 'd', doc)
+    't', ARGV[4], 'd', doc, 'p', ARGV[6])
   out[#out + 1] = string.format('%d:', #doc)
   out[#out + 1] = doc
 end

@@ -175,6 +175,15 @@ impl SseClient {
         }
     }
 
+    /// The next event; `None` when the stream ends, cleanly or not (the server was killed).
+    pub async fn next_or_end(&mut self) -> Option<SseEvent> {
+        match actix_rt::time::timeout(DEADLINE, self.events.next()).await {
+            Ok(Some(Ok(event))) => Some(event),
+            Ok(Some(Err(_)) | None) => None,
+            Err(_) => panic!("no SSE event within {DEADLINE:?}"),
+        }
+    }
+
     /// Asserts nothing arrives within `quiet`.
     pub async fn expect_silence(&mut self, quiet: Duration) {
         if let Ok(item) = actix_rt::time::timeout(quiet, self.events.next()).await {
