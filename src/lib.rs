@@ -31,6 +31,8 @@ use broker::shards::{self, Shards};
 use broker::{Broker, Engine};
 pub use config::Config;
 use store::{SqliteStore, Store, StoreWriter};
+use webhook::messages::DrainWebhooks;
+use webhook::subscriptions::Subscriptions;
 use webhook::{DispatcherSettings, WebhookDispatcher, WebhookState};
 
 /// Why the server could not start. Each message names what to fix.
@@ -71,6 +73,8 @@ pub struct Herald {
     state: web::Data<AppState>,
     /// Flushed at the end of a shutdown.
     store: StoreWriter,
+    /// The webhook dispatcher, told to finish its attempts under way at a shutdown.
+    drain_webhooks: actix::Recipient<DrainWebhooks>,
     /// Keeps the WebhookDispatcher's thread alive for the server's lifetime.
     _webhook_thread: Arbiter,
     /// Cluster mode: the thread of the live channel (`cluster::live`).
@@ -154,22 +158,46 @@ pub async fn start(config: Config) -> Result<Herald, StartError> {
         allow_private: config.dev || config.webhook_allow_private,
     };
     let webhook_metrics = metrics.clone();
-    let webhook_store = store.clone();
-    let webhooks: Addr<WebhookDispatcher> =
-        WebhookDispatcher::start_in_arbiter(&webhook_thread.handle(), move |_| {
-            WebhookDispatcher::new(settings, saved.webhooks, webhook_metrics, webhook_store)
-        });
-    // Queued first in every shard's mailbox, so it is handled before any dashboard event.
-    // In a cluster, webhook deliveries are not made from this node's Broker.
-    for shard in brokers.all().filter(|_| node.is_none()) {
-        shard.do_send(WatchKind {
-            kind: event::StreamKind::Country,
-            deliver: webhooks.clone().recipient(),
-            after: saved.checkpoints.clone(),
-        });
-    }
-    let registry =
-        dashboard::Registry::new(brokers.clone(), saved.registrations, store.clone()).start();
+    let (subscriptions, drain_webhooks) = match &node {
+        // In a cluster, deliveries are made in Redis by the publish of each dashboard event,
+        // and every node's dispatcher takes its share of them.
+        Some(node) => {
+            let node = node.clone();
+            let shared = cluster::webhooks::SharedWebhooks::new(node.clone());
+            let dispatcher = webhook::cluster::ClusterDispatcher::start_in_arbiter(
+                &webhook_thread.handle(),
+                move |_| webhook::cluster::ClusterDispatcher::new(node, settings, webhook_metrics),
+            );
+            (Subscriptions::Shared(shared), dispatcher.recipient())
+        }
+        None => {
+            let webhook_store = store.clone();
+            let webhooks: Addr<WebhookDispatcher> =
+                WebhookDispatcher::start_in_arbiter(&webhook_thread.handle(), move |_| {
+                    WebhookDispatcher::new(settings, saved.webhooks, webhook_metrics, webhook_store)
+                });
+            // Queued first in every shard's mailbox, so it is handled before any dashboard
+            // event.
+            for shard in brokers.all() {
+                shard.do_send(WatchKind {
+                    kind: event::StreamKind::Country,
+                    deliver: webhooks.clone().recipient(),
+                    after: saved.checkpoints.clone(),
+                });
+            }
+            (Subscriptions::Local(webhooks.clone()), webhooks.recipient())
+        }
+    };
+    let registrations = match &node {
+        Some(node) => dashboard::Registrations::Shared(
+            cluster::registrations::SharedRegistrations::new(node.clone()),
+        ),
+        None => dashboard::Registrations::Local {
+            list: saved.registrations,
+            store: store.clone(),
+        },
+    };
+    let registry = dashboard::Registry::new(brokers.clone(), registrations).start();
 
     let listener = bind(config.listen).map_err(|source| StartError::Listen {
         addr: config.listen,
@@ -197,7 +225,7 @@ pub async fn start(config: Config) -> Result<Herald, StartError> {
         verifier,
         draining: AtomicBool::new(false),
         registry,
-        webhooks,
+        subscriptions,
         started: std::time::Instant::now(),
         dev_sink: api::dashboard::dev_sink::DevSink::default(),
         cluster: node,
@@ -218,6 +246,7 @@ pub async fn start(config: Config) -> Result<Herald, StartError> {
         served: actix_web::rt::spawn(server),
         state,
         store,
+        drain_webhooks,
         _webhook_thread: webhook_thread,
         _cluster_thread: cluster_thread,
     })
@@ -286,13 +315,7 @@ impl Herald {
         }
         // Webhook attempts under way finish (each within --webhook-timeout); due ones stay
         // pending.
-        if self
-            .state
-            .webhooks
-            .send(webhook::messages::DrainWebhooks)
-            .await
-            .is_err()
-        {
+        if self.drain_webhooks.send(DrainWebhooks).await.is_err() {
             log::error!("webhook dispatcher stopped before the drain");
         }
         if let Some(node) = &self.state.cluster {

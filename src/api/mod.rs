@@ -36,8 +36,8 @@ pub struct AppState {
     pub connections: Arc<Connections>,
     /// Owner of the dashboard registrations.
     pub registry: Addr<crate::dashboard::Registry>,
-    /// Owner of webhook subscriptions and deliveries.
-    pub webhooks: Addr<crate::webhook::WebhookDispatcher>,
+    /// Where webhook subscriptions and their attempt logs are kept.
+    pub subscriptions: crate::webhook::subscriptions::Subscriptions,
     /// When the server started, for `/dashboard/v1/status`.
     pub started: std::time::Instant,
     /// What `/dev/webhook-sink` received (`--dev` only).

@@ -15,7 +15,9 @@
 //! publish never leaves it.
 
 pub mod live;
+pub mod registrations;
 mod scripts;
+pub mod webhooks;
 pub mod wire;
 
 use std::future::Future;
@@ -54,6 +56,9 @@ pub enum ClusterError {
     Timeout(Duration),
     #[error(transparent)]
     Malformed(#[from] wire::Malformed),
+    /// A change kept meeting other nodes' changes to the same record.
+    #[error("too many concurrent changes; try again")]
+    Contended,
 }
 
 /// What every part of one node shares about the cluster.
@@ -246,18 +251,30 @@ impl StreamLog {
         created: SystemTime,
     ) -> impl Future<Output = Result<Vec<Arc<Event>>, ClusterError>> + 'static {
         let publish_id = format!("{:016x}", rand::random::<u64>());
+        // Dashboard events make their webhook deliveries in the same script.
+        let dashboard = stream.kind == crate::event::StreamKind::Country;
+        let webhook_time = if dashboard {
+            humantime::format_rfc3339_millis(created).to_string()
+        } else {
+            String::new()
+        };
         let invocation = |retry: bool| {
             let mut invocation = scripts::APPEND.prepare_invoke();
             invocation
                 .key(wire::meta_key(stream))
-                .key(wire::log_key(stream))
+                .key(wire::log_key(stream));
+            if dashboard {
+                invocation.key(webhooks::SUBSCRIPTIONS).key(webhooks::DUE);
+            }
+            invocation
                 .arg(wire::live_channel(stream))
                 .arg(self.node.retention.max_events)
                 .arg(ttl_ms(self.node.retention))
                 .arg(wire::micros(created))
                 .arg(rand::random::<u32>())
                 .arg(&publish_id)
-                .arg(if retry { "1" } else { "0" });
+                .arg(if retry { "1" } else { "0" })
+                .arg(&webhook_time);
             for doc in &data {
                 invocation.arg(doc.get());
             }

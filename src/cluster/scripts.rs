@@ -12,14 +12,22 @@ use redis::Script;
 
 /// Appends one publish's batch to a stream and announces it.
 ///
-/// KEYS: meta, log. ARGV: live channel, `--history-size`, `--history-ttl` in ms, creation
-/// time in µs, a fresh random epoch (used only if the stream has none), the publish's own
-/// random id, whether this is a retry (`1`), then one JSON document per event. Returns
-/// `{epoch, first seq}`.
+/// KEYS: meta, log, and for a dashboard (`country:`) stream also the webhook subscriptions
+/// and the due deliveries (`webhooks.rs`). ARGV: live channel, `--history-size`,
+/// `--history-ttl` in ms, creation time in µs, a fresh random epoch (used only if the stream
+/// has none), the publish's own random id, whether this is a retry (`1`), the creation time as
+/// the webhook body's `time` (`""` but for dashboard streams), then one JSON document per
+/// event. Returns `{epoch, first seq}`.
 ///
 /// Each entry keeps its publish's id (`p`). A retry (the connection broke before the answer
 /// came) first looks for it among the retained entries: if the first attempt was applied, its
-/// positions are answered and nothing is appended twice.
+/// positions are answered and nothing is appended, or delivered, twice.
+///
+/// A dashboard event also gets its webhook deliveries here, in the same atomic step: one per
+/// matching subscription, each a record and an entry in the due stream, its `webhook-id`
+/// derived from the publish, the event and the subscription. The body is built as a single
+/// node builds it (keys in order); its values (an ISO code, an event name, a UUID, a time)
+/// need no escaping.
 pub static APPEND: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -43,16 +51,34 @@ if not epoch then
   redis.call('DEL', KEYS[2])
   redis.call('HSET', KEYS[1], 'epoch', epoch, 'head', 0)
 end
-local n = #ARGV - 7
+local n = #ARGV - 8
 local last = redis.call('HINCRBY', KEYS[1], 'head', n)
 local first = last - n + 1
 local out = {epoch, ' ', string.format('%d', first), ' ', ARGV[4], '\n'}
 for i = 1, n do
-  local doc = ARGV[7 + i]
+  local doc = ARGV[8 + i]
   redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], string.format('%d-0', first + i - 1),
     't', ARGV[4], 'd', doc, 'p', ARGV[6])
   out[#out + 1] = string.format('%d:', #doc)
   out[#out + 1] = doc
+end
+if #KEYS == 4 then
+  local subscriptions = redis.call('HVALS', KEYS[3])
+  for i = 1, n do
+    local event = cjson.decode(ARGV[8 + i])
+    for _, json in ipairs(subscriptions) do
+      local s = cjson.decode(json)
+      if not s.disabled and s.event == event.event
+          and (s.country == '' or s.country == event.country) then
+        local id = 'msg_' .. string.sub(redis.sha1hex(ARGV[6] .. ':' .. i .. ':' .. s.id), 1, 32)
+        local body = '{"country":"' .. event.country .. '","event":"' .. event.event ..
+          '","id":"' .. s.id .. '","time":"' .. ARGV[8] .. '"}'
+        redis.call('HSET', 'herald:wh:delivery:' .. id, 'subscription', s.id,
+          'event', event.event, 'country', event.country, 'body', body, 'attempts', 0)
+        redis.call('XADD', KEYS[4], '*', 'id', id)
+      end
+    end
+  end
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])

@@ -4,6 +4,11 @@
 //! `country:<ISO>` through the Broker (durable and in history, like every event); the reply
 //! waits for the Broker's acknowledgement. The Broker hands committed country events to the
 //! `WebhookDispatcher`. Sends `Publish` to the Broker.
+//!
+//! On a node of its own the Registry holds the registrations and the store keeps them; in a
+//! cluster they are in Redis (`cluster::registrations`), shared by every node's Registry, and
+//! each change's event (with its webhook deliveries) is published once, by the node that made
+//! it.
 
 pub mod registration;
 
@@ -15,6 +20,8 @@ use serde_json::Value;
 
 use crate::broker::messages::{Publish, PublishError};
 use crate::broker::shards::Brokers;
+use crate::cluster::registrations::{SharedRegistrations, Updated};
+use crate::cluster::ClusterError;
 use crate::event::{StreamKey, StreamKind};
 use crate::store::{Record, StoreWriter, Table};
 use crate::webhook::{DashboardEvent, EventKind};
@@ -30,6 +37,9 @@ pub enum RegistryError {
     /// The change was applied but its event could not be made durable.
     #[error("the event could not be published: {0}")]
     Publish(#[from] PublishError),
+    /// The cluster's registrations could not be read or changed now.
+    #[error("the registrations cannot be reached: {0}")]
+    Unavailable(#[from] ClusterError),
 }
 
 /// Creates a registration and fires REGISTER.
@@ -70,7 +80,7 @@ pub struct DeleteRegistration {
 
 /// One registration.
 #[derive(Message)]
-#[rtype(result = "Option<Registration>")]
+#[rtype(result = "Result<Option<Registration>, RegistryError>")]
 pub struct GetRegistration {
     /// Its id.
     pub id: String,
@@ -78,7 +88,7 @@ pub struct GetRegistration {
 
 /// Every registration, oldest first.
 #[derive(Message)]
-#[rtype(result = "Vec<Registration>")]
+#[rtype(result = "Result<Vec<Registration>, RegistryError>")]
 pub struct ListRegistrations;
 
 /// Retrieves a dashboard: stamps `lastRetrieval` and fires INVOKE.
@@ -89,52 +99,34 @@ pub struct InvokeDashboard {
     pub id: String,
 }
 
-pub struct Registry {
-    /// Registrations in creation order (few, and listed in that order).
-    registrations: Vec<Registration>,
-    /// Where dashboard events are published.
-    brokers: Brokers,
-    /// Where registrations are made durable.
-    store: StoreWriter,
+/// Where the registrations are.
+pub enum Registrations {
+    /// A node on its own: in creation order (few, and listed in that order), made durable
+    /// through the store writer.
+    Local {
+        list: Vec<Registration>,
+        store: StoreWriter,
+    },
+    /// A node of a cluster: in Redis.
+    Shared(SharedRegistrations),
 }
 
+pub struct Registry {
+    /// The registrations.
+    registrations: Registrations,
+    /// Where dashboard events are published.
+    brokers: Brokers,
+}
+
+/// A change to a registration, applied the same way wherever registrations are kept.
+type Change = Box<dyn FnMut(&mut Registration) -> Result<(), RegistryError>>;
+
 impl Registry {
-    /// A registry that starts with `registrations` (empty, or loaded from a store).
-    pub fn new(brokers: Brokers, registrations: Vec<Registration>, store: StoreWriter) -> Self {
+    pub fn new(brokers: Brokers, registrations: Registrations) -> Self {
         Self {
             registrations,
             brokers,
-            store,
         }
-    }
-
-    /// Queues a registration change for the store. It is queued before the change's event,
-    /// and the store commits in order, so a request acknowledged after its event is durable
-    /// has its registration durable too.
-    fn save(&self, record: Record) {
-        self.store.write(
-            vec![record],
-            Box::new(|result| {
-                if let Err(e) = result {
-                    log::error!("registration not saved: {e}");
-                }
-            }),
-        );
-    }
-
-    fn save_registration(&self, registration: &Registration) {
-        self.save(Record::put(
-            Table::Registrations,
-            registration.id.as_str(),
-            registration,
-        ));
-    }
-
-    fn find_mut(&mut self, id: &str) -> Result<&mut Registration, RegistryError> {
-        self.registrations
-            .iter_mut()
-            .find(|r| r.id == id)
-            .ok_or(RegistryError::NotFound)
     }
 
     /// Publishes `event` for `registration`. The message is queued in the mailbox of the
@@ -145,23 +137,84 @@ impl Registry {
         event: EventKind,
         registration: &Registration,
     ) -> impl Future<Output = Result<(), RegistryError>> + 'static {
-        let country = registration.input.iso_code.clone();
-        let data = DashboardEvent {
-            event,
-            country: country.clone(),
-            registration: registration.id.clone(),
-        };
-        let data = serde_json::value::to_raw_value(&data).expect("a dashboard event serializes");
-        let stream = StreamKey::new(StreamKind::Country, country);
-        let ack = self.brokers.of(&stream).send(Publish {
-            stream,
-            data: vec![data],
-        });
-        async move {
-            ack.await.map_err(|_| PublishError::Unavailable)??;
-            Ok(())
+        publish(&self.brokers, event, registration)
+    }
+
+    /// Applies `change` to a registration and publishes `event` for it; answers it as it is
+    /// now.
+    fn change(
+        &mut self,
+        id: String,
+        event: EventKind,
+        mut change: Change,
+    ) -> ResponseFuture<Result<Registration, RegistryError>> {
+        match &mut self.registrations {
+            Registrations::Local { list, store } => {
+                let Some(registration) = list.iter_mut().find(|r| r.id == id) else {
+                    return Box::pin(async { Err(RegistryError::NotFound) });
+                };
+                // Changed on a copy, so a refused change leaves nothing half-applied.
+                let mut changed = registration.clone();
+                if let Err(e) = change(&mut changed) {
+                    return Box::pin(async move { Err(e) });
+                }
+                *registration = changed.clone();
+                save(store, Record::put(Table::Registrations, id, &changed));
+                let published = self.publish(event, &changed);
+                Box::pin(async move { published.await.map(|()| changed) })
+            }
+            Registrations::Shared(shared) => {
+                let (shared, brokers) = (shared.clone(), self.brokers.clone());
+                Box::pin(async move {
+                    let registration = match shared.update(&id, change).await? {
+                        Updated::NotFound => return Err(RegistryError::NotFound),
+                        Updated::Refused(e) => return Err(e),
+                        Updated::Done(registration) => registration,
+                    };
+                    publish(&brokers, event, &registration).await?;
+                    Ok(registration)
+                })
+            }
         }
     }
+}
+
+/// See `Registry::publish`.
+fn publish(
+    brokers: &Brokers,
+    event: EventKind,
+    registration: &Registration,
+) -> impl Future<Output = Result<(), RegistryError>> + 'static {
+    let country = registration.input.iso_code.clone();
+    let data = DashboardEvent {
+        event,
+        country: country.clone(),
+        registration: registration.id.clone(),
+    };
+    let data = serde_json::value::to_raw_value(&data).expect("a dashboard event serializes");
+    let stream = StreamKey::new(StreamKind::Country, country);
+    let ack = brokers.of(&stream).send(Publish {
+        stream,
+        data: vec![data],
+    });
+    async move {
+        ack.await.map_err(|_| PublishError::Unavailable)??;
+        Ok(())
+    }
+}
+
+/// Queues a registration change for the store. It is queued before the change's event, and
+/// the store commits in order, so a request acknowledged after its event is durable has its
+/// registration durable too.
+fn save(store: &StoreWriter, record: Record) {
+    store.write(
+        vec![record],
+        Box::new(|result| {
+            if let Err(e) = result {
+                log::error!("registration not saved: {e}");
+            }
+        }),
+    );
 }
 
 impl Actor for Registry {
@@ -179,10 +232,27 @@ impl Handler<CreateRegistration> for Registry {
             last_retrieval: None,
             created: SystemTime::now(),
         };
-        self.registrations.push(registration.clone());
-        self.save_registration(&registration);
-        let published = self.publish(EventKind::Register, &registration);
-        Box::pin(async move { published.await.map(|()| registration) })
+        match &mut self.registrations {
+            Registrations::Local { list, store } => {
+                list.push(registration.clone());
+                let record = Record::put(
+                    Table::Registrations,
+                    registration.id.as_str(),
+                    &registration,
+                );
+                save(store, record);
+                let published = self.publish(EventKind::Register, &registration);
+                Box::pin(async move { published.await.map(|()| registration) })
+            }
+            Registrations::Shared(shared) => {
+                let (shared, brokers) = (shared.clone(), self.brokers.clone());
+                Box::pin(async move {
+                    shared.put(&registration).await?;
+                    publish(&brokers, EventKind::Register, &registration).await?;
+                    Ok(registration)
+                })
+            }
+        }
     }
 }
 
@@ -190,15 +260,17 @@ impl Handler<ReplaceRegistration> for Registry {
     type Result = ResponseFuture<Result<(), RegistryError>>;
 
     fn handle(&mut self, msg: ReplaceRegistration, _: &mut Self::Context) -> Self::Result {
-        let registration = match self.find_mut(&msg.id) {
-            Ok(r) => r,
-            Err(e) => return Box::pin(async move { Err(e) }),
-        };
-        registration.input = msg.input;
-        registration.last_change = SystemTime::now();
-        let registration = registration.clone();
-        self.save_registration(&registration);
-        Box::pin(self.publish(EventKind::Change, &registration))
+        let input = msg.input;
+        let changed = self.change(
+            msg.id,
+            EventKind::Change,
+            Box::new(move |registration| {
+                registration.input = input.clone();
+                registration.last_change = SystemTime::now();
+                Ok(())
+            }),
+        );
+        Box::pin(async move { changed.await.map(drop) })
     }
 }
 
@@ -206,18 +278,17 @@ impl Handler<PatchRegistration> for Registry {
     type Result = ResponseFuture<Result<(), RegistryError>>;
 
     fn handle(&mut self, msg: PatchRegistration, _: &mut Self::Context) -> Self::Result {
-        let registration = match self.find_mut(&msg.id) {
-            Ok(r) => r,
-            Err(e) => return Box::pin(async move { Err(e) }),
-        };
-        match registration::patch(&registration.input, &msg.patch) {
-            Ok(input) => registration.input = input,
-            Err(e) => return Box::pin(async move { Err(e.into()) }),
-        }
-        registration.last_change = SystemTime::now();
-        let registration = registration.clone();
-        self.save_registration(&registration);
-        Box::pin(self.publish(EventKind::Change, &registration))
+        let patch = msg.patch;
+        let changed = self.change(
+            msg.id,
+            EventKind::Change,
+            Box::new(move |registration| {
+                registration.input = registration::patch(&registration.input, &patch)?;
+                registration.last_change = SystemTime::now();
+                Ok(())
+            }),
+        );
+        Box::pin(async move { changed.await.map(drop) })
     }
 }
 
@@ -225,31 +296,61 @@ impl Handler<DeleteRegistration> for Registry {
     type Result = ResponseFuture<Result<(), RegistryError>>;
 
     fn handle(&mut self, msg: DeleteRegistration, _: &mut Self::Context) -> Self::Result {
-        let Some(index) = self.registrations.iter().position(|r| r.id == msg.id) else {
-            return Box::pin(async { Err(RegistryError::NotFound) });
-        };
-        let registration = self.registrations.remove(index);
-        self.save(Record::delete(
-            Table::Registrations,
-            registration.id.as_str(),
-        ));
-        Box::pin(self.publish(EventKind::Delete, &registration))
+        match &mut self.registrations {
+            Registrations::Local { list, store } => {
+                let Some(index) = list.iter().position(|r| r.id == msg.id) else {
+                    return Box::pin(async { Err(RegistryError::NotFound) });
+                };
+                let registration = list.remove(index);
+                save(
+                    store,
+                    Record::delete(Table::Registrations, registration.id.as_str()),
+                );
+                Box::pin(self.publish(EventKind::Delete, &registration))
+            }
+            Registrations::Shared(shared) => {
+                let (shared, brokers) = (shared.clone(), self.brokers.clone());
+                Box::pin(async move {
+                    let registration =
+                        shared.take(&msg.id).await?.ok_or(RegistryError::NotFound)?;
+                    publish(&brokers, EventKind::Delete, &registration).await
+                })
+            }
+        }
     }
 }
 
 impl Handler<GetRegistration> for Registry {
-    type Result = Option<Registration>;
+    type Result = ResponseFuture<Result<Option<Registration>, RegistryError>>;
 
     fn handle(&mut self, msg: GetRegistration, _: &mut Self::Context) -> Self::Result {
-        self.registrations.iter().find(|r| r.id == msg.id).cloned()
+        match &self.registrations {
+            Registrations::Local { list, .. } => {
+                let found = list.iter().find(|r| r.id == msg.id).cloned();
+                Box::pin(async move { Ok(found) })
+            }
+            Registrations::Shared(shared) => {
+                let shared = shared.clone();
+                Box::pin(async move { Ok(shared.get(&msg.id).await?) })
+            }
+        }
     }
 }
 
 impl Handler<ListRegistrations> for Registry {
-    type Result = MessageResult<ListRegistrations>;
+    type Result = ResponseFuture<Result<Vec<Registration>, RegistryError>>;
 
     fn handle(&mut self, _: ListRegistrations, _: &mut Self::Context) -> Self::Result {
-        MessageResult(self.registrations.clone())
+        match &self.registrations {
+            Registrations::Local { list, .. } => {
+                let all = list.clone();
+                Box::pin(async move { Ok(all) })
+            }
+            Registrations::Shared(shared) => {
+                let shared = shared.clone();
+                Box::pin(async move { Ok(shared.list().await?) })
+            }
+        }
     }
 }
 
@@ -257,14 +358,13 @@ impl Handler<InvokeDashboard> for Registry {
     type Result = ResponseFuture<Result<Registration, RegistryError>>;
 
     fn handle(&mut self, msg: InvokeDashboard, _: &mut Self::Context) -> Self::Result {
-        let registration = match self.find_mut(&msg.id) {
-            Ok(r) => r,
-            Err(e) => return Box::pin(async move { Err(e) }),
-        };
-        registration.last_retrieval = Some(SystemTime::now());
-        let registration = registration.clone();
-        self.save_registration(&registration);
-        let published = self.publish(EventKind::Invoke, &registration);
-        Box::pin(async move { published.await.map(|()| registration) })
+        self.change(
+            msg.id,
+            EventKind::Invoke,
+            Box::new(|registration| {
+                registration.last_retrieval = Some(SystemTime::now());
+                Ok(())
+            }),
+        )
     }
 }

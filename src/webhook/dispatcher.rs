@@ -55,18 +55,55 @@ pub enum DeliveryError {
 }
 
 /// What an attempt brought back.
-struct Answer {
-    started: SystemTime,
-    duration: Duration,
-    result: Result<u16, DeliveryError>,
+pub(super) struct Answer {
+    pub started: SystemTime,
+    pub duration: Duration,
+    pub result: Result<u16, DeliveryError>,
 }
 
 /// Everything an attempt needs, moved into its future.
-struct Request {
-    url: String,
-    secret: String,
-    msg_id: String,
-    body: String,
+pub(super) struct Request {
+    pub url: String,
+    pub secret: String,
+    pub msg_id: String,
+    pub body: String,
+}
+
+/// What becomes of a delivery after its `attempts`-th attempt was answered with `status` (or
+/// not at all), and the wait before the next one when it is retried.
+pub(super) fn outcome(
+    status: Option<u16>,
+    attempts: u32,
+    schedule: &[Duration],
+) -> (Outcome, Option<Duration>) {
+    match status {
+        Some(200..=299) => (Outcome::Succeeded, None),
+        Some(410) => (Outcome::Disabled, None),
+        _ => match retry::next_delay_jittered(schedule, attempts as usize) {
+            Some(delay) => (Outcome::Retrying, Some(delay)),
+            None => (Outcome::Failed, None),
+        },
+    }
+}
+
+/// The HTTP client of a dispatcher: bounded by the attempt timeout, redirects not followed,
+/// and (unless private targets are allowed) connecting only to addresses the policy admits.
+pub(super) fn http_client(settings: &DispatcherSettings) -> awc::Client {
+    let connector = awc::Connector::new()
+        .timeout(settings.timeout)
+        .limit(MAX_CONNECTIONS);
+    let builder = awc::Client::builder()
+        .timeout(settings.timeout)
+        // A redirect is an answer like any other non-2xx; following it could lead
+        // anywhere, including where the address policy forbids.
+        .disable_redirects();
+    if settings.allow_private {
+        builder.connector(connector).finish()
+    } else {
+        let resolver = actix_tls::connect::Resolver::custom(address_policy::PublicOnlyResolver);
+        let tcp = actix_tls::connect::Connector::new(resolver).service();
+        builder.connector(connector.connector(tcp)).finish()
+    }
 }
 
 pub struct WebhookDispatcher {
@@ -153,24 +190,6 @@ impl WebhookDispatcher {
         self.metrics.webhook_queue.set(self.pending.len() as i64);
     }
 
-    fn build_client(&self) -> awc::Client {
-        let connector = awc::Connector::new()
-            .timeout(self.settings.timeout)
-            .limit(MAX_CONNECTIONS);
-        let builder = awc::Client::builder()
-            .timeout(self.settings.timeout)
-            // A redirect is an answer like any other non-2xx; following it could lead
-            // anywhere, including where the address policy forbids.
-            .disable_redirects();
-        if self.settings.allow_private {
-            builder.connector(connector).finish()
-        } else {
-            let resolver = actix_tls::connect::Resolver::custom(address_policy::PublicOnlyResolver);
-            let tcp = actix_tls::connect::Connector::new(resolver).service();
-            builder.connector(connector.connector(tcp)).finish()
-        }
-    }
-
     /// Creates one delivery per matching subscription, makes them durable together with the
     /// stream's checkpoint, and then starts their first attempts.
     fn dispatch(&mut self, event: DashboardEvent, source: &Event, ctx: &mut Context<Self>) {
@@ -250,7 +269,7 @@ impl WebhookDispatcher {
         let client = match &self.client {
             Some(client) => client.clone(),
             None => {
-                let client = self.build_client();
+                let client = http_client(&self.settings);
                 self.client = Some(client.clone());
                 client
             }
@@ -291,21 +310,14 @@ impl WebhookDispatcher {
             Ok(status) => (Some(status), None),
             Err(e) => (None, Some(e.to_string())),
         };
-        let outcome = match status {
-            Some(200..=299) => Outcome::Succeeded,
-            Some(410) => Outcome::Disabled,
-            _ => match retry::next_delay_jittered(&self.settings.schedule, number as usize) {
-                Some(delay) => {
-                    delivery.next_attempt = SystemTime::now() + delay;
-                    let retry_id = id.clone();
-                    ctx.run_later(delay, move |dispatcher, ctx| {
-                        dispatcher.attempt(retry_id, ctx)
-                    });
-                    Outcome::Retrying
-                }
-                None => Outcome::Failed,
-            },
-        };
+        let (outcome, retry_in) = outcome(status, number, &self.settings.schedule);
+        if let Some(delay) = retry_in {
+            delivery.next_attempt = SystemTime::now() + delay;
+            let retry_id = id.clone();
+            ctx.run_later(delay, move |dispatcher, ctx| {
+                dispatcher.attempt(retry_id, ctx)
+            });
+        }
         let attempt = Attempt {
             webhook_id: id.clone(),
             subscription: subscription.id.clone(),
@@ -389,7 +401,7 @@ impl WebhookDispatcher {
 }
 
 /// One POST with the Standard Webhooks headers, bounded by `timeout` from start to finish.
-async fn post(
+pub(super) async fn post(
     client: awc::Client,
     request: Request,
     timeout: Duration,
@@ -450,7 +462,7 @@ impl Actor for WebhookDispatcher {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        self.client = Some(self.build_client());
+        self.client = Some(http_client(&self.settings));
         self.count_queue();
         let now = SystemTime::now();
         let due: Vec<(String, Duration)> = self

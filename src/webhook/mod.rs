@@ -5,10 +5,12 @@
 //! so that a store can persist them and hand them back to `WebhookDispatcher::new` at start.
 
 pub mod address_policy;
+pub mod cluster;
 pub mod dispatcher;
 pub mod messages;
 pub mod retry;
 pub mod signing;
+pub mod subscriptions;
 
 use std::fmt;
 use std::time::{Duration, SystemTime};

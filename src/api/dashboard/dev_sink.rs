@@ -17,7 +17,6 @@ use serde_json::{json, Value};
 use crate::api::openapi::Routes;
 use crate::api::AppState;
 use crate::dashboard::registration::rfc3339;
-use crate::webhook::messages::GetSubscription;
 use crate::webhook::signing;
 
 /// Deliveries kept; the oldest are dropped first.
@@ -101,10 +100,8 @@ async fn receive(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>)
     let verified = match parsed.get("id").and_then(Value::as_str) {
         Some(sub) => {
             let secret = state
-                .webhooks
-                .send(GetSubscription {
-                    id: sub.to_string(),
-                })
+                .subscriptions
+                .get(sub.to_string())
                 .await
                 .ok()
                 .flatten()

@@ -23,7 +23,6 @@ use crate::dashboard::{
     CreateRegistration, DeleteRegistration, GetRegistration, InvokeDashboard, ListRegistrations,
     PatchRegistration, RegistryError, ReplaceRegistration,
 };
-use crate::webhook::messages::ListSubscriptions;
 use schema::*;
 
 /// The API version reported by `/dashboard/v1/status`.
@@ -167,12 +166,21 @@ impl From<RegistryError> for DashboardError {
             RegistryError::NotFound => Self::not_found("registration"),
             RegistryError::Invalid(invalid) => invalid.into(),
             RegistryError::Publish(e) => Self::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+            RegistryError::Unavailable(e) => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            }
         }
     }
 }
 
 impl From<actix::MailboxError> for DashboardError {
     fn from(_: actix::MailboxError) -> Self {
+        Self::unavailable()
+    }
+}
+
+impl From<crate::webhook::subscriptions::Unavailable> for DashboardError {
+    fn from(_: crate::webhook::subscriptions::Unavailable) -> Self {
         Self::unavailable()
     }
 }
@@ -227,7 +235,7 @@ async fn list_registrations(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, DashboardError> {
     authorize(&req, &state)?;
-    let all = state.registry.send(ListRegistrations).await?;
+    let all = state.registry.send(ListRegistrations).await??;
     let body: Vec<Value> = all.iter().map(|r| r.to_json()).collect();
     Ok(HttpResponse::Ok().json(body))
 }
@@ -284,7 +292,7 @@ async fn get_registration(
 ) -> Result<HttpResponse, DashboardError> {
     authorize(&req, &state)?;
     let id = id.into_inner();
-    match state.registry.send(GetRegistration { id }).await? {
+    match state.registry.send(GetRegistration { id }).await?? {
         Some(r) => Ok(HttpResponse::Ok().json(r.to_json())),
         None => Err(DashboardError::not_found("registration")),
     }
@@ -435,7 +443,7 @@ async fn status(
 ) -> Result<HttpResponse, DashboardError> {
     authorize(&req, &state)?;
     let uptime = state.started.elapsed().as_secs();
-    let (code, webhooks) = match state.webhooks.send(ListSubscriptions).await {
+    let (code, webhooks) = match state.subscriptions.list().await {
         Ok(all) => (StatusCode::OK, all.len()),
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, 0),
     };

@@ -14,9 +14,6 @@ use crate::api::openapi::{Routes, Slash};
 use crate::api::AppState;
 use crate::dashboard::registration::rfc3339;
 use crate::webhook::address_policy;
-use crate::webhook::messages::{
-    CreateSubscription, DeleteSubscription, GetSubscription, ListAttempts, ListSubscriptions,
-};
 use crate::webhook::{Attempt, EventKind, Subscription};
 
 /// Longest accepted webhook URL.
@@ -162,12 +159,8 @@ async fn create(
             .map_err(|e| DashboardError::invalid("url", e.to_string()))?;
     }
     let created = state
-        .webhooks
-        .send(CreateSubscription {
-            url: new.url.to_string(),
-            country: new.country,
-            event: new.event,
-        })
+        .subscriptions
+        .create(new.url.to_string(), new.country, new.event)
         .await?;
     Ok(HttpResponse::Created()
         .insert_header((
@@ -195,7 +188,7 @@ async fn list(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, DashboardError> {
     authorize(&req, &state)?;
-    let all = state.webhooks.send(ListSubscriptions).await?;
+    let all = state.subscriptions.list().await?;
     Ok(HttpResponse::Ok().json(all.iter().map(subscription_json).collect::<Vec<_>>()))
 }
 
@@ -219,7 +212,7 @@ async fn get(
 ) -> Result<HttpResponse, DashboardError> {
     authorize(&req, &state)?;
     let id = id.into_inner();
-    match state.webhooks.send(GetSubscription { id }).await? {
+    match state.subscriptions.get(id).await? {
         Some(s) => Ok(HttpResponse::Ok().json(subscription_json(&s))),
         None => Err(DashboardError::not_found("notification")),
     }
@@ -246,7 +239,7 @@ async fn delete(
 ) -> Result<HttpResponse, DashboardError> {
     authorize(&req, &state)?;
     let id = id.into_inner();
-    state.webhooks.send(DeleteSubscription { id }).await?;
+    state.subscriptions.delete(id).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -272,7 +265,7 @@ async fn deliveries(
 ) -> Result<HttpResponse, DashboardError> {
     authorize(&req, &state)?;
     let subscription = id.into_inner();
-    match state.webhooks.send(ListAttempts { subscription }).await? {
+    match state.subscriptions.attempts(subscription).await? {
         Some(attempts) => {
             Ok(HttpResponse::Ok().json(attempts.iter().map(attempt_json).collect::<Vec<_>>()))
         }

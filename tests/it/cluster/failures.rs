@@ -40,7 +40,7 @@ async fn read_all(stream: &mut SseClient, expected: &BTreeSet<Position>) -> Vec<
 #[actix_rt::test]
 async fn kill_9_of_a_node_under_four_publishers_loses_nothing_acknowledged() {
     let redis = Redis::start(Persistence::None);
-    let mut nodes = vec![
+    let mut nodes = [
         node(&redis, "a", &[]),
         node(&redis, "b", &[]),
         node(&redis, "c", &[]),

@@ -2,10 +2,11 @@
 //! here on a random port, in a directory of its own), talked to with real clients.
 //!
 //! `faces.rs`: every face across nodes. `failures.rs`: nodes killed, the live channel cut, Redis
-//! restarted, stopped or emptied.
+//! restarted, stopped or emptied. `webhooks.rs`: registrations and webhooks shared by the nodes.
 
 mod faces;
 mod failures;
+mod webhooks;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

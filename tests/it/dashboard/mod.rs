@@ -155,13 +155,31 @@ pub async fn server_with(schedule: &[u64], timeout: Duration) -> TestServer {
     .await
 }
 
+/// A server the helpers below can talk to: in this process, or a node at `http://host:port`.
+pub trait Root {
+    fn root(&self) -> String;
+}
+
+impl Root for TestServer {
+    fn root(&self) -> String {
+        self.url("")
+    }
+}
+
+impl Root for String {
+    fn root(&self) -> String {
+        self.clone()
+    }
+}
+
 pub async fn call(
-    srv: &TestServer,
+    srv: &impl Root,
     method: &str,
     path: &str,
     body: Option<Value>,
 ) -> (StatusCode, Value) {
-    let req = client().request(method.parse().unwrap(), srv.url(path));
+    let url = format!("{}{path}", srv.root());
+    let req = client().request(method.parse().unwrap(), url);
     let mut res = match body {
         Some(body) => req.send_json(&body).await,
         None => req.send().await,
@@ -178,12 +196,7 @@ pub async fn call(
 }
 
 /// Subscribes `url` and returns (id, secret).
-pub async fn subscribe(
-    srv: &TestServer,
-    url: &str,
-    country: &str,
-    event: &str,
-) -> (String, String) {
+pub async fn subscribe(srv: &impl Root, url: &str, country: &str, event: &str) -> (String, String) {
     let (code, body) = call(
         srv,
         "POST",
@@ -197,7 +210,7 @@ pub async fn subscribe(
     (body["id"].as_str().unwrap().to_string(), secret)
 }
 
-pub async fn register(srv: &TestServer, iso: &str) -> String {
+pub async fn register(srv: &impl Root, iso: &str) -> String {
     let (code, body) = call(
         srv,
         "POST",
@@ -209,7 +222,7 @@ pub async fn register(srv: &TestServer, iso: &str) -> String {
     body["id"].as_str().unwrap().to_string()
 }
 
-pub async fn attempts(srv: &TestServer, id: &str) -> Vec<Value> {
+pub async fn attempts(srv: &impl Root, id: &str) -> Vec<Value> {
     let (code, body) = call(
         srv,
         "GET",
