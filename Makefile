@@ -3,13 +3,17 @@
 
 CARGO ?= cargo
 
-.PHONY: run test lint build bench
+.PHONY: run test lint build bench cluster
 
 run:
 	$(CARGO) run --release -- serve --dev
 
 build:
 	$(CARGO) build --release
+
+# Redis, three nodes and an nginx load balancer on http://127.0.0.1:8080/ (see the README).
+cluster:
+	./scripts/cluster
 
 test:
 	$(CARGO) test --all-targets

@@ -146,10 +146,29 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     responses((status = 200, description = "The demo page", body = String,
         content_type = "text/html; charset=utf-8"))
 )]
-async fn index() -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("text/html; charset=utf-8")
-        .body(INDEX_HTML)
+async fn index(state: web::Data<AppState>) -> HttpResponse {
+    let mut page = HttpResponse::Ok();
+    page.content_type("text/html; charset=utf-8");
+    let Some(node) = &state.cluster else {
+        return page.body(INDEX_HTML);
+    };
+    // In a cluster the page says which node served it.
+    let named = format!(
+        r#"<p id="node">Cluster mode: this page was served by node <b>{}</b>; every request it makes may be answered by another node.</p>"#,
+        html_escape(&node.name)
+    );
+    page.body(INDEX_HTML.replacen(NODE_PLACEHOLDER, &named, 1))
+}
+
+/// Where the demo page names its node.
+const NODE_PLACEHOLDER: &str = r#"<p id="node" hidden></p>"#;
+
+/// Text made safe to place in HTML.
+fn html_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 /// Mint a token (`--dev` only)
