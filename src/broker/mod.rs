@@ -16,12 +16,14 @@
 //! Subscribers see an event only after the store has committed it, so nothing a subscriber
 //! saw can be lost by a crash.
 //!
-//! What differs between a node on its own and a node in a cluster is the `Engine` (`engine.rs`): on
-//! its own the Broker numbers batches and the store writer makes them durable; in a cluster
-//! Redis numbers and keeps them, and the Broker follows the streams its sessions read
-//! (`follow.rs`): it handles `Announced` batches and `Resync`, reads streams from Redis, and
-//! makes requests wait (`when_ready`) until its copy can answer them.
+//! What differs between a node on its own and a node in a cluster is the `Engine`
+//! (`engine.rs`): on its own the Broker numbers batches and the store writer makes them
+//! durable; in a cluster Redis numbers and keeps them, and the Broker follows the streams its
+//! sessions read (`cluster.rs`, with the ordering rules in `follow.rs`): it handles
+//! `Announced` batches and `Resync`, reads streams from Redis, and makes requests wait
+//! (`when_ready`) until its copy can answer them.
 
+mod cluster;
 pub mod engine;
 pub mod follow;
 pub mod history;
@@ -30,18 +32,18 @@ pub mod shards;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
-use crate::cluster::{ClusterError, Snapshot};
+use crate::cluster::ClusterError;
 use crate::event::{Event, Position, StreamKey, StreamKind};
 use crate::metrics::Metrics;
 use crate::session::sink::{self, Sink};
 use crate::store::StoredStream;
 pub use engine::Engine;
-use follow::{Applied, Follow};
+use follow::Follow;
 use history::{Gap, History, Retention};
 use messages::*;
 use prometheus_client::metrics::counter::Counter;
@@ -372,49 +374,6 @@ impl Broker {
         }
         Ok(())
     }
-
-    /// A long-poll that must wait, in a cluster: its place is taken in Redis (counted on every
-    /// node) before it is registered. While Redis is away the poll counts on this node only.
-    fn subscribe_bounded_in_cluster(
-        &mut self,
-        msg: SubscribeBounded,
-    ) -> ResponseActFuture<Self, Result<SubscribeReply, TooManySubscribers>> {
-        let stream = msg.subscribe.stream.clone();
-        let max = msg.max_subscribers;
-        if let Err(full) = self.has_room(&stream, max) {
-            return Box::pin(fut::ready(Err(full)));
-        }
-        let peek = self.backlog(&stream, &msg.subscribe.start, Some(msg.page_size));
-        let Engine::Redis(redis) = &self.engine else {
-            unreachable!("only called in cluster mode");
-        };
-        if !peek.backlog.is_empty() {
-            return Box::pin(fut::ready(Ok(peek)));
-        }
-        let lease = format!("{}/{:016x}", redis.node().name, msg.subscribe.subscriber.id);
-        let admitted = redis.admit(&stream, max, Some((&lease, msg.lease + LEASE_MARGIN)));
-        Box::pin(admitted.into_actor(self).map(move |admitted, broker, _| {
-            match admitted {
-                Ok(false) => return Err(TooManySubscribers(max)),
-                Ok(true) => {}
-                Err(e) => {
-                    log::debug!("{stream}: long-poll counted on this node only: {e}");
-                    broker.has_room(&stream, max)?;
-                }
-            }
-            let id = msg.subscribe.subscriber.id;
-            let reply = broker.subscribe(msg.subscribe, Some(msg.page_size));
-            let member = broker
-                .streams
-                .get_mut(&stream)
-                .and_then(|s| s.subscribers.get_mut(&id));
-            match member {
-                Some(member) => member.lease = Some(lease),
-                None => broker.engine.release(&stream, &lease),
-            }
-            Ok(reply)
-        }))
-    }
 }
 
 impl Actor for Broker {
@@ -714,205 +673,5 @@ impl Handler<CountSubscribers> for Broker {
         self.streams
             .get(&msg.stream)
             .map_or(0, |s| s.subscribers.len())
-    }
-}
-
-// ---- Cluster mode: following streams that live in Redis ----
-
-impl Broker {
-    /// Runs `then` once this node's copy of `stream` can answer a request that resumes from
-    /// `cursor`: at once on a node of its own, or when the copy is loaded and not behind the
-    /// cursor; otherwise after a read from Redis that started after the request came.
-    fn when_ready<R: 'static>(
-        &mut self,
-        stream: &StreamKey,
-        cursor: Option<&str>,
-        ctx: &mut Context<Self>,
-        then: impl FnOnce(&mut Self) -> R + 'static,
-    ) -> ActorResponse<Self, R> {
-        match self.wait_for(stream, cursor, ctx) {
-            None => ActorResponse::reply(then(self)),
-            Some(ready) => ActorResponse::r#async(Box::pin(
-                async move {
-                    let _ = ready.await;
-                }
-                .into_actor(self)
-                .map(move |(), broker, _| then(broker)),
-            )),
-        }
-    }
-
-    /// What `when_ready` must wait for, if anything; starts following or reading `stream`.
-    fn wait_for(
-        &mut self,
-        stream: &StreamKey,
-        cursor: Option<&str>,
-        ctx: &mut Context<Self>,
-    ) -> Option<oneshot::Receiver<()>> {
-        let Engine::Redis(redis) = &self.engine else {
-            return None;
-        };
-        if !self.streams.contains_key(stream) {
-            let subscribed = redis.follow(stream);
-            let key = stream.clone();
-            ctx.spawn(subscribed.into_actor(self).map(move |(), broker, ctx| {
-                let started = broker
-                    .streams
-                    .get_mut(&key)
-                    .and_then(|s| s.follow.as_mut())
-                    .is_some_and(Follow::subscribed);
-                if started {
-                    broker.read(key, ctx);
-                }
-            }));
-            self.streams.insert(
-                stream.clone(),
-                StreamState {
-                    // Replaced by the first read.
-                    history: History::new(0),
-                    subscribers: HashMap::new(),
-                    follow: Some(Follow::new(Instant::now())),
-                },
-            );
-        }
-        let state = self.streams.get_mut(stream)?;
-        let follow = state.follow.as_mut()?;
-        follow.used = Instant::now();
-        let behind = cursor
-            .and_then(Position::from_cursor)
-            .is_some_and(|p| p.epoch != state.history.epoch || p.seq > state.history.head().seq);
-        if follow.loaded() && !behind {
-            return None;
-        }
-        let (ready, start) = follow.wait();
-        if start {
-            self.read(stream.clone(), ctx);
-        }
-        Some(ready)
-    }
-
-    /// Reads `stream` from Redis after what this node has (see `Follow`).
-    fn read(&mut self, stream: StreamKey, ctx: &mut Context<Self>) {
-        let Engine::Redis(redis) = &self.engine else {
-            return;
-        };
-        let Some(state) = self.streams.get(&stream) else {
-            return;
-        };
-        let known = state
-            .follow
-            .as_ref()
-            .is_some_and(Follow::loaded)
-            .then(|| state.history.head());
-        let read = redis.read(&stream, known);
-        ctx.spawn(
-            read.into_actor(self)
-                .map(move |result, broker, ctx| broker.on_read(stream, result, ctx)),
-        );
-    }
-
-    fn on_read(
-        &mut self,
-        stream: StreamKey,
-        result: Result<Snapshot, ClusterError>,
-        ctx: &mut Context<Self>,
-    ) {
-        let retention = self.retention;
-        let Some(state) = self.streams.get_mut(&stream) else {
-            return;
-        };
-        let Some(follow) = state.follow.as_mut() else {
-            return;
-        };
-        match result {
-            Ok(snapshot) => {
-                let applied =
-                    follow.snapshot(&mut state.history, snapshot, retention, SystemTime::now());
-                self.applied(stream, applied, ctx);
-            }
-            Err(e) => {
-                log::debug!("{stream}: read from Redis failed: {e}");
-                if follow.failed() {
-                    ctx.run_later(READ_RETRY, move |broker, ctx| broker.read(stream, ctx));
-                }
-            }
-        }
-    }
-
-    /// Events this node's own publish or an announcement brought: applied in position order.
-    fn accept(&mut self, stream: &StreamKey, events: Vec<Arc<Event>>, ctx: &mut Context<Self>) {
-        let retention = self.retention;
-        let Some(state) = self.streams.get_mut(stream) else {
-            // Not followed: no session here reads it.
-            return;
-        };
-        let Some(follow) = state.follow.as_mut() else {
-            return;
-        };
-        let applied = follow.offer(&mut state.history, events, retention, SystemTime::now());
-        self.applied(stream.clone(), applied, ctx);
-    }
-
-    fn applied(&mut self, stream: StreamKey, applied: Applied, ctx: &mut Context<Self>) {
-        if applied.lost {
-            log::warn!("{stream}: events were lost in Redis; its subscribers resume from history");
-            self.fan_out();
-            self.close_all(&stream, CloseReason::Reset);
-        }
-        self.hand_out(&stream, applied.released, ctx);
-        if applied.read {
-            self.read(stream, ctx);
-        }
-    }
-
-    /// Unfollows the streams no session has needed for `LINGER`.
-    fn unfollow_idle(&mut self) {
-        let Engine::Redis(redis) = &self.engine else {
-            return;
-        };
-        let idle: Vec<StreamKey> = self
-            .streams
-            .iter()
-            .filter(|(_, s)| {
-                s.subscribers.is_empty()
-                    && s.follow
-                        .as_ref()
-                        .is_some_and(|f| !f.busy() && f.used.elapsed() > LINGER)
-            })
-            .map(|(key, _)| key.clone())
-            .collect();
-        for key in idle {
-            redis.unfollow(&key);
-            self.streams.remove(&key);
-        }
-    }
-}
-
-impl Handler<Announced> for Broker {
-    type Result = ();
-
-    fn handle(&mut self, msg: Announced, ctx: &mut Self::Context) {
-        self.accept(&msg.stream, msg.events, ctx);
-    }
-}
-
-impl Handler<Resync> for Broker {
-    type Result = ();
-
-    fn handle(&mut self, msg: Resync, ctx: &mut Self::Context) {
-        let streams: Vec<StreamKey> = match msg.stream {
-            Some(stream) => vec![stream],
-            None => self.streams.keys().cloned().collect(),
-        };
-        for stream in streams {
-            let start = self
-                .streams
-                .get_mut(&stream)
-                .and_then(|s| s.follow.as_mut())
-                .is_some_and(|f| f.loaded() && f.want_read());
-            if start {
-                self.read(stream, ctx);
-            }
-        }
     }
 }
