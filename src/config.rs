@@ -111,7 +111,7 @@ pub struct ServeArgs {
 
     /// Cluster mode: keep streams and shared state in this Redis, so that every node started
     /// with the same URL acts as one broker (e.g. `redis://127.0.0.1:6379/`).
-    #[arg(long, env = "HERALD_REDIS", value_parser = parse_redis_url)]
+    #[arg(long, alias = "redis-url", env = "HERALD_REDIS", value_parser = parse_redis_url)]
     pub redis: Option<String>,
 
     /// This node's name in the cluster, unique among the nodes of one Redis; a random one
@@ -194,6 +194,8 @@ pub enum ConfigError {
     WsPing,
     #[error("--max-listeners-per-instance must be at least 1")]
     MaxListeners,
+    #[error("--node-name must not be empty")]
+    NodeName,
     #[error("cannot keep the dev JWT secret in {path}: {source}")]
     DevSecret {
         path: PathBuf,
@@ -218,6 +220,13 @@ impl ServeArgs {
         }
         if self.max_listeners_per_instance == 0 {
             return Err(ConfigError::MaxListeners);
+        }
+        if self
+            .node_name
+            .as_deref()
+            .is_some_and(|n| n.trim().is_empty())
+        {
+            return Err(ConfigError::NodeName);
         }
         let mut listen = self.listen;
         if self.dev && !listen.ip().is_loopback() {

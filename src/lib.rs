@@ -54,10 +54,11 @@ pub enum StartError {
         path: std::path::PathBuf,
         source: store::StoreError,
     },
-    #[error("cannot reach Redis at {url} (--redis): {source}")]
+    /// Not a `source`: a start refusal is one line, and the error says it all.
+    #[error("cannot reach Redis at {url} (--redis): {reason}")]
     Redis {
         url: String,
-        source: cluster::ClusterError,
+        reason: cluster::ClusterError,
     },
 }
 
@@ -92,9 +93,9 @@ pub async fn start(config: Config) -> Result<Herald, StartError> {
     let cluster = match &config.cluster {
         None => None,
         Some(cluster) => Some(cluster::Node::connect(cluster, retention).await.map_err(
-            |source| StartError::Redis {
+            |reason| StartError::Redis {
                 url: cluster.redis_url.clone(),
-                source,
+                reason,
             },
         )?),
     };
@@ -137,13 +138,13 @@ pub async fn start(config: Config) -> Result<Herald, StartError> {
     let cluster_thread = match cluster {
         None => None,
         Some((node, commands)) => Some(start_live(node, commands, brokers.clone()).await.map_err(
-            |source| {
+            |reason| {
                 StartError::Redis {
                     url: config
                         .cluster
                         .as_ref()
                         .map_or_else(String::new, |c| c.redis_url.clone()),
-                    source,
+                    reason,
                 }
             },
         )?),

@@ -160,6 +160,32 @@ async fn a_live_channel_cut_by_redis_loses_nothing() {
     assert_eq!(seen.len(), 300);
 }
 
+/// A subscription that wedges while the connection looks healthy (centrifugo issue 1189): the
+/// probe notices, the node reconnects, and reads what it missed. Nothing is published after the
+/// wedge but the missed events, so only that read can deliver them.
+#[actix_rt::test]
+async fn a_wedged_live_channel_is_noticed_and_what_it_missed_is_read() {
+    let redis = Redis::start(Persistence::None);
+    let proxy = WedgingProxy::start(&redis);
+    let nodes = [node_on(&proxy.url(), "a", &[]), node(&redis, "b", &[])];
+    let [a, b] = nodes.each_ref().map(root);
+    let mut on_a = sse(&a, "wedged", None).await;
+    let before = publish(&b, "wedged", 5).await;
+    assert_eq!(sse_ids(&mut on_a, 5).await, before);
+
+    proxy.wedge();
+    let missed = publish(&b, "wedged", 20).await;
+    assert_eq!(
+        sse_ids(&mut on_a, 20).await,
+        missed,
+        "all of them, in order, once"
+    );
+    on_a.expect_silence(Duration::from_millis(200)).await;
+    // And the new channel carries live events again.
+    let after = publish(&b, "wedged", 1).await;
+    assert_eq!(sse_ids(&mut on_a, 1).await, after);
+}
+
 #[actix_rt::test]
 async fn a_redis_restart_with_its_data_loses_nothing() {
     let mut redis = Redis::start(Persistence::Always);
@@ -293,4 +319,22 @@ async fn redis_away_for_five_seconds() {
     let all: BTreeSet<Position> = before.union(&after).copied().collect();
     let seen = read_all(&mut on_a, &all).await;
     assert_eq!(seen.len(), 25);
+}
+
+#[test]
+fn a_node_that_cannot_reach_redis_refuses_to_start_in_one_line() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = crate::process::herald()
+        .args(["serve", "--listen", "127.0.0.1:0", "--jwt-secret", SECRET])
+        .args(["--redis", &format!("redis://127.0.0.1:{port}/")])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("--redis"), "{stderr}");
 }

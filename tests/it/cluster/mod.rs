@@ -117,9 +117,92 @@ impl Drop for Redis {
     }
 }
 
+/// A TCP proxy in front of Redis that can wedge the PUB/SUB connections going through it: the
+/// connections stay open and healthy-looking, but nothing Redis sends on them arrives any
+/// more (a subscription left behind by a failover, say).
+pub struct WedgingProxy {
+    pub port: u16,
+    /// Bumped by `wedge`: PUB/SUB connections made before it go silent.
+    generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl WedgingProxy {
+    pub fn start(redis: &Redis) -> Self {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use std::sync::Arc;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("proxy binds");
+        let port = listener.local_addr().unwrap().port();
+        let generation = Arc::new(AtomicU64::new(0));
+        let upstream = redis.port;
+        let current = generation.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().map_while(Result::ok) {
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                let born = current.load(Ordering::SeqCst);
+                let pubsub = Arc::new(AtomicBool::new(false));
+                let (mut from_client, mut to_server) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let seen = pubsub.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16 * 1024];
+                    while let Ok(n) = from_client.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        if String::from_utf8_lossy(&buf[..n])
+                            .to_ascii_uppercase()
+                            .contains("SUBSCRIBE")
+                        {
+                            seen.store(true, Ordering::SeqCst);
+                        }
+                        if to_server.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = to_server.shutdown(std::net::Shutdown::Both);
+                });
+                let (mut from_server, mut to_client) = (server, client);
+                let now = current.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16 * 1024];
+                    while let Ok(n) = from_server.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        let wedged =
+                            pubsub.load(Ordering::SeqCst) && now.load(Ordering::SeqCst) > born;
+                        if !wedged && to_client.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = to_client.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        Self { port, generation }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Silences every PUB/SUB connection open now; later ones work.
+    pub fn wedge(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// Starts a node of the cluster on `redis`, with the test secret and publisher key.
 pub fn node(redis: &Redis, name: &str, extra: &[&str]) -> Served {
-    let url = redis.url();
+    node_on(&redis.url(), name, extra)
+}
+
+/// Starts a node on the Redis at `url`.
+pub fn node_on(url: &str, name: &str, extra: &[&str]) -> Served {
+    let url = url.to_string();
     let mut args = vec![
         "--redis",
         &url,
