@@ -51,9 +51,9 @@ fn attempts_key(subscription: &str) -> String {
 
 /// Settles an attempt, whatever its node: acknowledges and deletes the stream entry (an entry
 /// acknowledged but not deleted would stay in the stream forever), logs the attempt, and
-/// schedules the retry or ends the delivery. Only the first settle of an entry schedules
-/// anything: a claimed entry whose first owner was only slow may be attempted twice, but it is
-/// never retried twice.
+/// schedules the retry or ends the delivery. Only the first settle of an entry does anything
+/// but acknowledge: a claimed entry whose first owner was only slow may be attempted twice, but
+/// it is never retried twice, and a settle sent again (its answer was lost) is not logged twice.
 ///
 /// KEYS: due, retries, delivery, attempt log, subscriptions. ARGV: group, entry id, delivery
 /// id, outcome (`succeeded`, `retrying`, `failed`, `disabled`, `dropped`), attempt JSON (`""`
@@ -63,12 +63,12 @@ static SETTLE: LazyLock<Script> = LazyLock::new(|| {
         r#"
 local first = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
+if first == 0 then
+  return 0
+end
 if ARGV[5] ~= '' and redis.call('HEXISTS', KEYS[5], ARGV[7]) == 1 then
   redis.call('LPUSH', KEYS[4], ARGV[5])
   redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[9]) - 1)
-end
-if first == 0 then
-  return 0
 end
 if ARGV[4] == 'retrying' then
   if redis.call('EXISTS', KEYS[3]) == 1 then

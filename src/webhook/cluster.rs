@@ -46,6 +46,9 @@ const RECLAIM_INTERVAL: Duration = Duration::from_secs(1);
 /// take, so a live node's attempt under way is never taken from it.
 const RECLAIM_MARGIN: Duration = Duration::from_secs(2);
 
+/// Wait before a settle that failed (Redis away) is sent again.
+const SETTLE_RETRY: Duration = Duration::from_millis(250);
+
 /// How often the cluster's queue depth is read into `/metrics`.
 const DEPTH_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -196,17 +199,26 @@ impl ClusterDispatcher {
                     subscription.url
                 );
             }
-            let settled = shared
-                .settle(
-                    &due,
-                    &subscription.id,
-                    Some(outcome),
-                    Some(&attempt),
-                    retry_in.unwrap_or_default(),
-                )
-                .await;
-            // An attempt that was made is counted even if settling failed: the entry stays
-            // pending and is attempted again once reclaimed.
+            // Redis may be away just now: the settle is tried until it lands, or until the
+            // entry is another node's to reclaim.
+            let mut settled = Err(ClusterError::Unreachable);
+            let started = std::time::Instant::now();
+            while settled.is_err() && started.elapsed() < reclaim_after(settings.timeout) {
+                settled = shared
+                    .settle(
+                        &due,
+                        &subscription.id,
+                        Some(outcome),
+                        Some(&attempt),
+                        retry_in.unwrap_or_default(),
+                    )
+                    .await;
+                if settled.is_err() {
+                    actix_web::rt::time::sleep(SETTLE_RETRY).await;
+                }
+            }
+            // An attempt that was made is counted even if it could not be settled: the entry
+            // stays pending and is attempted again once reclaimed.
             Ok(Some((attempt, settled)))
         };
         ctx.spawn(attempt.into_actor(self).map(|result, dispatcher, ctx| {

@@ -7,7 +7,16 @@ pub struct Scrape(prometheus_parse::Scrape);
 
 impl Scrape {
     pub async fn take(srv: &TestServer) -> Self {
-        let mut res = client().get(srv.url("/metrics")).send().await.unwrap();
+        Self::take_at(&srv.url("")).await
+    }
+
+    /// The metrics of the server at `root`.
+    pub async fn take_at(root: &str) -> Self {
+        let mut res = client()
+            .get(format!("{root}/metrics"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(res.status(), 200);
         let ct = res
             .headers()
@@ -35,6 +44,21 @@ impl Scrape {
             | prometheus_parse::Value::Untyped(v) => v,
             ref other => panic!("{name} is not a number: {other:?}"),
         }
+    }
+
+    /// The sum of every sample of `name`, whatever its labels (0 if there is none).
+    pub fn total(&self, name: &str) -> f64 {
+        self.0
+            .samples
+            .iter()
+            .filter(|s| s.metric == name)
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                ref other => panic!("{name} is not a number: {other:?}"),
+            })
+            .sum()
     }
 }
 

@@ -94,6 +94,39 @@ impl Redis {
         self.spawn();
     }
 
+    /// Sends one command and answers every value of the reply, flattened (nested arrays in
+    /// order; a nil as an empty string); `None` if Redis does not answer.
+    pub fn query(&self, args: &[&str]) -> Option<Vec<String>> {
+        let mut conn = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        conn.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        let mut request = format!("*{}\r\n", args.len());
+        for arg in args {
+            request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+        }
+        conn.write_all(request.as_bytes()).ok()?;
+        let mut reader = std::io::BufReader::new(conn);
+        let mut values = Vec::new();
+        let mut pending = 1usize;
+        while pending > 0 {
+            pending -= 1;
+            let mut line = String::new();
+            std::io::BufRead::read_line(&mut reader, &mut line).ok()?;
+            let line = line.trim_end();
+            let (kind, rest) = line.split_at(1);
+            match kind {
+                "*" => pending += rest.parse::<i64>().ok()?.max(0) as usize,
+                "$" if rest == "-1" => values.push(String::new()),
+                "$" => {
+                    let mut bulk = vec![0u8; rest.parse::<usize>().ok()? + 2];
+                    reader.read_exact(&mut bulk).ok()?;
+                    values.push(String::from_utf8_lossy(&bulk[..bulk.len() - 2]).to_string());
+                }
+                _ => values.push(rest.to_string()),
+            }
+        }
+        Some(values)
+    }
+
     /// Sends one command (arguments without spaces) and reads the first line of the answer;
     /// `None` if Redis does not answer.
     pub fn command(&self, args: &[&str]) -> Option<String> {

@@ -174,3 +174,226 @@ async fn dashboard_changes_on_every_node_fire_once_and_webhooks_are_shared() {
     assert_eq!(ids(&receiver, "/ok-all").len(), 3);
     assert_eq!(receiver.received("/flaky").len(), 3);
 }
+
+/// How many due entries each node's dispatcher holds now (`XPENDING`).
+fn held(redis: &Redis) -> HashMap<String, usize> {
+    let summary = redis
+        .query(&["XPENDING", "herald:wh:due", "dispatchers"])
+        .expect("Redis answers");
+    // [count, first id, last id, consumer, count, consumer, count, ...]
+    summary[3..]
+        .chunks(2)
+        .filter_map(|pair| Some((pair[0].clone(), pair.get(1)?.parse().ok()?)))
+        .collect()
+}
+
+#[actix_rt::test]
+async fn the_deliveries_of_a_node_killed_mid_attempt_are_carried_on_by_another() {
+    let redis = Redis::start(Persistence::None);
+    let mut nodes = [
+        webhook_node(&redis, "a"),
+        webhook_node(&redis, "b"),
+        webhook_node(&redis, "c"),
+    ];
+    let [a, b, c] = [0, 1, 2].map(|i| root(&nodes[i]));
+    let receiver = Receiver::start().await;
+    let (slow, secret) = subscribe(&a, &receiver.url("/slow"), "", "REGISTER").await;
+
+    const DELIVERIES: usize = 30;
+    for i in 0..DELIVERIES {
+        register([&a, &b, &c][i % 3], "NO").await;
+    }
+    // Attempts are under way (each takes `SLOW`), some of them B's.
+    wait_for("B to hold attempts under way", || async {
+        (held(&redis).get("b").copied().unwrap_or(0) > 0 && !receiver.received("/slow").is_empty())
+            .then_some(())
+    })
+    .await;
+    nodes[1].child.kill().expect("kill -9 B");
+    let killed = std::time::Instant::now();
+
+    // Every delivery arrives, and every attempt is settled: B holds nothing any more.
+    wait_for("every delivery, every attempt settled", || async {
+        let settled = held(&redis).values().all(|&n| n == 0);
+        (settled && ids(&receiver, "/slow").len() == DELIVERIES).then_some(())
+    })
+    .await;
+    let in_flight_at_kill: Vec<String> = receiver
+        .received("/slow")
+        .iter()
+        .filter(|r| r.at <= killed && killed < r.at + crate::dashboard::SLOW)
+        .map(|r| r.headers["webhook-id"].to_str().unwrap().to_string())
+        .collect();
+    let got = ids(&receiver, "/slow");
+    let twice: Vec<&String> = got
+        .iter()
+        .filter(|(_, &n)| n > 1)
+        .map(|(id, _)| id)
+        .collect();
+    assert!(got.values().all(|&n| n <= 2), "at most twice: {got:?}");
+    assert!(
+        twice.iter().all(|id| in_flight_at_kill.contains(id)),
+        "only attempts in flight at the kill came twice: {twice:?} of {in_flight_at_kill:?}"
+    );
+    assert!(!twice.is_empty(), "B was killed with attempts in flight");
+    // Each delivery has its success in the log, read on A or C.
+    let log = attempts(&c, &slow).await;
+    let succeeded: std::collections::HashSet<&str> = log
+        .iter()
+        .filter(|a| a["outcome"] == "succeeded")
+        .map(|a| a["webhookId"].as_str().unwrap())
+        .collect();
+    assert_eq!(succeeded.len(), DELIVERIES);
+    for r in receiver.received("/slow") {
+        verify(&r, &secret, &slow, "NO", "REGISTER");
+    }
+}
+
+#[actix_rt::test]
+async fn a_receiver_down_for_a_while_gets_everything_on_schedule_once() {
+    let redis = Redis::start(Persistence::None);
+    let schedule = [
+        "--webhook-allow-private",
+        "--webhook-retry-schedule",
+        "100ms,200ms,400ms,800ms,1600ms",
+    ];
+    let nodes = [node(&redis, "a", &schedule), node(&redis, "b", &schedule)];
+    let [a, b] = nodes.each_ref().map(root);
+    let receiver = Receiver::start().await;
+    let (sub, _) = subscribe(&a, &receiver.url("/recover"), "", "REGISTER").await;
+    const DELIVERIES: usize = 5;
+    for i in 0..DELIVERIES {
+        register([&a, &b][i % 2], "SE").await;
+    }
+    // While the receiver fails, every node shows the cluster's queue: all five wait.
+    for node in [&a, &b] {
+        wait_for("the cluster's queue depth on every node", || async {
+            let depth = crate::ops::Scrape::take_at(node)
+                .await
+                .total("herald_webhook_queue_depth");
+            (depth == DELIVERIES as f64).then_some(())
+        })
+        .await;
+    }
+    wait_for("three attempts of each", || async {
+        (ids(&receiver, "/recover")
+            .values()
+            .filter(|&&n| n >= 3)
+            .count()
+            == DELIVERIES)
+            .then_some(())
+    })
+    .await;
+    receiver.recover();
+    wait_for("every delivery succeeded", || async {
+        let log = attempts(&b, &sub).await;
+        (log.iter().filter(|a| a["outcome"] == "succeeded").count() == DELIVERIES).then_some(log)
+    })
+    .await;
+    actix_rt::time::sleep(Duration::from_millis(500)).await;
+    let log = attempts(&a, &sub).await;
+    let mut by_id: HashMap<&str, Vec<&Value>> = HashMap::new();
+    for attempt in log.iter().rev() {
+        by_id
+            .entry(attempt["webhookId"].as_str().unwrap())
+            .or_default()
+            .push(attempt);
+    }
+    for (id, tries) in &by_id {
+        let numbers: Vec<u64> = tries
+            .iter()
+            .map(|t| t["attempt"].as_u64().unwrap())
+            .collect();
+        assert_eq!(
+            numbers,
+            (1..=numbers.len() as u64).collect::<Vec<_>>(),
+            "{id}: one attempt at a time, none repeated"
+        );
+        let outcomes: Vec<&str> = tries
+            .iter()
+            .map(|t| t["outcome"].as_str().unwrap())
+            .collect();
+        assert_eq!(outcomes.last(), Some(&"succeeded"), "{id}");
+        assert!(
+            outcomes[..outcomes.len() - 1]
+                .iter()
+                .all(|o| *o == "retrying"),
+            "{id}: none given up: {outcomes:?}"
+        );
+    }
+    // On schedule: the receiver saw each retry after its delay (±20% jitter).
+    let delays = [100u64, 200, 400, 800, 1600];
+    let mut arrivals: HashMap<String, Vec<std::time::Instant>> = HashMap::new();
+    for r in receiver.received("/recover") {
+        arrivals
+            .entry(r.headers["webhook-id"].to_str().unwrap().to_string())
+            .or_default()
+            .push(r.at);
+    }
+    for (id, at) in &arrivals {
+        assert_eq!(
+            at.len(),
+            by_id[id.as_str()].len(),
+            "{id}: each attempt reached the receiver once"
+        );
+        for (i, pair) in at.windows(2).enumerate() {
+            let waited = pair[1] - pair[0];
+            assert!(
+                waited >= Duration::from_millis(delays[i] * 8 / 10),
+                "{id}: retry {i} after {waited:?}"
+            );
+        }
+    }
+    // Each node counted its own attempts; together, all of them.
+    let mut counted = 0.0;
+    for node in [&a, &b] {
+        counted += crate::ops::Scrape::take_at(node)
+            .await
+            .total("herald_webhook_attempts_total");
+    }
+    assert_eq!(counted, log.len() as f64);
+}
+
+#[actix_rt::test]
+async fn retries_survive_a_redis_restart_and_a_lost_group_heals() {
+    let mut redis = Redis::start(Persistence::Always);
+    let slow_retry = [
+        "--webhook-allow-private",
+        "--webhook-retry-schedule",
+        "1500ms",
+    ];
+    let nodes = [
+        node(&redis, "a", &slow_retry),
+        node(&redis, "b", &slow_retry),
+    ];
+    let [a, b] = nodes.each_ref().map(root);
+    let receiver = Receiver::start().await;
+    let (sub, _) = subscribe(&a, &receiver.url("/recover"), "", "REGISTER").await;
+    register(&b, "DK").await;
+    receiver.wait_for("/recover", 1).await;
+    // The retry waits in Redis; Redis restarts (with its AOF) before it is due.
+    redis.restart();
+    receiver.recover();
+    let tries = receiver.wait_for("/recover", 2).await;
+    assert_eq!(
+        tries[0].headers["webhook-id"],
+        tries[1].headers["webhook-id"]
+    );
+    let log = wait_for("the success in the log", || async {
+        let log = attempts(&b, &sub).await;
+        (log.len() == 2).then_some(log)
+    })
+    .await;
+    assert_eq!(log[0]["outcome"], "succeeded");
+    assert_eq!(log[1]["outcome"], "retrying");
+
+    // A Redis that lost the queue (and its consumer group) under the dispatchers' feet: they
+    // make the group again instead of staying stuck on NOGROUP.
+    assert_eq!(
+        redis.command(&["DEL", "herald:wh:due"]).as_deref(),
+        Some(":1")
+    );
+    subscribe(&b, &receiver.url("/ok-after"), "", "REGISTER").await;
+    register(&a, "FI").await;
+    receiver.wait_for("/ok-after", 1).await;
+}

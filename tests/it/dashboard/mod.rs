@@ -27,6 +27,9 @@ pub struct Received {
     pub at: Instant,
 }
 
+/// How long `/slow*` takes to answer.
+pub const SLOW: Duration = Duration::from_secs(1);
+
 #[derive(Default)]
 struct Log {
     received: Vec<Received>,
@@ -37,7 +40,7 @@ struct Log {
 
 /// A webhook endpoint on 127.0.0.1:0 whose answer depends on the path: `/ok*` 200,
 /// `/gone*` 410, `/fail*` 500, `/flaky*` 500 twice then 200, `/hang*` never answers,
-/// `/recover*` 500 until `recover()` is called, then 200.
+/// `/recover*` 500 until `recover()` is called, then 200, `/slow*` 200 after `SLOW`.
 pub struct Receiver {
     pub addr: SocketAddr,
     log: Arc<Mutex<Log>>,
@@ -132,8 +135,11 @@ async fn receive(
         // Never answers: the dispatcher's timeout must end the attempt.
         std::future::pending::<()>().await;
     }
+    if path.starts_with("/slow") {
+        actix_rt::time::sleep(SLOW).await;
+    }
     match path.as_str() {
-        p if p.starts_with("/ok") => HttpResponse::Ok().finish(),
+        p if p.starts_with("/ok") || p.starts_with("/slow") => HttpResponse::Ok().finish(),
         p if p.starts_with("/gone") => HttpResponse::Gone().finish(),
         p if p.starts_with("/flaky") && hit > 2 => HttpResponse::NoContent().finish(),
         p if p.starts_with("/recover") && recovered => HttpResponse::Ok().finish(),
