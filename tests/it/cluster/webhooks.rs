@@ -397,3 +397,20 @@ async fn retries_survive_a_redis_restart_and_a_lost_group_heals() {
     register(&a, "FI").await;
     receiver.wait_for("/ok-after", 1).await;
 }
+
+#[actix_rt::test]
+async fn every_node_refuses_private_targets() {
+    let redis = Redis::start(Persistence::None);
+    let nodes = [node(&redis, "a", &[]), node(&redis, "b", &[])];
+    for root in nodes.each_ref().map(root) {
+        let (code, body) = call(
+            &root,
+            "POST",
+            "/dashboard/v1/notifications",
+            Some(json!({"url": "http://127.0.0.1:9/hook", "country": "", "event": "REGISTER"})),
+        )
+        .await;
+        assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_eq!(body["field"], "url");
+    }
+}
