@@ -17,7 +17,7 @@ use actix::prelude::*;
 use redis::aio::ConnectionManager;
 use tokio::sync::oneshot;
 
-use super::dispatcher::{http_client, outcome, post, Request};
+use super::dispatcher::{http_client, judge, post, Request};
 use super::messages::DrainWebhooks;
 use super::{Attempt, DispatcherSettings};
 use crate::cluster::webhooks::{Due, SharedWebhooks, Work};
@@ -174,24 +174,9 @@ impl ClusterDispatcher {
                 body: delivery.body.clone(),
             };
             let answer = post(client, request, settings.timeout, settings.allow_private).await;
-            let number = delivery.attempts + 1;
-            let (status, error) = match answer.result {
-                Ok(status) => (Some(status), None),
-                Err(e) => (None, Some(e.to_string())),
-            };
-            let (outcome, retry_in) = outcome(status, number, &settings.schedule);
-            let attempt = Attempt {
-                webhook_id: delivery.id.clone(),
-                subscription: subscription.id.clone(),
-                event: delivery.event,
-                country: delivery.country.clone(),
-                attempt: number,
-                time: answer.started,
-                status,
-                error,
-                duration: answer.duration,
-                outcome,
-            };
+            let (attempt, retry_in) =
+                judge(&delivery, delivery.attempts + 1, answer, &settings.schedule);
+            let (number, outcome) = (attempt.attempt, attempt.outcome);
             if outcome == super::Outcome::Failed {
                 log::warn!(
                     "webhook {} to {} given up after {number} attempts",

@@ -69,21 +69,39 @@ pub(super) struct Request {
     pub body: String,
 }
 
-/// What becomes of a delivery after its `attempts`-th attempt was answered with `status` (or
-/// not at all), and the wait before the next one when it is retried.
-pub(super) fn outcome(
-    status: Option<u16>,
-    attempts: u32,
+/// The attempt log's record of the `number`-th attempt of `delivery`, answered by `answer`:
+/// what became of the delivery, and the wait before the next attempt when it is retried.
+pub(super) fn judge(
+    delivery: &PendingDelivery,
+    number: u32,
+    answer: Answer,
     schedule: &[Duration],
-) -> (Outcome, Option<Duration>) {
-    match status {
+) -> (Attempt, Option<Duration>) {
+    let (status, error) = match answer.result {
+        Ok(status) => (Some(status), None),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    let (outcome, retry_in) = match status {
         Some(200..=299) => (Outcome::Succeeded, None),
         Some(410) => (Outcome::Disabled, None),
-        _ => match retry::next_delay_jittered(schedule, attempts as usize) {
+        _ => match retry::next_delay_jittered(schedule, number as usize) {
             Some(delay) => (Outcome::Retrying, Some(delay)),
             None => (Outcome::Failed, None),
         },
-    }
+    };
+    let attempt = Attempt {
+        webhook_id: delivery.id.clone(),
+        subscription: delivery.subscription.clone(),
+        event: delivery.event,
+        country: delivery.country.clone(),
+        attempt: number,
+        time: answer.started,
+        status,
+        error,
+        duration: answer.duration,
+        outcome,
+    };
+    (attempt, retry_in)
 }
 
 /// The HTTP client of a dispatcher: bounded by the attempt timeout, redirects not followed,
@@ -305,12 +323,9 @@ impl WebhookDispatcher {
             return;
         };
         delivery.attempts += 1;
-        let number = delivery.attempts;
-        let (status, error) = match answer.result {
-            Ok(status) => (Some(status), None),
-            Err(e) => (None, Some(e.to_string())),
-        };
-        let (outcome, retry_in) = outcome(status, number, &self.settings.schedule);
+        let (attempt, retry_in) =
+            judge(delivery, delivery.attempts, answer, &self.settings.schedule);
+        let (number, outcome, status) = (attempt.attempt, attempt.outcome, attempt.status);
         if let Some(delay) = retry_in {
             delivery.next_attempt = SystemTime::now() + delay;
             let retry_id = id.clone();
@@ -318,18 +333,6 @@ impl WebhookDispatcher {
                 dispatcher.attempt(retry_id, ctx)
             });
         }
-        let attempt = Attempt {
-            webhook_id: id.clone(),
-            subscription: subscription.id.clone(),
-            event: delivery.event,
-            country: delivery.country.clone(),
-            attempt: number,
-            time: answer.started,
-            status,
-            error,
-            duration: answer.duration,
-            outcome,
-        };
         let mut records = vec![Record::put(
             Table::Attempts,
             format!("{id}/{number}"),
@@ -380,7 +383,7 @@ impl WebhookDispatcher {
         self.metrics.webhook_attempt(outcome.as_str());
         self.metrics
             .webhook_latency
-            .observe(answer.duration.as_secs_f64());
+            .observe(attempt.duration.as_secs_f64());
         if outcome == Outcome::Succeeded {
             self.face.delivered.inc();
         }

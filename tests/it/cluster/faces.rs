@@ -13,11 +13,7 @@ use crate::instances::{base, create_messages, cursor, messages, poll, reader};
 #[actix_rt::test]
 async fn a_publish_on_one_node_reaches_every_face_on_the_others() {
     let redis = Redis::start(Persistence::None);
-    let nodes = [
-        node(&redis, "a", &[]),
-        node(&redis, "b", &[]),
-        node(&redis, "c", &[]),
-    ];
+    let nodes = three_nodes(&redis, &[]);
     let [a, b, c] = nodes.each_ref().map(root);
 
     // SSE on A and C.
@@ -82,11 +78,7 @@ async fn a_publish_on_one_node_reaches_every_face_on_the_others() {
 #[actix_rt::test]
 async fn a_cursor_taken_on_one_node_resumes_on_another() {
     let redis = Redis::start(Persistence::None);
-    let nodes = [
-        node(&redis, "a", &[]),
-        node(&redis, "b", &[]),
-        node(&redis, "c", &[]),
-    ];
+    let nodes = three_nodes(&redis, &[]);
     let [a, b, c] = nodes.each_ref().map(root);
 
     // SSE: the last id seen on A resumes on C with exactly the events after it.
@@ -172,11 +164,7 @@ async fn a_cursor_taken_on_one_node_resumes_on_another() {
 #[actix_rt::test]
 async fn websocket_replay_clients_and_drop_user_span_the_cluster() {
     let redis = Redis::start(Persistence::None);
-    let nodes = [
-        node(&redis, "a", &[]),
-        node(&redis, "b", &[]),
-        node(&redis, "c", &[]),
-    ];
+    let nodes = three_nodes(&redis, &[]);
     let [a, b, c] = nodes.each_ref().map(root);
     let (t1, t2) = (token("client1", &[]), token("client2", &[]));
 
@@ -220,11 +208,7 @@ async fn websocket_replay_clients_and_drop_user_span_the_cluster() {
 async fn the_listener_limit_counts_polls_on_every_node() {
     let redis = Redis::start(Persistence::None);
     let limit = ["--max-listeners-per-instance", "2"];
-    let nodes = [
-        node(&redis, "a", &limit),
-        node(&redis, "b", &limit),
-        node(&redis, "c", &limit),
-    ];
+    let nodes = three_nodes(&redis, &limit);
     let [a, b, c] = nodes.each_ref().map(root);
     let instance = crate::instances::instance();
     let token = reader(&instance);
@@ -257,4 +241,20 @@ async fn the_listener_limit_counts_polls_on_every_node() {
     )
     .await;
     assert_eq!(again.status, StatusCode::OK, "{}", again.json);
+}
+
+#[actix_rt::test]
+async fn the_demo_page_and_health_name_the_node_that_answered() {
+    let redis = Redis::start(Persistence::None);
+    let node = node(&redis, "node-7", &[]);
+    let mut page = client().get(root(&node)).send().await.unwrap();
+    let html = String::from_utf8(page.body().await.unwrap().to_vec()).unwrap();
+    assert!(html.contains("served by node <b>node-7</b>"), "{html}");
+    let mut health = client()
+        .get(format!("{}/health", root(&node)))
+        .send()
+        .await
+        .unwrap();
+    let body: Value = health.json().await.unwrap();
+    assert_eq!(body, json!({"status": "ok", "node": "node-7"}));
 }

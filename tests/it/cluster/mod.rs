@@ -74,7 +74,7 @@ impl Redis {
             .expect("redis-server runs (Debian package redis-server; .ci/run installs it)");
         self.child = Some(child);
         let started = Instant::now();
-        while self.command(&["PING"]).as_deref() != Some("+PONG") {
+        while self.command(&["PING"]).as_deref() != Some("PONG") {
             assert!(started.elapsed() < DEADLINE, "redis-server did not start");
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -127,20 +127,9 @@ impl Redis {
         Some(values)
     }
 
-    /// Sends one command (arguments without spaces) and reads the first line of the answer;
-    /// `None` if Redis does not answer.
+    /// The first value of `query`'s answer.
     pub fn command(&self, args: &[&str]) -> Option<String> {
-        let mut conn = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        conn.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        let mut request = format!("*{}\r\n", args.len());
-        for arg in args {
-            request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
-        }
-        conn.write_all(request.as_bytes()).ok()?;
-        let mut answer = [0u8; 512];
-        let n = conn.read(&mut answer).ok()?;
-        let text = String::from_utf8_lossy(&answer[..n]).to_string();
-        text.lines().next().map(str::to_string)
+        self.query(args)?.into_iter().next()
     }
 }
 
@@ -248,6 +237,11 @@ pub fn node_on(url: &str, name: &str, extra: &[&str]) -> Served {
     ];
     args.extend_from_slice(extra);
     serve(&args)
+}
+
+/// Three nodes `a`, `b` and `c` on `redis`, with the same extra flags.
+pub fn three_nodes(redis: &Redis, extra: &[&str]) -> [Served; 3] {
+    ["a", "b", "c"].map(|name| node(redis, name, extra))
 }
 
 /// `http://host:port` of a node.

@@ -12,20 +12,14 @@ use serde_json::{json, Value};
 use super::*;
 use crate::dashboard::{attempts, call, register, subscribe, verify, Receiver};
 
-/// Nodes that may call the loopback receiver, retrying after 100 ms and 200 ms.
-fn webhook_node(redis: &Redis, name: &str) -> Served {
-    node(
-        redis,
-        name,
-        &[
-            "--webhook-allow-private",
-            "--webhook-retry-schedule",
-            "100ms,200ms",
-            "--webhook-timeout",
-            "2s",
-        ],
-    )
-}
+/// Flags of nodes that may call the loopback receiver, retrying after 100 ms and 200 ms.
+const WEBHOOK_NODE: &[&str] = &[
+    "--webhook-allow-private",
+    "--webhook-retry-schedule",
+    "100ms,200ms",
+    "--webhook-timeout",
+    "2s",
+];
 
 /// The `webhook-id`s of what `path` received, each with how often.
 fn ids(receiver: &Receiver, path: &str) -> HashMap<String, usize> {
@@ -40,11 +34,7 @@ fn ids(receiver: &Receiver, path: &str) -> HashMap<String, usize> {
 #[actix_rt::test]
 async fn dashboard_changes_on_every_node_fire_once_and_webhooks_are_shared() {
     let redis = Redis::start(Persistence::None);
-    let nodes = [
-        webhook_node(&redis, "a"),
-        webhook_node(&redis, "b"),
-        webhook_node(&redis, "c"),
-    ];
+    let nodes = three_nodes(&redis, WEBHOOK_NODE);
     let [a, b, c] = nodes.each_ref().map(root);
     let receiver = Receiver::start().await;
 
@@ -190,11 +180,7 @@ fn held(redis: &Redis) -> HashMap<String, usize> {
 #[actix_rt::test]
 async fn the_deliveries_of_a_node_killed_mid_attempt_are_carried_on_by_another() {
     let redis = Redis::start(Persistence::None);
-    let mut nodes = [
-        webhook_node(&redis, "a"),
-        webhook_node(&redis, "b"),
-        webhook_node(&redis, "c"),
-    ];
+    let mut nodes = three_nodes(&redis, WEBHOOK_NODE);
     let [a, b, c] = [0, 1, 2].map(|i| root(&nodes[i]));
     let receiver = Receiver::start().await;
     let (slow, secret) = subscribe(&a, &receiver.url("/slow"), "", "REGISTER").await;
@@ -391,7 +377,7 @@ async fn retries_survive_a_redis_restart_and_a_lost_group_heals() {
     // make the group again instead of staying stuck on NOGROUP.
     assert_eq!(
         redis.command(&["DEL", "herald:wh:due"]).as_deref(),
-        Some(":1")
+        Some("1")
     );
     subscribe(&b, &receiver.url("/ok-after"), "", "REGISTER").await;
     register(&a, "FI").await;
