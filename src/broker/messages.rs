@@ -273,7 +273,8 @@ pub struct CountSubscribers {
     pub stream: StreamKey,
 }
 
-/// Cluster mode: a batch announced on the live channel of a stream this node follows.
+/// Cluster mode: a batch of a stream this node may follow, in Redis already: announced on the
+/// stream's live channel, or this node's own publish, acknowledged.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Announced {

@@ -396,26 +396,34 @@ impl Actor for Broker {
 }
 
 impl Handler<Publish> for Broker {
-    type Result = ResponseActFuture<Self, Result<Vec<Arc<Event>>, PublishError>>;
+    type Result = ResponseFuture<Result<Vec<Arc<Event>>, PublishError>>;
 
     fn handle(&mut self, msg: Publish, ctx: &mut Self::Context) -> Self::Result {
         let now = SystemTime::now();
         let store = match &self.engine {
             Engine::Local(store) => store.clone(),
-            // Redis numbers the batch; the Broker applies it in position order like any
-            // announcement, and acknowledges it once it is in Redis.
+            // Redis numbers the batch, and it is acknowledged once it is there; the Broker
+            // applies it like an announcement, in position order, through its mailbox (ahead of
+            // anything the publisher sends after its acknowledgement).
             Engine::Redis(redis) => {
                 let stream = msg.stream.clone();
                 let appended = redis.append(&msg.stream, msg.data, now);
-                return Box::pin(appended.into_actor(self).map(move |result, broker, ctx| {
-                    let events = result.map_err(|e: ClusterError| {
+                let counter = self.published.get(&stream.kind).cloned();
+                let broker = ctx.address();
+                return Box::pin(async move {
+                    let events = appended.await.map_err(|e: ClusterError| {
                         log::error!("publish to {stream} failed: {e}");
                         PublishError::from(e)
                     })?;
-                    broker.count(&events);
-                    broker.accept(&stream, events.clone(), ctx);
+                    if let Some(counter) = counter {
+                        counter.inc_by(events.len() as u64);
+                    }
+                    broker.do_send(Announced {
+                        stream,
+                        events: events.clone(),
+                    });
                     Ok(events)
-                }));
+                });
             }
         };
         let state = self.stream_mut(&msg.stream);
@@ -440,9 +448,7 @@ impl Handler<Publish> for Broker {
                 })
             }),
         );
-        Box::pin(fut::wrap_future(async move {
-            acked.await.unwrap_or(Err(PublishError::Unavailable))
-        }))
+        Box::pin(async move { acked.await.unwrap_or(Err(PublishError::Unavailable)) })
     }
 }
 
