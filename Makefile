@@ -22,10 +22,12 @@ lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-# Herald against nginx + nchan, both pinned to core 0, the load generator on core 1.
-# Writes bench/RESULTS.md and bench/latency.svg. SCENARIO=1,3 runs only those.
+# Herald against nginx + nchan, both pinned to core 0, the load generator on core 1; scenarios
+# 8-12 run clusters on one redis-server (also on core 0). Writes bench/RESULTS.md and
+# bench/latency.svg. SCENARIO=1,3 runs only those.
 bench:
-	command -v nginx >/dev/null && test -f /usr/lib/nginx/modules/ngx_nchan_module.so || \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light libnginx-mod-nchan)
+	command -v nginx >/dev/null && test -f /usr/lib/nginx/modules/ngx_nchan_module.so \
+	  && command -v redis-server >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light libnginx-mod-nchan redis-server)
 	$(CARGO) build --release -p herald -p herald-bench
 	./target/release/herald-bench $(if $(SCENARIO),--scenario $(SCENARIO))

@@ -9,21 +9,24 @@ use crate::report::{Better, Outcome};
 /// Above this share of its core the load generator may have limited the figure.
 const GENERATOR_BUSY: f64 = 90.0;
 
-/// What to measure: the serving process (and the load generator itself).
-#[derive(Clone, Copy)]
+/// What to measure: the serving process or processes (a cluster's nodes, and its Redis apart),
+/// and the load generator itself.
+#[derive(Clone)]
 pub struct Meter {
-    server_pid: Option<u32>,
+    server_pids: Vec<u32>,
+    redis_pid: Option<u32>,
 }
 
 /// A measurement under way, from `Meter::start` to `finish`.
 pub struct Running {
-    server_pid: Option<u32>,
+    meter: Meter,
     start: Sample,
 }
 
 struct Sample {
     at: Instant,
     server: Option<u64>,
+    redis: Option<u64>,
     generator: Option<u64>,
 }
 
@@ -38,37 +41,55 @@ fn ticks(pid: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
-fn sample(server_pid: Option<u32>) -> Sample {
+fn sample(meter: &Meter) -> Sample {
+    let servers: Option<Vec<u64>> = meter
+        .server_pids
+        .iter()
+        .map(|pid| ticks(&pid.to_string()))
+        .collect();
     Sample {
         at: Instant::now(),
-        server: server_pid.and_then(|pid| ticks(&pid.to_string())),
+        server: servers.filter(|t| !t.is_empty()).map(|t| t.iter().sum()),
+        redis: meter.redis_pid.and_then(|pid| ticks(&pid.to_string())),
         generator: ticks("self"),
     }
 }
 
 impl Meter {
     pub fn new(server_pid: Option<u32>) -> Self {
-        Self { server_pid }
+        Self {
+            server_pids: server_pid.into_iter().collect(),
+            redis_pid: None,
+        }
+    }
+
+    /// The nodes of a cluster together, and their Redis.
+    pub fn cluster(nodes: impl IntoIterator<Item = Option<u32>>, redis: u32) -> Self {
+        Self {
+            server_pids: nodes.into_iter().flatten().collect(),
+            redis_pid: Some(redis),
+        }
     }
 
     pub fn start(self) -> Running {
         Running {
-            server_pid: self.server_pid,
-            start: sample(self.server_pid),
+            start: sample(&self),
+            meter: self,
         }
     }
 }
 
 impl Running {
-    /// Both shares of a core since `start`.
+    /// The shares of a core since `start`.
     pub fn finish(self) -> Busy {
-        let (start, end) = (self.start, sample(self.server_pid));
+        let (start, end) = (self.start, sample(&self.meter));
         // SAFETY: sysconf has no preconditions.
         let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
         let secs = end.at.duration_since(start.at).as_secs_f64().max(1e-9);
         let busy = |a: Option<u64>, b: Option<u64>| Some((b? - a?) as f64 / per_sec / secs * 100.0);
         Busy {
             server: busy(start.server, end.server),
+            redis: busy(start.redis, end.redis),
             generator: busy(start.generator, end.generator),
         }
     }
@@ -76,7 +97,10 @@ impl Running {
 
 /// Percent of a core each side was busy.
 pub struct Busy {
+    /// The serving processes together (a cluster's nodes share the server core).
     server: Option<f64>,
+    /// A cluster's Redis.
+    redis: Option<f64>,
     generator: Option<f64>,
 }
 
@@ -84,6 +108,9 @@ impl Busy {
     pub fn report(self, out: &mut Outcome) {
         if let Some(p) = self.server {
             out.add("server CPU busy", p, "% of a core", Better::Info);
+        }
+        if let Some(p) = self.redis {
+            out.add("Redis CPU busy", p, "% of a core", Better::Info);
         }
         if let Some(p) = self.generator {
             out.add("load generator CPU busy", p, "% of a core", Better::Info);

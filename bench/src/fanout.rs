@@ -264,7 +264,24 @@ async fn publisher(
 }
 
 /// Runs one fan-out scenario against a started peer.
-pub async fn run(scenario: u8, peer: Peer, addr: SocketAddr, spec: Spec, meter: Meter) -> Outcome {
+/// Where the subscribers connect and where the publishers publish: one server, or two nodes
+/// of a cluster (the cross-node scenarios).
+#[derive(Debug, Clone, Copy)]
+pub struct Addrs {
+    pub subscribe: SocketAddr,
+    pub publish: SocketAddr,
+}
+
+impl Addrs {
+    pub fn one(addr: SocketAddr) -> Self {
+        Self {
+            subscribe: addr,
+            publish: addr,
+        }
+    }
+}
+
+pub async fn run(scenario: u8, peer: Peer, addrs: Addrs, spec: Spec, meter: Meter) -> Outcome {
     let mut out = Outcome::new(scenario, peer);
     let spec = Rc::new(spec);
     let (expected, seqs) = if spec.shared_stream {
@@ -307,9 +324,11 @@ pub async fn run(scenario: u8, peer: Peer, addr: SocketAddr, spec: Spec, meter: 
             let result = match transport {
                 Transport::Sse => {
                     let request = peer::sse_subscribe(peer, &stream);
-                    sse_subscriber(peer, addr, request, shared, connected, gate).await
+                    sse_subscriber(peer, addrs.subscribe, request, shared, connected, gate).await
                 }
-                Transport::Ws => ws_subscriber(peer, addr, stream, shared, connected, gate).await,
+                Transport::Ws => {
+                    ws_subscriber(peer, addrs.subscribe, stream, shared, connected, gate).await
+                }
             };
             if let Err(e) = result {
                 task_tally.borrow_mut().lose(e.to_string());
@@ -341,7 +360,7 @@ pub async fn run(scenario: u8, peer: Peer, addr: SocketAddr, spec: Spec, meter: 
         Better::Info,
     );
     if spec.shared_stream {
-        let warmed = warm_up(peer, addr, &spec, &tally, &notify).await;
+        let warmed = warm_up(peer, addrs.publish, &spec, &tally, &notify).await;
         if let Err(why) = warmed {
             out.notes.push(why);
             abort(subscribers);
@@ -354,7 +373,13 @@ pub async fn run(scenario: u8, peer: Peer, addr: SocketAddr, spec: Spec, meter: 
     let publishers: Vec<JoinHandle<()>> = (0..spec.publishers)
         .map(|_| {
             let shared = (tally.clone(), notify.clone());
-            tokio::task::spawn_local(publisher(peer, addr, spec.clone(), shared, next.clone()))
+            tokio::task::spawn_local(publisher(
+                peer,
+                addrs.publish,
+                spec.clone(),
+                shared,
+                next.clone(),
+            ))
         })
         .collect();
     let finished = wait_until(spec.deadline, &notify, || {

@@ -244,6 +244,19 @@ impl EventReader {
     /// Waits for more bytes and calls `on_data(data, event_len)` for every complete event
     /// that has a `data:` line. `Ok(false)` once the stream has ended.
     pub async fn next_batch(&mut self, mut on_data: impl FnMut(&[u8], usize)) -> io::Result<bool> {
+        self.next_events(|event, len| {
+            if let Some(data) = field(event, b"data:") {
+                on_data(data, len);
+            }
+        })
+        .await
+    }
+
+    /// `next_batch` for every complete event, whole (see `field`).
+    pub async fn next_events(
+        &mut self,
+        mut on_event: impl FnMut(&[u8], usize),
+    ) -> io::Result<bool> {
         loop {
             let mut ended = false;
             match &mut self.chunked {
@@ -260,10 +273,7 @@ impl EventReader {
             }
             let mut start = 0;
             while let Some(end) = self.separator.find(&self.body[start..]) {
-                let event = &self.body[start..start + end];
-                if let Some(data) = data_of(event) {
-                    on_data(data, end + 2);
-                }
+                on_event(&self.body[start..start + end], end + 2);
                 start += end + 2;
             }
             self.body.drain(..start);
@@ -280,10 +290,10 @@ impl EventReader {
     }
 }
 
-/// The value of the first `data:` line of an event.
-fn data_of(event: &[u8]) -> Option<&[u8]> {
+/// The value of an event's first line of the field `name` (`b"data:"`, `b"id:"`).
+pub fn field<'a>(event: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
     event.split(|&b| b == b'\n').find_map(|line| {
-        line.strip_prefix(b"data:")
+        line.strip_prefix(name)
             .map(|d| d.strip_prefix(b" ").unwrap_or(d))
     })
 }
@@ -309,7 +319,8 @@ mod tests {
 
     #[test]
     fn finds_data_lines() {
-        assert_eq!(data_of(b"id: 1\ndata: abc"), Some(&b"abc"[..]));
-        assert_eq!(data_of(b": keep-alive"), None);
+        assert_eq!(field(b"id: 1\ndata: abc", b"data:"), Some(&b"abc"[..]));
+        assert_eq!(field(b"id: 1\ndata: abc", b"id:"), Some(&b"1"[..]));
+        assert_eq!(field(b": keep-alive", b"data:"), None);
     }
 }

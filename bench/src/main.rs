@@ -4,6 +4,7 @@
 //! against each from a single-threaded tokio runtime pinned to the client core, and writes
 //! `RESULTS.md` and `latency.svg`. Scenarios: `report::TITLES`; how each measures: its module.
 
+mod cluster;
 mod cpu;
 mod fanout;
 mod http;
@@ -28,7 +29,7 @@ use server::{Peer, Programs, Server};
 #[derive(Parser)]
 #[command(about = "Benchmark Herald against nginx + nchan")]
 struct Args {
-    /// Scenarios to run (1-7, comma-separated); all by default.
+    /// Scenarios to run (1-12, comma-separated); all by default.
     #[arg(long, value_delimiter = ',')]
     scenario: Vec<u8>,
     /// Multiplies every count (subscribers, publishes, ...) for a quick trial run; results of
@@ -47,6 +48,9 @@ struct Args {
     /// The nginx configuration template.
     #[arg(long, default_value = "bench/nchan.conf")]
     nchan_conf: PathBuf,
+    /// The nginx configuration template of an nchan cluster node (scenarios 8-11).
+    #[arg(long, default_value = "bench/nchan-redis.conf")]
+    nchan_redis_conf: PathBuf,
     /// Where RESULTS.md and latency.svg go; default bench/ for a full run, target/bench/
     /// otherwise.
     #[arg(long)]
@@ -84,7 +88,7 @@ fn raise_nofile() -> String {
 }
 
 /// The counts of every scenario, scaled.
-struct Sizes {
+pub struct Sizes {
     fanout_subscribers: usize,
     fanout_publishes: u64,
     many_streams: usize,
@@ -111,16 +115,18 @@ impl Sizes {
 }
 
 /// Bound on the measured phase of a fan-out run.
-const FANOUT_DEADLINE: Duration = Duration::from_secs(120);
+pub const FANOUT_DEADLINE: Duration = Duration::from_secs(120);
 /// Bound on one publishing run.
-const PUBLISH_DEADLINE: Duration = Duration::from_secs(30);
+pub const PUBLISH_DEADLINE: Duration = Duration::from_secs(30);
 /// Bound on waiting for the last webhook delivery.
-const WEBHOOK_DEADLINE: Duration = Duration::from_secs(60);
+pub const WEBHOOK_DEADLINE: Duration = Duration::from_secs(60);
 
 fn peers_of(scenario: u8) -> &'static [Peer] {
     match scenario {
         6 => &[Peer::HeraldMemory, Peer::HeraldSqlite, Peer::Nchan],
         7 => &[Peer::HeraldSqlite],
+        8..=11 => &[Peer::HeraldCluster, Peer::NchanCluster],
+        12 => &[Peer::HeraldCluster],
         _ => &[Peer::HeraldMemory, Peer::Nchan],
     }
 }
@@ -140,6 +146,9 @@ async fn has_route(server: &Server, method: &str, path: &str) -> bool {
 }
 
 async fn run_one(scenario: u8, peer: Peer, programs: &Programs, sizes: &Sizes) -> Outcome {
+    if scenario >= 8 {
+        return cluster::run_one(scenario, peer, programs, sizes).await;
+    }
     let extra: &[&str] = if scenario == 7 {
         &["--webhook-allow-private"]
     } else {
@@ -186,13 +195,50 @@ async fn run_one(scenario: u8, peer: Peer, programs: &Programs, sizes: &Sizes) -
         }
     };
     let outcome = match scenario {
-        1 => fanout::run(1, peer, addr, fan(fanout::Transport::Sse, true), meter).await,
-        2 => fanout::run(2, peer, addr, fan(fanout::Transport::Ws, true), meter).await,
-        3 => fanout::run(3, peer, addr, fan(fanout::Transport::Sse, false), meter).await,
+        1 => {
+            fanout::run(
+                1,
+                peer,
+                fanout::Addrs::one(addr),
+                fan(fanout::Transport::Sse, true),
+                meter,
+            )
+            .await
+        }
+        2 => {
+            fanout::run(
+                2,
+                peer,
+                fanout::Addrs::one(addr),
+                fan(fanout::Transport::Ws, true),
+                meter,
+            )
+            .await
+        }
+        3 => {
+            fanout::run(
+                3,
+                peer,
+                fanout::Addrs::one(addr),
+                fan(fanout::Transport::Sse, false),
+                meter,
+            )
+            .await
+        }
         4 => idle::run(&server, sizes.idle).await,
         5 => longpoll::run(peer, addr, sizes.poll_duration, meter).await,
         6 => publish::run(peer, addr, sizes.publish_posts, PUBLISH_DEADLINE, meter).await,
-        7 => webhook::run(peer, addr, sizes.registrations, WEBHOOK_DEADLINE, meter).await,
+        7 => {
+            webhook::run(
+                7,
+                peer,
+                &[addr],
+                sizes.registrations,
+                WEBHOOK_DEADLINE,
+                meter,
+            )
+            .await
+        }
         _ => Outcome::unavailable(scenario, peer, "no such scenario"),
     };
     drop(server);
@@ -228,6 +274,19 @@ full sync) in a temp dir.\n\
 - Scenario 7: Herald with SQLite and `--webhook-allow-private`; {hooks} webhook subscriptions \
 for REGISTER/NO and {regs} registrations from 8 keep-alive clients; the receiver answers 200 at \
 once and counts only deliveries whose signature verifies.\n\
+- Scenarios 8-12 (clusters): one `redis-server` (no persistence, for both peers) and the \
+nodes, all pinned to the server core (so the nodes and Redis share it, as the load generator has \
+its own); Herald nodes with `--redis`, nchan nodes with `nchan_redis_storage_mode distributed` \
+(bench/nchan-redis.conf). Server CPU is the nodes together; Redis CPU is apart. 8-9: the shape of \
+1-2 with the subscribers on node A and the publishers on node B. 10: the shape of 6 (single \
+events) with the 64 publishers spread over both nodes; Redis memory per 1M retained events = \
+growth of Redis's `used_memory` / events retained (each stream keeps its newest 1,000). 11: a \
+subscriber on node A gets event 0 and leaves; {missed} events are published on A (4 \
+publishers); it reconnects to node B with `Last-Event-ID` and is timed from the connect to its \
+last missed event, {resumes} times. 12: scenario 7 on three Herald nodes (registrations spread \
+over them, `--webhook-timeout {wt}`), then the takeover: a receiver that holds each answer 2 s, \
+{takeover} registrations, and `kill -9` of the node holding the most deliveries (`XPENDING`); \
+the time to the first `webhook-id` received twice.\n\
 - CPU busy: user + system time of the serving process and of the load generator over the \
 measured phase (`/proc/<pid>/stat`, 10 ms ticks), as a share of one core. A server near 100% \
 with the load generator below it means the server was the limit; a load generator at 90% or \
@@ -241,6 +300,10 @@ more is flagged in the notes.",
         batch = sizes.publish_posts / 10,
         hooks = webhook::SUBSCRIPTIONS,
         regs = sizes.registrations,
+        missed = cluster::MISSED,
+        resumes = 10,
+        wt = cluster::WEBHOOK_TIMEOUT,
+        takeover = 30,
     )
 }
 
@@ -264,10 +327,11 @@ fn main() -> anyhow::Result<()> {
         nginx: args.nginx.clone(),
         nchan_module: args.nchan_module.clone(),
         nchan_conf: args.nchan_conf.clone(),
+        nchan_redis_conf: args.nchan_redis_conf.clone(),
         server_core: (!pinned.starts_with("none")).then_some(args.server_core),
     };
     let scenarios: Vec<u8> = if args.scenario.is_empty() {
-        (1..=7).collect()
+        (1..=12).collect()
     } else {
         args.scenario.clone()
     };

@@ -56,6 +56,12 @@ fn herald_auth(token: &str) -> String {
 
 /// The subscription request of an SSE subscriber of `stream`.
 pub fn sse_subscribe(peer: Peer, stream: &str) -> Vec<u8> {
+    sse_resume(peer, stream, None)
+}
+
+/// `sse_subscribe`, resuming after the event with id `last` (`Last-Event-ID`) if given.
+pub fn sse_resume(peer: Peer, stream: &str, last: Option<&str>) -> Vec<u8> {
+    let resume = last.map_or_else(String::new, |id| format!("Last-Event-ID: {id}\r\n"));
     let auth = if peer.is_herald() {
         herald_auth(&token(stream, &[]))
     } else {
@@ -66,7 +72,7 @@ pub fn sse_subscribe(peer: Peer, stream: &str) -> Vec<u8> {
     } else {
         format!("/sub?id={stream}")
     };
-    format!("GET {path} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n{auth}\r\n")
+    format!("GET {path} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n{auth}{resume}\r\n")
         .into_bytes()
 }
 

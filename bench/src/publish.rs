@@ -85,10 +85,11 @@ async fn publisher(
     }
 }
 
-/// Publishes `total` POSTs of `batch` events each.
+/// Publishes `total` POSTs of `batch` events each; publisher `i` talks to `addrs[i % len]`
+/// (one server, or the nodes of a cluster).
 pub async fn measure(
     peer: Peer,
-    addr: SocketAddr,
+    addrs: &[SocketAddr],
     batch: u64,
     total: u64,
     deadline: Duration,
@@ -109,7 +110,7 @@ pub async fn measure(
         .map(|id| {
             tokio::task::spawn_local(publisher(
                 peer,
-                addr,
+                addrs[id % addrs.len()],
                 id,
                 batch,
                 budget.clone(),
@@ -152,7 +153,7 @@ pub async fn run(
 ) -> Outcome {
     let mut out = Outcome::new(6, peer);
     let measuring = meter.start();
-    let single = measure(peer, addr, 1, total, deadline).await;
+    let single = measure(peer, &[addr], 1, total, deadline).await;
     let busy = measuring.finish();
     out.add(
         "single-event publishes/s",
@@ -166,7 +167,7 @@ pub async fn run(
     if peer.is_herald() {
         let batches = measure(
             peer,
-            addr,
+            &[addr],
             100,
             (total / 10).max(PUBLISHERS as u64),
             deadline,

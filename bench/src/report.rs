@@ -140,8 +140,8 @@ pub fn fmt_value(v: f64) -> String {
     }
 }
 
-/// Scenario titles, in the order of the issue.
-pub const TITLES: [&str; 7] = [
+/// Scenario titles, in the order of the issues.
+pub const TITLES: [&str; 12] = [
     "SSE fan-out: 1 stream, 1,000 subscribers, 10,000 publishes",
     "WebSocket fan-out: 1 stream, 1,000 subscribers, 10,000 publishes",
     "Many streams: 10,000 SSE subscribers on 10,000 streams, one publish each",
@@ -149,6 +149,11 @@ pub const TITLES: [&str; 7] = [
     "Long-poll with data waiting: 64 pollers",
     "Publish rate: 64 concurrent publishers, no subscribers",
     "Webhooks (Herald only): signed, durable deliveries to a local receiver",
+    "Cluster, cross-node SSE fan-out: 1,000 subscribers on node A, publishes on node B",
+    "Cluster, cross-node WebSocket fan-out: 1,000 subscribers on node A, publishes on node B",
+    "Cluster, publish rate with history: 64 publishers over both nodes",
+    "Cluster, resume across nodes: 1,000 missed events, reconnecting to the other node",
+    "Cluster webhooks (Herald only): 3 nodes, deliveries/s and takeover of a killed node",
 ];
 
 /// A target of the issue: a figure of Herald compared with nchan's (ratio) or a bound.
@@ -230,6 +235,49 @@ fn targets() -> Vec<Target> {
         peer: Peer::HeraldSqlite,
         check: AtLeast(5000.0),
     });
+    let cluster = Peer::HeraldCluster;
+    for (s, rate) in [
+        (8, "delivered msgs/s"),
+        (9, "delivered msgs/s"),
+        (10, "single-event publishes/s"),
+    ] {
+        t.push(Target {
+            scenario: s,
+            figure: rate,
+            peer: cluster,
+            check: RatioAtLeast(1.0),
+        });
+    }
+    for (s, p99) in [
+        (8, "publish-to-receive latency p99"),
+        (9, "publish-to-receive latency p99"),
+        (10, "single publish latency p99"),
+    ] {
+        t.push(Target {
+            scenario: s,
+            figure: p99,
+            peer: cluster,
+            check: RatioAtMost(1.0),
+        });
+    }
+    t.push(Target {
+        scenario: 11,
+        figure: "time to receive 1,000 missed events (median)",
+        peer: cluster,
+        check: RatioAtMost(1.0),
+    });
+    t.push(Target {
+        scenario: 12,
+        figure: "signed deliveries/s",
+        peer: cluster,
+        check: AtLeast(5000.0),
+    });
+    t.push(Target {
+        scenario: 12,
+        figure: crate::webhook::TAKEOVER,
+        peer: cluster,
+        check: AtMost(crate::cluster::TAKEOVER_BOUND),
+    });
     t
 }
 
@@ -275,6 +323,13 @@ fn find(outcomes: &[Outcome], scenario: u8, peer: Peer) -> Option<&Outcome> {
         .find(|o| o.scenario == scenario && o.peer == peer)
 }
 
+/// nchan's outcome of a scenario: on its own, or on Redis in the cluster scenarios.
+fn nchan_of(outcomes: &[Outcome], scenario: u8) -> Option<&Outcome> {
+    outcomes
+        .iter()
+        .find(|o| o.scenario == scenario && !o.peer.is_herald())
+}
+
 fn cell(o: Option<&Outcome>, figure: &str) -> String {
     match o {
         None => "not run".into(),
@@ -306,7 +361,7 @@ pub fn write_markdown(
     let _ = writeln!(md, "## Results\n");
     let _ = writeln!(
         md,
-        "Ratio = Herald --memory / nchan for scenarios 1-5; in scenario 6 each Herald row has its own ratio.\n"
+        "Ratio = Herald --memory / nchan for scenarios 1-5; in scenario 6 each Herald row has its own ratio; in scenarios 8-11, Herald cluster / nchan on Redis.\n"
     );
     for (i, title) in TITLES.iter().enumerate() {
         let s = (i + 1) as u8;
@@ -315,7 +370,7 @@ pub fn write_markdown(
             continue;
         }
         let _ = writeln!(md, "### {s}. {title}\n");
-        let nchan = find(outcomes, s, Peer::Nchan);
+        let nchan = nchan_of(outcomes, s);
         let heralds: Vec<&Outcome> = here
             .iter()
             .copied()
@@ -333,9 +388,10 @@ pub fn write_markdown(
         for h in &heralds {
             let _ = write!(md, " {} |", h.peer.label());
         }
-        let _ = write!(md, " nchan |");
+        let other = nchan.map_or("nchan", |n| n.peer.label());
+        let _ = write!(md, " {other} |");
         for h in &heralds {
-            let _ = write!(md, " {} / nchan |", h.peer.label());
+            let _ = write!(md, " {} / {other} |", h.peer.label());
         }
         let _ = writeln!(md);
         let cols = 2 + heralds.len() * 2;
@@ -380,7 +436,7 @@ pub fn write_markdown(
         } else {
             o.figure(t.figure)
         };
-        let nchan = find(outcomes, t.scenario, Peer::Nchan).and_then(|n| n.figure(t.figure));
+        let nchan = nchan_of(outcomes, t.scenario).and_then(|n| n.figure(t.figure));
         let (want, got, met) = match (t.check, value) {
             (_, None) => (String::new(), "not available".to_string(), None),
             (Check::RatioAtLeast(x), Some(v)) => match nchan {
@@ -432,7 +488,7 @@ pub fn write_svg(path: &Path, outcomes: &[Outcome]) -> std::io::Result<()> {
     const W: f64 = 560.0;
     const H: f64 = 300.0;
     const PAD: f64 = 55.0;
-    let panels: Vec<u8> = (1..=7)
+    let panels: Vec<u8> = (1..=12)
         .filter(|s| {
             outcomes
                 .iter()
@@ -450,6 +506,8 @@ pub fn write_svg(path: &Path, outcomes: &[Outcome]) -> std::io::Result<()> {
         Peer::HeraldMemory => "#d62728",
         Peer::HeraldSqlite => "#ff7f0e",
         Peer::Nchan => "#1f77b4",
+        Peer::HeraldCluster => "#9467bd",
+        Peer::NchanCluster => "#17becf",
     };
     // Percentiles from 0 to 99.99: x = log10(1/(1-p)) from 0 to 4.
     let max_x = 4.0;

@@ -2,6 +2,10 @@
 //! temp data dir) and nginx with nchan (a config from `bench/nchan.conf` in a temp prefix).
 //! Each is pinned to the server core, killed if the benchmark dies, and waited for until it
 //! answers on loopback. Also reads their memory use.
+//!
+//! For the cluster scenarios, `Cluster` starts a `redis-server` (`RedisServer`, on the server
+//! core too) and several nodes on it: Herald with `--redis`, or nginx + nchan with the Redis
+//! config of `bench/nchan-redis.conf`.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
@@ -30,6 +34,10 @@ pub enum Peer {
     HeraldMemory,
     HeraldSqlite,
     Nchan,
+    /// Herald nodes on one Redis (`--redis`).
+    HeraldCluster,
+    /// nginx + nchan instances on one Redis (`nchan_redis_storage_mode distributed`).
+    NchanCluster,
 }
 
 impl Peer {
@@ -38,11 +46,13 @@ impl Peer {
             Peer::HeraldMemory => "Herald --memory",
             Peer::HeraldSqlite => "Herald SQLite",
             Peer::Nchan => "nchan",
+            Peer::HeraldCluster => "Herald cluster",
+            Peer::NchanCluster => "nchan on Redis",
         }
     }
 
     pub fn is_herald(self) -> bool {
-        self != Peer::Nchan
+        !matches!(self, Peer::Nchan | Peer::NchanCluster)
     }
 }
 
@@ -53,6 +63,8 @@ pub struct Programs {
     pub nginx: PathBuf,
     pub nchan_module: PathBuf,
     pub nchan_conf: PathBuf,
+    /// The nginx configuration of an nchan cluster node.
+    pub nchan_redis_conf: PathBuf,
     pub server_core: Option<usize>,
 }
 
@@ -101,37 +113,63 @@ fn prepare(cmd: &mut Command, core: Option<usize>) {
 
 impl Server {
     pub fn start(peer: Peer, programs: &Programs, extra: &[&str]) -> anyhow::Result<Server> {
+        Self::start_on(peer, programs, None, extra)
+    }
+
+    /// Starts a peer; a cluster node (`HeraldCluster`, `NchanCluster`) on the Redis at
+    /// `redis` with the node name given.
+    fn start_on(
+        peer: Peer,
+        programs: &Programs,
+        redis: Option<(u16, &str)>,
+        extra: &[&str],
+    ) -> anyhow::Result<Server> {
         let dir = tempfile::Builder::new()
             .prefix("herald-bench-")
             .tempdir()
             .context("cannot create a temp dir")?;
         let addr: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
         let log = std::fs::File::create(dir.path().join("stderr.log"))?;
+        let redis_port = redis.map_or(0, |(port, _)| port);
         let mut cmd = match peer {
-            Peer::Nchan => {
-                let template = std::fs::read_to_string(&programs.nchan_conf)
-                    .with_context(|| format!("cannot read {}", programs.nchan_conf.display()))?;
+            Peer::Nchan | Peer::NchanCluster => {
+                let template_path = if peer == Peer::Nchan {
+                    &programs.nchan_conf
+                } else {
+                    &programs.nchan_redis_conf
+                };
+                let template = std::fs::read_to_string(template_path)
+                    .with_context(|| format!("cannot read {}", template_path.display()))?;
                 let conf = template
                     .replace("@MODULE@", &programs.nchan_module.display().to_string())
                     .replace("@PREFIX@", &dir.path().display().to_string())
-                    .replace("@PORT@", &addr.port().to_string());
+                    .replace("@PORT@", &addr.port().to_string())
+                    .replace("@REDIS_PORT@", &redis_port.to_string());
                 let conf_path = dir.path().join("nchan.conf");
                 std::fs::write(&conf_path, conf)?;
                 let mut cmd = Command::new(&programs.nginx);
                 cmd.arg("-p").arg(dir.path()).arg("-c").arg(&conf_path);
                 cmd
             }
-            Peer::HeraldMemory | Peer::HeraldSqlite => {
+            Peer::HeraldMemory | Peer::HeraldSqlite | Peer::HeraldCluster => {
                 let mut cmd = Command::new(&programs.herald);
                 cmd.arg("serve")
                     .arg("--listen")
                     .arg(addr.to_string())
                     .args(["--jwt-secret", SECRET, "--publisher-key", PUBLISHER_KEY])
                     .env("RUST_LOG", "warn");
-                if peer == Peer::HeraldMemory {
-                    cmd.arg("--memory");
-                } else {
-                    cmd.arg("--data-dir").arg(dir.path().join("data"));
+                match (peer, redis) {
+                    (Peer::HeraldMemory, _) => {
+                        cmd.arg("--memory");
+                    }
+                    (Peer::HeraldCluster, Some((port, name))) => {
+                        cmd.arg("--redis")
+                            .arg(format!("redis://127.0.0.1:{port}/"))
+                            .args(["--node-name", name]);
+                    }
+                    _ => {
+                        cmd.arg("--data-dir").arg(dir.path().join("data"));
+                    }
                 }
                 cmd.args(extra);
                 cmd
@@ -194,10 +232,17 @@ impl Server {
 
     /// The process that serves connections: Herald itself, or nginx's one worker.
     pub fn serving_pid(&self) -> Option<u32> {
-        match self.peer {
-            Peer::Nchan => self.worker_pid(),
-            _ => Some(self.child.id()),
+        if self.peer.is_herald() {
+            Some(self.child.id())
+        } else {
+            self.worker_pid()
         }
+    }
+
+    /// `kill -9` of the node (the cluster's takeover measurement).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     fn worker_pid(&self) -> Option<u32> {
@@ -280,4 +325,133 @@ fn get_blocking(addr: SocketAddr, path: &str) -> io::Result<(u16, String)> {
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
     Ok((status, out))
+}
+
+/// A `redis-server` of the benchmark's own: no persistence (both peers measure the broker,
+/// not a disk), on the server core, in a temp dir.
+pub struct RedisServer {
+    pub port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    pub fn start(programs: &Programs) -> anyhow::Result<RedisServer> {
+        let dir = tempfile::Builder::new()
+            .prefix("herald-bench-redis-")
+            .tempdir()?;
+        let port = free_port()?;
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        prepare(&mut cmd, programs.server_core);
+        let child = cmd
+            .spawn()
+            .context("cannot start redis-server (Debian package redis-server)")?;
+        let redis = RedisServer {
+            port,
+            child,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + START_TIMEOUT;
+        while redis.query(&["PING"]).is_err() {
+            if Instant::now() > deadline {
+                bail!("redis-server did not answer within {START_TIMEOUT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(redis)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// One command; the reply's values flattened, as text.
+    pub fn query(&self, args: &[&str]) -> io::Result<Vec<String>> {
+        use std::io::{BufRead, Read, Write};
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", self.port))?;
+        conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut request = format!("*{}\r\n", args.len());
+        for arg in args {
+            request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+        }
+        conn.write_all(request.as_bytes())?;
+        let mut reader = io::BufReader::new(conn);
+        let (mut values, mut pending) = (Vec::new(), 1usize);
+        let bad = || io::Error::other("unreadable reply from Redis");
+        while pending > 0 {
+            pending -= 1;
+            let mut line = String::new();
+            reader.read_line(&mut line)?;
+            let line = line.trim_end();
+            if line.is_empty() {
+                return Err(bad());
+            }
+            let (kind, rest) = line.split_at(1);
+            match kind {
+                "-" => return Err(io::Error::other(rest.to_string())),
+                "*" => pending += rest.parse::<i64>().map_err(|_| bad())?.max(0) as usize,
+                "$" if rest == "-1" => values.push(String::new()),
+                "$" => {
+                    let len: usize = rest.parse().map_err(|_| bad())?;
+                    let mut bulk = vec![0u8; len + 2];
+                    reader.read_exact(&mut bulk)?;
+                    values.push(String::from_utf8_lossy(&bulk[..len]).to_string());
+                }
+                _ => values.push(rest.to_string()),
+            }
+        }
+        Ok(values)
+    }
+
+    /// `used_memory` from `INFO memory`, in bytes.
+    pub fn used_memory(&self) -> anyhow::Result<u64> {
+        let info = self.query(&["INFO", "memory"])?.concat();
+        info.lines()
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .and_then(|v| v.trim().parse().ok())
+            .context("no used_memory in INFO memory")
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Nodes of one peer on one Redis.
+pub struct Cluster {
+    pub nodes: Vec<Server>,
+    /// Dropped last: the nodes stop before their Redis.
+    pub redis: RedisServer,
+}
+
+impl Cluster {
+    pub fn start(
+        peer: Peer,
+        programs: &Programs,
+        nodes: usize,
+        extra: &[&str],
+    ) -> anyhow::Result<Cluster> {
+        let redis = RedisServer::start(programs)?;
+        let nodes = (0..nodes)
+            .map(|i| {
+                let name = format!("node-{i}");
+                Server::start_on(peer, programs, Some((redis.port, &name)), extra)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Cluster { nodes, redis })
+    }
+
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.nodes.iter().map(|n| n.addr).collect()
+    }
 }

@@ -1,7 +1,9 @@
-//! Scenario 7 (Herald only): webhook deliveries per second to a local receiver that answers
-//! 200 at once. `SUBSCRIPTIONS` webhook subscriptions match every REGISTER of country NO;
-//! `registrations` registrations then fire `SUBSCRIPTIONS` deliveries each. The receiver checks
-//! every Standard Webhooks signature with the subscription's secret and counts only valid ones.
+//! Scenarios 7 and 12 (Herald only): webhook deliveries per second to a local receiver that
+//! answers 200 at once, from one node or the nodes of a cluster. `SUBSCRIPTIONS` webhook
+//! subscriptions match every REGISTER of country NO; `registrations` registrations then fire
+//! `SUBSCRIPTIONS` deliveries each. The receiver checks every Standard Webhooks signature with
+//! the subscription's secret and counts only valid ones. `takeover` measures how long a
+//! cluster takes to attempt the deliveries of a node killed with attempts under way.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -19,7 +21,7 @@ use crate::cpu::Meter;
 use crate::fanout::wait_until;
 use crate::http::Conn;
 use crate::report::{histogram, Better, Outcome};
-use crate::server::Peer;
+use crate::server::{Cluster, Peer};
 
 pub const SUBSCRIPTIONS: usize = 10;
 
@@ -33,6 +35,10 @@ struct Received {
     invalid: u64,
     first_invalid: Option<String>,
     last: Option<Instant>,
+    /// Requests per `webhook-id`.
+    seen: HashMap<String, u32>,
+    /// When a `webhook-id` arrived a second time.
+    first_repeat: Option<Instant>,
 }
 
 /// Subscription id -> HMAC key (the decoded `whsec_` secret).
@@ -77,6 +83,7 @@ async fn serve_connection(
     keys: Keys,
     received: Rc<RefCell<Received>>,
     notify: Rc<Notify>,
+    delay: Duration,
 ) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(8192);
     loop {
@@ -96,17 +103,15 @@ async fn serve_connection(
                     let mut headers = [httparse::EMPTY_HEADER; 32];
                     let mut req = httparse::Request::new(&mut headers);
                     let _ = req.parse(&buf);
+                    let id = header(&req, "webhook-id").unwrap_or_default().to_string();
                     let verdict = match (
-                        header(&req, "webhook-id"),
                         header(&req, "webhook-timestamp"),
                         header(&req, "webhook-signature"),
                     ) {
-                        (Some(id), Some(ts), Some(sig)) => {
-                            verify(&keys, id, ts, sig, &buf[n..n + len])
-                        }
+                        (Some(ts), Some(sig)) => verify(&keys, &id, ts, sig, &buf[n..n + len]),
                         _ => Err("missing webhook-* headers".into()),
                     };
-                    break (n, len, verdict);
+                    break (n, len, (id, verdict));
                 }
                 Ok(httparse::Status::Partial) => {
                     if read_more(&mut stream, &mut buf).await? == 0 {
@@ -117,8 +122,14 @@ async fn serve_connection(
             }
         };
         buf.drain(..head_len + body_len);
+        let (id, verdict) = verdict;
         {
             let mut r = received.borrow_mut();
+            let count = r.seen.entry(id).or_default();
+            *count += 1;
+            if *count == 2 && r.first_repeat.is_none() {
+                r.first_repeat = Some(Instant::now());
+            }
             match verdict {
                 Ok(()) => {
                     r.valid += 1;
@@ -131,6 +142,9 @@ async fn serve_connection(
             }
         }
         notify.notify_waiters();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         stream
             .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
             .await?;
@@ -154,47 +168,46 @@ async fn post_json(conn: &mut Conn, path: &str, body: &str) -> Result<(u16, Vec<
     Ok((head.status, body))
 }
 
-pub async fn run(
-    peer: Peer,
+/// The receiver: a local HTTP server whose every answer is 200, after `delay`.
+struct Receiver {
     addr: SocketAddr,
-    registrations: usize,
-    deadline: Duration,
-    meter: Meter,
-) -> Outcome {
-    let mut out = Outcome::new(7, peer);
-    let listener = match TcpListener::bind("127.0.0.1:0").await {
-        Ok(l) => l,
-        Err(e) => {
-            out.notes.push(format!("cannot start the receiver: {e}"));
-            return out;
-        }
-    };
-    let receiver_addr = listener
-        .local_addr()
-        .expect("bound listener has an address");
-    let keys: Keys = Rc::default();
-    let received: Rc<RefCell<Received>> = Rc::default();
-    let notify = Rc::new(Notify::new());
-    let accept = {
-        let (keys, received, notify) = (keys.clone(), received.clone(), notify.clone());
-        tokio::task::spawn_local(async move {
+    keys: Keys,
+    received: Rc<RefCell<Received>>,
+    notify: Rc<Notify>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Receiver {
+    async fn start(delay: Duration) -> std::io::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let keys: Keys = Rc::default();
+        let received: Rc<RefCell<Received>> = Rc::default();
+        let notify = Rc::new(Notify::new());
+        let (k, r, n) = (keys.clone(), received.clone(), notify.clone());
+        let accept = tokio::task::spawn_local(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let _ = stream.set_nodelay(true);
-                tokio::task::spawn_local(serve_connection(
-                    stream,
-                    keys.clone(),
-                    received.clone(),
-                    notify.clone(),
-                ));
+                let task = serve_connection(stream, k.clone(), r.clone(), n.clone(), delay);
+                tokio::task::spawn_local(task);
             }
+        });
+        Ok(Self {
+            addr,
+            keys,
+            received,
+            notify,
+            accept,
         })
-    };
+    }
 
-    let result = async {
+    /// Subscribes `count` hooks of this receiver (at `root`) on the node at `addr`.
+    async fn subscribe(&self, addr: SocketAddr, root: &str, count: usize) -> Result<(), String> {
         let mut conn = Conn::connect(addr).await.map_err(|e| e.to_string())?;
-        for k in 0..SUBSCRIPTIONS {
+        for k in 0..count {
             let body = format!(
-                r#"{{"url":"http://{receiver_addr}/hook/{k}","country":"NO","event":"REGISTER"}}"#
+                r#"{{"url":"http://{}{root}/{k}","country":"NO","event":"REGISTER"}}"#,
+                self.addr
             );
             let (status, body) = post_json(&mut conn, "/dashboard/v1/notifications", &body).await?;
             if status == 404 {
@@ -214,21 +227,46 @@ pub async fn run(
             let key = base64::engine::general_purpose::STANDARD
                 .decode(secret.trim_start_matches("whsec_"))
                 .map_err(|e| format!("secret is not base64: {e}"))?;
-            keys.borrow_mut().insert(id.to_string(), key);
+            self.keys.borrow_mut().insert(id.to_string(), key);
         }
         Ok(())
     }
-    .await;
-    if let Err(why) = result {
-        accept.abort();
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+/// Deliveries per second: subscriptions made on the first node, registrations posted to all of
+/// them in turn.
+pub async fn run(
+    scenario: u8,
+    peer: Peer,
+    addrs: &[SocketAddr],
+    registrations: usize,
+    deadline: Duration,
+    meter: Meter,
+) -> Outcome {
+    let mut out = Outcome::new(scenario, peer);
+    let receiver = match Receiver::start(Duration::ZERO).await {
+        Ok(r) => r,
+        Err(e) => {
+            out.notes.push(format!("cannot start the receiver: {e}"));
+            return out;
+        }
+    };
+    if let Err(why) = receiver.subscribe(addrs[0], "/hook", SUBSCRIPTIONS).await {
         match why.strip_prefix("not available: ") {
-            Some(why) => return Outcome::unavailable(7, peer, why),
+            Some(why) => return Outcome::unavailable(scenario, peer, why),
             None => {
                 out.notes.push(why);
                 return out;
             }
         }
     }
+    let (received, notify) = (receiver.received.clone(), receiver.notify.clone());
 
     let expected = (registrations * SUBSCRIPTIONS) as u64;
     let measuring = meter.start();
@@ -237,8 +275,9 @@ pub async fn run(
     let errors: Rc<RefCell<(u64, Option<String>)>> = Rc::default();
     let next = Rc::new(std::cell::Cell::new(0usize));
     let posters: Vec<_> = (0..POSTERS)
-        .map(|_| {
+        .map(|i| {
             let (next, errors, post_hist) = (next.clone(), errors.clone(), post_hist.clone());
+            let addr = addrs[i % addrs.len()];
             tokio::task::spawn_local(async move {
                 let Ok(mut conn) = Conn::connect(addr).await else {
                     errors.borrow_mut().0 += 1;
@@ -286,7 +325,6 @@ pub async fn run(
     })
     .await;
     let busy = measuring.finish();
-    accept.abort();
     let r = received.borrow();
     let e = errors.borrow();
     if e.0 > 0 {
@@ -332,4 +370,109 @@ pub async fn run(
     out.add_latency(post_hist.borrow().clone(), "registration POST");
     busy.report(&mut out);
     out
+}
+
+/// How long a receiver holds each answer in the takeover measurement: attempts are under way
+/// when the node is killed.
+const HOLD: Duration = Duration::from_secs(2);
+
+/// How long the cluster may take to attempt a killed node's deliveries before the measurement
+/// gives up.
+const TAKEOVER_DEADLINE: Duration = Duration::from_secs(60);
+
+/// The figure `takeover` adds.
+pub const TAKEOVER: &str = "kill -9 to the first attempt by another node";
+
+/// Kills the node that holds the most deliveries while their attempts are under way (the
+/// receiver holds every answer for `HOLD`), and measures the time until another node attempts
+/// one of them: the first `webhook-id` the receiver gets twice. Then every delivery must
+/// arrive.
+pub async fn takeover(cluster: &mut Cluster, registrations: usize, out: &mut Outcome) {
+    let addrs = cluster.addrs();
+    let receiver = match Receiver::start(HOLD).await {
+        Ok(r) => r,
+        Err(e) => return out.notes.push(format!("takeover: no receiver: {e}")),
+    };
+    if let Err(why) = receiver.subscribe(addrs[0], "/held", 1).await {
+        return out.notes.push(format!("takeover: {why}"));
+    }
+    for i in 0..registrations {
+        let Ok(mut conn) = Conn::connect(addrs[i % addrs.len()]).await else {
+            return out.notes.push("takeover: cannot connect".into());
+        };
+        let body = r#"{"country":"Norway","isoCode":"NO"}"#;
+        if !matches!(
+            post_json(&mut conn, "/dashboard/v1/registrations", body).await,
+            Ok((201, _))
+        ) {
+            return out.notes.push("takeover: a registration failed".into());
+        }
+    }
+    let started = wait_until(TAKEOVER_DEADLINE, &receiver.notify, || {
+        receiver.received.borrow().seen.len() >= registrations / 2
+    })
+    .await;
+    // Which node holds the most: its consumer's count of pending entries.
+    let pending = cluster
+        .redis
+        .query(&["XPENDING", "herald:wh:due", "dispatchers"])
+        .unwrap_or_default();
+    let holder = pending
+        .get(3..)
+        .unwrap_or_default()
+        .chunks(2)
+        .filter_map(|pair| Some((pair[0].clone(), pair.get(1)?.parse::<u64>().ok()?)))
+        .max_by_key(|(_, n)| *n);
+    let Some((name, held)) = holder.filter(|_| started) else {
+        return out
+            .notes
+            .push("takeover: no node held deliveries under way".into());
+    };
+    let Some(index) = name
+        .strip_prefix("node-")
+        .and_then(|i| i.parse::<usize>().ok())
+    else {
+        return out.notes.push(format!("takeover: unknown consumer {name}"));
+    };
+    cluster.nodes[index].kill();
+    let killed = Instant::now();
+    let repeated = wait_until(TAKEOVER_DEADLINE, &receiver.notify, || {
+        receiver.received.borrow().first_repeat.is_some()
+    })
+    .await;
+    let all = wait_until(TAKEOVER_DEADLINE, &receiver.notify, || {
+        receiver.received.borrow().seen.len() >= registrations
+    })
+    .await;
+    let r = receiver.received.borrow();
+    match (repeated, r.first_repeat) {
+        (true, Some(at)) => out.add(
+            TAKEOVER,
+            at.duration_since(killed).as_secs_f64(),
+            "s",
+            Better::Info,
+        ),
+        _ => out.notes.push(format!(
+            "takeover: no delivery of the killed node was attempted again within {TAKEOVER_DEADLINE:?}"
+        )),
+    }
+    out.add(
+        "deliveries held by the killed node",
+        held as f64,
+        "",
+        Better::Info,
+    );
+    if !all {
+        out.notes.push(format!(
+            "takeover: {} of {registrations} deliveries arrived",
+            r.seen.len()
+        ));
+    }
+    let twice = r.seen.values().filter(|&&n| n > 1).count();
+    out.add(
+        "deliveries received twice (in flight at the kill)",
+        twice as f64,
+        "",
+        Better::Info,
+    );
 }
