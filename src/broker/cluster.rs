@@ -37,8 +37,8 @@ impl Broker {
         if !peek.backlog.is_empty() {
             return Box::pin(fut::ready(Ok(peek)));
         }
-        let lease = format!("{}/{:016x}", redis.node().name, msg.subscribe.subscriber.id);
-        let admitted = redis.admit(&stream, max, Some((&lease, msg.lease + LEASE_MARGIN)));
+        let id = msg.subscribe.subscriber.id;
+        let admitted = redis.admit(&stream, max, Some((id, msg.lease + LEASE_MARGIN)));
         Box::pin(admitted.into_actor(self).map(move |admitted, broker, _| {
             match admitted {
                 Ok(false) => return Err(TooManySubscribers(max)),
@@ -48,15 +48,15 @@ impl Broker {
                     broker.has_room(&stream, max)?;
                 }
             }
-            let id = msg.subscribe.subscriber.id;
             let reply = broker.subscribe(msg.subscribe, Some(msg.page_size));
-            let member = broker
+            let registered = broker
                 .streams
-                .get_mut(&stream)
-                .and_then(|s| s.subscribers.get_mut(&id));
-            match member {
-                Some(member) => member.lease = Some(lease),
-                None => broker.engine.release(&stream, &lease),
+                .get(&stream)
+                .is_some_and(|s| s.subscribers.contains_key(&id));
+            if registered {
+                broker.leased.insert(id);
+            } else {
+                broker.engine.release(&stream, id);
             }
             Ok(reply)
         }))
@@ -102,7 +102,7 @@ impl Broker {
                     .streams
                     .get_mut(&key)
                     .and_then(|s| s.follow.as_mut())
-                    .is_some_and(Follow::subscribed);
+                    .is_some_and(|f| f.subscribed());
                 if started {
                     broker.read(key, ctx);
                 }
@@ -113,7 +113,7 @@ impl Broker {
                     // Replaced by the first read.
                     history: History::new(0),
                     subscribers: HashMap::new(),
-                    follow: Some(Follow::new(Instant::now())),
+                    follow: Some(Box::new(Follow::new(Instant::now()))),
                 },
             );
         }
@@ -144,7 +144,7 @@ impl Broker {
         let known = state
             .follow
             .as_ref()
-            .is_some_and(Follow::loaded)
+            .is_some_and(|f| f.loaded())
             .then(|| state.history.head());
         let read = redis.read(&stream, known);
         ctx.spawn(

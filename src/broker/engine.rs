@@ -33,10 +33,10 @@ impl Engine {
         }
     }
 
-    /// A long-poll gives its place under the per-instance limit back.
-    pub fn release(&self, stream: &StreamKey, lease: &str) {
+    /// A long-poll (subscriber `id`) gives its place under the per-instance limit back.
+    pub fn release(&self, stream: &StreamKey, id: u64) {
         if let Engine::Redis(redis) = self {
-            redis.release(stream, lease);
+            redis.release(stream, id);
         }
     }
 

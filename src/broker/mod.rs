@@ -30,7 +30,7 @@ pub mod history;
 pub mod messages;
 pub mod shards;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -74,8 +74,9 @@ struct StreamState {
     history: History,
     /// Sessions following the stream, by `Subscriber::id`.
     subscribers: HashMap<u64, Member>,
-    /// Cluster mode: how this node keeps its copy of the stream current; `None` on its own.
-    follow: Option<Follow>,
+    /// Cluster mode: how this node keeps its copy of the stream current; `None` on its own
+    /// (boxed: a node of its own pays one pointer per stream for it).
+    follow: Option<Box<Follow>>,
 }
 
 /// A session following a stream.
@@ -83,8 +84,6 @@ struct Member {
     inboxes: Subscriber,
     /// The session's queue, when the session runs on this thread: live events go straight in.
     sink: Option<Sink>,
-    /// Cluster mode: a long-poll's place under the per-instance limit, held in Redis.
-    lease: Option<String>,
 }
 
 impl Member {
@@ -126,6 +125,9 @@ pub struct Broker {
     /// Committed events (already in history) not yet handed to subscribers, in commit order;
     /// see `Committed` for why fan-out waits.
     unsent: Vec<Arc<Event>>,
+    /// Cluster mode: the subscribers (long-polls) that hold a place under the per-instance
+    /// limit in Redis, given back when they leave.
+    leased: HashSet<u64>,
 }
 
 impl Broker {
@@ -177,6 +179,7 @@ impl Broker {
             draining: false,
             watchers: HashMap::new(),
             unsent: Vec::new(),
+            leased: HashSet::new(),
         }
     }
 
@@ -269,7 +272,6 @@ impl Broker {
         let member = Member {
             sink: sink::claim(msg.subscriber.id),
             inboxes: msg.subscriber,
-            lease: None,
         };
         let state = self.stream_mut(&msg.stream);
         let first = state.subscribers.is_empty();
@@ -288,8 +290,8 @@ impl Broker {
         let Some(member) = state.subscribers.remove(&id) else {
             return;
         };
-        if let Some(lease) = &member.lease {
-            self.engine.release(stream, lease);
+        if self.leased.remove(&member.inboxes.id) {
+            self.engine.release(stream, member.inboxes.id);
         }
         if state.subscribers.is_empty() {
             self.engine.present(stream, false);
@@ -304,8 +306,8 @@ impl Broker {
         let members: Vec<Member> = state.subscribers.drain().map(|(_, m)| m).collect();
         for member in &members {
             member.inboxes.close.do_send(Close { reason });
-            if let Some(lease) = &member.lease {
-                self.engine.release(stream, lease);
+            if self.leased.remove(&member.inboxes.id) {
+                self.engine.release(stream, member.inboxes.id);
             }
         }
         if !members.is_empty() {

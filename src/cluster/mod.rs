@@ -378,20 +378,29 @@ impl StreamLog {
         self.fire(pipe, "keep followed streams");
     }
 
-    /// Takes a place among `stream`'s waiting long-polls, if fewer than `max` wait (counted on
-    /// every node); with no `lease`, only counts. See `scripts::ADMIT`.
+    /// The name of subscriber `id`'s place among a stream's waiting long-polls: unique in the
+    /// cluster, as node names are.
+    fn lease(&self, id: u64) -> String {
+        format!("{}/{id:016x}", self.node.name)
+    }
+
+    /// Takes a place for long-poll `id` among `stream`'s waiting long-polls, for `length`, if
+    /// fewer than `max` wait (counted on every node); with no lease, only counts. See
+    /// `scripts::ADMIT`.
     pub fn admit(
         &self,
         stream: &StreamKey,
         max: usize,
-        lease: Option<(&str, Duration)>,
+        lease: Option<(u64, Duration)>,
     ) -> impl Future<Output = Result<bool, ClusterError>> + 'static {
         let mut invocation = scripts::ADMIT.prepare_invoke();
-        let (id, ms) = lease.map_or(("", 0), |(id, length)| (id, length.as_millis()));
+        let (name, ms) = lease.map_or((String::new(), 0), |(id, length)| {
+            (self.lease(id), length.as_millis())
+        });
         invocation
             .key(wire::polls_key(stream))
             .arg(max)
-            .arg(id)
+            .arg(name)
             .arg(ms.to_string());
         let (node, mut conn) = (self.node.clone(), self.conn.clone());
         async move {
@@ -400,12 +409,12 @@ impl StreamLog {
         }
     }
 
-    /// Gives a long-poll's place back.
-    pub fn release(&self, stream: &StreamKey, lease: &str) {
+    /// Gives long-poll `id`'s place back.
+    pub fn release(&self, stream: &StreamKey, id: u64) {
         let mut pipe = redis::pipe();
         pipe.cmd("ZREM")
             .arg(wire::polls_key(stream))
-            .arg(lease)
+            .arg(self.lease(id))
             .ignore();
         self.fire(pipe, "release a long-poll's place");
     }
