@@ -162,6 +162,16 @@ impl Verifier {
         if token.split('.').count() != 3 {
             return Err(AuthError::NotJwt);
         }
+        // Checked before the library reads the header, whose error for an algorithm it does
+        // not know lists every algorithm it knows rather than the ones Herald accepts.
+        if let Some(alg) =
+            header_alg(token).filter(|alg| !ACCEPTED_ALGORITHMS.contains(&alg.as_str()))
+        {
+            return Err(AuthError::TokenFormat(format!(
+                "algorithm {alg} is not accepted; Herald accepts {}",
+                ACCEPTED_ALGORITHMS.join(", ")
+            )));
+        }
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| AuthError::TokenFormat(format!("bad token header: {e}")))?;
         let key = match (&header.kid, header.alg) {
@@ -244,6 +254,21 @@ fn claims_from(mut claims: Map<String, Value>) -> Result<Claims, AuthError> {
         Some(_) => return Err(AuthError::MalformedAccess),
     };
     Ok(Claims { sub, permissions })
+}
+
+/// The algorithms a token may be signed with: HS256 with `--jwt-secret`, RS256 and ES256 with
+/// the keys of `--jwks`.
+const ACCEPTED_ALGORITHMS: [&str; 3] = ["HS256", "RS256", "ES256"];
+
+/// The `alg` of a token's header, when the header is base64url JSON with a string `alg`.
+fn header_alg(token: &str) -> Option<String> {
+    use base64::Engine;
+    let segment = token.split('.').next()?;
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(segment.trim_end_matches('='))
+        .ok()?;
+    let header: Value = serde_json::from_slice(&json).ok()?;
+    header.get("alg")?.as_str().map(str::to_string)
 }
 
 fn load_jwks(path: &PathBuf) -> Result<HashMap<String, (DecodingKey, Algorithm)>, KeyError> {

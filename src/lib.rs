@@ -12,6 +12,7 @@ pub mod config;
 pub mod dashboard;
 pub mod event;
 pub mod limits;
+pub mod logs;
 pub mod metrics;
 mod server;
 pub mod session;

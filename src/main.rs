@@ -50,9 +50,21 @@ struct TokenArgs {
     data_dir: PathBuf,
 }
 
-fn main() -> anyhow::Result<()> {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    match Cli::parse().command {
+/// A refusal to start is one line on stderr, whatever `RUST_BACKTRACE` says: each error's
+/// message already names its cause and what to change.
+fn main() -> std::process::ExitCode {
+    herald::logs::init();
+    match run(Cli::parse().command) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Serve(args) => serve(*args),
         Command::Token(args) => {
             let secret = args

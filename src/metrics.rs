@@ -198,6 +198,16 @@ impl Metrics {
 
     fn resolve(&self, face: Face) -> FaceMetrics {
         let label = FaceLabel { face };
+        if face == Face::Webhook {
+            // Webhooks only deliver: no connections, no queue of theirs, no resumes. Their
+            // other counters exist but are not exposed, so no series stays zero forever.
+            return FaceMetrics {
+                connected: Gauge::default(),
+                delivered: self.delivered.get_or_create(&label).clone(),
+                slow_consumers: Counter::default(),
+                gaps: Counter::default(),
+            };
+        }
         FaceMetrics {
             connected: self.faces.get_or_create(&label).clone(),
             delivered: self.delivered.get_or_create(&label).clone(),

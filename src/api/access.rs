@@ -24,9 +24,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use super::openapi::Routes;
-use super::{
-    bearer, bearer_header, check_publisher, read_body, AppState, BodyError, PublisherCheck,
-};
+use super::{bearer, check_publisher, read_body, AppState, BodyError, PublisherCheck};
 use crate::broker::messages::{CloseReason, CloseStream, ListSubscribed, Publish};
 use crate::event::{StreamKey, StreamKind};
 use crate::limits::Permit;
@@ -211,7 +209,7 @@ impl ResponseError for AccessError {
 
 /// The publisher credential rule of every publishing endpoint.
 fn require_publisher(req: &HttpRequest, state: &AppState) -> Result<(), AccessError> {
-    match check_publisher(state, bearer_header(req)) {
+    match check_publisher(state, super::authorization(req)) {
         PublisherCheck::Allowed => Ok(()),
         PublisherCheck::Missing => Err(AccessError::new(
             StatusCode::UNAUTHORIZED,

@@ -323,7 +323,7 @@ async fn publish(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, PublishError> {
     let client_id = path.into_inner();
-    admit(&state, super::bearer_header(&req), &client_id)?;
+    admit(&state, super::authorization(&req), &client_id)?;
     let body = read_body(payload, state.config.max_body)
         .await
         .map_err(|e| match e {
@@ -338,10 +338,10 @@ async fn publish(
 /// Shared with `direct`, like `append`.
 pub(crate) fn admit(
     state: &AppState,
-    credential: Option<&str>,
+    authorization: Option<&[u8]>,
     client_id: &str,
 ) -> Result<(), PublishError> {
-    match check_publisher(state, credential) {
+    match check_publisher(state, authorization) {
         PublisherCheck::Allowed => {}
         PublisherCheck::Missing => {
             return Err(PublishError::new(

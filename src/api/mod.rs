@@ -78,12 +78,6 @@ fn faces(routes: &mut openapi::Routes) {
     ops::configure(routes);
 }
 
-/// The bearer credential of the `Authorization` header, if it has one.
-pub fn bearer_header(req: &HttpRequest) -> Option<&str> {
-    let value = req.headers().get(actix_web::http::header::AUTHORIZATION)?;
-    bearer(value.as_bytes())
-}
-
 /// The bearer credential of an `Authorization` header's value, if it is one.
 pub(crate) fn bearer(value: &[u8]) -> Option<&str> {
     header_text(value).and_then(auth::bearer)
@@ -106,17 +100,25 @@ pub enum PublisherCheck {
     Refused,
 }
 
-/// Publishing needs a publisher key or a `publish` token, except in `--dev`; `credential` is
-/// the request's bearer credential (`bearer_header`).
-pub fn check_publisher(state: &AppState, credential: Option<&str>) -> PublisherCheck {
-    if state.config.dev {
-        return PublisherCheck::Allowed;
-    }
-    match credential {
+/// Publishing needs a publisher key or a `publish` token; `authorization` is the request's
+/// `Authorization` header. In `--dev` a request without one needs nothing, but one that is
+/// sent is checked as always (the rule of every publishing face, notification create's too).
+pub fn check_publisher(state: &AppState, authorization: Option<&[u8]>) -> PublisherCheck {
+    match authorization.map(bearer) {
+        None if state.config.dev => PublisherCheck::Allowed,
         None => PublisherCheck::Missing,
-        Some(credential) if state.verifier.is_publisher(credential) => PublisherCheck::Allowed,
+        Some(Some(credential)) if state.verifier.is_publisher(credential) => {
+            PublisherCheck::Allowed
+        }
         Some(_) => PublisherCheck::Refused,
     }
+}
+
+/// The request's `Authorization` header, as `check_publisher` takes it.
+pub fn authorization(req: &HttpRequest) -> Option<&[u8]> {
+    req.headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .map(|v| v.as_bytes())
 }
 
 /// Why a request body could not be read.

@@ -59,8 +59,9 @@ fn not_dev() -> HttpResponse {
 /// Receive a webhook delivery (`--dev` only)
 ///
 /// Records the delivery: its `webhook-id`, `webhook-timestamp` and `webhook-signature`
-/// headers, its body (at most 64 KiB kept), and whether the signature verifies with the secret
-/// of the subscription named by the body's `id`. Point a webhook subscription's `url` here.
+/// headers, its body, and whether the signature verifies with the secret of the subscription
+/// named by the body's `id`. Point a webhook subscription's `url` here. A body over 64 KiB
+/// (no delivery is that large) is refused with 413.
 #[utoipa::path(
     post,
     path = "/dev/webhook-sink",
@@ -71,13 +72,28 @@ fn not_dev() -> HttpResponse {
     responses(
         (status = 200, description = "Recorded (the default answer)"),
         (status = 404, description = NOT_DEV, body = super::schema::DashboardErrorBody),
+        (status = 413, description = "The body is larger than 64 KiB", body = super::schema::DashboardErrorBody),
         (status = "default", description = "Recorded; answered with the `status` asked for"),
     )
 )]
-async fn receive(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>) -> HttpResponse {
+async fn receive(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
     if !state.config.dev {
         return not_dev();
     }
+    let body = match crate::api::read_body(payload, MAX_BODY).await {
+        Ok(body) => body,
+        Err(e) => {
+            let status = match e {
+                crate::api::BodyError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+                crate::api::BodyError::Read(_) => StatusCode::BAD_REQUEST,
+            };
+            return crate::api::json_error(status, &serde_json::json!({"error": e.to_string()}));
+        }
+    };
     let status = web::Query::<Answer>::from_query(req.query_string())
         .ok()
         .and_then(|q| q.status)
@@ -95,7 +111,7 @@ async fn receive(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>)
         header("webhook-timestamp"),
         header("webhook-signature"),
     );
-    let text = String::from_utf8_lossy(&body[..body.len().min(MAX_BODY)]).to_string();
+    let text = String::from_utf8_lossy(&body).to_string();
     let parsed: Value = serde_json::from_str(&text).unwrap_or(Value::String(text.clone()));
     let verified = match parsed.get("id").and_then(Value::as_str) {
         Some(sub) => {
@@ -146,6 +162,7 @@ async fn receive(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>)
     responses(
         (status = 200, description = "What the sink received", body = [Object]),
         (status = 404, description = NOT_DEV, body = super::schema::DashboardErrorBody),
+        (status = 413, description = "The body is larger than 64 KiB", body = super::schema::DashboardErrorBody),
     )
 )]
 async fn list(state: web::Data<AppState>) -> HttpResponse {
@@ -170,6 +187,7 @@ async fn list(state: web::Data<AppState>) -> HttpResponse {
     responses(
         (status = 204, description = "Forgotten"),
         (status = 404, description = NOT_DEV, body = super::schema::DashboardErrorBody),
+        (status = 413, description = "The body is larger than 64 KiB", body = super::schema::DashboardErrorBody),
     )
 )]
 async fn clear(state: web::Data<AppState>) -> HttpResponse {

@@ -190,7 +190,7 @@ pub fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), DashboardErr
     if !state.config.dashboard_auth {
         return Ok(());
     }
-    match check_publisher(state, super::bearer_header(req)) {
+    match check_publisher(state, super::authorization(req)) {
         PublisherCheck::Allowed => Ok(()),
         PublisherCheck::Missing => Err(DashboardError::new(
             StatusCode::UNAUTHORIZED,

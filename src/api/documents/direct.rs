@@ -16,7 +16,7 @@ use actix_web::ResponseError;
 use bytes::BytesMut;
 
 use super::{admit, append, open, EventStream, Opened, Subscription};
-use crate::api::{bearer, AppState};
+use crate::api::AppState;
 use crate::server::access_log::Entry;
 use crate::server::direct::{with_date, Answer, Request};
 use crate::server::stream::{Framing, Outgoing};
@@ -55,8 +55,8 @@ pub(crate) async fn publish(state: &AppState, request: &Request<'_, '_>) -> Opti
     if !client_id.bytes().all(unreserved) || !request.query.is_empty() {
         return None;
     }
-    let credential = request.only_header("authorization").ok()?.and_then(bearer);
-    let answer = match admit(state, credential, client_id) {
+    let authorization = request.only_header("authorization").ok()?;
+    let answer = match admit(state, authorization, client_id) {
         Ok(()) => append(state, client_id.to_string(), request.body).await,
         Err(e) => Err(e),
     };
