@@ -7,6 +7,10 @@ use std::time::Duration;
 
 use clap::Args;
 
+/// `--drain-delay` outside `--dev`: load balancers commonly check health every few seconds.
+/// In `--dev` there is none to wait for, and Ctrl-C should stop at once.
+const DRAIN_DELAY: Duration = Duration::from_secs(5);
+
 /// Name of the file in the data dir that keeps the `--dev` JWT secret across restarts.
 pub const DEV_SECRET_FILE: &str = "dev-jwt-secret";
 
@@ -84,6 +88,11 @@ pub struct ServeArgs {
     #[arg(long, env = "HERALD_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
 
+    /// How long a draining server keeps accepting connections, answering `/health` with 503,
+    /// so that a load balancer takes it out before it stops accepting. 5s, or 0 with --dev.
+    #[arg(long, env = "HERALD_DRAIN_DELAY", value_parser = humantime::parse_duration)]
+    pub drain_delay: Option<Duration>,
+
     /// Limit of one webhook attempt, from connecting to the end of the answer.
     #[arg(long, env = "HERALD_WEBHOOK_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub webhook_timeout: Duration,
@@ -159,6 +168,8 @@ pub struct Config {
     pub max_listeners_per_instance: usize,
     pub max_body: usize,
     pub shutdown_timeout: Duration,
+    /// Resolved `--drain-delay`.
+    pub drain_delay: Duration,
     pub webhook_timeout: Duration,
     /// Parsed `--webhook-retry-schedule`.
     pub webhook_retry_schedule: Vec<Duration>,
@@ -262,6 +273,11 @@ impl ServeArgs {
             max_listeners_per_instance: self.max_listeners_per_instance,
             max_body: self.max_body,
             shutdown_timeout: self.shutdown_timeout,
+            drain_delay: self.drain_delay.unwrap_or(if self.dev {
+                Duration::ZERO
+            } else {
+                DRAIN_DELAY
+            }),
             webhook_timeout: self.webhook_timeout,
             webhook_retry_schedule,
             webhook_allow_private: self.webhook_allow_private,
@@ -330,6 +346,7 @@ impl Config {
             max_listeners_per_instance: 4,
             max_body: 1024 * 1024,
             shutdown_timeout: Duration::from_secs(30),
+            drain_delay: Duration::ZERO,
             webhook_timeout: Duration::from_secs(10),
             webhook_retry_schedule: crate::webhook::retry::parse_schedule(
                 crate::webhook::retry::DEFAULT_SCHEDULE,

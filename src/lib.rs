@@ -221,6 +221,7 @@ pub async fn start(config: Config) -> Result<Herald, StartError> {
     }
     let state = web::Data::new(AppState {
         connections: limits::Connections::new(config.max_connections),
+        requests: limits::Requests::default(),
         metrics,
         brokers,
         config,
@@ -293,14 +294,16 @@ impl Herald {
             .unwrap_or(0)
     }
 
-    /// Graceful drain: `/health` turns 503, sessions are told to come back later, in-flight
-    /// requests finish (up to `--shutdown-timeout`), and the store is flushed.
+    /// Graceful drain: `/health` turns 503 and sessions are told to come back later; for
+    /// `--drain-delay` the server keeps accepting (a load balancer sees the 503 and takes it
+    /// out), then accepts nothing new, lets the requests under way finish (up to
+    /// `--shutdown-timeout`), stops, and flushes the store.
     ///
-    /// The Broker shards end with their workers' threads. A worker whose own connections are
-    /// done may end before another worker's in-flight publish to a stream of its shard is
-    /// acknowledged; that publish is answered 503. Nothing acknowledged is lost, but the
-    /// event may have been committed all the same, like any publish whose answer is lost, so
-    /// a publisher that retries can store it twice.
+    /// Requests are waited for before the workers stop because a worker takes its Broker shard
+    /// with it: a publish on another worker to one of that shard's streams would fail. What
+    /// still runs when the timeout ends is answered 503 or cut; nothing acknowledged is lost,
+    /// but an event may have been committed all the same, like any publish whose answer is
+    /// lost, so a publisher that retries can store it twice.
     pub async fn shutdown(self) {
         self.state.draining.store(true, Ordering::Relaxed);
         let drained = self.state.brokers.all().map(|shard| shard.send(Drain));
@@ -310,6 +313,20 @@ impl Herald {
             .any(Result::is_err)
         {
             log::error!("a broker shard stopped before the drain");
+        }
+        let config = &self.state.config;
+        if !config.drain_delay.is_zero() {
+            log::info!("draining: accepting for {:?} more", config.drain_delay);
+            tokio::time::sleep(config.drain_delay).await;
+        }
+        self.server.pause().await;
+        log::info!(
+            "draining: no longer accepting; requests under way: {}",
+            self.state.requests.current()
+        );
+        let deadline = std::time::Instant::now() + config.shutdown_timeout;
+        while self.state.requests.current() > 0 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         self.server.stop(true).await;
         if let Err(e) = self.served.await {

@@ -1,5 +1,7 @@
 //! Server-wide connection accounting for `--max-connections`: every streaming or waiting
 //! subscriber (SSE, WebSocket, long-poll) holds a `Permit` for as long as it is connected.
+//! Also `Requests`: the requests being answered now, which a drain lets finish before the
+//! workers stop.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -66,6 +68,37 @@ impl Drop for Permit {
         if let Some(gauge) = &self.gauge {
             gauge.dec();
         }
+    }
+}
+
+/// Requests (not streams) being answered now, on either path. A drain waits for none to be
+/// left before it stops the workers: a worker that stops takes its Broker shard with it, and a
+/// publish under way on another worker to one of that shard's streams would then fail.
+#[derive(Debug, Default)]
+pub struct Requests {
+    current: AtomicUsize,
+}
+
+impl Requests {
+    /// Counts a request until the guard is dropped.
+    pub fn enter(&self) -> Busy<'_> {
+        self.current.fetch_add(1, Ordering::AcqRel);
+        Busy(self)
+    }
+
+    /// Requests being answered now.
+    pub fn current(&self) -> usize {
+        self.current.load(Ordering::Acquire)
+    }
+}
+
+/// One request being answered.
+#[derive(Debug)]
+pub struct Busy<'a>(&'a Requests);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.current.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

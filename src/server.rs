@@ -48,8 +48,19 @@ pub fn run(
         .listen("herald", listener, move || {
             // Called once on each worker's thread as it starts.
             shards.start_one();
+            let counted = state.clone();
             let app = App::new()
                 .app_data(state.clone())
+                // Counts every request until its answer's head is ready (a stream's body is
+                // not waited for): the drain lets them finish before the workers stop.
+                .wrap_fn(move |req, srv| {
+                    let state = counted.clone();
+                    let answer = srv.call(req);
+                    async move {
+                        let _busy = state.requests.enter();
+                        answer.await
+                    }
+                })
                 .wrap(actix_web::middleware::Condition::new(
                     access_log,
                     access_log::logger(),

@@ -11,7 +11,7 @@
 
 mod body;
 pub(crate) mod direct;
-mod error;
+pub(crate) mod error;
 mod params;
 
 use std::hash::{Hash, Hasher};

@@ -34,6 +34,8 @@ pub struct AppState {
     pub draining: AtomicBool,
     /// Connected subscribers, against `--max-connections`.
     pub connections: Arc<Connections>,
+    /// Requests being answered now, for the drain.
+    pub requests: crate::limits::Requests,
     /// Owner of the dashboard registrations.
     pub registry: Addr<crate::dashboard::Registry>,
     /// Where webhook subscriptions and their attempt logs are kept.
@@ -52,6 +54,28 @@ impl AppState {
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
     }
+}
+
+/// 405 for a method that `path` (a route template) does not serve, in its face's error shape,
+/// with the methods it does serve in `Allow`.
+pub(crate) fn method_not_allowed(path: &str, allow: &str) -> actix_web::HttpResponse {
+    let status = actix_web::http::StatusCode::METHOD_NOT_ALLOWED;
+    let desc = format!("{path} answers {allow} only");
+    let mut res = if path.starts_with("/notification/") {
+        let body = instances::error::ErrorBody {
+            auth_success: true,
+            error_code: "method_not_allowed".into(),
+            desc,
+        };
+        json_error(status, &body)
+    } else {
+        json_error(status, &serde_json::json!({ "error": desc }))
+    };
+    if let Ok(allow) = actix_web::http::header::HeaderValue::from_str(allow) {
+        res.headers_mut()
+            .insert(actix_web::http::header::ALLOW, allow);
+    }
+    res
 }
 
 /// Registers every face's routes.

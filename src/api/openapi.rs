@@ -74,8 +74,9 @@ pub struct Routes<'a> {
     cfg: Option<&'a mut web::ServiceConfig>,
     /// Every (method, path) added so far, in order.
     added: Vec<(Method, String)>,
-    /// When serving, the routes to register by `serve`, grouped by their first path segment.
-    served: BTreeMap<String, Vec<(String, actix_web::Route)>>,
+    /// When serving, the routes to register by `serve`, grouped by their first path segment,
+    /// then by the rest of their path, with their methods.
+    served: BTreeMap<String, BTreeMap<String, Vec<(Method, actix_web::Route)>>>,
 }
 
 impl<'a> Routes<'a> {
@@ -111,17 +112,18 @@ impl<'a> Routes<'a> {
         let Some(cfg) = self.cfg else {
             return;
         };
-        for (prefix, routes) in self.served {
+        for (prefix, paths) in self.served {
             if prefix == "/" {
-                for (_, route) in routes {
-                    cfg.route("/", route);
+                // The demo page: the root gets no scope of its own.
+                for (_, routes) in paths {
+                    cfg.service(resource("/", "/", routes));
                 }
                 continue;
             }
-            let scope = routes
+            let scope = paths
                 .into_iter()
-                .fold(web::scope(&prefix), |scope, (rest, route)| {
-                    scope.route(&rest, route)
+                .fold(web::scope(&prefix), |scope, (rest, routes)| {
+                    scope.service(resource(&format!("{prefix}{rest}"), &rest, routes))
                 });
             cfg.service(scope);
         }
@@ -152,15 +154,44 @@ impl<'a> Routes<'a> {
                 // "/events/client/{clientId}" -> ("/events", "/client/{clientId}").
                 let end = path[1..].find('/').map_or(path.len(), |i| i + 1);
                 let (prefix, rest) = path.split_at(end);
-                self.served.entry(prefix.to_string()).or_default().push((
-                    rest.to_string(),
-                    web::method(method.clone()).to(handler.clone()),
-                ));
+                self.served
+                    .entry(prefix.to_string())
+                    .or_default()
+                    .entry(rest.to_string())
+                    .or_default()
+                    .push((
+                        method.clone(),
+                        web::method(method.clone()).to(handler.clone()),
+                    ));
             }
             self.added.push((method, path.clone()));
         }
         self
     }
+}
+
+/// One path's routes, and 405 with `Allow` for any other method (instead of the router's 404:
+/// the path exists). `full` is the whole path template, for the face's error shape.
+fn resource(
+    full: &str,
+    path: &str,
+    routes: Vec<(Method, actix_web::Route)>,
+) -> actix_web::Resource {
+    let allow = routes
+        .iter()
+        .map(|(m, _)| m.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let face = full.to_string();
+    let resource = routes
+        .into_iter()
+        .fold(web::resource(path), |resource, (_, route)| {
+            resource.route(route)
+        });
+    resource.default_service(web::to(move || {
+        let (allow, face) = (allow.clone(), face.clone());
+        async move { super::method_not_allowed(&face, &allow) }
+    }))
 }
 
 /// The operation `P` declares, served at its path with a trailing slash too. Its operation id

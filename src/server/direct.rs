@@ -230,6 +230,7 @@ async fn requests(
             return Outcome::Declined(Replay::new(buf, io));
         };
         let entry = Entry::begin(&io, &request);
+        let busy = state.requests.enter();
         let answer = match request.head.method {
             Some("POST") => documents::direct::publish(state, &request).await,
             Some("GET") => instances::direct::long_poll(state, &request).await,
@@ -245,6 +246,7 @@ async fn requests(
             log::debug!("connection ended: {e}");
             return Outcome::Served;
         }
+        drop(busy);
         if let Some(entry) = entry {
             entry.end(status, size);
         }

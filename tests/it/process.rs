@@ -66,6 +66,8 @@ pub fn serve_with(mut cmd: Command, args: &[&str]) -> Served {
 #[test]
 fn refuses_to_start_without_a_verification_key() {
     let out = herald()
+        // One line even where backtraces are asked for.
+        .env("RUST_BACKTRACE", "1")
         .args(["serve", "--memory", "--listen", "127.0.0.1:0"])
         .output()
         .unwrap();
@@ -189,7 +191,7 @@ async fn the_access_log_has_a_line_per_request_whichever_path_serves_it() {
 
 #[actix_rt::test]
 async fn sigterm_drains_streams_and_exits_zero() {
-    let mut srv = serve(&["--memory", "--jwt-secret", SECRET]);
+    let mut srv = serve(&["--memory", "--jwt-secret", SECRET, "--drain-delay", "0s"]);
     let base = format!("http://{}", srv.addr);
     let mut res = client()
         .get(format!("{base}/events/client"))
@@ -236,4 +238,72 @@ fn a_corrupt_store_is_a_one_line_error_naming_the_file() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("herald.db"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// During `--drain-delay` the server still accepts: `/health` answers 503 on a new connection.
+/// After it, nothing new is accepted, but a publish whose body was still arriving completes.
+#[actix_rt::test]
+async fn a_drain_answers_health_503_and_lets_a_publish_under_way_finish() {
+    use std::io::{Read, Write};
+    let mut srv = serve(&[
+        "--memory",
+        "--jwt-secret",
+        SECRET,
+        "--publisher-key",
+        PUBLISHER_KEY,
+        "--drain-delay",
+        "1s",
+    ]);
+    let body = json!({"documentId": uuid::Uuid::new_v4(), "status": "PENDING"}).to_string();
+    let (first, rest) = body.split_at(body.len() / 2);
+    let mut publish = std::net::TcpStream::connect(&srv.addr).unwrap();
+    write!(
+        publish,
+        "POST /events/client/late HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {PUBLISHER_KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{first}",
+        body.len()
+    )
+    .unwrap();
+    let pid = srv.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    wait_for("/health 503 on a new connection", || {
+        let url = format!("http://{}/health", srv.addr);
+        async move {
+            let res = client().get(url).send().await.ok()?;
+            (res.status() == StatusCode::SERVICE_UNAVAILABLE).then_some(())
+        }
+    })
+    .await;
+    wait_for("the end of the drain delay", || {
+        let paused = srv
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("no longer accepting; requests under way: 1"));
+        async move { paused.then_some(()) }
+    })
+    .await;
+
+    publish.write_all(rest.as_bytes()).unwrap();
+    let mut answer = String::new();
+    let mut buf = [0u8; 1024];
+    publish.set_read_timeout(Some(DEADLINE)).unwrap();
+    while !answer.ends_with('}') {
+        let n = publish.read(&mut buf).unwrap();
+        assert!(n > 0, "connection closed: {answer:?}");
+        answer.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    drop(publish);
+    let status = wait_for("exit", || {
+        let status = srv.child.try_wait().unwrap();
+        async move { status }
+    })
+    .await;
+    assert!(status.success(), "{status:?}");
 }
