@@ -3,7 +3,7 @@
 use crate::common::*;
 
 /// Scrapes `/metrics` and returns the value of one sample, by name and one label.
-pub struct Scrape(prometheus_parse::Scrape);
+pub struct Scrape(pub prometheus_parse::Scrape);
 
 impl Scrape {
     pub async fn take(srv: &TestServer) -> Self {
