@@ -3,13 +3,17 @@
 
 CARGO ?= cargo
 
-.PHONY: run test lint build bench cluster
+.PHONY: run test lint build bench cluster contract
 
 run:
 	$(CARGO) run --release -- serve --dev
 
 build:
 	$(CARGO) build --release
+
+# /openapi.json against the server, with Schemathesis (installed from PyPI if missing).
+contract:
+	./scripts/contract
 
 # Redis, three nodes and an nginx load balancer on http://127.0.0.1:8080/ (see the README).
 cluster:

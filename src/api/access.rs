@@ -8,7 +8,7 @@
 //! Routes are registered from their OpenAPI declarations (`ApiDoc`; schemas in `schema.rs`).
 
 pub(crate) mod direct;
-mod schema;
+pub(crate) mod schema;
 
 use std::collections::HashMap;
 use std::io;
@@ -325,14 +325,17 @@ fn parse_events(body: &[u8]) -> Result<Vec<(String, Box<RawValue>)>, AccessError
             };
             let accessid: String = serde_json::from_str(field("accessid")?.get())
                 .map_err(|_| AccessError::invalid("must be a string", at("accessid")))?;
-            if !(1..=MAX_ACCESS_ID).contains(&accessid.len()) {
+            if !(1..=MAX_ACCESS_ID).contains(&accessid.chars().count()) {
                 return Err(AccessError::invalid(
-                    format!("must be 1 to {MAX_ACCESS_ID} bytes"),
+                    format!("must be 1 to {MAX_ACCESS_ID} characters"),
                     at("accessid"),
                 ));
             }
-            let created_at: i64 = serde_json::from_str(field("created_at")?.get())
-                .map_err(|_| AccessError::invalid("must be an integer", at("created_at")))?;
+            let created_at = serde_json::from_str::<serde_json::Number>(field("created_at")?.get())
+                .ok()
+                .as_ref()
+                .and_then(crate::session::ws::whole_number)
+                .ok_or_else(|| AccessError::invalid("must be an integer", at("created_at")))?;
             let wire = WireEvent {
                 accessid: &accessid,
                 created_at,
@@ -359,7 +362,7 @@ fn parse_events(body: &[u8]) -> Result<Vec<(String, Box<RawValue>)>, AccessError
         (status = 400, description = "The body could not be read", body = AccessErrorBody),
         (status = 401, description = UNAUTHORIZED, body = AccessErrorBody),
         (status = 413, description = "The body is larger than `--max-body`", body = AccessErrorBody),
-        (status = 422, description = "Not JSON, or `drop_access_id` missing or not a string", body = AccessErrorBody),
+        (status = 422, description = "Not JSON, or `drop_access_id` missing, not a string, or not 1 to 256 characters", body = AccessErrorBody),
         (status = 503, description = "The broker cannot be reached now", body = AccessErrorBody),
     ),
     security(("publisher" = []))
@@ -379,7 +382,17 @@ async fn drop_user(
     })?;
     let access_id = match value.get("drop_access_id") {
         None => return Err(AccessError::invalid("missing field", "drop_access_id")),
-        Some(serde_json::Value::String(id)) => id.clone(),
+        Some(serde_json::Value::String(id))
+            if (1..=MAX_ACCESS_ID).contains(&id.chars().count()) =>
+        {
+            id.clone()
+        }
+        Some(serde_json::Value::String(_)) => {
+            return Err(AccessError::invalid(
+                format!("must be 1 to {MAX_ACCESS_ID} characters"),
+                "drop_access_id",
+            ))
+        }
         Some(_) => return Err(AccessError::invalid("must be a string", "drop_access_id")),
     };
     let stream = StreamKey::new(StreamKind::Access, access_id.clone());

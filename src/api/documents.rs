@@ -7,7 +7,7 @@
 //! Routes are registered from their OpenAPI declarations (`ApiDoc`; schemas in `schema.rs`).
 
 pub(crate) mod direct;
-mod schema;
+pub(crate) mod schema;
 
 use actix::Actor;
 use actix_web::http::header::{self, HeaderValue};
@@ -304,7 +304,7 @@ impl Published {
     path = "/events/client/{clientId}",
     tag = TAG,
     operation_id = "publish_client_events",
-    params(("clientId" = String, Path, description = "The client whose stream receives the events (1 to 256 bytes)")),
+    params(("clientId" = String, Path, description = "The client whose stream receives the events (1 to 256 characters)")),
     request_body = DocumentStatusEvents,
     responses(
         (status = 202, description = "Durable and on their way to subscribers", body = DocumentsPublished),
@@ -354,9 +354,9 @@ pub(crate) fn admit(
             return Err(PublishError::new(401, "publisher credential refused", None))
         }
     }
-    if client_id.is_empty() || client_id.len() > MAX_CLIENT_ID {
+    if client_id.is_empty() || client_id.chars().count() > MAX_CLIENT_ID {
         return Err(PublishError::invalid(
-            format!("client id must be 1 to {MAX_CLIENT_ID} bytes"),
+            format!("client id must be 1 to {MAX_CLIENT_ID} characters"),
             "clientId",
         ));
     }

@@ -22,8 +22,48 @@ use utoipa::Path as _;
 
 use super::{access, documents, instances, ops};
 
-/// The whole document, built on request (it is small and rarely asked for).
-pub fn document() -> OpenApi {
+/// The whole document, built on request (it is small and rarely asked for): what the faces
+/// declare with utoipa, then what each face adds that utoipa's derives cannot say (`refine`).
+pub fn document() -> serde_json::Value {
+    let mut doc = serde_json::to_value(declared()).expect("an OpenAPI document serializes");
+    documents::schema::refine(&mut doc);
+    access::schema::refine(&mut doc);
+    super::dashboard::schema::refine(&mut doc);
+    ops::refine(&mut doc);
+    doc
+}
+
+/// The part of the document at `pointer` (RFC 6901) that a `refine` changes. The document's
+/// shape comes from the code, not from a request: a missing part is a mistake that the
+/// OpenAPI tests catch.
+pub fn part<'a>(doc: &'a mut serde_json::Value, pointer: &str) -> &'a mut serde_json::Value {
+    doc.pointer_mut(pointer)
+        .unwrap_or_else(|| panic!("the OpenAPI document has no {pointer}"))
+}
+
+/// The pointer of the operation `method` of `path` (`/events/client`, `get`).
+pub fn operation(path: &str, method: &str) -> String {
+    format!(
+        "/paths/{}/{method}",
+        path.replace('~', "~0").replace('/', "~1")
+    )
+}
+
+/// The operation parameter `name` of the operation at `operation` (a pointer).
+pub fn parameter<'a>(
+    doc: &'a mut serde_json::Value,
+    operation: &str,
+    name: &str,
+) -> &'a mut serde_json::Value {
+    let parameters = part(doc, &format!("{operation}/parameters"));
+    parameters
+        .as_array_mut()
+        .and_then(|all| all.iter_mut().find(|p| p["name"] == name))
+        .unwrap_or_else(|| panic!("{operation} has no parameter {name}"))
+}
+
+/// What utoipa's derives declare.
+fn declared() -> OpenApi {
     let mut doc = OpenApiBuilder::new()
         .info(
             InfoBuilder::new()

@@ -181,7 +181,7 @@ fn html_escape(text: &str) -> String {
     tag = DEV_TAG,
     operation_id = "dev_token",
     params(
-        ("sub" = String, Query, description = "The token's subject"),
+        ("sub" = String, Query, min_length = 1, description = "The token's subject"),
         ("permission" = Option<Vec<String>>, Query, explode, description = "A permission; repeat for several"),
     ),
     responses(
@@ -221,4 +221,12 @@ async fn dev_token(req: actix_web::HttpRequest, state: web::Data<AppState>) -> H
     HttpResponse::Ok()
         .content_type("text/plain; charset=utf-8")
         .body(auth::mint(secret, &sub, &permissions, DEV_TOKEN_TTL))
+}
+
+/// What the operator endpoints' declarations cannot say: the dev sink's `status` is a status
+/// code (`dev_sink::receive` refuses others).
+pub fn refine(doc: &mut serde_json::Value) {
+    let sink = super::openapi::operation("/dev/webhook-sink", "post");
+    super::openapi::parameter(doc, &sink, "status")["schema"] =
+        serde_json::json!({"type": "integer", "minimum": 100, "maximum": 599});
 }

@@ -246,6 +246,18 @@ fn parse_currencies(value: &Value, field: &str) -> Result<Vec<String>, Invalid> 
     Ok(codes)
 }
 
+/// The names and codes this module accepts, for the OpenAPI document: every English ISO 3166
+/// short name, every alpha-2 code, every ISO 4217 currency code.
+pub fn accepted() -> (Vec<&'static str>, Vec<&'static str>, Vec<String>) {
+    let names = CountryCode::iter().map(|c| c.name()).collect();
+    let codes = CountryCode::iter().map(|c| c.alpha2()).collect();
+    use iso_currency::IntoEnumIterator;
+    let currencies = iso_currency::Currency::iter()
+        .map(|c| c.code().to_string())
+        .collect();
+    (names, codes, currencies)
+}
+
 /// The country of an English ISO short name, ignoring case; also without a parenthesized
 /// qualifier ("Bolivia" for "Bolivia (Plurinational State of)") when that is unambiguous.
 fn country_by_name(name: &str) -> Option<CountryCode> {

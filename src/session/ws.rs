@@ -43,12 +43,16 @@ use crate::metrics::FaceMetrics;
 use crate::session::queue::{self, TrySendError};
 use crate::session::sink::{self, Format, Sink};
 
-/// Longest access id accepted, so stream names stay small (as for client ids).
+/// Longest access id accepted, in characters, so stream names stay small (as for client ids).
 pub const MAX_ACCESS_ID: usize = 256;
 
 /// The text sent before closing on a first frame that is not an announcement, as the notifier
 /// does.
 pub const WRONG_ANNOUNCEMENT: &str = "Wrong JSON announcement";
+
+/// The largest frame a client may send, the announcement included (actix-http's default): a
+/// larger one closes the session with 1009.
+pub const MAX_CLIENT_FRAME: usize = 64 * 1024;
 
 /// Most events in one text frame when several are ready at once.
 const MAX_BATCH_EVENTS: usize = 256;
@@ -63,6 +67,7 @@ pub struct Announcement {
     /// The access id whose events the client wants.
     pub access_id: String,
     /// Replay and deliver only events with `created_at` at least this.
+    #[serde(deserialize_with = "integer")]
     pub timestamp: i64,
     /// A subscriber JWT, when not given on the upgrade request.
     #[serde(default)]
@@ -74,9 +79,28 @@ impl Announcement {
     /// access id. Unknown keys are ignored, as the notifier does.
     pub fn parse(text: &str) -> Option<Self> {
         let announcement: Self = serde_json::from_str(text).ok()?;
-        let len = announcement.access_id.len();
+        let len = announcement.access_id.chars().count();
         (1..=MAX_ACCESS_ID).contains(&len).then_some(announcement)
     }
+}
+
+/// An integer as JSON Schema counts them: `2000`, and `2000.0` too (a number without a
+/// fraction), within 64 bits. The announcement's `timestamp` and an event's `created_at` are
+/// read this way. A number with a fraction part or an exponent counts only below 2^53, where
+/// every integer has one exact float: beyond it, `9007199254740993.0` would be read as its
+/// neighbour.
+pub fn whole_number(value: &serde_json::Number) -> Option<i64> {
+    /// 2^53.
+    const EXACT: f64 = 9_007_199_254_740_992.0;
+    value.as_i64().or_else(|| {
+        let f = value.as_f64()?;
+        (f.fract() == 0.0 && f.abs() < EXACT).then_some(f as i64)
+    })
+}
+
+fn integer<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+    let number = serde_json::Number::deserialize(deserializer)?;
+    whole_number(&number).ok_or_else(|| serde::de::Error::custom("not an integer"))
 }
 
 /// Why an announcement may not follow its access id; the reason of a 1008 close.
@@ -299,6 +323,10 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
         let announced = self.stream.is_some();
         let msg = match msg {
             Ok(msg) => msg,
+            // Said as RFC 6455 says it, before or after the announcement.
+            Err(ws::ProtocolError::Overflow) => {
+                return self.close(CloseCode::Size, "message too big", ctx);
+            }
             Err(e) if !announced => {
                 log::debug!("WebSocket protocol error before the announcement: {e}");
                 return self.wrong_announcement(ctx);
@@ -374,7 +402,7 @@ impl ClientFrames {
     fn new(buf: BytesMut, payload: ClientBytes) -> Self {
         Self {
             payload,
-            codec: Codec::new(),
+            codec: Codec::new().max_size(MAX_CLIENT_FRAME),
             buf,
             ended: false,
         }
@@ -565,6 +593,11 @@ mod tests {
     fn announcements_need_an_id_and_an_integer_timestamp() {
         let ok = Announcement::parse(r#"{"access_id":"c1","timestamp":2000,"extra":1}"#).unwrap();
         assert_eq!((ok.access_id.as_str(), ok.timestamp), ("c1", 2000));
+        let whole = Announcement::parse(r#"{"access_id":"c1","timestamp":2000.0}"#).unwrap();
+        assert_eq!(
+            whole.timestamp, 2000,
+            "a number without a fraction is an integer"
+        );
         assert_eq!(ok.token, None);
         for bad in [
             "",
@@ -575,6 +608,8 @@ mod tests {
             r#"{"access_id":1,"timestamp":1}"#,
             r#"{"access_id":"c1","timestamp":"1"}"#,
             r#"{"access_id":"c1","timestamp":1.5}"#,
+            r#"{"access_id":"c1","timestamp":-9223372036854775809}"#,
+            r#"{"access_id":"c1","timestamp":9007199254740993.0}"#,
             r#"{"access_id":"","timestamp":1}"#,
             r#"{"access_id":"c1","timestamp":1,"token":7}"#,
         ] {

@@ -252,7 +252,7 @@ async fn a_drain_answers_health_503_and_lets_a_publish_under_way_finish() {
         "--publisher-key",
         PUBLISHER_KEY,
         "--drain-delay",
-        "1s",
+        "3s",
     ]);
     let body = json!({"documentId": uuid::Uuid::new_v4(), "status": "PENDING"}).to_string();
     let (first, rest) = body.split_at(body.len() / 2);

@@ -4,15 +4,20 @@
 
 #![allow(dead_code)] // Read by utoipa's derive only.
 
+use serde_json::{json, Value};
 use utoipa::ToSchema;
+
+use crate::api::openapi::{operation, parameter, part};
+use crate::session::ws::MAX_CLIENT_FRAME;
 
 /// An access event, as pushed and as delivered (exactly as pushed). Unknown keys are ignored.
 #[derive(ToSchema)]
 pub struct AccessEvent {
-    /// The access id whose subscribers receive the event (1 to 256 bytes).
+    /// The access id whose subscribers receive the event (1 to 256 characters).
     #[schema(example = "client1", min_length = 1, max_length = 256)]
     accessid: String,
-    /// The event's time as the publisher sees it; announcements replay from it.
+    /// The event's time as the publisher sees it; announcements replay from it. A number
+    /// without a fraction (`2000.0`) is taken as that integer.
     #[schema(example = 2000)]
     created_at: i64,
     /// Any JSON, delivered verbatim.
@@ -23,7 +28,7 @@ pub struct AccessEvent {
 /// The first text frame a WebSocket client sends.
 #[derive(ToSchema)]
 pub struct AccessAnnouncement {
-    /// The access id to follow (1 to 256 bytes).
+    /// The access id to follow (1 to 256 characters).
     #[schema(example = "client1", min_length = 1, max_length = 256)]
     access_id: String,
     /// Replay retained events with `created_at` at least this, then follow live ones.
@@ -59,7 +64,9 @@ pub const SESSION: &str = "Upgrades to a WebSocket. Every frame below is a text 
    `{\"access_id\": \"client1\", \"timestamp\": 2000, \"token\": \"<jwt>\"}`. The token may come
    from `Authorization: Bearer` on the upgrade request instead, and is not needed with `--dev`.
    A first frame that is not such JSON, or no announcement within `--ws-announce-timeout`,
-   gets the text frame `Wrong JSON announcement` and close 1008.
+   gets the text frame `Wrong JSON announcement` and close 1008. Keys other than these three
+   are ignored, but the frame may be at most 64 KiB (65,536 bytes), as any frame a client
+   sends: a larger one gets close 1009 `message too big`.
 2. **Events** (server): every retained event of `access:<access_id>` with
    `created_at >= timestamp`, ordered by `created_at` then publish order, then live events as
    they are pushed. Each frame is a JSON array of one or more events (schema `AccessEvent`),
@@ -72,8 +79,54 @@ Close codes (with their reason):
 - 1000 `dropped`: `POST /drop_user` named this access id.
 - 1001 `shutdown`: the server is draining; reconnect and announce again.
 - 1002 `protocol error`: the client broke the WebSocket protocol after announcing.
+- 1009 `message too big`: a frame over 64 KiB.
 - 1008 `Wrong JSON announcement`; `auth_required` (no token), `auth_failed` (a token that does
   not verify), `forbidden` (a token for another access id without `access:read`);
   `heartbeat timeout`; `slow consumer` (more than `--subscriber-queue` events behind).
 - 1013 `connection limit reached`: `--max-connections` subscribers are connected already;
   sent right after the upgrade.";
+
+// `SESSION` says 64 KiB.
+const _: () = assert!(MAX_CLIENT_FRAME == 65_536);
+
+/// What the derives above cannot say: a payload of any JSON, the access ids' length, and the
+/// upgrade's headers as RFC 6455 has them.
+pub fn refine(doc: &mut Value) {
+    let ids = json!({
+        "type": "string",
+        "minLength": 1,
+        "maxLength": crate::session::ws::MAX_ACCESS_ID,
+        "description": "1 to 256 characters",
+        "example": "client1",
+    });
+    let event = part(doc, "/components/schemas/AccessEvent/properties");
+    event["payload"] = json!({
+        "description": "Any JSON (an object, an array, a string, a number, a boolean or null), delivered verbatim.",
+        "example": {"door": "open"},
+    });
+    event["accessid"] = ids.clone();
+    part(doc, "/components/schemas/AccessAnnouncement/properties")["access_id"] = ids.clone();
+    part(doc, "/components/schemas/DropUser/properties")["drop_access_id"] = ids;
+    let upgrade = operation("/subscribe_to_events", "get");
+    for (name, schema) in [
+        (
+            "Upgrade",
+            json!({"type": "string", "pattern": "^[Ww][Ee][Bb][Ss][Oo][Cc][Kk][Ee][Tt]$"}),
+        ),
+        (
+            "Connection",
+            json!({"type": "string", "pattern": "^[Uu][Pp][Gg][Rr][Aa][Dd][Ee]$"}),
+        ),
+        // 16 bytes in base64.
+        (
+            "Sec-WebSocket-Key",
+            json!({"type": "string", "pattern": "^[A-Za-z0-9+/]{21}[AQgw]==$"}),
+        ),
+        (
+            "Sec-WebSocket-Version",
+            json!({"type": "string", "enum": ["13"]}),
+        ),
+    ] {
+        parameter(doc, &upgrade, name)["schema"] = schema;
+    }
+}

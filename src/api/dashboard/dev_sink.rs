@@ -47,8 +47,8 @@ pub fn configure(routes: &mut Routes) {
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 struct Answer {
-    /// The status to answer with, to try out retries and `410 Gone`; 200 when absent or not
-    /// a status code.
+    /// The status to answer with (100 to 599), to try out retries and `410 Gone`; 200 when
+    /// absent.
     status: Option<u16>,
 }
 
@@ -73,6 +73,7 @@ fn not_dev() -> HttpResponse {
         (status = 200, description = "Recorded (the default answer)"),
         (status = 404, description = NOT_DEV, body = super::schema::DashboardErrorBody),
         (status = 413, description = "The body is larger than 64 KiB", body = super::schema::DashboardErrorBody),
+        (status = 422, description = "`status` is not a status code", body = super::schema::DashboardErrorBody),
         (status = "default", description = "Recorded; answered with the `status` asked for"),
     )
 )]
@@ -94,11 +95,20 @@ async fn receive(
             return crate::api::json_error(status, &serde_json::json!({"error": e.to_string()}));
         }
     };
-    let status = web::Query::<Answer>::from_query(req.query_string())
-        .ok()
-        .and_then(|q| q.status)
-        .and_then(|s| StatusCode::from_u16(s).ok())
-        .unwrap_or(StatusCode::OK);
+    let status = match web::Query::<Answer>::from_query(req.query_string()) {
+        Ok(query) => query.status.map_or(Ok(StatusCode::OK), |s| {
+            StatusCode::from_u16(s)
+                .ok()
+                .filter(|_| (100..=599).contains(&s))
+                .ok_or(())
+        }),
+        Err(_) => Err(()),
+    };
+    let Ok(status) = status else {
+        let body =
+            serde_json::json!({"error": "must be a status code, 100 to 599", "field": "status"});
+        return crate::api::json_error(StatusCode::UNPROCESSABLE_ENTITY, &body);
+    };
     let header = |name: &str| {
         req.headers()
             .get(name)
@@ -163,6 +173,7 @@ async fn receive(
         (status = 200, description = "What the sink received", body = [Object]),
         (status = 404, description = NOT_DEV, body = super::schema::DashboardErrorBody),
         (status = 413, description = "The body is larger than 64 KiB", body = super::schema::DashboardErrorBody),
+        (status = 422, description = "`status` is not a status code", body = super::schema::DashboardErrorBody),
     )
 )]
 async fn list(state: web::Data<AppState>) -> HttpResponse {
@@ -188,6 +199,7 @@ async fn list(state: web::Data<AppState>) -> HttpResponse {
         (status = 204, description = "Forgotten"),
         (status = 404, description = NOT_DEV, body = super::schema::DashboardErrorBody),
         (status = 413, description = "The body is larger than 64 KiB", body = super::schema::DashboardErrorBody),
+        (status = 422, description = "`status` is not a status code", body = super::schema::DashboardErrorBody),
     )
 )]
 async fn clear(state: web::Data<AppState>) -> HttpResponse {

@@ -4,7 +4,11 @@
 
 #![allow(dead_code)] // Read by utoipa's derive only.
 
+use serde_json::{json, Value};
 use utoipa::ToSchema;
+
+use crate::api::openapi::{operation, part};
+use crate::dashboard::registration;
 
 /// What a dashboard shows. Unknown keys are refused.
 #[derive(ToSchema)]
@@ -170,4 +174,75 @@ pub struct DashboardErrorBody {
     #[schema(example = "missing field(s): url, event")]
     error: String,
     field: Option<String>,
+}
+
+/// What the derives above cannot say: the names and codes accepted (from the same tables the
+/// face checks against), that `country` or `isoCode` must be there, that every feature and a
+/// PATCH's every field are optional, which keys are refused, and what a webhook URL looks like.
+pub fn refine(doc: &mut Value) {
+    let (names, codes, currencies) = registration::accepted();
+    let schemas = part(doc, "/components/schemas");
+    schemas["Features"]["required"] = json!([]);
+    schemas["Features"]["additionalProperties"] = json!(false);
+    schemas["Features"]["properties"]["targetCurrencies"]["items"] = json!({"enum": currencies});
+    schemas["Features"]["description"] = json!(
+        "What a dashboard shows: every feature is optional (off when absent), `targetCurrencies` \
+         empty when absent. Unknown keys are refused."
+    );
+    let read_only =
+        json!({"description": "Sent back from a GET: accepted and ignored.", "readOnly": true});
+    let optional = |values: Vec<Value>| json!({"type": ["string", "null"], "enum": values.into_iter().chain([json!(""), Value::Null]).collect::<Vec<_>>()});
+    let names: Vec<Value> = names.into_iter().map(Value::from).collect();
+    let codes: Vec<Value> = codes.into_iter().map(Value::from).collect();
+    let fields = json!({
+        "country": {
+            "description": "English ISO 3166 short name, any case; also without its parenthesized part when that is unambiguous (`Bolivia`). Empty, null or absent: filled from `isoCode`; any value when `isoCode` is given, which wins.",
+            "type": ["string", "null"],
+        },
+        "isoCode": {
+            "description": "ISO 3166 alpha-2 code, any case. Empty, null or absent: looked up from `country`.",
+            "type": ["string", "null"],
+        },
+        "features": {"$ref": "#/components/schemas/Features"},
+        "id": read_only,
+        "lastChange": read_only,
+        "lastRetrieval": read_only,
+    });
+    // A code, or a name and no code.
+    let named = json!([
+        {"required": ["isoCode"], "properties": {"isoCode": {"enum": codes}}},
+        {"properties": {"country": {"enum": names}, "isoCode": optional(Vec::new())}, "required": ["country"]},
+    ]);
+    let cleared = json!({"enum": ["", Value::Null]});
+    schemas["RegistrationPatch"] = json!({
+        "type": "object",
+        "description": "The fields of a registration to change (PATCH): each optional; `features` key by key. A new value for only `country` or only `isoCode` makes the other follow; clearing one keeps the other, clearing both is refused.",
+        "additionalProperties": false,
+        "properties": fields,
+        "anyOf": [
+            {"required": ["isoCode"], "properties": {"isoCode": {"enum": codes}}},
+            {"properties": {"country": optional(names.clone()), "isoCode": cleared}},
+        ],
+        "not": {"required": ["country", "isoCode"], "properties": {"country": cleared, "isoCode": cleared}},
+    });
+    schemas["RegistrationInput"] = json!({
+        "type": "object",
+        "description": "A registration as sent to POST and PUT: an `isoCode`, or a `country` name without one (the code wins when both are given); the missing one is filled from the ISO 3166 table. Unknown keys are refused.",
+        "additionalProperties": false,
+        "properties": fields,
+        "anyOf": named,
+    });
+    let patch = operation("/dashboard/v1/registrations/{id}", "patch");
+    part(
+        doc,
+        &format!("{patch}/requestBody/content/application~1json/schema"),
+    )["$ref"] = json!("#/components/schemas/RegistrationPatch");
+    let webhook = part(doc, "/components/schemas/WebhookSubscriptionInput");
+    webhook["additionalProperties"] = json!(false);
+    webhook["properties"]["url"]["pattern"] = json!(crate::api::dashboard::webhooks::URL_PATTERN);
+    webhook["properties"]["country"] = json!({
+        "description": "Upper-case ISO 3166 alpha-2 code, or empty for every country.",
+        "enum": codes.into_iter().chain([json!("")]).collect::<Vec<_>>(),
+        "example": "NO",
+    });
 }

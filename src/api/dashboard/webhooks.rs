@@ -90,10 +90,82 @@ pub fn parse(body: &Value) -> Result<NewSubscription, DashboardError> {
     })
 }
 
+/// The form of a webhook URL, as `/openapi.json` gives it (and `plain_form` checks it):
+/// `http` or `https`, a DNS name (or IPv4 address), an optional port, then a path and a query
+/// of RFC 3986's URL characters; no credentials, no fragment. `plain_form` also takes an IPv6
+/// address in brackets, which a pattern cannot tell from garbage.
+pub const URL_PATTERN: &str = concat!(
+    r"^[Hh][Tt][Tt][Pp][Ss]?://",
+    r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*",
+    r"(:(0|[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?",
+    r"(/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*)?",
+    r"(\?[A-Za-z0-9._~!$&'()*+,;=:@%/?-]*)?$",
+);
+
+/// Characters of a path (RFC 3986's `pchar` and `/`, `%` standing for its escapes).
+fn path_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "._~!$&'()*+,;=:@%/-".contains(c)
+}
+
+/// Whether `url` has the form of `URL_PATTERN`, checked by hand (one pattern needs no regex
+/// engine), so that the document and the check agree.
+fn plain_form(url: &str) -> bool {
+    let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
+    let rest = if lower.starts_with("https://") {
+        &url[8..]
+    } else if lower.starts_with("http://") {
+        &url[7..]
+    } else {
+        return false;
+    };
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(bracketed) => match bracketed.split_once(']') {
+            Some((v6, "")) => (v6, None),
+            Some((v6, port)) => match port.strip_prefix(':') {
+                Some(port) => (v6, Some(port)),
+                None => return false,
+            },
+            None => return false,
+        },
+        None => match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        },
+    };
+    let ipv6 = authority.starts_with('[');
+    let label = |l: &str| {
+        let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+        edge(l.chars().next())
+            && edge(l.chars().last())
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    };
+    // A port from 0 to 65535, written without leading zeros.
+    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n.to_string() == p));
+    let (path, query) = match tail.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (tail, None),
+    };
+    (if ipv6 {
+        host.parse::<std::net::Ipv6Addr>().is_ok()
+    } else {
+        host.split('.').all(label)
+    }) && port_ok
+        && path.chars().all(path_char)
+        && query.is_none_or(|q| q.chars().all(|c| path_char(c) || c == '?'))
+}
+
 fn parse_url(s: &str) -> Result<Url, DashboardError> {
     let bad = |why: &str| DashboardError::invalid("url", why);
     if s.len() > MAX_URL {
         return Err(bad(&format!("must be at most {MAX_URL} characters")));
+    }
+    if !plain_form(s) {
+        return Err(bad(
+            "must be an absolute http or https URL: a DNS name or an IP address, an optional \
+             port, a path and a query of URL characters (no credentials, no fragment)",
+        ));
     }
     let url = Url::parse(s).map_err(|_| bad("must be an absolute http or https URL"))?;
     if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
@@ -276,6 +348,40 @@ async fn deliveries(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn webhook_urls_have_the_documented_form() {
+        for ok in [
+            "https://hooks.example.com/herald",
+            "HTTP://a",
+            "http://10.0.0.1:8080/x?token=a%20b&c=d?e",
+            "http://127.0.0.1:65535/ok",
+            "https://x-y.z/p/q.r~s!$&'()*+,;=:@",
+            "http://a?q",
+            "http://[2001:db8::1]:8443/x",
+        ] {
+            assert!(plain_form(ok), "{ok}");
+        }
+        for bad in [
+            "ftp://a/",
+            "http://",
+            "http://-a/",
+            "http://a-/",
+            "http://a..b/",
+            "http://e.net*",
+            "http://a:/",
+            "http://a:65536/",
+            "http://a:080/",
+            "http://user:pw@a/",
+            "http://a/#frag",
+            "http://a/ b",
+            "http://[::1/",
+            "http://[zz]/",
+            "http://münchen.de/",
+        ] {
+            assert!(!plain_form(bad), "{bad}");
+        }
+    }
 
     fn error(body: Value) -> (Option<String>, String) {
         let e = parse(&body).unwrap_err();

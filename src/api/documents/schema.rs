@@ -5,7 +5,10 @@
 #![allow(dead_code)] // Read by utoipa's derive only.
 
 use serde::Serialize;
+use serde_json::{json, Value};
 use utoipa::ToSchema;
+
+use crate::api::openapi::{operation, parameter, part};
 
 /// The state of a document.
 #[derive(Serialize, ToSchema)]
@@ -19,7 +22,7 @@ pub enum DocumentStatus {
 /// One status change of a document: published as sent (the UUID in hyphenated lower case), and
 /// the `data` of an SSE event. Unknown keys are refused.
 #[derive(Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DocumentStatusEvent {
     #[schema(format = Uuid, example = "626626a0-749f-11e2-bfd6-000000000000")]
     document_id: String,
@@ -85,3 +88,74 @@ event: error
 data: {\"error\":\"auth_required\"}
 
 ";
+
+/// What the derives above cannot say: the non-empty array, the client id's length, and the
+/// stream's events one by one (as Schemathesis and OpenAPI 3.2's `itemSchema` read a
+/// `text/event-stream`: the parsed event, its `data` JSON of the schema given).
+pub fn refine(doc: &mut Value) {
+    part(doc, "/components/schemas/DocumentStatusEvents/oneOf/1")["minItems"] = json!(1);
+    let publish = operation("/events/client/{clientId}", "post");
+    parameter(doc, &publish, "clientId")["schema"] =
+        json!({"type": "string", "minLength": 1, "maxLength": 256});
+    let stream = format!(
+        "{}/responses/200/content/text~1event-stream/schema",
+        operation("/events/client", "get")
+    );
+    *part(doc, &stream) = json!({
+        "description": "One event of the stream, as EventSource parses it (comments such as `: ok` and `: keep-alive` are not events).",
+        "oneOf": [
+            {
+                "description": "A document status change.",
+                "type": "object",
+                "required": ["event", "data", "id"],
+                "properties": {
+                    "event": {"const": "message"},
+                    "id": {"type": "string", "description": "The event's cursor, for `Last-Event-ID`."},
+                    "data": {
+                        "type": "string",
+                        "contentMediaType": "application/json",
+                        "contentSchema": {"$ref": "#/components/schemas/DocumentStatusEvent"},
+                    },
+                },
+            },
+            {
+                "description": "Events after the cursor resumed from are gone; the stream continues live from `id`.",
+                "type": "object",
+                "required": ["event", "data", "id"],
+                "properties": {
+                    "event": {"const": "gap"},
+                    "id": {"type": "string", "description": "The newest position: resume from here."},
+                    "data": {
+                        "type": "string",
+                        "contentMediaType": "application/json",
+                        "contentSchema": {
+                            "type": "object",
+                            "required": ["reason"],
+                            "additionalProperties": false,
+                            "properties": {"reason": {"enum": ["malformed_cursor", "stream_reset", "expired", "unknown_cursor"]}},
+                        },
+                    },
+                },
+            },
+            {
+                "description": "The stream was refused; it ends after this event.",
+                "type": "object",
+                "required": ["event", "data"],
+                "properties": {
+                    "event": {"const": "error"},
+                    "retry": {"type": "integer", "description": "60000: wait a minute before trying again."},
+                    "data": {
+                        "type": "string",
+                        "contentMediaType": "application/json",
+                        "contentSchema": {
+                            "type": "object",
+                            "required": ["error"],
+                            "additionalProperties": false,
+                            "properties": {"error": {"enum": ["auth_required", "auth_failed", "connection_limit_reached"]}},
+                        },
+                    },
+                },
+            },
+        ],
+    });
+}
