@@ -88,22 +88,26 @@ fn run(command: Command) -> anyhow::Result<()> {
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.into_config()?;
     actix_web::rt::System::new().block_on(async move {
+        // Watched before the server announces its address: a SIGTERM that arrives as soon as
+        // it is up must drain it, not kill it.
+        let signal = shutdown_signal()?;
         let herald = herald::start(config).await?;
-        shutdown_signal().await?;
+        signal.await;
         log::info!("signal received; draining");
         herald.shutdown().await;
         Ok(())
     })
 }
 
-/// Completes on the first SIGINT or SIGTERM.
-async fn shutdown_signal() -> anyhow::Result<()> {
+/// Completes on the first SIGINT or SIGTERM after it is called.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    Ok(())
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }
