@@ -1,14 +1,15 @@
 //! The event model shared by every face: stream keys, positions, opaque cursors and the
 //! immutable `Event` that the Broker fans out as `Arc<Event>`.
 //!
-//! Each face renders its wire bytes from an event once (`OnceLock`), however many subscribers
-//! receive it: "render once, deliver many".
+//! Each face renders its wire bytes from an event once, however many subscribers receive it
+//! ("render once, deliver many"): the event keeps one rendering per `Form`, made on first use
+//! by the face's own renderer (`session::sse::frame`, `session::ws::frame`,
+//! `api::instances::notification`). The model itself encodes nothing.
 
 use std::fmt;
 use std::sync::OnceLock;
 use std::time::SystemTime;
 
-use actix_web_actors::ws::Message;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use bytes::Bytes;
@@ -107,6 +108,17 @@ impl Position {
     }
 }
 
+/// The wire forms a face renders an event into, each kept on the event once made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    /// The SSE frame (`id:` + `data:`).
+    Sse,
+    /// The WebSocket text frame of this event alone.
+    WebSocket,
+    /// The instance face's Notification JSON.
+    Notification,
+}
+
 /// One published event. Immutable once created; shared as `Arc<Event>`.
 #[derive(Debug)]
 pub struct Event {
@@ -118,14 +130,10 @@ pub struct Event {
     pub created: SystemTime,
     /// The face's JSON document for this event, as validated at publish time.
     pub data: Box<serde_json::value::RawValue>,
-    /// The SSE frame (`id:` + `data:`), rendered on first use.
-    sse_frame: OnceLock<Bytes>,
-    /// The WebSocket text frame of this event alone (`[<data>]`), encoded on first use.
-    ws_frame: OnceLock<Bytes>,
+    /// Its renderings, by `Form`, each made on first use.
+    renderings: [OnceLock<Bytes>; 3],
     /// The producer's `created_at` of an access event, read from `data` on first use.
     access_created_at: OnceLock<Option<i64>>,
-    /// The instance face's Notification JSON, rendered on first use.
-    notification: OnceLock<Bytes>,
 }
 
 impl Event {
@@ -141,41 +149,15 @@ impl Event {
             position,
             created,
             data,
-            sse_frame: OnceLock::new(),
-            ws_frame: OnceLock::new(),
+            renderings: Default::default(),
             access_created_at: OnceLock::new(),
-            notification: OnceLock::new(),
         }
     }
 
-    /// `id: <cursor>\ndata: <json>\n\n`. The JSON is compact (one line) because it was
-    /// re-serialized at publish time, so it needs no `data:` line splitting.
-    pub fn sse_frame(&self) -> Bytes {
-        self.sse_frame
-            .get_or_init(|| {
-                let data = self.data.get();
-                let mut frame = String::with_capacity(data.len() + self.cursor.len() + 12);
-                frame.push_str("id: ");
-                frame.push_str(&self.cursor);
-                frame.push_str("\ndata: ");
-                frame.push_str(data);
-                frame.push_str("\n\n");
-                Bytes::from(frame)
-            })
-            .clone()
-    }
-
-    /// The encoded WebSocket text frame holding this event alone: the JSON array `[<data>]`.
-    pub fn ws_frame(&self) -> Bytes {
-        self.ws_frame
-            .get_or_init(|| {
-                let data = self.data.get();
-                let mut frame = String::with_capacity(data.len() + 2);
-                frame.push('[');
-                frame.push_str(data);
-                frame.push(']');
-                crate::session::ws::encode(Message::Text(frame.into()))
-            })
+    /// The event in `form`, rendered by `render` the first time it is asked for.
+    pub fn rendered(&self, form: Form, render: impl FnOnce(&Event) -> Bytes) -> Bytes {
+        self.renderings[form as usize]
+            .get_or_init(|| render(self))
             .clone()
     }
 
@@ -195,20 +177,6 @@ impl Event {
                 .ok()
                 .map(|c| c.created_at)
         })
-    }
-    /// The instance face's Notification: the stored NotificationCreate fields plus
-    /// `notification_id` (the cursor) and `created` (RFC 3339, UTC, microseconds).
-    pub fn notification_json(&self) -> Bytes {
-        self.notification
-            .get_or_init(|| {
-                let mut fields: serde_json::Map<String, serde_json::Value> =
-                    serde_json::from_str(self.data.get()).unwrap_or_default();
-                fields.insert("notification_id".into(), self.cursor.clone().into());
-                let created = humantime::format_rfc3339_micros(self.created).to_string();
-                fields.insert("created".into(), created.into());
-                Bytes::from(serde_json::to_vec(&fields).expect("a JSON map serializes"))
-            })
-            .clone()
     }
 }
 
@@ -245,7 +213,7 @@ mod tests {
     }
 
     #[test]
-    fn access_events_render_a_ws_frame_and_know_their_created_at() {
+    fn access_events_know_their_created_at() {
         let data = serde_json::value::RawValue::from_string(
             r#"{"accessid":"a","created_at":-7,"payload":{"z":1,"a":[2]}}"#.into(),
         )
@@ -253,11 +221,6 @@ mod tests {
         let pos = Position { epoch: 1, seq: 1 };
         let key = StreamKey::new(StreamKind::Access, "a");
         let event = Event::new(key, pos, SystemTime::now(), data);
-        let text = r#"[{"accessid":"a","created_at":-7,"payload":{"z":1,"a":[2]}}]"#;
-        // FIN + text opcode, the 7-bit length (unmasked), the text.
-        let mut frame = vec![0x81, text.len() as u8];
-        frame.extend_from_slice(text.as_bytes());
-        assert_eq!(event.ws_frame(), frame);
         assert_eq!(event.access_created_at(), Some(-7));
         let other = serde_json::value::RawValue::from_string(r#"{"created_at":1}"#.into()).unwrap();
         let key = StreamKey::new(StreamKind::Client, "a");
@@ -266,24 +229,19 @@ mod tests {
     }
 
     #[test]
-    fn notification_adds_id_and_creation_time() {
-        let data = serde_json::value::RawValue::from_string(r#"{"message":"hi"}"#.into()).unwrap();
-        let position = Position { epoch: 1, seq: 2 };
-        let created = SystemTime::UNIX_EPOCH + std::time::Duration::from_micros(1_500_000);
-        let event = Event::new(
-            StreamKey::new(StreamKind::Instance, "i"),
-            position,
-            created,
-            data,
-        );
-        let json: serde_json::Value = serde_json::from_slice(&event.notification_json()).unwrap();
+    fn a_rendering_is_made_once() {
+        let data = serde_json::value::RawValue::from_string("{}".into()).unwrap();
+        let key = StreamKey::new(StreamKind::Client, "a");
+        let event = Event::new(key, Position { epoch: 1, seq: 1 }, SystemTime::now(), data);
+        let first = event.rendered(Form::Sse, |_| Bytes::from_static(b"one"));
+        let again = event.rendered(Form::Sse, |_| unreachable!("rendered once"));
         assert_eq!(
-            json,
-            serde_json::json!({
-                "message": "hi",
-                "notification_id": position.cursor(),
-                "created": "1970-01-01T00:00:01.500000Z",
-            })
+            (first, again),
+            (Bytes::from_static(b"one"), Bytes::from_static(b"one"))
+        );
+        assert_eq!(
+            event.rendered(Form::WebSocket, |_| Bytes::from_static(b"two")),
+            "two"
         );
     }
 

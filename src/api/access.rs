@@ -29,7 +29,7 @@ use crate::broker::messages::{CloseReason, CloseStream, ListSubscribed, Publish}
 use crate::event::{StreamKey, StreamKind};
 use crate::limits::Permit;
 use crate::metrics::Face;
-use crate::session::queue;
+use crate::queue;
 use crate::session::ws::{
     refused, Announcement, Authorize, ClientBytes, Refusal, WsSession, WsSettings, MAX_ACCESS_ID,
 };

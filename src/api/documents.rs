@@ -22,8 +22,8 @@ use super::{check_publisher, header_text, read_body, AppState, BodyError, Publis
 use crate::broker::messages::{Fallback, Publish, Start};
 use crate::event::{StreamKey, StreamKind};
 use crate::metrics::Face;
+use crate::queue;
 use crate::server::direct::Answer;
-use crate::session::queue;
 use crate::session::sse::SseSession;
 use schema::*;
 

@@ -290,7 +290,7 @@ async fn get_notification(
         .ok_or(InstanceError::NotFound)?;
     Ok(HttpResponse::Ok()
         .content_type("application/json")
-        .body(event.notification_json()))
+        .body(body::notification(&event)))
 }
 
 /// Create Notifications

@@ -20,9 +20,10 @@ use std::time::{Instant, SystemTime};
 
 use tokio::sync::oneshot;
 
-use super::history::{History, Retention};
+use super::history::History;
 use crate::cluster::Snapshot;
 use crate::event::Event;
+use crate::store::Retention;
 
 /// A followed stream's state beside its `History`.
 pub struct Follow {

@@ -3,18 +3,10 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use crate::event::{Event, Position};
-
-/// Retention bounds shared by every stream.
-#[derive(Debug, Clone, Copy)]
-pub struct Retention {
-    /// Most events kept per stream.
-    pub max_events: usize,
-    /// Oldest event kept, by age.
-    pub ttl: Duration,
-}
+use crate::store::Retention;
 
 /// Why a cursor cannot be resumed from. Rendered as the `reason` of a gap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,6 +186,7 @@ impl History {
 mod tests {
     use super::*;
     use crate::event::{StreamKey, StreamKind};
+    use std::time::Duration;
 
     const RET: Retention = Retention {
         max_events: 3,

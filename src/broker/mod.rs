@@ -29,6 +29,7 @@ pub mod follow;
 pub mod history;
 pub mod messages;
 pub mod shards;
+pub mod sink;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -40,13 +41,14 @@ use tokio::sync::oneshot;
 use crate::cluster::ClusterError;
 use crate::event::{Event, Position, StreamKey, StreamKind};
 use crate::metrics::Metrics;
-use crate::session::sink::{self, Sink};
+use crate::store::Retention;
 use crate::store::StoredStream;
 pub use engine::Engine;
 use follow::Follow;
-use history::{Gap, History, Retention};
+use history::{Gap, History};
 use messages::*;
 use prometheus_client::metrics::counter::Counter;
+use sink::Sink;
 
 /// How often age-based retention runs over every stream (it also runs on every append).
 const PRUNE_INTERVAL: Duration = Duration::from_secs(5);

@@ -29,16 +29,11 @@ use bytes::Bytes;
 use prometheus_client::metrics::counter::Counter;
 
 use crate::event::Event;
-use crate::session::queue::{self, TrySendError};
+use crate::queue::{self, TrySendError};
 
-/// How a live event is rendered for the session's client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    /// A Server-Sent Events `data:` frame.
-    Sse,
-    /// A WebSocket text frame.
-    Ws,
-}
+/// How the session's face renders a live event (`session::sse::frame`, `session::ws::frame`):
+/// once per event, shared by every session of the face.
+pub type Render = fn(&Event) -> Bytes;
 
 /// The queue is full: the client is `--subscriber-queue` frames behind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,7 +48,8 @@ struct Inner {
     tx: RefCell<Option<queue::Sender>>,
     /// Live events that arrived before the backlog was queued; `None` once live.
     held: RefCell<Option<Vec<Arc<Event>>>>,
-    format: Format,
+    /// The face's frame of an event.
+    render: Render,
     /// Live events whose `created_at` is before this are not for the session (the WebSocket
     /// announcement's `timestamp`).
     created_since: Cell<Option<i64>>,
@@ -63,11 +59,11 @@ struct Inner {
 
 impl Sink {
     /// A sink over `tx` that holds live events until `go_live`.
-    pub fn new(tx: queue::Sender, format: Format, delivered: Counter) -> Self {
+    pub fn new(tx: queue::Sender, render: Render, delivered: Counter) -> Self {
         Self(Rc::new(Inner {
             tx: RefCell::new(Some(tx)),
             held: RefCell::new(Some(Vec::new())),
-            format,
+            render,
             created_since: Cell::new(None),
             delivered,
         }))
@@ -90,11 +86,7 @@ impl Sink {
                 return Ok(());
             }
         }
-        let frame = match self.0.format {
-            Format::Sse => event.sse_frame(),
-            Format::Ws => event.ws_frame(),
-        };
-        match self.try_send(frame) {
+        match self.try_send((self.0.render)(event)) {
             Ok(()) => {
                 self.0.delivered.inc();
                 Ok(())
@@ -192,10 +184,15 @@ mod tests {
         frames
     }
 
+    /// A face's rendering, for these tests: the event's sequence number.
+    fn seq_frame(event: &Event) -> Bytes {
+        Bytes::from(event.position.seq.to_string())
+    }
+
     #[test]
     fn live_events_wait_for_the_backlog_then_follow_it() {
         let (tx, mut rx) = queue::channel(8);
-        let sink = Sink::new(tx, Format::Sse, Counter::default());
+        let sink = Sink::new(tx, seq_frame, Counter::default());
         let (first, second) = (event(1, 0), event(2, 0));
         sink.deliver(&first).unwrap();
         sink.try_send(Bytes::from_static(b"backlog")).unwrap();
@@ -204,8 +201,8 @@ mod tests {
         let frames = drain(&mut rx);
         let expected = [
             Bytes::from_static(b"backlog"),
-            first.sse_frame(),
-            second.sse_frame(),
+            seq_frame(&first),
+            seq_frame(&second),
         ];
         assert_eq!(frames, expected);
         assert_eq!(sink.0.delivered.get(), 2);
@@ -214,7 +211,7 @@ mod tests {
     #[test]
     fn a_full_queue_is_reported_and_nothing_follows_the_last_frame() {
         let (tx, mut rx) = queue::channel(1);
-        let sink = Sink::new(tx, Format::Ws, Counter::default());
+        let sink = Sink::new(tx, seq_frame, Counter::default());
         sink.go_live().unwrap();
         sink.deliver(&event(1, 0)).unwrap();
         assert_eq!(sink.deliver(&event(2, 0)), Err(Full));
@@ -227,7 +224,7 @@ mod tests {
         let frames = drain(&mut rx);
         assert_eq!(
             frames,
-            [event(1, 0).ws_frame(), Bytes::from_static(b"close")]
+            [seq_frame(&event(1, 0)), Bytes::from_static(b"close")]
         );
         let mut cx = Context::from_waker(Waker::noop());
         assert_eq!(rx.poll_recv(&mut cx), Poll::Ready(None), "the body ends");
@@ -236,7 +233,7 @@ mod tests {
     #[test]
     fn events_created_before_the_announcement_are_skipped() {
         let (tx, mut rx) = queue::channel(8);
-        let sink = Sink::new(tx, Format::Ws, Counter::default());
+        let sink = Sink::new(tx, seq_frame, Counter::default());
         sink.only_created_since(100);
         sink.go_live().unwrap();
         for (seq, created_at) in [(1, 99), (2, 100), (3, 150)] {
@@ -244,14 +241,14 @@ mod tests {
         }
         assert_eq!(
             drain(&mut rx),
-            [event(2, 100).ws_frame(), event(3, 150).ws_frame()]
+            [seq_frame(&event(2, 100)), seq_frame(&event(3, 150))]
         );
     }
 
     #[test]
     fn an_offer_is_claimed_once_and_only_on_its_thread() {
         let (tx, _rx) = queue::channel(1);
-        let sink = Sink::new(tx, Format::Sse, Counter::default());
+        let sink = Sink::new(tx, seq_frame, Counter::default());
         offer(7, &sink);
         assert!(std::thread::spawn(|| claim(7).is_none()).join().unwrap());
         assert!(claim(7).is_some());

@@ -30,9 +30,9 @@ use redis::Value;
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::broker::history::Retention;
 use crate::config::ClusterConfig;
 use crate::event::{Event, Position, StreamKey};
+use crate::store::Retention;
 
 /// Longest wait for one answer from Redis. A publish that gets none is answered 503; its
 /// script may still have run, as with any request whose answer is lost.

@@ -20,7 +20,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::AsyncWrite;
 use tokio::time::Sleep;
 
-use crate::session::queue;
+use crate::queue;
 
 /// Frames gathered into one write, at most (bytes).
 const WRITE_BATCH: usize = 64 * 1024;

@@ -2,7 +2,5 @@
 //! and unregisters in `stopping`.
 
 pub mod longpoll;
-pub mod queue;
-pub mod sink;
 pub mod sse;
 pub mod ws;

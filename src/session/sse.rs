@@ -19,12 +19,28 @@ use tokio::sync::oneshot;
 use crate::broker::messages::{
     Close, CloseReason, Deliver, Start, Subscribe, Subscriber, Unsubscribe,
 };
+use crate::broker::sink::{self, Sink};
 use crate::broker::Broker;
-use crate::event::StreamKey;
+use crate::event::{Event, Form, StreamKey};
 use crate::limits::Permit;
 use crate::metrics::FaceMetrics;
-use crate::session::queue::{self, TrySendError};
-use crate::session::sink::{self, Format, Sink};
+use crate::queue::{self, TrySendError};
+
+/// An event's SSE frame, `id: <cursor>\ndata: <json>\n\n`, rendered once per event. The JSON
+/// is compact (one line) because it was re-serialized at publish time, so it needs no `data:`
+/// line splitting.
+pub fn frame(event: &Event) -> Bytes {
+    event.rendered(Form::Sse, |event| {
+        let data = event.data.get();
+        let mut frame = String::with_capacity(data.len() + event.cursor.len() + 12);
+        frame.push_str("id: ");
+        frame.push_str(&event.cursor);
+        frame.push_str("\ndata: ");
+        frame.push_str(data);
+        frame.push_str("\n\n");
+        Bytes::from(frame)
+    })
+}
 
 /// The keep-alive comment. Proxies and browsers drop idle connections without it.
 const KEEPALIVE: &[u8] = b": keep-alive\n\n";
@@ -75,7 +91,7 @@ impl SseSession {
             start: Some(start),
             id: rand::random(),
             broker,
-            sink: Sink::new(tx, Format::Sse, metrics.delivered.clone()),
+            sink: Sink::new(tx, frame, metrics.delivered.clone()),
             keepalive,
             ready: Some(ready),
             _permit: permit.tracked(metrics.connected.clone()),
@@ -139,7 +155,7 @@ impl Actor for SseSession {
                     }
                     session.metrics.delivered.inc_by(reply.backlog.len() as u64);
                     for event in reply.backlog {
-                        session.send(event.sse_frame(), ctx);
+                        session.send(frame(&event), ctx);
                     }
                     if session.sink.go_live().is_err() {
                         session.slow_consumer(ctx);

@@ -37,11 +37,11 @@ use crate::broker::messages::{
     Close, CloseReason, Deliver, Fallback, Start, Subscribe, Subscriber, Unsubscribe,
 };
 use crate::broker::shards::Brokers;
-use crate::event::{Event, StreamKey, StreamKind};
+use crate::broker::sink::{self, Sink};
+use crate::event::{Event, Form, StreamKey, StreamKind};
 use crate::limits::Permit;
 use crate::metrics::FaceMetrics;
-use crate::session::queue::{self, TrySendError};
-use crate::session::sink::{self, Format, Sink};
+use crate::queue::{self, TrySendError};
 
 /// Longest access id accepted, in characters, so stream names stay small (as for client ids).
 pub const MAX_ACCESS_ID: usize = 256;
@@ -179,7 +179,7 @@ impl WsSession {
             stream: None,
             id: rand::random(),
             last_pong: Instant::now(),
-            sink: Sink::new(tx, Format::Ws, metrics.delivered.clone()),
+            sink: Sink::new(tx, frame, metrics.delivered.clone()),
             _permit: permit.tracked(metrics.connected.clone()),
             metrics,
         };
@@ -482,6 +482,19 @@ impl<R: AsyncRead + Unpin> Stream for SocketBytes<R> {
     }
 }
 
+/// An event's text frame alone, the JSON array `[<data>]`, encoded once per event and shared
+/// by every session that sends it alone.
+pub fn frame(event: &Event) -> Bytes {
+    event.rendered(Form::WebSocket, |event| {
+        let data = event.data.get();
+        let mut text = String::with_capacity(data.len() + 2);
+        text.push('[');
+        text.push_str(data);
+        text.push(']');
+        encode(ws::Message::Text(text.into()))
+    })
+}
+
 /// A server frame on the wire (unmasked, unfragmented).
 pub fn encode(msg: ws::Message) -> Bytes {
     let mut frame = BytesMut::new();
@@ -519,7 +532,7 @@ fn frames(events: &[Arc<Event>]) -> Vec<Bytes> {
         }
         let (batch, tail) = rest.split_at(count);
         frames.push(match batch {
-            [one] => one.ws_frame(),
+            [one] => frame(one),
             _ => {
                 let mut frame = String::with_capacity(bytes + 1);
                 for event in batch {
@@ -587,6 +600,22 @@ mod tests {
         let big = "y".repeat(MAX_BATCH_BYTES);
         let mixed = vec![event(1, "x"), event(2, &big), event(3, "x"), event(4, "x")];
         assert_eq!(parsed(&frames(&mixed)), vec![vec![1], vec![2], vec![3, 4]]);
+    }
+
+    #[test]
+    fn an_event_travels_alone_in_a_text_frame_of_its_array() {
+        let data = serde_json::value::RawValue::from_string(
+            r#"{"accessid":"a","created_at":-7,"payload":{"z":1,"a":[2]}}"#.into(),
+        )
+        .unwrap();
+        let position = crate::event::Position { epoch: 1, seq: 1 };
+        let key = StreamKey::new(StreamKind::Access, "a");
+        let event = Event::new(key, position, std::time::SystemTime::now(), data);
+        let text = r#"[{"accessid":"a","created_at":-7,"payload":{"z":1,"a":[2]}}]"#;
+        // FIN + text opcode, the 7-bit length (unmasked), the text.
+        let mut expected = vec![0x81, text.len() as u8];
+        expected.extend_from_slice(text.as_bytes());
+        assert_eq!(frame(&event), expected);
     }
 
     #[test]

@@ -27,6 +27,16 @@ const MAX_GROUP: usize = 1024;
 /// Commands queued for the writer before `append` pushes back on the Broker.
 const QUEUE_DEPTH: usize = 64 * 1024;
 
+/// Retention bounds shared by every stream: what the store keeps on disk (or Redis in a
+/// stream's log), and what the Broker keeps in memory.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Most events kept per stream.
+    pub max_events: usize,
+    /// Oldest event kept, by age.
+    pub ttl: Duration,
+}
+
 /// Why the store could not do what was asked. Cloned to every publisher of a failed group.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {

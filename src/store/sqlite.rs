@@ -24,8 +24,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::Retention;
 use super::{Record, Store, StoreError, StoredStream, Table};
-use crate::broker::history::Retention;
 use crate::event::{Event, Position, StreamKey};
 
 /// The database file inside `--data-dir`.

@@ -1,7 +1,7 @@
 //! The instance face's JSON documents: `NotificationCreate` (validated field by field into
 //! FastAPI-shaped 422 details, then stored as the event's data), `Notification` and the page
-//! as they go out. Notifications are rendered once per event (`Event::notification_json`);
-//! a page splices those rendered bytes together.
+//! as they go out. Notifications are rendered once per event (`notification`, kept by the
+//! event); a page splices those rendered bytes together.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,7 +15,7 @@ use utoipa::openapi::{RefOr, Schema};
 use utoipa::ToSchema;
 
 use super::error::{InstanceError, LocItem, ValidationDetail};
-use crate::event::Event;
+use crate::event::{Event, Form};
 
 /// Longest `message`, in characters.
 pub const MESSAGE_MAX: usize = 4096;
@@ -109,6 +109,19 @@ fn custom_data_schema() -> impl Into<RefOr<Schema>> {
         .description(Some("Custom values for the notification"))
 }
 
+/// The event as a `Notification`: its data's fields plus `notification_id` and `created`
+/// (RFC 3339, microseconds), rendered the first time any client asks and kept by the event.
+pub fn notification(event: &Event) -> Bytes {
+    event.rendered(Form::Notification, |event| {
+        let mut fields: Map<String, Value> =
+            serde_json::from_str(event.data.get()).unwrap_or_default();
+        fields.insert("notification_id".into(), event.cursor.clone().into());
+        let created = humantime::format_rfc3339_micros(event.created).to_string();
+        fields.insert("created".into(), created.into());
+        Bytes::from(serde_json::to_vec(&fields).expect("a JSON map serializes"))
+    })
+}
+
 /// `{"notifications": [...], "cursor": "..."}` from notifications rendered once each.
 pub fn page_body<'a>(events: impl IntoIterator<Item = &'a Arc<Event>>, cursor: &str) -> Bytes {
     let mut body = BytesMut::from(&b"{\"notifications\":["[..]);
@@ -116,7 +129,7 @@ pub fn page_body<'a>(events: impl IntoIterator<Item = &'a Arc<Event>>, cursor: &
         if i > 0 {
             body.extend_from_slice(b",");
         }
-        body.extend_from_slice(&event.notification_json());
+        body.extend_from_slice(&notification(event));
     }
     body.extend_from_slice(b"],\"cursor\":");
     let cursor = serde_json::to_vec(cursor).expect("a string serializes");
@@ -325,6 +338,26 @@ fn byte_offset(body: &[u8], e: &serde_json::Error) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::{Position, StreamKey, StreamKind};
+    use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn notification_adds_id_and_creation_time() {
+        let data = RawValue::from_string(r#"{"message":"hi"}"#.into()).unwrap();
+        let position = Position { epoch: 1, seq: 2 };
+        let created = SystemTime::UNIX_EPOCH + Duration::from_micros(1_500_000);
+        let stream = StreamKey::new(StreamKind::Instance, "i");
+        let event = Event::new(stream, position, created, data);
+        let json: Value = serde_json::from_slice(&notification(&event)).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "message": "hi",
+                "notification_id": position.cursor(),
+                "created": "1970-01-01T00:00:01.500000Z",
+            })
+        );
+    }
 
     fn kinds(body: &str) -> Vec<(Vec<LocItem>, String)> {
         match parse_create(body.as_bytes()) {
@@ -420,14 +453,13 @@ mod tests {
 
     #[test]
     fn rendered_notifications_have_the_documented_shape() {
-        use crate::event::{Position, StreamKey, StreamKind};
         let data = parse_create(br#"{"notifications":[{"message":"m","rh_url":"/u"}]}"#)
             .unwrap()
             .remove(0);
         let event = Arc::new(Event::new(
             StreamKey::new(StreamKind::Instance, "i"),
             Position { epoch: 3, seq: 4 },
-            std::time::SystemTime::now(),
+            SystemTime::now(),
             data,
         ));
         let page: NotificationsPage =
