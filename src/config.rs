@@ -178,16 +178,7 @@ pub struct Config {
     pub ws_ping: Duration,
     pub ws_announce_timeout: Duration,
     /// Cluster mode: Redis and this node's name in it; `None` for one node on its own store.
-    pub cluster: Option<ClusterConfig>,
-}
-
-/// `--redis` and `--node-name`, validated.
-#[derive(Debug, Clone)]
-pub struct ClusterConfig {
-    /// The Redis every node of the cluster shares.
-    pub redis_url: String,
-    /// Unique among the nodes of that Redis.
-    pub node: String,
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 /// Why a configuration cannot be used; each message says which flag to change.
@@ -284,7 +275,7 @@ impl ServeArgs {
             dashboard_auth: self.dashboard_auth,
             ws_ping: self.ws_ping,
             ws_announce_timeout: self.ws_announce_timeout,
-            cluster: self.redis.map(|redis_url| ClusterConfig {
+            cluster: self.redis.map(|redis_url| crate::cluster::ClusterConfig {
                 redis_url,
                 node: self
                     .node_name

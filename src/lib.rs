@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod config;
 pub mod dashboard;
 pub mod event;
+pub mod http;
 pub mod limits;
 pub mod logs;
 pub mod metrics;
@@ -166,7 +167,7 @@ pub async fn start(config: Config) -> Result<Herald, StartError> {
         // and every node's dispatcher takes its share of them.
         Some(node) => {
             let node = node.clone();
-            let shared = cluster::webhooks::SharedWebhooks::new(node.clone());
+            let shared = webhook::shared::SharedWebhooks::new(node.clone());
             let dispatcher = webhook::cluster::ClusterDispatcher::start_in_arbiter(
                 &webhook_thread.handle(),
                 move |_| webhook::cluster::ClusterDispatcher::new(node, settings, webhook_metrics),
@@ -193,7 +194,7 @@ pub async fn start(config: Config) -> Result<Herald, StartError> {
     };
     let registrations = match &node {
         Some(node) => dashboard::Registrations::Shared(
-            cluster::registrations::SharedRegistrations::new(node.clone()),
+            dashboard::shared::SharedRegistrations::new(node.clone()),
         ),
         None => dashboard::Registrations::Local {
             list: saved.registrations,
@@ -234,14 +235,12 @@ pub async fn start(config: Config) -> Result<Herald, StartError> {
         dev_sink: api::dashboard::dev_sink::DevSink::default(),
         cluster: node,
     });
-    let server = server::run(
-        listener,
-        state.clone(),
+    let site = api::site::Site {
+        state: state.clone(),
         shards,
-        workers,
-        state.config.shutdown_timeout,
-    )
-    .map_err(|source| StartError::Listen { addr, source })?;
+    };
+    let server = server::run(listener, site, workers, state.config.shutdown_timeout)
+        .map_err(|source| StartError::Listen { addr, source })?;
     let handle = server.handle();
     log::info!("Herald listening on http://{addr}/");
     Ok(Herald {
@@ -367,8 +366,10 @@ impl Saved {
                 .load_table(table)?
                 .into_iter()
                 .map(|(id, json)| {
-                    serde_json::from_str(&json).map_err(|e| {
-                        store::StoreError::Backend(format!("{} {id}: {e}", table.name()).into())
+                    serde_json::from_str(&json).map_err(|e| store::StoreError::Unreadable {
+                        table: table.name(),
+                        id,
+                        source: std::sync::Arc::new(e),
                     })
                 })
                 .collect()

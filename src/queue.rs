@@ -1,4 +1,4 @@
-//! The bounded queue between a session actor (its `session::sink`) and the response body it
+//! The bounded queue between a session actor (its `broker::sink`) and the response body it
 //! writes to.
 //!
 //! Why not `tokio::sync::mpsc`: it allocates a 32-slot block and a cache-padded channel

@@ -1,19 +1,17 @@
 //! The HTTP server: actix-server workers accepting on one listener; each connection is read
 //! first by the direct path (`direct`), which serves the hot routes itself and hands anything
-//! else to the actix-web app (`replay`).
+//! else to the actix-web app (`replay`). What both serve is the app's to say (`Site`): the
+//! server knows no face.
 //!
 //! This is what `actix_web::HttpServer` assembles, with its defaults, plus that one branch per
 //! new connection: `HttpServer` hands every connection to actix-http and offers no hook before.
 
-pub(crate) mod access_log;
-pub(crate) mod direct;
-pub(crate) mod replay;
-pub(crate) mod stream;
+pub mod direct;
+mod replay;
 
 use std::io;
 use std::net::TcpListener;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::Duration;
 
 use actix_http::{HttpService, Protocol};
@@ -23,14 +21,28 @@ use actix_web::dev::{AppConfig, Server};
 use actix_web::rt::net::TcpStream;
 use actix_web::{web, App};
 
-use crate::api::{self, AppState};
-use crate::broker::shards::Shards;
+use crate::http::access_log;
+use crate::limits::Requests;
+
+/// What the server serves, as the app hands it over (`api::site::Site`).
+pub trait Site: Clone + Send + 'static {
+    /// The routes of the direct path.
+    type Direct: direct::Routes;
+
+    /// Called once on each worker's thread as it starts; the direct routes it serves.
+    fn start_worker(&self) -> Self::Direct;
+
+    /// Registers the actix-web routes and the data they reach.
+    fn configure(&self, cfg: &mut web::ServiceConfig);
+
+    /// Requests under way, which the drain waits for.
+    fn requests(&self) -> &Requests;
+}
 
 /// Starts the workers. Must run inside an actix system.
 pub fn run(
     listener: TcpListener,
-    state: web::Data<AppState>,
-    shards: Arc<Shards>,
+    site: impl Site,
     workers: usize,
     shutdown_timeout: Duration,
 ) -> io::Result<Server> {
@@ -47,17 +59,16 @@ pub fn run(
         .shutdown_timeout(shutdown_timeout.as_secs())
         .listen("herald", listener, move || {
             // Called once on each worker's thread as it starts.
-            shards.start_one();
-            let counted = state.clone();
+            let routes = Rc::new(site.start_worker());
+            let (counted, site) = (site.clone(), site.clone());
             let app = App::new()
-                .app_data(state.clone())
                 // Counts every request until its answer's head is ready (a stream's body is
                 // not waited for): the drain lets them finish before the workers stop.
                 .wrap_fn(move |req, srv| {
-                    let state = counted.clone();
+                    let counted = counted.clone();
                     let answer = srv.call(req);
                     async move {
-                        let _busy = state.requests.enter();
+                        let _busy = counted.requests().enter();
                         answer.await
                     }
                 })
@@ -65,7 +76,7 @@ pub fn run(
                     access_log,
                     access_log::logger(),
                 ))
-                .configure(api::configure)
+                .configure(move |cfg| site.configure(cfg))
                 .into_factory()
                 .map_err(|e| e.error_response());
             let signal = shutting_down.clone();
@@ -85,15 +96,14 @@ pub fn run(
                 })
                 // The app builds no URLs from the server's host name, so the default is unused.
                 .finish(map_config(app, |()| AppConfig::default()));
-            let state = state.clone();
             let shutting_down = shutting_down.clone();
             fn_factory(move || {
                 let http = http.new_service(());
-                let (state, shutting_down) = (state.clone(), shutting_down.clone());
+                let (routes, shutting_down) = (routes.clone(), shutting_down.clone());
                 async move {
                     let http = Rc::new(http.await?);
                     Ok::<_, ()>(fn_service(move |io: TcpStream| {
-                        let (http, state) = (http.clone(), state.clone());
+                        let (http, routes) = (http.clone(), routes.clone());
                         let shutting_down = shutting_down.clone();
                         async move {
                             // Events are small writes that are wanted now; with Nagle's
@@ -101,7 +111,7 @@ pub fn run(
                             // fan-out to 1,000 subscribers: 174k -> 252k deliveries/s, p99
                             // 66 -> 41 ms). nginx does the same by default.
                             let _ = io.set_nodelay(true);
-                            let io = match direct::serve(io, &state, &shutting_down).await {
+                            let io = match direct::serve(io, &*routes, &shutting_down).await {
                                 direct::Outcome::Served => return Ok(()),
                                 direct::Outcome::Declined(io) => io,
                             };

@@ -164,46 +164,62 @@ fn authorize(authorization: Option<&[u8]>, state: &web::Data<AppState>) -> Autho
     })
 }
 
-/// The face's error body: `{"error": "...", "field": "..."}`.
-#[derive(Debug, Serialize, thiserror::Error)]
-#[error("{error}")]
-pub struct AccessError {
-    #[serde(skip)]
-    status: StatusCode,
-    error: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    field: Option<String>,
+/// Every way a request of the face's HTTP routes is refused; answered as
+/// `{"error": "...", "field": "..."}` (`field` only when one is to blame).
+#[derive(Debug, thiserror::Error)]
+pub enum AccessError {
+    #[error("publisher credential required")]
+    CredentialRequired,
+    #[error("publisher credential refused")]
+    CredentialRefused,
+    #[error(transparent)]
+    Body(#[from] BodyError),
+    /// 422: the body is not one the route takes.
+    #[error("{error}")]
+    Invalid {
+        error: String,
+        field: Option<String>,
+    },
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl AccessError {
-    fn new(status: StatusCode, error: impl Into<String>) -> Self {
-        Self {
-            status,
-            error: error.into(),
-            field: None,
-        }
-    }
-
     fn invalid(error: impl Into<String>, field: impl Into<String>) -> Self {
-        Self {
-            status: StatusCode::UNPROCESSABLE_ENTITY,
+        Self::Invalid {
             error: error.into(),
             field: Some(field.into()),
         }
     }
 
+    fn unnamed(error: impl Into<String>) -> Self {
+        Self::Invalid {
+            error: error.into(),
+            field: None,
+        }
+    }
+
     fn unavailable() -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "broker unavailable")
+        Self::Unavailable("broker unavailable".into())
     }
 }
 
 impl ResponseError for AccessError {
     fn status_code(&self) -> StatusCode {
-        self.status
+        match self {
+            Self::CredentialRequired | Self::CredentialRefused => StatusCode::UNAUTHORIZED,
+            Self::Body(e) => e.status(),
+            Self::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
     }
 
     fn error_response(&self) -> HttpResponse {
-        super::json_error(self.status, self)
+        let field = match self {
+            Self::Invalid { field, .. } => field.as_deref(),
+            _ => None,
+        };
+        super::field_error(self.status_code(), self, field)
     }
 }
 
@@ -211,14 +227,8 @@ impl ResponseError for AccessError {
 fn require_publisher(req: &HttpRequest, state: &AppState) -> Result<(), AccessError> {
     match check_publisher(state, super::authorization(req)) {
         PublisherCheck::Allowed => Ok(()),
-        PublisherCheck::Missing => Err(AccessError::new(
-            StatusCode::UNAUTHORIZED,
-            "publisher credential required",
-        )),
-        PublisherCheck::Refused => Err(AccessError::new(
-            StatusCode::UNAUTHORIZED,
-            "publisher credential refused",
-        )),
+        PublisherCheck::Missing => Err(AccessError::CredentialRequired),
+        PublisherCheck::Refused => Err(AccessError::CredentialRefused),
     }
 }
 
@@ -226,14 +236,7 @@ async fn read_json_body(
     payload: web::Payload,
     state: &AppState,
 ) -> Result<web::Bytes, AccessError> {
-    read_body(payload, state.config.max_body)
-        .await
-        .map_err(|e| match e {
-            BodyError::TooLarge(_) => {
-                AccessError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
-            }
-            BodyError::Read(_) => AccessError::new(StatusCode::BAD_REQUEST, e.to_string()),
-        })
+    Ok(read_body(payload, state.config.max_body).await?)
 }
 
 /// Push access events
@@ -282,7 +285,7 @@ async fn push_events(
     for acked in futures_util::future::join_all(publishes).await {
         acked
             .map_err(|_| AccessError::unavailable())?
-            .map_err(|e| AccessError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+            .map_err(|e| AccessError::Unavailable(e.to_string()))?;
     }
     Ok(HttpResponse::Ok().json(true))
 }
@@ -298,19 +301,10 @@ struct WireEvent<'a> {
 /// Validates a `push_events` body into (access id, event JSON) pairs, in order. Errors name
 /// the element and field, e.g. `[2].created_at`. Unknown keys are ignored, as the notifier does.
 fn parse_events(body: &[u8]) -> Result<Vec<(String, Box<RawValue>)>, AccessError> {
-    let invalid_json = |e: serde_json::Error| {
-        AccessError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("invalid JSON: {e}"),
-        )
-    };
+    let invalid_json = |e: serde_json::Error| AccessError::unnamed(format!("invalid JSON: {e}"));
     let raw: &RawValue = serde_json::from_slice(body).map_err(invalid_json)?;
-    let items: Vec<&RawValue> = serde_json::from_str(raw.get()).map_err(|_| {
-        AccessError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "expected a JSON array of events",
-        )
-    })?;
+    let items: Vec<&RawValue> = serde_json::from_str(raw.get())
+        .map_err(|_| AccessError::unnamed("expected a JSON array of events"))?;
     items
         .into_iter()
         .enumerate()
@@ -374,12 +368,8 @@ async fn drop_user(
 ) -> Result<HttpResponse, AccessError> {
     require_publisher(&req, &state)?;
     let body = read_json_body(payload, &state).await?;
-    let value: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
-        AccessError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("invalid JSON: {e}"),
-        )
-    })?;
+    let value: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| AccessError::unnamed(format!("invalid JSON: {e}")))?;
     let access_id = match value.get("drop_access_id") {
         None => return Err(AccessError::invalid("missing field", "drop_access_id")),
         Some(serde_json::Value::String(id))
@@ -461,7 +451,10 @@ mod tests {
     use super::*;
 
     fn field_of(body: &str) -> Option<String> {
-        parse_events(body.as_bytes()).err().and_then(|e| e.field)
+        match parse_events(body.as_bytes()) {
+            Err(AccessError::Invalid { field, .. }) => field,
+            _ => None,
+        }
     }
 
     #[test]
@@ -511,8 +504,11 @@ mod tests {
         assert_eq!(field_of(&third).as_deref(), Some("[2].created_at"));
         for body in ["{", r#"{"accessid":"c"}"#, "7"] {
             let err = parse_events(body.as_bytes()).unwrap_err();
-            assert_eq!(err.status, StatusCode::UNPROCESSABLE_ENTITY);
-            assert_eq!(err.field, None, "{body}");
+            assert_eq!(err.status_code(), StatusCode::UNPROCESSABLE_ENTITY);
+            assert!(
+                matches!(err, AccessError::Invalid { field: None, .. }),
+                "{body}"
+            );
         }
     }
 }

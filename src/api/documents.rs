@@ -21,9 +21,9 @@ use super::openapi::Routes;
 use super::{check_publisher, header_text, read_body, AppState, BodyError, PublisherCheck};
 use crate::broker::messages::{Fallback, Publish, Start};
 use crate::event::{StreamKey, StreamKind};
+use crate::http::Answer;
 use crate::metrics::Face;
 use crate::queue;
-use crate::server::direct::Answer;
 use crate::session::sse::SseSession;
 use schema::*;
 
@@ -235,44 +235,58 @@ fn accepts_event_stream(accept: Option<&[u8]>) -> bool {
     })
 }
 
-/// The face's error body: `{"error": "...", "field": "..."}`.
-#[derive(Debug, Serialize)]
-pub struct PublishError {
-    #[serde(skip)]
-    status: actix_web::http::StatusCode,
-    error: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    field: Option<String>,
+/// Every way a request of the face is refused; answered as `{"error": "...", "field": "..."}`
+/// (`field` only when one is to blame).
+#[derive(Debug, thiserror::Error)]
+pub enum DocumentsError {
+    #[error("publisher credential required")]
+    CredentialRequired,
+    #[error("publisher credential refused")]
+    CredentialRefused,
+    #[error(transparent)]
+    Body(#[from] BodyError),
+    /// 422: the body or the client id is not one the face takes.
+    #[error("{error}")]
+    Invalid {
+        error: String,
+        field: Option<String>,
+    },
+    #[error("{0}")]
+    Unavailable(String),
 }
 
-impl PublishError {
-    fn new(status: u16, error: impl Into<String>, field: Option<String>) -> Self {
-        Self {
-            status: actix_web::http::StatusCode::from_u16(status)
-                .expect("status codes used here are valid"),
+impl DocumentsError {
+    fn invalid(error: impl Into<String>, field: impl Into<String>) -> Self {
+        Self::Invalid {
             error: error.into(),
-            field,
+            field: Some(field.into()),
         }
     }
 
-    fn invalid(error: impl Into<String>, field: impl Into<String>) -> Self {
-        Self::new(422, error, Some(field.into()))
+    fn unnamed(error: impl Into<String>) -> Self {
+        Self::Invalid {
+            error: error.into(),
+            field: None,
+        }
     }
 }
 
-impl std::fmt::Display for PublishError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.error)
-    }
-}
-
-impl ResponseError for PublishError {
-    fn status_code(&self) -> actix_web::http::StatusCode {
-        self.status
+impl ResponseError for DocumentsError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::CredentialRequired | Self::CredentialRefused => StatusCode::UNAUTHORIZED,
+            Self::Body(e) => e.status(),
+            Self::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
     }
 
     fn error_response(&self) -> HttpResponse {
-        super::json_error(self.status, self)
+        let field = match self {
+            Self::Invalid { field, .. } => field.as_deref(),
+            _ => None,
+        };
+        super::field_error(self.status_code(), self, field)
     }
 }
 
@@ -308,11 +322,11 @@ impl Published {
     request_body = DocumentStatusEvents,
     responses(
         (status = 202, description = "Durable and on their way to subscribers", body = DocumentsPublished),
-        (status = 400, description = "The body could not be read", body = DocumentsError),
-        (status = 401, description = "No publisher credential, or a refused one (`WWW-Authenticate: Bearer`)", body = DocumentsError),
-        (status = 413, description = "The body is larger than `--max-body`", body = DocumentsError),
-        (status = 422, description = "Not JSON, an empty array, or an invalid element; `field` names the culprit", body = DocumentsError),
-        (status = 503, description = "The broker or the store cannot take the events now", body = DocumentsError),
+        (status = 400, description = "The body could not be read", body = DocumentsErrorBody),
+        (status = 401, description = "No publisher credential, or a refused one (`WWW-Authenticate: Bearer`)", body = DocumentsErrorBody),
+        (status = 413, description = "The body is larger than `--max-body`", body = DocumentsErrorBody),
+        (status = 422, description = "Not JSON, an empty array, or an invalid element; `field` names the culprit", body = DocumentsErrorBody),
+        (status = 503, description = "The broker or the store cannot take the events now", body = DocumentsErrorBody),
     ),
     security(("publisher" = []))
 )]
@@ -321,15 +335,10 @@ async fn publish(
     path: web::Path<String>,
     payload: web::Payload,
     state: web::Data<AppState>,
-) -> Result<HttpResponse, PublishError> {
+) -> Result<HttpResponse, DocumentsError> {
     let client_id = path.into_inner();
     admit(&state, super::authorization(&req), &client_id)?;
-    let body = read_body(payload, state.config.max_body)
-        .await
-        .map_err(|e| match e {
-            BodyError::TooLarge(_) => PublishError::new(413, e.to_string(), None),
-            BodyError::Read(_) => PublishError::new(400, e.to_string(), None),
-        })?;
+    let body = read_body(payload, state.config.max_body).await?;
     let published = append(&state, client_id, &body).await?;
     Ok(published.answer().into())
 }
@@ -340,22 +349,14 @@ pub(crate) fn admit(
     state: &AppState,
     authorization: Option<&[u8]>,
     client_id: &str,
-) -> Result<(), PublishError> {
+) -> Result<(), DocumentsError> {
     match check_publisher(state, authorization) {
         PublisherCheck::Allowed => {}
-        PublisherCheck::Missing => {
-            return Err(PublishError::new(
-                401,
-                "publisher credential required",
-                None,
-            ))
-        }
-        PublisherCheck::Refused => {
-            return Err(PublishError::new(401, "publisher credential refused", None))
-        }
+        PublisherCheck::Missing => return Err(DocumentsError::CredentialRequired),
+        PublisherCheck::Refused => return Err(DocumentsError::CredentialRefused),
     }
     if client_id.is_empty() || client_id.chars().count() > MAX_CLIENT_ID {
-        return Err(PublishError::invalid(
+        return Err(DocumentsError::invalid(
             format!("client id must be 1 to {MAX_CLIENT_ID} characters"),
             "clientId",
         ));
@@ -368,7 +369,7 @@ pub(crate) async fn append(
     state: &AppState,
     client_id: String,
     body: &[u8],
-) -> Result<Published, PublishError> {
+) -> Result<Published, DocumentsError> {
     let data = parse_statuses(body)?;
     let stream = StreamKey::new(StreamKind::Client, client_id);
     let events = state
@@ -376,15 +377,15 @@ pub(crate) async fn append(
         .of(&stream)
         .send(Publish { stream, data })
         .await
-        .map_err(|_| PublishError::new(503, "broker unavailable", None))?
-        .map_err(|e| PublishError::new(503, e.to_string(), None))?;
+        .map_err(|_| DocumentsError::Unavailable("broker unavailable".into()))?
+        .map_err(|e| DocumentsError::Unavailable(e.to_string()))?;
     Ok(Published {
         ids: events.iter().map(|e| e.cursor.clone()).collect(),
     })
 }
 
 /// Validates one status object or an array of them into the JSON delivered to subscribers.
-fn parse_statuses(body: &[u8]) -> Result<Vec<Box<serde_json::value::RawValue>>, PublishError> {
+fn parse_statuses(body: &[u8]) -> Result<Vec<Box<serde_json::value::RawValue>>, DocumentsError> {
     // Well-formed bodies take the typed parse, which builds no JSON tree (publishing spent a
     // tenth of its time in the generic one); anything it refuses is parsed again below to
     // name the error precisely.
@@ -396,14 +397,10 @@ fn parse_statuses(body: &[u8]) -> Result<Vec<Box<serde_json::value::RawValue>>, 
         return Ok(statuses.iter().map(Status::render).collect());
     }
     let value: Value = serde_json::from_slice(body)
-        .map_err(|e| PublishError::new(422, format!("invalid JSON: {e}"), None))?;
+        .map_err(|e| DocumentsError::unnamed(format!("invalid JSON: {e}")))?;
     let (items, prefix) = match value {
         Value::Array(items) if items.is_empty() => {
-            return Err(PublishError::new(
-                422,
-                "at least one event is required",
-                None,
-            ))
+            return Err(DocumentsError::unnamed("at least one event is required"))
         }
         Value::Array(items) => (items, true),
         single => (vec![single], false),
@@ -427,7 +424,7 @@ fn parse_statuses(body: &[u8]) -> Result<Vec<Box<serde_json::value::RawValue>>, 
                     } else {
                         String::new()
                     };
-                    return Err(PublishError::invalid("expected an object", field));
+                    return Err(DocumentsError::invalid("expected an object", field));
                 }
             };
             parse_status(obj, at)
@@ -471,25 +468,30 @@ impl Status {
 fn parse_status(
     mut obj: Map<String, Value>,
     at: impl Fn(&str) -> String,
-) -> Result<Box<serde_json::value::RawValue>, PublishError> {
+) -> Result<Box<serde_json::value::RawValue>, DocumentsError> {
     let document_id = match obj.remove("documentId") {
-        None => return Err(PublishError::invalid("missing field", at("documentId"))),
+        None => return Err(DocumentsError::invalid("missing field", at("documentId"))),
         Some(Value::String(s)) => uuid::Uuid::parse_str(&s)
-            .map_err(|_| PublishError::invalid("must be a UUID", at("documentId")))?,
-        Some(_) => return Err(PublishError::invalid("must be a string", at("documentId"))),
+            .map_err(|_| DocumentsError::invalid("must be a UUID", at("documentId")))?,
+        Some(_) => {
+            return Err(DocumentsError::invalid(
+                "must be a string",
+                at("documentId"),
+            ))
+        }
     };
     let status = match obj.remove("status") {
-        None => return Err(PublishError::invalid("missing field", at("status"))),
+        None => return Err(DocumentsError::invalid("missing field", at("status"))),
         Some(Value::String(s)) if STATUSES.contains(&s.as_str()) => s,
         Some(_) => {
-            return Err(PublishError::invalid(
+            return Err(DocumentsError::invalid(
                 "must be one of PENDING, COMPLETED, ERROR",
                 at("status"),
             ))
         }
     };
     if let Some(unknown) = obj.keys().next() {
-        return Err(PublishError::invalid("unknown field", at(unknown)));
+        return Err(DocumentsError::invalid("unknown field", at(unknown)));
     }
     let json =
         serde_json::json!({ "documentId": document_id.hyphenated().to_string(), "status": status });
@@ -501,7 +503,10 @@ mod tests {
     use super::*;
 
     fn field_of(body: &str) -> Option<String> {
-        parse_statuses(body.as_bytes()).err().and_then(|e| e.field)
+        match parse_statuses(body.as_bytes()) {
+            Err(DocumentsError::Invalid { field, .. }) => field,
+            _ => None,
+        }
     }
 
     #[test]

@@ -33,8 +33,8 @@ use super::{read_body, AppState, BodyError};
 use crate::auth::{self, AuthError, Claims, PUBLISH};
 use crate::broker::messages::{GetEvent, Publish, ReadPage, Start};
 use crate::event::{Position, StreamKey, StreamKind};
+use crate::http::Answer;
 use crate::limits::Permit;
-use crate::server::direct::Answer;
 use crate::session::longpoll::{self, PollOutcome, PollSpec};
 
 /// The name of the cookie that may carry `bearer <jwt>` instead of the header.

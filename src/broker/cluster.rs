@@ -2,7 +2,8 @@
 //! a request needs is followed (subscribed, then read) before the request is answered
 //! (`when_ready`); announcements and this node's own publishes are applied through its
 //! `Follow`, and what they miss is read from Redis; streams nobody needed for `LINGER` are
-//! unfollowed. Handles `Announced` and `Resync`.
+//! unfollowed. Handles `Announced` and `Resync`, which the live channel sends through the
+//! shards' `Listener`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,9 +15,44 @@ use tokio::sync::oneshot;
 use super::follow::{Applied, Follow};
 use super::history::History;
 use super::messages::*;
+use super::shards::Brokers;
 use super::{Broker, Engine, StreamState, LEASE_MARGIN, LINGER, READ_RETRY};
+use crate::cluster::live::Listener;
 use crate::cluster::{ClusterError, Snapshot};
-use crate::event::{Event, Position, StreamKey};
+use crate::event::{Event, Position, StreamKey, StreamKind};
+
+/// The live channel tells each stream's shard, by message.
+impl Listener for Brokers {
+    fn announced(&self, stream: StreamKey, events: Vec<Arc<Event>>) {
+        self.of(&stream).do_send(Announced { stream, events });
+    }
+
+    fn resync(&self, stream: Option<StreamKey>) {
+        match stream {
+            Some(stream) => self.of(&stream).do_send(Resync {
+                stream: Some(stream),
+            }),
+            None => self
+                .all()
+                .for_each(|shard| shard.do_send(Resync { stream: None })),
+        }
+    }
+
+    fn dropped(&self, stream: StreamKey) {
+        let reason = CloseReason::Dropped;
+        self.of(&stream).do_send(CloseStream { stream, reason });
+    }
+
+    async fn access_ids(&self) -> Vec<String> {
+        let kind = StreamKind::Access;
+        let lists = self.all().map(|shard| shard.send(ListSubscribed { kind }));
+        futures_util::future::join_all(lists)
+            .await
+            .into_iter()
+            .flat_map(Result::unwrap_or_default)
+            .collect()
+    }
+}
 
 impl Broker {
     /// A long-poll that must wait, in a cluster: its place is taken in Redis (counted on every

@@ -1,6 +1,13 @@
 //! The whole vocabulary between the Broker, the handlers that publish, the sessions that
 //! subscribe, the store writer that acknowledges commits, and (in cluster mode) the live
 //! channel that brings other nodes' publishes.
+//!
+//! One way in is not a message: a session on the Broker's own thread hands it the writing end
+//! of its queue (`sink::Sink`) with its `Subscribe`, through a slot of that thread
+//! (`sink::offer` before sending, `sink::claim` in the handler), since messages cross threads
+//! and cannot carry it. The Broker then writes that session's live events straight into its
+//! queue instead of sending `Deliver`, and sends `Close` when the queue is full. Sessions on
+//! other threads get `Deliver`, which goes through the same `Sink::deliver`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -71,7 +78,7 @@ pub enum Fallback {
 }
 
 /// A session's two inboxes, registered with the Broker for one stream. A session on the
-/// Broker's own thread also offers its queue (`session::sink`), and then gets live events
+/// Broker's own thread also offers its queue (`broker::sink`), and then gets live events
 /// there instead of as `Deliver`.
 #[derive(Clone)]
 pub struct Subscriber {
@@ -142,7 +149,7 @@ pub enum CloseReason {
     /// An operator dropped every session of the stream (`POST /drop_user`).
     Dropped,
     /// The session's queue was full when the Broker queued a live event into it
-    /// (`session::sink`): the client is `--subscriber-queue` frames behind.
+    /// (`broker::sink`): the client is `--subscriber-queue` frames behind.
     SlowConsumer,
     /// Cluster mode: events of the stream were lost in Redis (a restart without its data, or
     /// positions trimmed before this node read them). The session ends so that its client

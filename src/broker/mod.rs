@@ -6,7 +6,7 @@
 //! (appends to history, acks the publisher and, once the thread has run what else is ready,
 //! fans out to subscribers), `Subscribe` / `Unsubscribe`, and `Drain`. Sends `Deliver` and
 //! `Close` to sessions; a session on the shard's own thread gets live events straight in its
-//! queue instead (`session::sink`), and a `Close` when that queue is full.
+//! queue instead (`broker::sink`), and a `Close` when that queue is full.
 //! `WatchKind` registers a recipient (the WebhookDispatcher) for every stream of one kind.
 //! `CloseStream` and `ListSubscribed` answer the WebSocket face's `drop_user` and `clients`.
 //! Also answers read queries from history without registering anyone (`ReadPage`,

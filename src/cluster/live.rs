@@ -14,10 +14,11 @@
 //! access ids it has WebSocket sessions for (`/clients`), written whole again when Redis lost
 //! it or a shard's update of it failed.
 //!
-//! Handles `Command`s from the shards; sends `Announced`, `Resync`, `CloseStream` and
-//! `ListSubscribed` to them.
+//! Handles `Command`s from the shards; tells what it hears to its `Listener` (the node's Broker
+//! shards, `broker::cluster`), which it knows only through that trait.
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,9 +27,7 @@ use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{scripts, wire, Node};
-use crate::broker::messages::{Announced, CloseReason, CloseStream, ListSubscribed, Resync};
-use crate::broker::shards::Brokers;
-use crate::event::StreamKind;
+use crate::event::{Event, StreamKey};
 
 /// How often the live channel is probed.
 const PROBE_INTERVAL: Duration = Duration::from_millis(500);
@@ -57,11 +56,27 @@ pub enum Command {
     Unfollow { channel: String },
 }
 
+/// What the live channel tells: the node's Broker shards.
+pub trait Listener {
+    /// Another node published `events` (in position order) to `stream`.
+    fn announced(&self, stream: StreamKey, events: Vec<Arc<Event>>);
+
+    /// Announcements may have been missed: of `stream`, or of every stream for `None` (after a
+    /// reconnect). What is followed is read from history again.
+    fn resync(&self, stream: Option<StreamKey>);
+
+    /// Some node dropped the sessions of `stream` (`/drop_user`).
+    fn dropped(&self, stream: StreamKey);
+
+    /// The access ids this node has WebSocket sessions for, for its heartbeat.
+    fn access_ids(&self) -> impl Future<Output = Vec<String>>;
+}
+
 /// Runs the live channel until the node stops. Must run on its own thread's arbiter.
 pub async fn run(
     node: Arc<Node>,
     mut commands: mpsc::UnboundedReceiver<Command>,
-    brokers: Brokers,
+    listener: impl Listener,
 ) {
     let mut channels: HashSet<String> = HashSet::new();
     // Follows asked for while disconnected, answered once subscribed.
@@ -111,9 +126,7 @@ pub async fn run(
             let _ = ready.send(());
         }
         // Whatever was announced while the channel was down is read from history.
-        for shard in brokers.all() {
-            shard.do_send(Resync { stream: None });
-        }
+        listener.resync(None);
         let mut probe: Option<(u64, Instant)> = None;
         let mut probes: u64 = 0;
         let mut probe_tick = tokio::time::interval(PROBE_INTERVAL);
@@ -161,17 +174,14 @@ pub async fn run(
                         }
                     } else if channel == wire::CONTROL_CHANNEL {
                         if let Some(stream) = wire::dropped_stream(payload) {
-                            brokers.of(&stream).do_send(CloseStream { stream, reason: CloseReason::Dropped });
+                            listener.dropped(stream);
                         }
                     } else if let Some(stream) = wire::stream_of_channel(channel) {
                         match wire::decode(&stream, payload) {
-                            Ok(announced) => brokers.of(&stream).do_send(Announced {
-                                stream,
-                                events: announced.events,
-                            }),
+                            Ok(announced) => listener.announced(stream, announced.events),
                             Err(e) => {
                                 log::warn!("{stream}: {e}; reading it from history");
-                                brokers.of(&stream).do_send(Resync { stream: Some(stream) });
+                                listener.resync(Some(stream));
                             }
                         }
                     }
@@ -194,7 +204,7 @@ pub async fn run(
                         }
                     }
                 },
-                _ = heartbeat.tick() => beat(&node, &mut conn, &brokers).await,
+                _ = heartbeat.tick() => beat(&node, &mut conn, &listener).await,
             }
         }
         // Reconnected at once; Redis counts as unreachable only if that fails.
@@ -235,7 +245,7 @@ fn note(command: Command, channels: &mut HashSet<String>, waiting: &mut Vec<ones
 }
 
 /// Renews the node's heartbeat, and writes its client set again if Redis lost it.
-async fn beat(node: &Node, conn: &mut redis::aio::ConnectionManager, brokers: &Brokers) {
+async fn beat(node: &Node, conn: &mut redis::aio::ConnectionManager, listener: &impl Listener) {
     let key = wire::clients_key(&node.name);
     let ttl = NODE_TTL.as_millis().to_string();
     let mut renewal = scripts::HEARTBEAT.prepare_invoke();
@@ -254,16 +264,7 @@ async fn beat(node: &Node, conn: &mut redis::aio::ConnectionManager, brokers: &B
             return;
         }
     }
-    let lists = brokers.all().map(|shard| {
-        shard.send(ListSubscribed {
-            kind: StreamKind::Access,
-        })
-    });
-    let ids: Vec<String> = futures_util::future::join_all(lists)
-        .await
-        .into_iter()
-        .flat_map(Result::unwrap_or_default)
-        .collect();
+    let ids = listener.access_ids().await;
     let mut pipe = redis::pipe();
     pipe.atomic().cmd("DEL").arg(&key).ignore();
     if !ids.is_empty() {

@@ -15,9 +15,7 @@
 //! publish never leaves it.
 
 pub mod live;
-pub mod registrations;
 mod scripts;
-pub mod webhooks;
 pub mod wire;
 
 use std::future::Future;
@@ -30,9 +28,17 @@ use redis::Value;
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::ClusterConfig;
 use crate::event::{Event, Position, StreamKey};
 use crate::store::Retention;
+
+/// `--redis` and `--node-name`, validated.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// The Redis every node of the cluster shares.
+    pub redis_url: String,
+    /// Unique among the nodes of that Redis.
+    pub node: String,
+}
 
 /// Longest wait for one answer from Redis. A publish that gets none is answered 503; its
 /// script may still have run, as with any request whose answer is lost.
@@ -182,7 +188,7 @@ fn connection(client: &redis::Client) -> ConnectionManager {
 
 /// Runs one request: at once `Unreachable` while Redis is known to be away, else the answer
 /// within `ANSWER_TIMEOUT`.
-async fn answer<T>(
+pub async fn answer<T>(
     node: &Node,
     request: impl Future<Output = redis::RedisResult<T>>,
 ) -> Result<T, ClusterError> {
@@ -264,7 +270,7 @@ impl StreamLog {
                 .key(wire::meta_key(stream))
                 .key(wire::log_key(stream));
             if dashboard {
-                invocation.key(webhooks::SUBSCRIPTIONS).key(webhooks::DUE);
+                invocation.key(wire::SUBSCRIPTIONS).key(wire::DUE);
             }
             invocation
                 .arg(wire::live_channel(stream))

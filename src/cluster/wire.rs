@@ -27,6 +27,13 @@ pub const PREFIX: &str = "herald:";
 /// Where `drop_user` is told to every node.
 pub const CONTROL_CHANNEL: &str = "herald:control";
 
+/// Webhook subscriptions by id (`webhook::shared`): a dashboard event's publish reads them to
+/// make its deliveries in the same script.
+pub const SUBSCRIPTIONS: &str = "herald:wh:subscriptions";
+
+/// Deliveries due for an attempt (`webhook::shared`), where that script puts them.
+pub const DUE: &str = "herald:wh:due";
+
 /// Nodes alive now: a sorted set of node names scored by when their heartbeat expires.
 pub const NODES_KEY: &str = "herald:nodes";
 

@@ -11,6 +11,7 @@
 //! it.
 
 pub mod registration;
+pub mod shared;
 
 use std::future::Future;
 use std::time::SystemTime;
@@ -20,12 +21,12 @@ use serde_json::Value;
 
 use crate::broker::messages::{Publish, PublishError};
 use crate::broker::shards::Brokers;
-use crate::cluster::registrations::{SharedRegistrations, Updated};
 use crate::cluster::ClusterError;
 use crate::event::{StreamKey, StreamKind};
 use crate::store::{Record, StoreWriter, Table};
 use crate::webhook::{DashboardEvent, EventKind};
 use registration::{Invalid, Registration, RegistrationInput};
+use shared::{SharedRegistrations, Updated};
 
 /// Why a registration request failed.
 #[derive(Debug, thiserror::Error)]

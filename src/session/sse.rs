@@ -3,7 +3,7 @@
 //! State: the stream it follows, its id with the Broker, and the bounded queue whose receiving
 //! end is the HTTP response body (written by actix-web or by `api::documents::direct`).
 //! Live events reach the queue from the Broker directly when it runs on the session's thread
-//! (`session::sink`), as `Deliver` otherwise. Handles `Close` (writes a `retry:` hint and ends
+//! (`broker::sink`), as `Deliver` otherwise. Handles `Close` (writes a `retry:` hint and ends
 //! the body). Sends `Subscribe` in `started` and `Unsubscribe` in `stopping`.
 //!
 //! The channel is the subscriber's queue: when it is full the client has fallen

@@ -3,17 +3,17 @@
 //! State: whether the client has announced itself yet and which `access:<id>` stream it follows
 //! (and from which `created_at`), its heartbeat, and its permit under `--max-connections`.
 //! Handles the client's frames, `Deliver` of live events from a Broker on another thread (one
-//! on the session's own thread queues them directly, `session::sink`) and `Close` (drain, drop,
+//! on the session's own thread queues them directly, `broker::sink`) and `Close` (drain, drop,
 //! slow consumer). Sends `Subscribe` once the announcement is accepted and `Unsubscribe` in
 //! `stopping`.
 //!
 //! Like `SseSession`, the actor runs in a plain `Context` and writes encoded frames into a
-//! bounded queue (`session::queue`) whose receiving end the connection writes out (the direct
-//! path's `server::stream`, or the 101 response's body under actix-web), so it keeps running
+//! bounded queue (`queue`) whose receiving end the connection writes out (the direct
+//! path's `http::stream`, or the 101 response's body under actix-web), so it keeps running
 //! while the client is not reading. When the queue is full the client has fallen
 //! `--subscriber-queue` frames behind: the session queues a 1008 `slow consumer` close after
 //! what is queued and ends. Publishers and other subscribers never wait for it. An event's
-//! frame is encoded once (`Event::ws_frame`) and shared by every session that sends it alone.
+//! frame is encoded once (`frame`, kept by the event) and shared by every session that sends it alone.
 
 use std::convert::Infallible;
 use std::io;

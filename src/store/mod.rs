@@ -40,10 +40,25 @@ pub struct Retention {
 /// Why the store could not do what was asked. Cloned to every publisher of a failed group.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
+    /// The backend's own error, kept as its source.
     #[error("storage failed: {0}")]
-    Backend(Arc<str>),
+    Backend(#[source] Arc<dyn std::error::Error + Send + Sync>),
+    /// A kept document that no longer parses.
+    #[error("{table} {id} is unreadable: {source}")]
+    Unreadable {
+        table: &'static str,
+        id: String,
+        #[source]
+        source: Arc<serde_json::Error>,
+    },
     #[error("the store writer has stopped")]
     Stopped,
+}
+
+impl StoreError {
+    pub fn backend(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        StoreError::Backend(Arc::new(e))
+    }
 }
 
 /// One stream as the store kept it, for the Broker to start from.

@@ -145,10 +145,6 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     tx.commit()
 }
 
-fn backend(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(e.to_string().into())
-}
-
 fn millis(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
@@ -156,7 +152,7 @@ fn millis(t: SystemTime) -> i64 {
 
 impl Store for SqliteStore {
     fn commit(&mut self, events: &[Arc<Event>], records: &[Record]) -> Result<(), StoreError> {
-        let tx = self.conn.transaction().map_err(backend)?;
+        let tx = self.conn.transaction().map_err(StoreError::backend)?;
         let mut heads: HashMap<String, Position> = HashMap::new();
         let mut inserted: Vec<(String, i64)> = Vec::with_capacity(events.len());
         {
@@ -164,7 +160,7 @@ impl Store for SqliteStore {
                 .prepare_cached(
                     "INSERT INTO events (stream, seq, created_ms, data) VALUES (?1, ?2, ?3, ?4)",
                 )
-                .map_err(backend)?;
+                .map_err(StoreError::backend)?;
             for event in events {
                 let stream = event.stream.to_string();
                 insert
@@ -174,7 +170,7 @@ impl Store for SqliteStore {
                         millis(event.created),
                         event.data.get()
                     ])
-                    .map_err(backend)?;
+                    .map_err(StoreError::backend)?;
                 inserted.push((stream.clone(), tx.last_insert_rowid()));
                 heads.insert(stream, event.position);
             }
@@ -183,29 +179,29 @@ impl Store for SqliteStore {
                     "INSERT INTO streams (stream, epoch, head) VALUES (?1, ?2, ?3)
                      ON CONFLICT (stream) DO NOTHING",
                 )
-                .map_err(backend)?;
+                .map_err(StoreError::backend)?;
             for (stream, head) in heads.iter().filter(|(s, _)| !self.known.contains(*s)) {
                 first
                     .execute(params![stream, head.epoch, head.seq as i64])
-                    .map_err(backend)?;
+                    .map_err(StoreError::backend)?;
             }
             let mut put = tx
                 .prepare_cached(
                     "INSERT OR REPLACE INTO records (tbl, id, json) VALUES (?1, ?2, ?3)",
                 )
-                .map_err(backend)?;
+                .map_err(StoreError::backend)?;
             let mut delete = tx
                 .prepare_cached("DELETE FROM records WHERE tbl = ?1 AND id = ?2")
-                .map_err(backend)?;
+                .map_err(StoreError::backend)?;
             for record in records {
                 match record {
                     Record::Put { table, id, json } => put.execute(params![table.name(), id, json]),
                     Record::Delete { table, id } => delete.execute(params![table.name(), id]),
                 }
-                .map_err(backend)?;
+                .map_err(StoreError::backend)?;
             }
         }
-        tx.commit().map_err(backend)?;
+        tx.commit().map_err(StoreError::backend)?;
         for (stream, id) in inserted {
             self.rows.entry(stream).or_default().push_back(id);
         }
@@ -223,7 +219,7 @@ impl Store for SqliteStore {
         // Every commit is already synced; fold the WAL back so the next start reads one file.
         self.conn
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-            .map_err(backend)
+            .map_err(StoreError::backend)
     }
 
     fn load(&mut self) -> Result<Vec<StoredStream>, StoreError> {
@@ -232,7 +228,7 @@ impl Store for SqliteStore {
         let mut stmt = self
             .conn
             .prepare("SELECT stream, epoch, head FROM streams")
-            .map_err(backend)?;
+            .map_err(StoreError::backend)?;
         let rows = stmt
             .query_map([], |r| {
                 Ok((
@@ -241,9 +237,9 @@ impl Store for SqliteStore {
                     r.get::<_, i64>(2)?,
                 ))
             })
-            .map_err(backend)?;
+            .map_err(StoreError::backend)?;
         for row in rows {
-            let (name, epoch, head) = row.map_err(backend)?;
+            let (name, epoch, head) = row.map_err(StoreError::backend)?;
             let Some(key) = StreamKey::parse(&name) else {
                 log::warn!("store: skipping stream with an unknown name {name:?}");
                 continue;
@@ -264,7 +260,7 @@ impl Store for SqliteStore {
                 "SELECT id, stream, seq, created_ms, data FROM events
                  WHERE created_ms >= ?1 ORDER BY id",
             )
-            .map_err(backend)?;
+            .map_err(StoreError::backend)?;
         let rows = stmt
             .query_map([oldest], |r| {
                 Ok((
@@ -275,15 +271,16 @@ impl Store for SqliteStore {
                     r.get::<_, String>(4)?,
                 ))
             })
-            .map_err(backend)?;
+            .map_err(StoreError::backend)?;
         let mut ids: HashMap<String, Vec<(u64, i64)>> = HashMap::new();
         for row in rows {
-            let (id, name, seq, created_ms, data) = row.map_err(backend)?;
+            let (id, name, seq, created_ms, data) = row.map_err(StoreError::backend)?;
             let Some(stream) = streams.get_mut(&name) else {
                 continue;
             };
             ids.entry(name).or_default().push((seq as u64, id));
-            let data = serde_json::value::RawValue::from_string(data).map_err(backend)?;
+            let data =
+                serde_json::value::RawValue::from_string(data).map_err(StoreError::backend)?;
             let created = UNIX_EPOCH + Duration::from_millis(created_ms.max(0) as u64);
             let position = Position {
                 epoch: stream.epoch,
@@ -302,12 +299,12 @@ impl Store for SqliteStore {
         let mut stmt = self
             .conn
             .prepare("SELECT stream, max(seq) FROM events GROUP BY stream")
-            .map_err(backend)?;
+            .map_err(StoreError::backend)?;
         let newest = stmt
             .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
-            .map_err(backend)?;
+            .map_err(StoreError::backend)?;
         for row in newest {
-            let (name, seq) = row.map_err(backend)?;
+            let (name, seq) = row.map_err(StoreError::backend)?;
             let Some(stream) = streams.get_mut(&name) else {
                 continue;
             };
@@ -332,24 +329,24 @@ impl Store for SqliteStore {
         let mut stmt = self
             .conn
             .prepare("SELECT id, json FROM records WHERE tbl = ?1")
-            .map_err(backend)?;
+            .map_err(StoreError::backend)?;
         let rows = stmt
             .query_map([table.name()], |r| Ok((r.get(0)?, r.get(1)?)))
-            .map_err(backend)?;
-        rows.collect::<Result<_, _>>().map_err(backend)
+            .map_err(StoreError::backend)?;
+        rows.collect::<Result<_, _>>().map_err(StoreError::backend)
     }
 
     fn maintain(&mut self, now: SystemTime) -> Result<(), StoreError> {
         let oldest = millis(now) - self.retention.ttl.as_millis() as i64;
-        let tx = self.conn.transaction().map_err(backend)?;
+        let tx = self.conn.transaction().map_err(StoreError::backend)?;
         // Before any event is deleted: it may be its stream's newest.
         {
             let mut head = tx
                 .prepare_cached("UPDATE streams SET head = max(head, ?2) WHERE stream = ?1")
-                .map_err(backend)?;
+                .map_err(StoreError::backend)?;
             for (stream, seq) in &self.touched {
                 head.execute(params![stream, *seq as i64])
-                    .map_err(backend)?;
+                    .map_err(StoreError::backend)?;
             }
         }
         // Rows are in commit order, so the expired ones come first: scan from the oldest to
@@ -362,9 +359,9 @@ impl Store for SqliteStore {
                 [oldest],
                 |r| r.get(0),
             )
-            .map_err(backend)?;
+            .map_err(StoreError::backend)?;
         tx.execute("DELETE FROM events WHERE id < ?1", [young])
-            .map_err(backend)?;
+            .map_err(StoreError::backend)?;
         self.rows.retain(|_, ids| {
             while ids.front().is_some_and(|&id| id < young) {
                 ids.pop_front();
@@ -374,19 +371,19 @@ impl Store for SqliteStore {
         {
             let mut delete = tx
                 .prepare_cached("DELETE FROM events WHERE id = ?1")
-                .map_err(backend)?;
+                .map_err(StoreError::backend)?;
             for stream in self.touched.keys() {
                 let Some(ids) = self.rows.get_mut(stream) else {
                     continue;
                 };
                 while ids.len() > self.retention.max_events {
                     if let Some(id) = ids.pop_front() {
-                        delete.execute([id]).map_err(backend)?;
+                        delete.execute([id]).map_err(StoreError::backend)?;
                     }
                 }
             }
         }
-        tx.commit().map_err(backend)?;
+        tx.commit().map_err(StoreError::backend)?;
         self.touched.clear();
         Ok(())
     }

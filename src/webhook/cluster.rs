@@ -19,8 +19,8 @@ use tokio::sync::oneshot;
 
 use super::dispatcher::{http_client, judge, post, Request};
 use super::messages::DrainWebhooks;
+use super::shared::{Due, SharedWebhooks, Work};
 use super::{Attempt, DispatcherSettings};
-use crate::cluster::webhooks::{Due, SharedWebhooks, Work};
 use crate::cluster::{ClusterError, Node};
 use crate::metrics::{Face, FaceMetrics, Metrics};
 

@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod dispatcher;
 pub mod messages;
 pub mod retry;
+pub mod shared;
 pub mod signing;
 pub mod subscriptions;
 

@@ -9,8 +9,8 @@ use actix::Addr;
 use super::messages::{
     CreateSubscription, DeleteSubscription, GetSubscription, ListAttempts, ListSubscriptions,
 };
+use super::shared::SharedWebhooks;
 use super::{signing, Attempt, EventKind, Subscription, WebhookDispatcher};
-use crate::cluster::webhooks::SharedWebhooks;
 use crate::cluster::ClusterError;
 
 /// Why subscriptions could not be read or changed now.

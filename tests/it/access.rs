@@ -534,7 +534,7 @@ async fn the_connection_limit_closes_with_1013() {
 }
 
 /// One worker: every session runs on its stream's Broker shard, which queues live events into
-/// the session's queue directly (`session::sink`).
+/// the session's queue directly (`broker::sink`).
 #[actix_rt::test]
 async fn a_client_that_stops_reading_is_cut_off_without_slowing_anyone() {
     clients_that_stop_reading_are_cut_off(1).await;

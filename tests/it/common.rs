@@ -214,3 +214,17 @@ where
         Err(_) => panic!("timed out waiting for {what}"),
     }
 }
+
+/// Every `.rs` file under `dir`, for the tests that read the sources.
+pub fn rust_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(rust_files(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            files.push(path);
+        }
+    }
+    files
+}

@@ -12,6 +12,7 @@ mod documents;
 mod drain;
 mod durability;
 mod instances;
+mod layers;
 mod openapi;
 mod ops;
 mod process;

@@ -1,6 +1,6 @@
-//! This face's WebSocket sessions on `server::direct`'s path: a connection that opens with a
-//! valid upgrade to `/subscribe_to_events` gets its 101 here, and its session's frames are
-//! written straight to the socket while the session reads the client's frames from it.
+//! This face's WebSocket sessions on the direct path (`server::direct`): a connection that
+//! opens with a valid upgrade to `/subscribe_to_events` gets its 101 here, and its session's
+//! frames are written straight to the socket while the session reads the client's frames.
 //!
 //! The handshake is checked by actix-http's own `verify_handshake`, so both paths accept the
 //! same requests; anything it refuses, and a connection over `--max-connections`, is left to
@@ -18,10 +18,10 @@ use bytes::BytesMut;
 
 use super::open;
 use crate::api::AppState;
+use crate::http::access_log::Entry;
+use crate::http::stream::{Framing, Outgoing};
+use crate::http::{with_date, Request};
 use crate::limits::Permit;
-use crate::server::access_log::Entry;
-use crate::server::direct::{with_date, Request};
-use crate::server::stream::{Framing, Outgoing};
 use crate::session::ws::SocketBytes;
 
 /// The subscription path.
@@ -35,12 +35,18 @@ pub(crate) struct Upgrade {
     authorization: Option<Vec<u8>>,
     permit: Permit,
     state: web::Data<AppState>,
-    /// Bytes of the upgrade request; what follows it is the client's.
-    pub request_len: usize,
+    /// What the client sent after the upgrade request: its first frames, copied out so that
+    /// the read buffer is freed before the session waits for its announcement.
+    read: BytesMut,
 }
 
-/// The upgrade `request` asks for, if it is one this path serves.
-pub(crate) fn upgrade(request: &Request, state: &web::Data<AppState>) -> Option<Upgrade> {
+/// The upgrade `request` asks for, if it is one this path serves; `after`: the bytes that
+/// followed it.
+pub(crate) fn upgrade(
+    request: &Request,
+    after: &[u8],
+    state: &web::Data<AppState>,
+) -> Option<Upgrade> {
     if request.head.method != Some("GET") || request.path != SUBSCRIBE || !request.body.is_empty() {
         return None;
     }
@@ -60,13 +66,13 @@ pub(crate) fn upgrade(request: &Request, state: &web::Data<AppState>) -> Option<
         authorization: authorization.map(<[u8]>::to_vec),
         permit: state.connections.try_acquire()?,
         state: state.clone(),
-        request_len: request.len,
+        read: BytesMut::from(after),
     })
 }
 
-/// Answers the upgrade and runs the session until it ends or the client goes away. `read`:
-/// bytes the client sent after the upgrade request; `entry`: its access log line.
-pub(crate) async fn session(io: TcpStream, upgrade: Upgrade, read: BytesMut, entry: Option<Entry>) {
+/// Answers the upgrade and runs the session until it ends or the client goes away. `entry`:
+/// its access log line.
+pub(crate) async fn session(io: TcpStream, upgrade: Upgrade, entry: Option<Entry>) {
     let accept = std::str::from_utf8(&upgrade.accept).expect("base64 is ASCII");
     let head = with_date(|date| {
         format!(
@@ -81,7 +87,7 @@ pub(crate) async fn session(io: TcpStream, upgrade: Upgrade, read: BytesMut, ent
         state,
         upgrade.permit,
         upgrade.authorization.as_deref(),
-        read,
+        upgrade.read,
         Box::pin(SocketBytes(client)),
     );
     // After the session, its close frame gets as long as the heartbeat gives a client that

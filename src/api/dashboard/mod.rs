@@ -13,7 +13,6 @@ pub mod webhooks;
 use actix_web::http::header;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
-use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::openapi::{add_slash, Routes, Slash};
@@ -93,64 +92,59 @@ impl utoipa::Modify for SlashPaths {
     }
 }
 
-/// The face's error body: `{"error": "...", "field": "..."}`.
-#[derive(Debug, Serialize)]
-pub struct DashboardError {
-    #[serde(skip)]
-    status: StatusCode,
-    error: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    field: Option<String>,
+/// Every way a request of the face is refused; answered as `{"error": "...", "field": "..."}`
+/// (`field` only when one is to blame).
+#[derive(Debug, thiserror::Error)]
+pub enum DashboardError {
+    #[error("publisher credential required")]
+    CredentialRequired,
+    #[error("publisher credential refused")]
+    CredentialRefused,
+    #[error(transparent)]
+    Body(#[from] BodyError),
+    /// 422: a field, or the body as a whole, is not one the route takes.
+    #[error("{error}")]
+    Invalid { error: String, field: String },
+    /// 422 naming every missing field in the message, as the imitated service does.
+    #[error("missing field(s): {}", .0.join(", "))]
+    Missing(Vec<&'static str>),
+    #[error("no {0} with that id")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl DashboardError {
-    fn new(status: StatusCode, error: impl Into<String>) -> Self {
-        Self {
-            status,
-            error: error.into(),
-            field: None,
-        }
-    }
-
     /// 422 naming the field to blame.
     pub fn invalid(field: impl Into<String>, error: impl Into<String>) -> Self {
-        Self {
-            status: StatusCode::UNPROCESSABLE_ENTITY,
+        Self::Invalid {
             error: error.into(),
-            field: Some(field.into()),
+            field: field.into(),
         }
-    }
-
-    /// 422 naming every missing field in the message, as the imitated service does.
-    pub fn missing(fields: &[&str]) -> Self {
-        Self::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("missing field(s): {}", fields.join(", ")),
-        )
-    }
-
-    pub fn not_found(what: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, format!("no {what} with that id"))
     }
 
     pub fn unavailable() -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "service unavailable")
-    }
-}
-
-impl std::fmt::Display for DashboardError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.error)
+        Self::Unavailable("service unavailable".into())
     }
 }
 
 impl ResponseError for DashboardError {
     fn status_code(&self) -> StatusCode {
-        self.status
+        match self {
+            Self::CredentialRequired | Self::CredentialRefused => StatusCode::UNAUTHORIZED,
+            Self::Body(e) => e.status(),
+            Self::Invalid { .. } | Self::Missing(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
     }
 
     fn error_response(&self) -> HttpResponse {
-        crate::api::json_error(self.status, self)
+        let field = match self {
+            Self::Invalid { field, .. } => Some(field.as_str()),
+            _ => None,
+        };
+        crate::api::field_error(self.status_code(), self, field)
     }
 }
 
@@ -163,12 +157,10 @@ impl From<registration::Invalid> for DashboardError {
 impl From<RegistryError> for DashboardError {
     fn from(e: RegistryError) -> Self {
         match e {
-            RegistryError::NotFound => Self::not_found("registration"),
+            RegistryError::NotFound => Self::NotFound("registration"),
             RegistryError::Invalid(invalid) => invalid.into(),
-            RegistryError::Publish(e) => Self::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-            RegistryError::Unavailable(e) => {
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
-            }
+            RegistryError::Publish(e) => Self::Unavailable(e.to_string()),
+            RegistryError::Unavailable(e) => Self::Unavailable(e.to_string()),
         }
     }
 }
@@ -192,27 +184,14 @@ pub fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), DashboardErr
     }
     match check_publisher(state, super::authorization(req)) {
         PublisherCheck::Allowed => Ok(()),
-        PublisherCheck::Missing => Err(DashboardError::new(
-            StatusCode::UNAUTHORIZED,
-            "publisher credential required",
-        )),
-        PublisherCheck::Refused => Err(DashboardError::new(
-            StatusCode::UNAUTHORIZED,
-            "publisher credential refused",
-        )),
+        PublisherCheck::Missing => Err(DashboardError::CredentialRequired),
+        PublisherCheck::Refused => Err(DashboardError::CredentialRefused),
     }
 }
 
 /// Reads a JSON body; anything that is not JSON is a 422 blaming `body`.
 pub async fn read_json(payload: web::Payload, state: &AppState) -> Result<Value, DashboardError> {
-    let body = read_body(payload, state.config.max_body)
-        .await
-        .map_err(|e| match e {
-            BodyError::TooLarge(_) => {
-                DashboardError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
-            }
-            BodyError::Read(_) => DashboardError::new(StatusCode::BAD_REQUEST, e.to_string()),
-        })?;
+    let body = read_body(payload, state.config.max_body).await?;
     serde_json::from_slice(&body)
         .map_err(|e| DashboardError::invalid("body", format!("invalid JSON: {e}")))
 }
@@ -294,7 +273,7 @@ async fn get_registration(
     let id = id.into_inner();
     match state.registry.send(GetRegistration { id }).await?? {
         Some(r) => Ok(HttpResponse::Ok().json(r.to_json())),
-        None => Err(DashboardError::not_found("registration")),
+        None => Err(DashboardError::NotFound("registration")),
     }
 }
 

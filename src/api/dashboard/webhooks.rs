@@ -62,7 +62,7 @@ pub fn parse(body: &Value) -> Result<NewSubscription, DashboardError> {
         .filter(|f| !fields.contains_key(*f))
         .collect();
     if !missing.is_empty() {
-        return Err(DashboardError::missing(&missing));
+        return Err(DashboardError::Missing(missing));
     }
     let text = |name: &str| match &fields[name] {
         Value::String(s) => Ok(s.trim()),
@@ -286,7 +286,7 @@ async fn get(
     let id = id.into_inner();
     match state.subscriptions.get(id).await? {
         Some(s) => Ok(HttpResponse::Ok().json(subscription_json(&s))),
-        None => Err(DashboardError::not_found("notification")),
+        None => Err(DashboardError::NotFound("notification")),
     }
 }
 
@@ -341,7 +341,7 @@ async fn deliveries(
         Some(attempts) => {
             Ok(HttpResponse::Ok().json(attempts.iter().map(attempt_json).collect::<Vec<_>>()))
         }
-        None => Err(DashboardError::not_found("notification")),
+        None => Err(DashboardError::NotFound("notification")),
     }
 }
 
@@ -384,8 +384,10 @@ mod tests {
     }
 
     fn error(body: Value) -> (Option<String>, String) {
-        let e = parse(&body).unwrap_err();
-        (e.field, e.error)
+        match parse(&body).unwrap_err() {
+            DashboardError::Invalid { field, error } => (Some(field), error),
+            other => (None, other.to_string()),
+        }
     }
 
     #[test]

@@ -1,8 +1,8 @@
-//! This face's routes on `server::direct`'s path: a subscription on a connection that opens
-//! with one is streamed straight to the socket, and publishes are answered there.
+//! This face's routes on the direct path (`server::direct`): a subscription on a connection
+//! that opens with one is streamed straight to the socket, and publishes are answered there.
 //!
 //! An SSE connection under actix-http keeps its dispatcher and two 8 KiB buffers (about 12 KB
-//! resident) for as long as the stream runs; here its frames are written by `server::stream`.
+//! resident) for as long as the stream runs; here its frames are written by `http::stream`.
 
 use std::fmt::Write;
 use std::future::poll_fn;
@@ -17,9 +17,9 @@ use bytes::BytesMut;
 
 use super::{admit, append, open, EventStream, Opened, Subscription};
 use crate::api::AppState;
-use crate::server::access_log::Entry;
-use crate::server::direct::{with_date, Answer, Request};
-use crate::server::stream::{Framing, Outgoing};
+use crate::http::access_log::Entry;
+use crate::http::stream::{Framing, Outgoing};
+use crate::http::{with_date, Answer, Request};
 
 /// The subscription path.
 const SUBSCRIBE: &str = "/events/client";

@@ -1,5 +1,5 @@
 //! The document status face's wire forms as OpenAPI schemas and texts, for `/openapi.json`.
-//! They describe what `parse_statuses`, `publish` and `PublishError` read and write; the
+//! They describe what `parse_statuses`, `publish` and `DocumentsError` read and write; the
 //! validation itself lives in the face.
 
 #![allow(dead_code)] // Read by utoipa's derive only.
@@ -49,7 +49,7 @@ pub struct DocumentsPublished {
 /// Every error of the publish endpoint; `field` names the culprit of a 422 when there is one
 /// (`documentId`, `[1].status`, `clientId`, ...).
 #[derive(ToSchema)]
-pub struct DocumentsError {
+pub struct DocumentsErrorBody {
     #[schema(example = "must be one of PENDING, COMPLETED, ERROR")]
     error: String,
     #[schema(example = "[1].status")]

@@ -1,5 +1,5 @@
-//! This face's long-poll on `server::direct`'s path, for a poll that finds data waiting (a
-//! poller catching up). A poll that would wait, or is refused, is left to actix-web: the
+//! This face's long-poll on the direct path (`server::direct`), for a poll that finds data
+//! waiting (a poller catching up). A poll that would wait, or is refused, is left to actix-web: the
 //! handler owns waiting (the `LongPoll` actor, noticing a client that hangs up) and the error
 //! answers, and running its checks again costs nothing that matters on those paths.
 
@@ -7,7 +7,7 @@ use actix_web::ResponseError;
 
 use super::{bearer_credential, long_poll_answer, long_poll_spec};
 use crate::api::{header_text, AppState};
-use crate::server::direct::{Answer, Request};
+use crate::http::{Answer, Request};
 use crate::session::longpoll;
 
 /// Before the instance id.

@@ -7,8 +7,8 @@ use std::sync::{Arc, LazyLock};
 use redis::aio::ConnectionManager;
 use redis::Script;
 
-use super::{answer, ClusterError, Node};
-use crate::dashboard::registration::Registration;
+use super::registration::Registration;
+use crate::cluster::{answer, ClusterError, Node};
 
 /// Registrations by id.
 pub const REGISTRATIONS: &str = "herald:registrations";

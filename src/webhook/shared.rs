@@ -11,7 +11,7 @@
 //! - delayed retries: a sorted set scored by when each is due, moved to the stream by
 //!   `PROMOTE` (one atomic script, whichever node runs it).
 //!
-//! Deliveries are created by the publish of the dashboard event itself (`scripts::APPEND`), in
+//! Deliveries are created by the publish of the dashboard event itself (the cluster's `APPEND` script), in
 //! the same script that appends it: one delivery per matching subscription per event, whichever
 //! node made the change, and none lost between the event and its deliveries.
 
@@ -21,14 +21,9 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use redis::{Script, Value};
 
-use super::{answer, ClusterError, Node};
-use crate::webhook::{Attempt, EventKind, Outcome, PendingDelivery, Subscription};
-
-/// Webhook subscriptions by id.
-pub const SUBSCRIPTIONS: &str = "herald:wh:subscriptions";
-
-/// Deliveries due for an attempt.
-pub const DUE: &str = "herald:wh:due";
+use super::{Attempt, EventKind, Outcome, PendingDelivery, Subscription};
+use crate::cluster::wire::{DUE, SUBSCRIPTIONS};
+use crate::cluster::{answer, ClusterError, Node};
 
 /// Deliveries waiting for their next attempt, scored by when it is due (ms since 1970).
 pub const RETRIES: &str = "herald:wh:retries";

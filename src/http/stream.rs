@@ -26,7 +26,7 @@ use crate::queue;
 const WRITE_BATCH: usize = 64 * 1024;
 
 /// How a stream's frames go on the wire.
-pub(crate) trait Framing {
+pub trait Framing {
     /// Appends one frame as the wire carries it.
     fn frame(out: &mut BytesMut, frame: &[u8]);
     /// What follows the last frame.
@@ -34,7 +34,7 @@ pub(crate) trait Framing {
 }
 
 /// A session's frames on their way to the client.
-pub(crate) struct Outgoing<F> {
+pub struct Outgoing<F> {
     /// The session's queue; taken once it has ended.
     body: Option<queue::Receiver>,
     /// Bytes not yet written.

@@ -15,19 +15,19 @@ use actix_web::http::{StatusCode, Version};
 use actix_web::middleware::Logger;
 use actix_web::rt::net::TcpStream;
 
-use super::direct::Request;
+use super::request::Request;
 
 /// actix-web's `Logger` logs under its module path; so do these lines, so that one `RUST_LOG`
 /// directive turns both on or off.
 const TARGET: &str = "actix_web::middleware::logger";
 
 /// Whether access lines are written (`RUST_LOG` at `info` for the target).
-pub(crate) fn enabled() -> bool {
+pub fn enabled() -> bool {
     log::log_enabled!(target: TARGET, log::Level::Info)
 }
 
 /// actix-web's `Logger` for the requests it serves, writing the same request line.
-pub(crate) fn logger() -> Logger {
+pub fn logger() -> Logger {
     Logger::new(r#"%a "%{request}xi" %s %b "%{Referer}i" "%{User-Agent}i" %T"#)
         .custom_request_replace("request", |req| {
             request_line(
@@ -56,7 +56,7 @@ fn request_line(method: &str, path: &str, query: &str, version: Version) -> Stri
 /// A request's line, begun when the request arrives and written when its answer has been
 /// (for a stream, when the stream ends). Boxed: a stream's task carries it for the stream's
 /// life, and an idle SSE connection's task is part of what every subscriber costs.
-pub(crate) struct Entry(Box<Line>);
+pub struct Entry(Box<Line>);
 
 struct Line {
     /// `%a "%r"`.

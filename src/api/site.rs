@@ -1,0 +1,95 @@
+//! What the server serves, handed to it by the faces: the actix-web app (`Site::configure`)
+//! and the table of routes the direct path reads itself (`Direct`): document publishes and
+//! subscriptions, WebSocket sessions and long-polls that find data waiting.
+
+use std::sync::Arc;
+
+use actix_web::rt::net::TcpStream;
+use actix_web::web;
+
+use super::{access, documents, instances, AppState};
+use crate::broker::shards::Shards;
+use crate::http::access_log::Entry;
+use crate::http::{Answer, Request};
+use crate::limits::Requests;
+use crate::server;
+
+/// The faces, for `server::run`.
+#[derive(Clone)]
+pub(crate) struct Site {
+    pub state: web::Data<AppState>,
+    /// Each worker starts its Broker shard as it starts.
+    pub shards: Arc<Shards>,
+}
+
+impl server::Site for Site {
+    type Direct = Direct;
+
+    fn start_worker(&self) -> Direct {
+        self.shards.start_one();
+        Direct(self.state.clone())
+    }
+
+    fn configure(&self, cfg: &mut web::ServiceConfig) {
+        cfg.app_data(self.state.clone());
+        super::configure(cfg);
+    }
+
+    fn requests(&self) -> &Requests {
+        &self.state.requests
+    }
+}
+
+/// The direct path's routes, each decided by its face's `direct` module.
+pub(crate) struct Direct(web::Data<AppState>);
+
+/// A stream that a connection's first request opens on the direct path.
+pub(crate) enum Opening {
+    /// An SSE subscription to document status events.
+    Events(documents::EventStream),
+    /// A WebSocket session of access events.
+    Access(access::direct::Upgrade),
+}
+
+impl server::direct::Routes for Direct {
+    type Opening = Opening;
+
+    fn max_body(&self) -> usize {
+        self.0.config.max_body
+    }
+
+    fn requests(&self) -> &Requests {
+        &self.0.requests
+    }
+
+    fn open(&self, request: &Request, after: &[u8]) -> Option<Opening> {
+        // Bytes after an SSE request (one pipelined behind it) are ignored, like any bytes the
+        // client sends on an event stream; after an upgrade they are its first frames.
+        Some(if request.upgrade {
+            Opening::Access(access::direct::upgrade(request, after, &self.0)?)
+        } else {
+            Opening::Events(documents::direct::subscription(request, &self.0)?)
+        })
+    }
+
+    async fn stream(&self, io: TcpStream, opening: Opening, entry: Option<Entry>) {
+        match opening {
+            Opening::Events(opened) => {
+                // A client that takes nothing for two keep-alive intervals after the stream
+                // ended is gone.
+                let flush_limit = self.0.config.sse_keepalive * 2;
+                documents::direct::stream(io, opened, flush_limit, entry).await;
+            }
+            // Boxed: an SSE connection's task should not carry room for a WebSocket session.
+            Opening::Access(upgrade) => Box::pin(access::direct::session(io, upgrade, entry)).await,
+        }
+    }
+
+    async fn answer(&self, request: &Request<'_, '_>) -> Option<Answer> {
+        match request.head.method {
+            Some("POST") => documents::direct::publish(&self.0, request).await,
+            Some("GET") => instances::direct::long_poll(&self.0, request).await,
+            _ => None,
+        }
+    }
+}
