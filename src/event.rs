@@ -3,8 +3,8 @@
 //!
 //! Each face renders its wire bytes from an event once, however many subscribers receive it
 //! ("render once, deliver many"): the event keeps one rendering per `Form`, made on first use
-//! by the face's own renderer (`session::sse::frame`, `session::ws::frame`,
-//! `api::instances::notification`). The model itself encodes nothing.
+//! by the face's own renderer (`session::sse::frame`, `session::ws::frame`, the instance
+//! face's `notification`). The model itself encodes nothing.
 
 use std::fmt;
 use std::sync::OnceLock;

@@ -15,16 +15,16 @@ use std::io;
 
 use actix_http::ws::verify_handshake;
 use actix_web::http::header;
-use actix_web::http::StatusCode;
-use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws;
 use bytes::BytesMut;
 use futures_util::TryStreamExt;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
+use super::error::FieldError;
 use super::openapi::Routes;
-use super::{bearer, check_publisher, read_body, AppState, BodyError, PublisherCheck};
+use super::{bearer, check_publisher, read_body, AppState};
 use crate::broker::messages::{CloseReason, CloseStream, ListSubscribed, Publish};
 use crate::event::{StreamKey, StreamKind};
 use crate::limits::Permit;
@@ -164,78 +164,12 @@ fn authorize(authorization: Option<&[u8]>, state: &web::Data<AppState>) -> Autho
     })
 }
 
-/// Every way a request of the face's HTTP routes is refused; answered as
-/// `{"error": "...", "field": "..."}` (`field` only when one is to blame).
-#[derive(Debug, thiserror::Error)]
-pub enum AccessError {
-    #[error("publisher credential required")]
-    CredentialRequired,
-    #[error("publisher credential refused")]
-    CredentialRefused,
-    #[error(transparent)]
-    Body(#[from] BodyError),
-    /// 422: the body is not one the route takes.
-    #[error("{error}")]
-    Invalid {
-        error: String,
-        field: Option<String>,
-    },
-    #[error("{0}")]
-    Unavailable(String),
-}
-
-impl AccessError {
-    fn invalid(error: impl Into<String>, field: impl Into<String>) -> Self {
-        Self::Invalid {
-            error: error.into(),
-            field: Some(field.into()),
-        }
-    }
-
-    fn unnamed(error: impl Into<String>) -> Self {
-        Self::Invalid {
-            error: error.into(),
-            field: None,
-        }
-    }
-
-    fn unavailable() -> Self {
-        Self::Unavailable("broker unavailable".into())
-    }
-}
-
-impl ResponseError for AccessError {
-    fn status_code(&self) -> StatusCode {
-        match self {
-            Self::CredentialRequired | Self::CredentialRefused => StatusCode::UNAUTHORIZED,
-            Self::Body(e) => e.status(),
-            Self::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-        }
-    }
-
-    fn error_response(&self) -> HttpResponse {
-        let field = match self {
-            Self::Invalid { field, .. } => field.as_deref(),
-            _ => None,
-        };
-        super::field_error(self.status_code(), self, field)
-    }
-}
-
 /// The publisher credential rule of every publishing endpoint.
-fn require_publisher(req: &HttpRequest, state: &AppState) -> Result<(), AccessError> {
-    match check_publisher(state, super::authorization(req)) {
-        PublisherCheck::Allowed => Ok(()),
-        PublisherCheck::Missing => Err(AccessError::CredentialRequired),
-        PublisherCheck::Refused => Err(AccessError::CredentialRefused),
-    }
+fn require_publisher(req: &HttpRequest, state: &AppState) -> Result<(), FieldError> {
+    check_publisher(state, super::authorization(req)).required()
 }
 
-async fn read_json_body(
-    payload: web::Payload,
-    state: &AppState,
-) -> Result<web::Bytes, AccessError> {
+async fn read_json_body(payload: web::Payload, state: &AppState) -> Result<web::Bytes, FieldError> {
     Ok(read_body(payload, state.config.max_body).await?)
 }
 
@@ -264,7 +198,7 @@ async fn push_events(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
-) -> Result<HttpResponse, AccessError> {
+) -> Result<HttpResponse, FieldError> {
     require_publisher(&req, &state)?;
     let body = read_json_body(payload, &state).await?;
     let events = parse_events(&body)?;
@@ -284,8 +218,8 @@ async fn push_events(
     });
     for acked in futures_util::future::join_all(publishes).await {
         acked
-            .map_err(|_| AccessError::unavailable())?
-            .map_err(|e| AccessError::Unavailable(e.to_string()))?;
+            .map_err(|_| FieldError::broker_unavailable())?
+            .map_err(|e| FieldError::Unavailable(e.to_string()))?;
     }
     Ok(HttpResponse::Ok().json(true))
 }
@@ -300,36 +234,36 @@ struct WireEvent<'a> {
 
 /// Validates a `push_events` body into (access id, event JSON) pairs, in order. Errors name
 /// the element and field, e.g. `[2].created_at`. Unknown keys are ignored, as the notifier does.
-fn parse_events(body: &[u8]) -> Result<Vec<(String, Box<RawValue>)>, AccessError> {
-    let invalid_json = |e: serde_json::Error| AccessError::unnamed(format!("invalid JSON: {e}"));
+fn parse_events(body: &[u8]) -> Result<Vec<(String, Box<RawValue>)>, FieldError> {
+    let invalid_json = |e: serde_json::Error| FieldError::unnamed(format!("invalid JSON: {e}"));
     let raw: &RawValue = serde_json::from_slice(body).map_err(invalid_json)?;
     let items: Vec<&RawValue> = serde_json::from_str(raw.get())
-        .map_err(|_| AccessError::unnamed("expected a JSON array of events"))?;
+        .map_err(|_| FieldError::unnamed("expected a JSON array of events"))?;
     items
         .into_iter()
         .enumerate()
         .map(|(i, item)| {
             let at = |field: &str| format!("[{i}].{field}");
             let obj: HashMap<String, &RawValue> = serde_json::from_str(item.get())
-                .map_err(|_| AccessError::invalid("expected an object", format!("[{i}]")))?;
+                .map_err(|_| FieldError::invalid(format!("[{i}]"), "expected an object"))?;
             let field = |name: &str| {
                 obj.get(name)
                     .copied()
-                    .ok_or_else(|| AccessError::invalid("missing field", at(name)))
+                    .ok_or_else(|| FieldError::invalid(at(name), "missing field"))
             };
             let accessid: String = serde_json::from_str(field("accessid")?.get())
-                .map_err(|_| AccessError::invalid("must be a string", at("accessid")))?;
+                .map_err(|_| FieldError::invalid(at("accessid"), "must be a string"))?;
             if !(1..=MAX_ACCESS_ID).contains(&accessid.chars().count()) {
-                return Err(AccessError::invalid(
-                    format!("must be 1 to {MAX_ACCESS_ID} characters"),
+                return Err(FieldError::invalid(
                     at("accessid"),
+                    format!("must be 1 to {MAX_ACCESS_ID} characters"),
                 ));
             }
             let created_at = serde_json::from_str::<serde_json::Number>(field("created_at")?.get())
                 .ok()
                 .as_ref()
                 .and_then(crate::session::ws::whole_number)
-                .ok_or_else(|| AccessError::invalid("must be an integer", at("created_at")))?;
+                .ok_or_else(|| FieldError::invalid(at("created_at"), "must be an integer"))?;
             let wire = WireEvent {
                 accessid: &accessid,
                 created_at,
@@ -365,32 +299,32 @@ async fn drop_user(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
-) -> Result<HttpResponse, AccessError> {
+) -> Result<HttpResponse, FieldError> {
     require_publisher(&req, &state)?;
     let body = read_json_body(payload, &state).await?;
     let value: serde_json::Value = serde_json::from_slice(&body)
-        .map_err(|e| AccessError::unnamed(format!("invalid JSON: {e}")))?;
+        .map_err(|e| FieldError::unnamed(format!("invalid JSON: {e}")))?;
     let access_id = match value.get("drop_access_id") {
-        None => return Err(AccessError::invalid("missing field", "drop_access_id")),
+        None => return Err(FieldError::invalid("drop_access_id", "missing field")),
         Some(serde_json::Value::String(id))
             if (1..=MAX_ACCESS_ID).contains(&id.chars().count()) =>
         {
             id.clone()
         }
         Some(serde_json::Value::String(_)) => {
-            return Err(AccessError::invalid(
-                format!("must be 1 to {MAX_ACCESS_ID} characters"),
+            return Err(FieldError::invalid(
                 "drop_access_id",
+                format!("must be 1 to {MAX_ACCESS_ID} characters"),
             ))
         }
-        Some(_) => return Err(AccessError::invalid("must be a string", "drop_access_id")),
+        Some(_) => return Err(FieldError::invalid("drop_access_id", "must be a string")),
     };
     let stream = StreamKey::new(StreamKind::Access, access_id.clone());
     // In a cluster every node closes its own sessions when told; this node's close at once.
     if let Some(node) = &state.cluster {
         node.drop_sessions(&stream)
             .await
-            .map_err(|_| AccessError::unavailable())?;
+            .map_err(|_| FieldError::broker_unavailable())?;
     }
     let closed = state
         .brokers
@@ -400,7 +334,7 @@ async fn drop_user(
             reason: CloseReason::Dropped,
         })
         .await
-        .map_err(|_| AccessError::unavailable())?;
+        .map_err(|_| FieldError::broker_unavailable())?;
     log::info!("dropped {closed} session(s) of access id {access_id}");
     Ok(HttpResponse::Ok().json(true))
 }
@@ -420,16 +354,13 @@ async fn drop_user(
     ),
     security(("publisher" = []))
 )]
-async fn clients(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, AccessError> {
+async fn clients(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, FieldError> {
     require_publisher(&req, &state)?;
     if let Some(node) = &state.cluster {
         let ids = node
             .clients()
             .await
-            .map_err(|_| AccessError::unavailable())?;
+            .map_err(|_| FieldError::broker_unavailable())?;
         return Ok(HttpResponse::Ok().json(ids));
     }
     let lists = state.brokers.all().map(|shard| {
@@ -439,7 +370,7 @@ async fn clients(
     });
     let mut ids = Vec::new();
     for list in futures_util::future::join_all(lists).await {
-        ids.extend(list.map_err(|_| AccessError::unavailable())?);
+        ids.extend(list.map_err(|_| FieldError::broker_unavailable())?);
     }
     // Each shard's list is sorted; the answer is too.
     ids.sort_unstable();
@@ -449,10 +380,12 @@ async fn clients(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use actix_web::http::StatusCode;
+    use actix_web::ResponseError;
 
     fn field_of(body: &str) -> Option<String> {
         match parse_events(body.as_bytes()) {
-            Err(AccessError::Invalid { field, .. }) => field,
+            Err(FieldError::Invalid { field, .. }) => field,
             _ => None,
         }
     }
@@ -506,7 +439,7 @@ mod tests {
             let err = parse_events(body.as_bytes()).unwrap_err();
             assert_eq!(err.status_code(), StatusCode::UNPROCESSABLE_ENTITY);
             assert!(
-                matches!(err, AccessError::Invalid { field: None, .. }),
+                matches!(err, FieldError::Invalid { field: None, .. }),
                 "{body}"
             );
         }

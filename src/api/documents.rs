@@ -12,13 +12,14 @@ pub(crate) mod schema;
 use actix::Actor;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
+use super::error::FieldError;
 use super::openapi::Routes;
-use super::{check_publisher, header_text, read_body, AppState, BodyError, PublisherCheck};
+use super::{check_publisher, header_text, read_body, AppState};
 use crate::broker::messages::{Fallback, Publish, Start};
 use crate::event::{StreamKey, StreamKind};
 use crate::http::Answer;
@@ -235,61 +236,6 @@ fn accepts_event_stream(accept: Option<&[u8]>) -> bool {
     })
 }
 
-/// Every way a request of the face is refused; answered as `{"error": "...", "field": "..."}`
-/// (`field` only when one is to blame).
-#[derive(Debug, thiserror::Error)]
-pub enum DocumentsError {
-    #[error("publisher credential required")]
-    CredentialRequired,
-    #[error("publisher credential refused")]
-    CredentialRefused,
-    #[error(transparent)]
-    Body(#[from] BodyError),
-    /// 422: the body or the client id is not one the face takes.
-    #[error("{error}")]
-    Invalid {
-        error: String,
-        field: Option<String>,
-    },
-    #[error("{0}")]
-    Unavailable(String),
-}
-
-impl DocumentsError {
-    fn invalid(error: impl Into<String>, field: impl Into<String>) -> Self {
-        Self::Invalid {
-            error: error.into(),
-            field: Some(field.into()),
-        }
-    }
-
-    fn unnamed(error: impl Into<String>) -> Self {
-        Self::Invalid {
-            error: error.into(),
-            field: None,
-        }
-    }
-}
-
-impl ResponseError for DocumentsError {
-    fn status_code(&self) -> StatusCode {
-        match self {
-            Self::CredentialRequired | Self::CredentialRefused => StatusCode::UNAUTHORIZED,
-            Self::Body(e) => e.status(),
-            Self::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-        }
-    }
-
-    fn error_response(&self) -> HttpResponse {
-        let field = match self {
-            Self::Invalid { field, .. } => field.as_deref(),
-            _ => None,
-        };
-        super::field_error(self.status_code(), self, field)
-    }
-}
-
 /// The answer to a publish: the cursors of its events, in order.
 #[derive(Serialize)]
 pub(crate) struct Published {
@@ -335,7 +281,7 @@ async fn publish(
     path: web::Path<String>,
     payload: web::Payload,
     state: web::Data<AppState>,
-) -> Result<HttpResponse, DocumentsError> {
+) -> Result<HttpResponse, FieldError> {
     let client_id = path.into_inner();
     admit(&state, super::authorization(&req), &client_id)?;
     let body = read_body(payload, state.config.max_body).await?;
@@ -349,16 +295,12 @@ pub(crate) fn admit(
     state: &AppState,
     authorization: Option<&[u8]>,
     client_id: &str,
-) -> Result<(), DocumentsError> {
-    match check_publisher(state, authorization) {
-        PublisherCheck::Allowed => {}
-        PublisherCheck::Missing => return Err(DocumentsError::CredentialRequired),
-        PublisherCheck::Refused => return Err(DocumentsError::CredentialRefused),
-    }
+) -> Result<(), FieldError> {
+    check_publisher(state, authorization).required()?;
     if client_id.is_empty() || client_id.chars().count() > MAX_CLIENT_ID {
-        return Err(DocumentsError::invalid(
-            format!("client id must be 1 to {MAX_CLIENT_ID} characters"),
+        return Err(FieldError::invalid(
             "clientId",
+            format!("client id must be 1 to {MAX_CLIENT_ID} characters"),
         ));
     }
     Ok(())
@@ -369,7 +311,7 @@ pub(crate) async fn append(
     state: &AppState,
     client_id: String,
     body: &[u8],
-) -> Result<Published, DocumentsError> {
+) -> Result<Published, FieldError> {
     let data = parse_statuses(body)?;
     let stream = StreamKey::new(StreamKind::Client, client_id);
     let events = state
@@ -377,15 +319,15 @@ pub(crate) async fn append(
         .of(&stream)
         .send(Publish { stream, data })
         .await
-        .map_err(|_| DocumentsError::Unavailable("broker unavailable".into()))?
-        .map_err(|e| DocumentsError::Unavailable(e.to_string()))?;
+        .map_err(|_| FieldError::broker_unavailable())?
+        .map_err(|e| FieldError::Unavailable(e.to_string()))?;
     Ok(Published {
         ids: events.iter().map(|e| e.cursor.clone()).collect(),
     })
 }
 
 /// Validates one status object or an array of them into the JSON delivered to subscribers.
-fn parse_statuses(body: &[u8]) -> Result<Vec<Box<serde_json::value::RawValue>>, DocumentsError> {
+fn parse_statuses(body: &[u8]) -> Result<Vec<Box<serde_json::value::RawValue>>, FieldError> {
     // Well-formed bodies take the typed parse, which builds no JSON tree (publishing spent a
     // tenth of its time in the generic one); anything it refuses is parsed again below to
     // name the error precisely.
@@ -397,10 +339,10 @@ fn parse_statuses(body: &[u8]) -> Result<Vec<Box<serde_json::value::RawValue>>, 
         return Ok(statuses.iter().map(Status::render).collect());
     }
     let value: Value = serde_json::from_slice(body)
-        .map_err(|e| DocumentsError::unnamed(format!("invalid JSON: {e}")))?;
+        .map_err(|e| FieldError::unnamed(format!("invalid JSON: {e}")))?;
     let (items, prefix) = match value {
         Value::Array(items) if items.is_empty() => {
-            return Err(DocumentsError::unnamed("at least one event is required"))
+            return Err(FieldError::unnamed("at least one event is required"))
         }
         Value::Array(items) => (items, true),
         single => (vec![single], false),
@@ -424,7 +366,7 @@ fn parse_statuses(body: &[u8]) -> Result<Vec<Box<serde_json::value::RawValue>>, 
                     } else {
                         String::new()
                     };
-                    return Err(DocumentsError::invalid("expected an object", field));
+                    return Err(FieldError::invalid(field, "expected an object"));
                 }
             };
             parse_status(obj, at)
@@ -468,30 +410,25 @@ impl Status {
 fn parse_status(
     mut obj: Map<String, Value>,
     at: impl Fn(&str) -> String,
-) -> Result<Box<serde_json::value::RawValue>, DocumentsError> {
+) -> Result<Box<serde_json::value::RawValue>, FieldError> {
     let document_id = match obj.remove("documentId") {
-        None => return Err(DocumentsError::invalid("missing field", at("documentId"))),
+        None => return Err(FieldError::invalid(at("documentId"), "missing field")),
         Some(Value::String(s)) => uuid::Uuid::parse_str(&s)
-            .map_err(|_| DocumentsError::invalid("must be a UUID", at("documentId")))?,
-        Some(_) => {
-            return Err(DocumentsError::invalid(
-                "must be a string",
-                at("documentId"),
-            ))
-        }
+            .map_err(|_| FieldError::invalid(at("documentId"), "must be a UUID"))?,
+        Some(_) => return Err(FieldError::invalid(at("documentId"), "must be a string")),
     };
     let status = match obj.remove("status") {
-        None => return Err(DocumentsError::invalid("missing field", at("status"))),
+        None => return Err(FieldError::invalid(at("status"), "missing field")),
         Some(Value::String(s)) if STATUSES.contains(&s.as_str()) => s,
         Some(_) => {
-            return Err(DocumentsError::invalid(
-                "must be one of PENDING, COMPLETED, ERROR",
+            return Err(FieldError::invalid(
                 at("status"),
+                "must be one of PENDING, COMPLETED, ERROR",
             ))
         }
     };
     if let Some(unknown) = obj.keys().next() {
-        return Err(DocumentsError::invalid("unknown field", at(unknown)));
+        return Err(FieldError::invalid(at(unknown), "unknown field"));
     }
     let json =
         serde_json::json!({ "documentId": document_id.hyphenated().to_string(), "status": status });
@@ -504,7 +441,7 @@ mod tests {
 
     fn field_of(body: &str) -> Option<String> {
         match parse_statuses(body.as_bytes()) {
-            Err(DocumentsError::Invalid { field, .. }) => field,
+            Err(FieldError::Invalid { field, .. }) => field,
             _ => None,
         }
     }

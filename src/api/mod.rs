@@ -4,6 +4,7 @@
 pub mod access;
 pub mod dashboard;
 pub mod documents;
+pub mod error;
 pub mod instances;
 pub mod openapi;
 pub mod ops;
@@ -155,16 +156,6 @@ pub enum BodyError {
     Read(#[from] actix_web::error::PayloadError),
 }
 
-impl BodyError {
-    /// 413 or 400.
-    pub fn status(&self) -> actix_web::http::StatusCode {
-        match self {
-            BodyError::TooLarge(_) => actix_web::http::StatusCode::PAYLOAD_TOO_LARGE,
-            BodyError::Read(_) => actix_web::http::StatusCode::BAD_REQUEST,
-        }
-    }
-}
-
 /// Reads a body of at most `limit` bytes, refusing larger ones before buffering them.
 pub async fn read_body(mut payload: web::Payload, limit: usize) -> Result<web::Bytes, BodyError> {
     let mut body = web::BytesMut::new();
@@ -192,24 +183,4 @@ pub fn json_error(
         );
     }
     res
-}
-
-/// An error of the SSE publishing, WebSocket or dashboard face in their shared shape,
-/// `{"error": "...", "field": "..."}` (`field` only when one is to blame).
-pub(crate) fn field_error(
-    status: actix_web::http::StatusCode,
-    error: &impl std::fmt::Display,
-    field: Option<&str>,
-) -> actix_web::HttpResponse {
-    #[derive(serde::Serialize)]
-    struct Body<'a> {
-        error: String,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        field: Option<&'a str>,
-    }
-    let body = Body {
-        error: error.to_string(),
-        field,
-    };
-    json_error(status, &body)
 }

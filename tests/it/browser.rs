@@ -6,14 +6,23 @@ use std::time::Duration;
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::common::*;
+
+/// One browser at a time: four Chromiums starting at once beside the rest of the suite on a
+/// two-core CI machine took longer than any fair deadline to open a session.
+static ONE_AT_A_TIME: Semaphore = Semaphore::const_new(1);
+
+/// How long Chromium may take to start and open a session on a loaded machine.
+const BROWSER_START: Duration = Duration::from_secs(60);
 
 /// A chromedriver process and a browser session on it; both end when dropped.
 pub struct Browser {
     pub client: Client,
     driver: Child,
     _profile: tempfile::TempDir,
+    _turn: SemaphorePermit<'static>,
 }
 
 impl Drop for Browser {
@@ -25,6 +34,10 @@ impl Drop for Browser {
 
 impl Browser {
     pub async fn start() -> Self {
+        let turn = ONE_AT_A_TIME
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -51,7 +64,7 @@ impl Browser {
         let caps = caps.as_object().unwrap().clone();
         let connector = hyper_util::client::legacy::connect::HttpConnector::new();
         let url = format!("http://127.0.0.1:{port}");
-        let client = wait_for("chromedriver to accept a session", || {
+        let client = wait_for_within(BROWSER_START, "chromedriver to accept a session", || {
             let (caps, connector, url) = (caps.clone(), connector.clone(), url.clone());
             async move {
                 ClientBuilder::new(connector)
@@ -66,6 +79,7 @@ impl Browser {
             client,
             driver,
             _profile: profile,
+            _turn: turn,
         }
     }
 

@@ -193,7 +193,16 @@ impl SseClient {
 }
 
 /// Waits until `check` returns `Some`, polling, or fails at the deadline.
-pub async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
+pub async fn wait_for<T, F, Fut>(what: &str, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    wait_for_within(DEADLINE, what, check).await
+}
+
+/// [`wait_for`] with a deadline of its own, for what is slow by nature (a browser starting).
+pub async fn wait_for_within<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -201,7 +210,7 @@ where
     // Checks at a steady rate (no event tells the test when the state it polls changes, e.g.
     // a count the server only reports on request) until the deadline.
     let mut ticks = actix_rt::time::interval(Duration::from_millis(10));
-    let polled = actix_rt::time::timeout(DEADLINE, async {
+    let polled = actix_rt::time::timeout(deadline, async {
         loop {
             ticks.tick().await;
             if let Some(value) = check().await {
@@ -215,16 +224,31 @@ where
     }
 }
 
-/// Every `.rs` file under `dir`, for the tests that read the sources.
-pub fn rust_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            files.extend(rust_files(&path));
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            files.push(path);
+/// Every `.rs` file of `src/`, as its path below `src/` and its text, for the tests that read
+/// the sources.
+pub fn source_files() -> Vec<(String, String)> {
+    fn walk(dir: &std::path::Path, files: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, files);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                files.push(path);
+            }
         }
     }
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    walk(&src, &mut files);
     files
+        .into_iter()
+        .map(|file| {
+            let relative = file
+                .strip_prefix(&src)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            (relative, std::fs::read_to_string(&file).unwrap())
+        })
+        .collect()
 }

@@ -3,9 +3,7 @@
 //! every `crate::` path in the sources (comments aside) and names any that points up or
 //! sideways.
 
-use std::path::Path;
-
-use crate::common::rust_files;
+use crate::common::source_files;
 
 /// Each top-level module of `src/` and its layer, lowest first. `lib.rs` and `main.rs`
 /// assemble everything and are above all.
@@ -40,14 +38,8 @@ fn layer(module: &str) -> Option<u32> {
 
 #[test]
 fn no_module_reaches_a_layer_above_its_own() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut upward = Vec::new();
-    for file in rust_files(&src) {
-        let relative = file
-            .strip_prefix(&src)
-            .unwrap()
-            .to_string_lossy()
-            .to_string();
+    for (relative, text) in source_files() {
         let module = relative
             .split('/')
             .next()
@@ -59,7 +51,6 @@ fn no_module_reaches_a_layer_above_its_own() {
         }
         let own =
             layer(&module).unwrap_or_else(|| panic!("src/{relative}: add `{module}` to LAYERS"));
-        let text = std::fs::read_to_string(&file).unwrap();
         for (n, line) in text.lines().enumerate() {
             if line.trim_start().starts_with("//") {
                 continue;

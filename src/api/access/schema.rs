@@ -1,5 +1,5 @@
 //! The access face's wire forms as OpenAPI schemas and texts, for `/openapi.json`. They
-//! describe what `parse_events`, `drop_user`, the WebSocket session and `AccessError` read and
+//! describe what `parse_events`, `drop_user`, the WebSocket session and `FieldError` read and
 //! write; the validation itself lives in the face and in `session::ws`.
 
 #![allow(dead_code)] // Read by utoipa's derive only.

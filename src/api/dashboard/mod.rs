@@ -4,7 +4,7 @@
 //! source of dashboard events and live in the `Registry` actor; webhook subscriptions
 //! (`/dashboard/v1/notifications`, in `webhooks.rs`) live in the `WebhookDispatcher`. The
 //! endpoints are open unless `--dashboard-auth` is set. Every error is
-//! `{"error": "...", "field": "..."}` (field only when one is to blame), from `DashboardError`.
+//! `{"error": "...", "field": "..."}` (field only when one is to blame), from `FieldError`.
 
 pub mod dev_sink;
 pub mod schema;
@@ -12,11 +12,12 @@ pub mod webhooks;
 
 use actix_web::http::header;
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 
+use super::error::FieldError;
 use super::openapi::{add_slash, Routes, Slash};
-use super::{check_publisher, read_body, AppState, BodyError, PublisherCheck};
+use super::{check_publisher, read_body, AppState};
 use crate::dashboard::registration::{self, rfc3339};
 use crate::dashboard::{
     CreateRegistration, DeleteRegistration, GetRegistration, InvokeDashboard, ListRegistrations,
@@ -92,69 +93,16 @@ impl utoipa::Modify for SlashPaths {
     }
 }
 
-/// Every way a request of the face is refused; answered as `{"error": "...", "field": "..."}`
-/// (`field` only when one is to blame).
-#[derive(Debug, thiserror::Error)]
-pub enum DashboardError {
-    #[error("publisher credential required")]
-    CredentialRequired,
-    #[error("publisher credential refused")]
-    CredentialRefused,
-    #[error(transparent)]
-    Body(#[from] BodyError),
-    /// 422: a field, or the body as a whole, is not one the route takes.
-    #[error("{error}")]
-    Invalid { error: String, field: String },
-    /// 422 naming every missing field in the message, as the imitated service does.
-    #[error("missing field(s): {}", .0.join(", "))]
-    Missing(Vec<&'static str>),
-    #[error("no {0} with that id")]
-    NotFound(&'static str),
-    #[error("{0}")]
-    Unavailable(String),
-}
+/// What a dashboard refusal says when something it needs is not answering.
+const UNAVAILABLE: &str = "service unavailable";
 
-impl DashboardError {
-    /// 422 naming the field to blame.
-    pub fn invalid(field: impl Into<String>, error: impl Into<String>) -> Self {
-        Self::Invalid {
-            error: error.into(),
-            field: field.into(),
-        }
-    }
-
-    pub fn unavailable() -> Self {
-        Self::Unavailable("service unavailable".into())
-    }
-}
-
-impl ResponseError for DashboardError {
-    fn status_code(&self) -> StatusCode {
-        match self {
-            Self::CredentialRequired | Self::CredentialRefused => StatusCode::UNAUTHORIZED,
-            Self::Body(e) => e.status(),
-            Self::Invalid { .. } | Self::Missing(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-        }
-    }
-
-    fn error_response(&self) -> HttpResponse {
-        let field = match self {
-            Self::Invalid { field, .. } => Some(field.as_str()),
-            _ => None,
-        };
-        crate::api::field_error(self.status_code(), self, field)
-    }
-}
-
-impl From<registration::Invalid> for DashboardError {
+impl From<registration::Invalid> for FieldError {
     fn from(e: registration::Invalid) -> Self {
         Self::invalid(e.field, e.message)
     }
 }
 
-impl From<RegistryError> for DashboardError {
+impl From<RegistryError> for FieldError {
     fn from(e: RegistryError) -> Self {
         match e {
             RegistryError::NotFound => Self::NotFound("registration"),
@@ -165,35 +113,31 @@ impl From<RegistryError> for DashboardError {
     }
 }
 
-impl From<actix::MailboxError> for DashboardError {
+impl From<actix::MailboxError> for FieldError {
     fn from(_: actix::MailboxError) -> Self {
-        Self::unavailable()
+        Self::Unavailable(UNAVAILABLE.into())
     }
 }
 
-impl From<crate::webhook::subscriptions::Unavailable> for DashboardError {
+impl From<crate::webhook::subscriptions::Unavailable> for FieldError {
     fn from(_: crate::webhook::subscriptions::Unavailable) -> Self {
-        Self::unavailable()
+        Self::Unavailable(UNAVAILABLE.into())
     }
 }
 
 /// With `--dashboard-auth`, a publisher credential is required; otherwise the face is open.
-pub fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), DashboardError> {
+pub fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), FieldError> {
     if !state.config.dashboard_auth {
         return Ok(());
     }
-    match check_publisher(state, super::authorization(req)) {
-        PublisherCheck::Allowed => Ok(()),
-        PublisherCheck::Missing => Err(DashboardError::CredentialRequired),
-        PublisherCheck::Refused => Err(DashboardError::CredentialRefused),
-    }
+    check_publisher(state, super::authorization(req)).required()
 }
 
 /// Reads a JSON body; anything that is not JSON is a 422 blaming `body`.
-pub async fn read_json(payload: web::Payload, state: &AppState) -> Result<Value, DashboardError> {
+pub async fn read_json(payload: web::Payload, state: &AppState) -> Result<Value, FieldError> {
     let body = read_body(payload, state.config.max_body).await?;
     serde_json::from_slice(&body)
-        .map_err(|e| DashboardError::invalid("body", format!("invalid JSON: {e}")))
+        .map_err(|e| FieldError::invalid("body", format!("invalid JSON: {e}")))
 }
 
 /// List registrations
@@ -212,7 +156,7 @@ pub async fn read_json(payload: web::Payload, state: &AppState) -> Result<Value,
 async fn list_registrations(
     req: HttpRequest,
     state: web::Data<AppState>,
-) -> Result<HttpResponse, DashboardError> {
+) -> Result<HttpResponse, FieldError> {
     authorize(&req, &state)?;
     let all = state.registry.send(ListRegistrations).await??;
     let body: Vec<Value> = all.iter().map(|r| r.to_json()).collect();
@@ -239,7 +183,7 @@ async fn create_registration(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
-) -> Result<HttpResponse, DashboardError> {
+) -> Result<HttpResponse, FieldError> {
     authorize(&req, &state)?;
     let input = registration::parse(&read_json(payload, &state).await?)?;
     let created = state.registry.send(CreateRegistration { input }).await??;
@@ -268,12 +212,12 @@ async fn get_registration(
     req: HttpRequest,
     id: web::Path<String>,
     state: web::Data<AppState>,
-) -> Result<HttpResponse, DashboardError> {
+) -> Result<HttpResponse, FieldError> {
     authorize(&req, &state)?;
     let id = id.into_inner();
     match state.registry.send(GetRegistration { id }).await?? {
         Some(r) => Ok(HttpResponse::Ok().json(r.to_json())),
-        None => Err(DashboardError::NotFound("registration")),
+        None => Err(FieldError::NotFound("registration")),
     }
 }
 
@@ -300,7 +244,7 @@ async fn replace_registration(
     id: web::Path<String>,
     payload: web::Payload,
     state: web::Data<AppState>,
-) -> Result<HttpResponse, DashboardError> {
+) -> Result<HttpResponse, FieldError> {
     authorize(&req, &state)?;
     let input = registration::parse(&read_json(payload, &state).await?)?;
     let id = id.into_inner();
@@ -335,7 +279,7 @@ async fn patch_registration(
     id: web::Path<String>,
     payload: web::Payload,
     state: web::Data<AppState>,
-) -> Result<HttpResponse, DashboardError> {
+) -> Result<HttpResponse, FieldError> {
     authorize(&req, &state)?;
     let patch = read_json(payload, &state).await?;
     let id = id.into_inner();
@@ -366,7 +310,7 @@ async fn delete_registration(
     req: HttpRequest,
     id: web::Path<String>,
     state: web::Data<AppState>,
-) -> Result<HttpResponse, DashboardError> {
+) -> Result<HttpResponse, FieldError> {
     authorize(&req, &state)?;
     let id = id.into_inner();
     state.registry.send(DeleteRegistration { id }).await??;
@@ -393,7 +337,7 @@ async fn dashboard(
     req: HttpRequest,
     id: web::Path<String>,
     state: web::Data<AppState>,
-) -> Result<HttpResponse, DashboardError> {
+) -> Result<HttpResponse, FieldError> {
     authorize(&req, &state)?;
     let id = id.into_inner();
     let registration = state.registry.send(InvokeDashboard { id }).await??;
@@ -416,10 +360,7 @@ async fn dashboard(
         (status = 503, description = "The webhook dispatcher does not answer", body = DashboardStatus),
     )
 )]
-async fn status(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, DashboardError> {
+async fn status(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, FieldError> {
     authorize(&req, &state)?;
     let uptime = state.started.elapsed().as_secs();
     let (code, webhooks) = match state.subscriptions.list().await {

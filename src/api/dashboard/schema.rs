@@ -1,5 +1,5 @@
 //! The dashboard face's documents as OpenAPI schemas, for `/openapi.json`. They describe the
-//! wire forms that `Registration::to_json`, the webhook handlers and `DashboardError` write;
+//! wire forms that `Registration::to_json`, the webhook handlers and `FieldError` write;
 //! the face's own validation lives in `dashboard::registration` and `webhooks::parse`.
 
 #![allow(dead_code)] // Read by utoipa's derive only.

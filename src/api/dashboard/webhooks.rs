@@ -9,7 +9,8 @@ use serde_json::{json, Map, Value};
 use url::Url;
 
 use super::schema::*;
-use super::{authorize, read_json, DashboardError, TAG, UNAUTHORIZED};
+use super::{authorize, read_json, TAG, UNAUTHORIZED};
+use crate::api::error::FieldError;
 use crate::api::openapi::{Routes, Slash};
 use crate::api::AppState;
 use crate::dashboard::registration::rfc3339;
@@ -43,18 +44,18 @@ pub struct NewSubscription {
 }
 
 /// Validates a subscription body; keys match case-insensitively (`Url`, `URL`, `url`).
-pub fn parse(body: &Value) -> Result<NewSubscription, DashboardError> {
+pub fn parse(body: &Value) -> Result<NewSubscription, FieldError> {
     let Value::Object(obj) = body else {
-        return Err(DashboardError::invalid("body", "expected a JSON object"));
+        return Err(FieldError::invalid("body", "expected a JSON object"));
     };
     let mut fields: Map<String, Value> = Map::new();
     for (key, value) in obj {
         let name = key.to_ascii_lowercase();
         if !FIELDS.contains(&name.as_str()) {
-            return Err(DashboardError::invalid(key, "unknown field"));
+            return Err(FieldError::invalid(key, "unknown field"));
         }
         if fields.insert(name.clone(), value.clone()).is_some() {
-            return Err(DashboardError::invalid(name, "given more than once"));
+            return Err(FieldError::invalid(name, "given more than once"));
         }
     }
     let missing: Vec<&str> = FIELDS
@@ -62,11 +63,11 @@ pub fn parse(body: &Value) -> Result<NewSubscription, DashboardError> {
         .filter(|f| !fields.contains_key(*f))
         .collect();
     if !missing.is_empty() {
-        return Err(DashboardError::Missing(missing));
+        return Err(FieldError::Missing(missing));
     }
     let text = |name: &str| match &fields[name] {
         Value::String(s) => Ok(s.trim()),
-        _ => Err(DashboardError::invalid(name, "must be a string")),
+        _ => Err(FieldError::invalid(name, "must be a string")),
     };
     let url = parse_url(text("url")?)?;
     let country = text("country")?;
@@ -75,13 +76,13 @@ pub fn parse(body: &Value) -> Result<NewSubscription, DashboardError> {
             && country.bytes().all(|b| b.is_ascii_uppercase())
             && isocountry::CountryCode::for_alpha2(country).is_ok());
     if !valid_country {
-        return Err(DashboardError::invalid(
+        return Err(FieldError::invalid(
             "country",
             "must be an upper-case ISO 3166 alpha-2 code, or empty for every country",
         ));
     }
     let event = EventKind::parse(text("event")?).ok_or_else(|| {
-        DashboardError::invalid("event", "must be one of REGISTER, CHANGE, DELETE, INVOKE")
+        FieldError::invalid("event", "must be one of REGISTER, CHANGE, DELETE, INVOKE")
     })?;
     Ok(NewSubscription {
         url,
@@ -156,8 +157,8 @@ fn plain_form(url: &str) -> bool {
         && query.is_none_or(|q| q.chars().all(|c| path_char(c) || c == '?'))
 }
 
-fn parse_url(s: &str) -> Result<Url, DashboardError> {
-    let bad = |why: &str| DashboardError::invalid("url", why);
+fn parse_url(s: &str) -> Result<Url, FieldError> {
+    let bad = |why: &str| FieldError::invalid("url", why);
     if s.len() > MAX_URL {
         return Err(bad(&format!("must be at most {MAX_URL} characters")));
     }
@@ -222,13 +223,13 @@ async fn create(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
-) -> Result<HttpResponse, DashboardError> {
+) -> Result<HttpResponse, FieldError> {
     authorize(&req, &state)?;
     let new = parse(&read_json(payload, &state).await?)?;
     if !(state.config.dev || state.config.webhook_allow_private) {
         address_policy::check_url(&new.url)
             .await
-            .map_err(|e| DashboardError::invalid("url", e.to_string()))?;
+            .map_err(|e| FieldError::invalid("url", e.to_string()))?;
     }
     let created = state
         .subscriptions
@@ -255,10 +256,7 @@ async fn create(
         (status = 401, description = UNAUTHORIZED, body = DashboardErrorBody),
     )
 )]
-async fn list(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, DashboardError> {
+async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, FieldError> {
     authorize(&req, &state)?;
     let all = state.subscriptions.list().await?;
     Ok(HttpResponse::Ok().json(all.iter().map(subscription_json).collect::<Vec<_>>()))
@@ -281,12 +279,12 @@ async fn get(
     req: HttpRequest,
     id: web::Path<String>,
     state: web::Data<AppState>,
-) -> Result<HttpResponse, DashboardError> {
+) -> Result<HttpResponse, FieldError> {
     authorize(&req, &state)?;
     let id = id.into_inner();
     match state.subscriptions.get(id).await? {
         Some(s) => Ok(HttpResponse::Ok().json(subscription_json(&s))),
-        None => Err(DashboardError::NotFound("notification")),
+        None => Err(FieldError::NotFound("notification")),
     }
 }
 
@@ -308,7 +306,7 @@ async fn delete(
     req: HttpRequest,
     id: web::Path<String>,
     state: web::Data<AppState>,
-) -> Result<HttpResponse, DashboardError> {
+) -> Result<HttpResponse, FieldError> {
     authorize(&req, &state)?;
     let id = id.into_inner();
     state.subscriptions.delete(id).await?;
@@ -334,14 +332,14 @@ async fn deliveries(
     req: HttpRequest,
     id: web::Path<String>,
     state: web::Data<AppState>,
-) -> Result<HttpResponse, DashboardError> {
+) -> Result<HttpResponse, FieldError> {
     authorize(&req, &state)?;
     let subscription = id.into_inner();
     match state.subscriptions.attempts(subscription).await? {
         Some(attempts) => {
             Ok(HttpResponse::Ok().json(attempts.iter().map(attempt_json).collect::<Vec<_>>()))
         }
-        None => Err(DashboardError::NotFound("notification")),
+        None => Err(FieldError::NotFound("notification")),
     }
 }
 
@@ -385,7 +383,7 @@ mod tests {
 
     fn error(body: Value) -> (Option<String>, String) {
         match parse(&body).unwrap_err() {
-            DashboardError::Invalid { field, error } => (Some(field), error),
+            FieldError::Invalid { field, error } => (field, error),
             other => (None, other.to_string()),
         }
     }

@@ -1,5 +1,5 @@
 //! The document status face's wire forms as OpenAPI schemas and texts, for `/openapi.json`.
-//! They describe what `parse_statuses`, `publish` and `DocumentsError` read and write; the
+//! They describe what `parse_statuses`, `publish` and `FieldError` read and write; the
 //! validation itself lives in the face.
 
 #![allow(dead_code)] // Read by utoipa's derive only.
