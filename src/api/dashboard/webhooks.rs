@@ -94,10 +94,14 @@ pub fn parse(body: &Value) -> Result<NewSubscription, FieldError> {
 /// The form of a webhook URL, as `/openapi.json` gives it (and `plain_form` checks it):
 /// `http` or `https`, a DNS name (or IPv4 address), an optional port, then a path and a query
 /// of RFC 3986's URL characters; no credentials, no fragment. `plain_form` also takes an IPv6
-/// address in brackets, which a pattern cannot tell from garbage.
+/// address in brackets, which a pattern cannot tell from garbage. A DNS name's last label
+/// starts with a letter (as every top-level domain does): a host that ends in a number is an
+/// IPv4 address to a URL parser (WHATWG), so `f.0` is no name, and an address is four decimal
+/// numbers from 0 to 255 without leading zeros.
 pub const URL_PATTERN: &str = concat!(
     r"^[Hh][Tt][Tt][Pp][Ss]?://",
-    r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*",
+    r"((((25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\.){3}(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9]))",
+    r"|(([A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?\.)*[A-Za-z]([A-Za-z0-9-]*[A-Za-z0-9])?))",
     r"(:(0|[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?",
     r"(/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*)?",
     r"(\?[A-Za-z0-9._~!$&'()*+,;=:@%/?-]*)?$",
@@ -148,10 +152,17 @@ fn plain_form(url: &str) -> bool {
         Some((path, query)) => (path, Some(query)),
         None => (tail, None),
     };
+    let name = || {
+        host.split('.').all(label)
+            && host
+                .rsplit('.')
+                .next()
+                .is_some_and(|last| last.starts_with(|c: char| c.is_ascii_alphabetic()))
+    };
     (if ipv6 {
         host.parse::<std::net::Ipv6Addr>().is_ok()
     } else {
-        host.split('.').all(label)
+        host.parse::<std::net::Ipv4Addr>().is_ok() || name()
     }) && port_ok
         && path.chars().all(path_char)
         && query.is_none_or(|q| q.chars().all(|c| path_char(c) || c == '?'))
@@ -357,8 +368,13 @@ mod tests {
             "https://x-y.z/p/q.r~s!$&'()*+,;=:@",
             "http://a?q",
             "http://[2001:db8::1]:8443/x",
+            "http://0.example.a4/",
+            "http://255.255.255.255/",
         ] {
             assert!(plain_form(ok), "{ok}");
+            // What has the form is a URL the parser takes (a host that ends in a number and
+            // is no IPv4 address was not: the contract run found it).
+            assert!(parse_url(ok).is_ok(), "{ok}");
         }
         for bad in [
             "ftp://a/",
@@ -376,6 +392,15 @@ mod tests {
             "http://[::1/",
             "http://[zz]/",
             "http://münchen.de/",
+            // Hosts that end in a number are IPv4 addresses to a URL parser, and these are
+            // not valid ones.
+            "hTtp://f.0/nj0oL_",
+            "http://0.UKg.4:65417/",
+            "http://1.2.3/",
+            "http://01.2.3.4/",
+            "http://256.0.0.1/",
+            "http://a.0x1f/",
+            "http://a.4a/",
         ] {
             assert!(!plain_form(bad), "{bad}");
         }
