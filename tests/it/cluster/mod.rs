@@ -73,6 +73,8 @@ impl Redis {
             .spawn()
             .expect("redis-server runs (Debian package redis-server; .ci/run installs it)");
         self.child = Some(child);
+        // A wait on a condition (PONG) with a deadline: redis-server says nothing else a test
+        // could wait on, so it is asked every 10 ms.
         let started = Instant::now();
         while self.command(&["PING"]).as_deref() != Some("PONG") {
             assert!(started.elapsed() < DEADLINE, "redis-server did not start");

@@ -152,8 +152,8 @@ async fn dashboard_changes_on_every_node_fire_once_and_webhooks_are_shared() {
     }
     assert_eq!(attempts(&a, &gone).await[0]["outcome"], "disabled");
 
-    // Nothing was delivered twice.
-    actix_rt::time::sleep(Duration::from_millis(300)).await;
+    // Nothing was delivered twice, once no attempt can come any more.
+    settled(&redis).await;
     for path in ["/ok-all", "/ok-change", "/gone"] {
         assert!(
             ids(&receiver, path).values().all(|&n| n == 1),
@@ -163,6 +163,21 @@ async fn dashboard_changes_on_every_node_fire_once_and_webhooks_are_shared() {
     }
     assert_eq!(ids(&receiver, "/ok-all").len(), 3);
     assert_eq!(receiver.received("/flaky").len(), 3);
+}
+
+/// Waits until the cluster has no delivery left to attempt: none due or in flight (an entry
+/// leaves the due stream only when its attempt is settled) and none waiting for a retry. From
+/// then on no attempt can come, so what the receiver has is all it will get.
+async fn settled(redis: &Redis) {
+    wait_for(
+        "no delivery due, in flight or waiting for a retry",
+        || async {
+            let due = redis.command(&["XLEN", "herald:wh:due"])?;
+            let retries = redis.command(&["ZCARD", "herald:wh:retries"])?;
+            (due == "0" && retries == "0").then_some(())
+        },
+    )
+    .await;
 }
 
 /// How many due entries each node's dispatcher holds now (`XPENDING`).
@@ -276,7 +291,7 @@ async fn a_receiver_down_for_a_while_gets_everything_on_schedule_once() {
         (log.iter().filter(|a| a["outcome"] == "succeeded").count() == DELIVERIES).then_some(log)
     })
     .await;
-    actix_rt::time::sleep(Duration::from_millis(500)).await;
+    settled(&redis).await;
     let log = attempts(&a, &sub).await;
     let mut by_id: HashMap<&str, Vec<&Value>> = HashMap::new();
     for attempt in log.iter().rev() {
