@@ -37,9 +37,15 @@ pub struct ServeArgs {
     #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
 
-    /// JWKS file with the RS256/ES256 public keys that tokens are signed with (by `kid`).
-    #[arg(long, env = "HERALD_JWKS")]
-    pub jwks: Option<PathBuf>,
+    /// RS256/ES256 public keys that tokens are signed with (by `kid`): a JWKS file, read
+    /// again when it changes, or an identity provider's `https://` JWKS URL.
+    #[arg(long, env = "HERALD_JWKS", value_parser = parse_jwks)]
+    pub jwks: Option<JwksSource>,
+
+    /// How often a `--jwks` URL is fetched again (also at once, at most every 5 s, when a
+    /// token names a key not known yet).
+    #[arg(long, env = "HERALD_JWKS_REFRESH", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub jwks_refresh: Duration,
 
     /// Static API key accepted as `Authorization: Bearer <key>` on publishing endpoints.
     /// Repeat the flag for several keys; the variable takes a comma-separated list.
@@ -137,17 +143,68 @@ fn parse_redis_url(url: &str) -> Result<String, String> {
         .map_err(|e| format!("not a Redis URL ({e}); e.g. redis://127.0.0.1:6379/"))
 }
 
+/// Where the `--jwks` keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwksSource {
+    /// A JWKS file, read again when it changes.
+    File(PathBuf),
+    /// An `http(s)://` URL, fetched again every `--jwks-refresh`.
+    Url(String),
+}
+
+impl std::fmt::Display for JwksSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JwksSource::File(path) => write!(f, "file {}", path.display()),
+            JwksSource::Url(url) => write!(f, "at {url}"),
+        }
+    }
+}
+
+/// `--jwks`: a URL when it starts with `http://` or `https://`, a file otherwise.
+fn parse_jwks(value: &str) -> Result<JwksSource, String> {
+    let lower = value.to_ascii_lowercase();
+    if lower.starts_with("https://") || lower.starts_with("http://") {
+        url::Url::parse(value)
+            .map(|_| JwksSource::Url(value.to_string()))
+            .map_err(|e| format!("not a URL ({e})"))
+    } else if value.is_empty() {
+        Err("empty; give a JWKS file or an https:// URL".into())
+    } else {
+        Ok(JwksSource::File(value.into()))
+    }
+}
+
 /// How subscriber and publisher tokens are verified.
 #[derive(Debug, Clone)]
 pub enum KeySource {
     /// HS256 with this secret.
     Secret(String),
-    /// RS256/ES256 with the keys of this JWKS file, and HS256 too if a secret is also given.
+    /// RS256/ES256 with the keys of a JWKS, and HS256 too if a secret is also given.
     Jwks {
-        path: PathBuf,
+        source: JwksSource,
+        /// How often a URL is fetched again.
+        refresh: Duration,
         secret: Option<String>,
     },
 }
+
+/// Refuses an HS256 secret that would let anyone forge tokens: empty or shorter than
+/// `MIN_SECRET_BYTES`, such as an unset variable expanded into the flag. `flag` names where it
+/// came from.
+pub fn check_secret(secret: &str, flag: &'static str) -> Result<(), ConfigError> {
+    if secret.len() < MIN_SECRET_BYTES {
+        return Err(ConfigError::WeakSecret {
+            flag,
+            len: secret.len(),
+        });
+    }
+    Ok(())
+}
+
+/// The shortest HS256 secret accepted: RFC 7518 §3.2 asks for a key of at least the hash's
+/// 256 bits.
+pub const MIN_SECRET_BYTES: usize = 32;
 
 /// The validated configuration of one server.
 #[derive(Debug, Clone)]
@@ -198,6 +255,10 @@ pub enum ConfigError {
     MaxListeners,
     #[error("--node-name must not be empty")]
     NodeName,
+    #[error("{flag} is {len} bytes long; an HS256 secret needs at least {MIN_SECRET_BYTES} (RFC 7518 §3.2), e.g. `openssl rand -hex 32`")]
+    WeakSecret { flag: &'static str, len: usize },
+    #[error("--publisher-key must not be empty (HERALD_PUBLISHER_KEYS: no empty item between commas)")]
+    EmptyPublisherKey,
     #[error("cannot keep the dev JWT secret in {path}: {source}")]
     DevSecret {
         path: PathBuf,
@@ -238,13 +299,23 @@ impl ServeArgs {
             );
             listen.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
         }
+        if let Some(secret) = &self.jwt_secret {
+            check_secret(secret, "--jwt-secret (HERALD_JWT_SECRET)")?;
+        }
+        if self.publisher_keys.iter().any(|k| k.trim().is_empty()) {
+            return Err(ConfigError::EmptyPublisherKey);
+        }
         let secret = match (self.jwt_secret, self.dev) {
             (Some(s), _) => Some(s),
             (None, true) if self.jwks.is_none() => Some(dev_secret(&self.data_dir, self.memory)?),
             (None, _) => None,
         };
         let keys = match (self.jwks, secret) {
-            (Some(path), secret) => KeySource::Jwks { path, secret },
+            (Some(source), secret) => KeySource::Jwks {
+                source,
+                refresh: self.jwks_refresh,
+                secret,
+            },
             (None, Some(secret)) => KeySource::Secret(secret),
             (None, None) => return Err(ConfigError::NoVerificationKey),
         };

@@ -12,6 +12,7 @@ pub mod config;
 pub mod dashboard;
 pub mod event;
 pub mod http;
+pub mod identity;
 pub mod limits;
 pub mod logs;
 pub mod metrics;
@@ -87,7 +88,8 @@ pub struct Herald {
 
 /// Starts the Broker, the store writer and the HTTP server. Must run inside an actix system.
 pub async fn start(config: Config) -> Result<Herald, StartError> {
-    let verifier = auth::Verifier::new(&config.keys, config.publisher_keys.clone())?;
+    let revocations = std::sync::Arc::new(identity::Revocations::default());
+    let verifier = verifier(&config, revocations.clone()).await?;
     let retention = Retention {
         max_events: config.history_size,
         ttl: config.history_ttl,
@@ -95,12 +97,14 @@ pub async fn start(config: Config) -> Result<Herald, StartError> {
     let metrics = metrics::Metrics::new();
     let cluster = match &config.cluster {
         None => None,
-        Some(cluster) => Some(cluster::Node::connect(cluster, retention).await.map_err(
-            |reason| StartError::Redis {
-                url: cluster.redis_url.clone(),
-                reason,
-            },
-        )?),
+        Some(cluster) => Some(
+            cluster::Node::connect(cluster, retention, revocations.clone())
+                .await
+                .map_err(|reason| StartError::Redis {
+                    url: cluster.redis_url.clone(),
+                    reason,
+                })?,
+        ),
     };
     // In a cluster, streams live in Redis and nothing is kept on the node.
     let (store, kept, saved) = if config.memory || cluster.is_some() {
@@ -116,6 +120,10 @@ pub async fn start(config: Config) -> Result<Herald, StartError> {
         (StoreWriter::spawn(sqlite, metrics.clone()), kept, saved)
     };
     let store = store.map_err(StartError::Store)?;
+    if cluster.is_none() {
+        let now = identity::now_ms();
+        revocations.replace(saved.revocations.iter().filter(|r| r.in_force(now)).cloned());
+    }
     // One Broker shard per HTTP worker; each worker runs one on its own thread (see
     // broker/shards.rs for why).
     let workers = config.workers;
@@ -127,6 +135,7 @@ pub async fn start(config: Config) -> Result<Herald, StartError> {
     let node = cluster.as_ref().map(|(node, _)| node.clone());
     let (shards, brokers) = Shards::new(workers, |i| {
         let (store, metrics, node) = (store.clone(), metrics.clone(), node.clone());
+        let revocations = revocations.clone();
         let kept = std::mem::take(&mut kept_by_shard[i]);
         Box::new(move || {
             // Made here, on the shard's own thread, so its connection to Redis lives there.
@@ -134,7 +143,7 @@ pub async fn start(config: Config) -> Result<Herald, StartError> {
                 Some(node) => Engine::Redis(cluster::StreamLog::new(node)),
                 None => Engine::Local(store),
             };
-            Broker::new(engine, retention, kept, &metrics)
+            Broker::new(engine, retention, kept, &metrics, revocations)
         })
     });
     let shards = std::sync::Arc::new(shards);
@@ -234,6 +243,7 @@ pub async fn start(config: Config) -> Result<Herald, StartError> {
         started: std::time::Instant::now(),
         dev_sink: api::dashboard::dev_sink::DevSink::default(),
         cluster: node,
+        store: store.clone(),
     });
     let site = api::site::Site {
         state: state.clone(),
@@ -253,6 +263,44 @@ pub async fn start(config: Config) -> Result<Herald, StartError> {
         _webhook_thread: webhook_thread,
         _cluster_thread: cluster_thread,
     })
+}
+
+/// The token verifier, with the `--jwks` keys loaded and, for a JWKS, the task that keeps
+/// them current (`auth::jwks::refresh`, on this thread).
+async fn verifier(
+    config: &Config,
+    revocations: std::sync::Arc<identity::Revocations>,
+) -> Result<std::sync::Arc<auth::Verifier>, StartError> {
+    let publisher_keys = config.publisher_keys.clone();
+    let config::KeySource::Jwks {
+        source, refresh, ..
+    } = &config.keys
+    else {
+        let keys = auth::KeySet::new();
+        return Ok(std::sync::Arc::new(auth::Verifier::new(
+            &config.keys,
+            keys,
+            None,
+            publisher_keys,
+            revocations,
+        )));
+    };
+    let keys = auth::jwks::load(source).await?;
+    let (asks, asked) = tokio::sync::mpsc::unbounded_channel();
+    let verifier = std::sync::Arc::new(auth::Verifier::new(
+        &config.keys,
+        keys,
+        Some(asks),
+        publisher_keys,
+        revocations,
+    ));
+    actix_web::rt::spawn(auth::jwks::refresh(
+        verifier.clone(),
+        source.clone(),
+        *refresh,
+        asked,
+    ));
+    Ok(verifier)
 }
 
 /// Starts the live channel on a thread of its own and waits until it is subscribed.
@@ -354,6 +402,8 @@ struct Saved {
     registrations: Vec<dashboard::registration::Registration>,
     /// Per `country:` stream id, the last event the WebhookDispatcher handled.
     checkpoints: std::collections::HashMap<String, String>,
+    /// Revocations, those that ended included.
+    revocations: Vec<identity::Revocation>,
 }
 
 impl Saved {
@@ -392,6 +442,7 @@ impl Saved {
             },
             registrations,
             checkpoints,
+            revocations: table(store, store::Table::Revocations)?,
         })
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use herald::config::{read_dev_secret, ServeArgs};
+use herald::config::{check_secret, read_dev_secret, ServeArgs};
 
 /// mimalloc instead of the system allocator: a request allocates and frees many small
 /// buffers, and glibc's malloc/free (with its chunk consolidation) was ~14% of a publish's
@@ -67,6 +67,9 @@ fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => serve(*args),
         Command::Token(args) => {
+            if let Some(secret) = &args.jwt_secret {
+                check_secret(secret, "--jwt-secret (HERALD_JWT_SECRET)")?;
+            }
             let secret = args
                 .jwt_secret
                 .or_else(|| read_dev_secret(&args.data_dir))

@@ -49,6 +49,12 @@ struct FaceLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndLabel {
+    face: Face,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
     kind: &'static str,
 }
@@ -69,6 +75,10 @@ pub struct FaceMetrics {
     pub slow_consumers: Counter,
     /// Gaps announced to resuming subscribers.
     pub gaps: Counter,
+    /// Connections ended because their token expired.
+    pub token_expired: Counter,
+    /// Connections ended because their subject or token was revoked.
+    pub revoked: Counter,
 }
 
 /// The server's metrics.
@@ -78,6 +88,7 @@ pub struct Metrics {
     delivered: Family<FaceLabel, Counter>,
     slow: Family<FaceLabel, Counter>,
     gaps: Family<FaceLabel, Counter>,
+    ended: Family<EndLabel, Counter>,
     published: Family<KindLabel, Counter>,
     longpolls: Family<OutcomeLabel, Counter>,
     webhook_attempts: Family<OutcomeLabel, Counter>,
@@ -102,6 +113,7 @@ impl Metrics {
             delivered: Family::default(),
             slow: Family::default(),
             gaps: Family::default(),
+            ended: Family::default(),
             published: Family::default(),
             longpolls: Family::default(),
             webhook_attempts: Family::default(),
@@ -138,8 +150,13 @@ impl Metrics {
             m.gaps.clone(),
         );
         registry.register(
+            "connections_ended",
+            "Connections the server ended for their token, by face and reason (token_expired, revoked)",
+            m.ended.clone(),
+        );
+        registry.register(
             "longpolls_answered",
-            "Long-polls answered, by outcome (data, deadline, limit)",
+            "Long-polls answered, by outcome (data, deadline, limit, revoked)",
             m.longpolls.clone(),
         );
         registry.register(
@@ -185,7 +202,7 @@ impl Metrics {
         for outcome in ["succeeded", "retrying", "failed", "disabled"] {
             let _ = m.webhook_attempts.get_or_create(&OutcomeLabel { outcome });
         }
-        for outcome in ["data", "deadline", "limit"] {
+        for outcome in ["data", "deadline", "limit", "revoked"] {
             let _ = m.longpolls.get_or_create(&OutcomeLabel { outcome });
         }
         Arc::new(m)
@@ -206,13 +223,22 @@ impl Metrics {
                 delivered: self.delivered.get_or_create(&label).clone(),
                 slow_consumers: Counter::default(),
                 gaps: Counter::default(),
+                token_expired: Counter::default(),
+                revoked: Counter::default(),
             };
         }
+        let ended = |reason| {
+            self.ended
+                .get_or_create(&EndLabel { face, reason })
+                .clone()
+        };
         FaceMetrics {
             connected: self.faces.get_or_create(&label).clone(),
             delivered: self.delivered.get_or_create(&label).clone(),
             slow_consumers: self.slow.get_or_create(&label).clone(),
             gaps: self.gaps.get_or_create(&label).clone(),
+            token_expired: ended("token_expired"),
+            revoked: ended("revoked"),
         }
     }
 

@@ -18,6 +18,7 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws;
 use bytes::BytesMut;
+use futures_util::future::LocalBoxFuture;
 use futures_util::TryStreamExt;
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -25,13 +26,15 @@ use serde_json::value::RawValue;
 use super::error::FieldError;
 use super::openapi::Routes;
 use super::{bearer, check_publisher, read_body, AppState};
+use crate::auth::AuthError;
 use crate::broker::messages::{CloseReason, CloseStream, ListSubscribed, Publish};
 use crate::event::{StreamKey, StreamKind};
+use crate::identity::Identity;
 use crate::limits::Permit;
 use crate::metrics::Face;
 use crate::queue;
 use crate::session::ws::{
-    refused, Announcement, Authorize, ClientBytes, Refusal, WsSession, WsSettings, MAX_ACCESS_ID,
+    refused, Authorize, ClientBytes, Refusal, WsSession, WsSettings, MAX_ACCESS_ID,
 };
 
 use schema::*;
@@ -137,31 +140,64 @@ fn open(
 
 /// The announcement's access rule: a token from the announcement or the upgrade request's
 /// `Authorization` header whose `sub` is the access id, or that has `access:read`. `--dev`
-/// needs no token.
-fn authorize(authorization: Option<&[u8]>, state: &web::Data<AppState>) -> Authorize {
-    if state.config.dev {
-        return Box::new(|_| Ok(()));
-    }
-    let header_present = authorization.is_some();
-    let header_token = authorization.and_then(bearer).map(str::to_string);
-    let state = state.clone();
-    Box::new(move |announcement: &Announcement| {
-        let token = match (announcement.token.as_deref(), header_token.as_deref()) {
-            (Some(token), _) | (None, Some(token)) => token,
+/// needs no token, but checks one that is given (so that it expires and can be refreshed).
+fn authorize(authorization: Option<&[u8]>, state: &web::Data<AppState>) -> Box<dyn Authorize> {
+    Box::new(AccessRule {
+        state: state.clone(),
+        header_present: authorization.is_some(),
+        header_token: authorization.and_then(bearer).map(str::to_string),
+    })
+}
+
+/// `authorize`'s rule, with what the upgrade request carried.
+struct AccessRule {
+    state: web::Data<AppState>,
+    /// Whether the upgrade request had an `Authorization` header at all.
+    header_present: bool,
+    /// Its bearer token, if it was one.
+    header_token: Option<String>,
+}
+
+impl AccessRule {
+    fn token<'a>(&'a self, given: Option<&'a str>) -> Result<Option<&'a str>, Refusal> {
+        match (given, self.header_token.as_deref()) {
+            (Some(token), _) | (None, Some(token)) => Ok(Some(token)),
             // A header that is present but not a bearer token is a failed attempt.
-            (None, None) if header_present => return Err(Refusal::AuthFailed),
-            (None, None) => return Err(Refusal::AuthRequired),
+            (None, None) if self.header_present => Err(Refusal::AuthFailed),
+            (None, None) => Ok(None),
+        }
+    }
+}
+
+impl Authorize for AccessRule {
+    fn check(&self, access_id: &str, token: Option<&str>) -> Result<Option<Identity>, Refusal> {
+        let token = match self.token(token)? {
+            Some(token) => token,
+            None if self.state.config.dev => return Ok(None),
+            None => return Err(Refusal::AuthRequired),
         };
-        let claims = state.verifier.verify(token).map_err(|e| {
+        let claims = self.state.verifier.verify(token).map_err(|e| {
             log::debug!("WebSocket token refused: {e}");
-            Refusal::AuthFailed
+            match e {
+                AuthError::Revoked => Refusal::Revoked,
+                _ => Refusal::AuthFailed,
+            }
         })?;
-        if claims.sub == announcement.access_id || claims.has(ACCESS_READ) {
-            Ok(())
+        if claims.sub == access_id || claims.has(ACCESS_READ) {
+            Ok(Some(claims.identity()))
         } else {
             Err(Refusal::Forbidden)
         }
-    })
+    }
+
+    fn key_wait(&self, token: Option<&str>) -> Option<LocalBoxFuture<'static, ()>> {
+        let token = self.token(token).ok()??.to_string();
+        if !self.state.verifier.needs_key(&token) {
+            return None;
+        }
+        let state = self.state.clone();
+        Some(Box::pin(async move { state.verifier.await_key(&token).await }))
+    }
 }
 
 /// The publisher credential rule of every publishing endpoint.

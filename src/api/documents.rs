@@ -92,6 +92,13 @@ struct SubscribeQuery {
 )]
 async fn subscribe(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let headers = req.headers();
+    if let Some(token) = subscription_token(
+        headers.get(header::AUTHORIZATION).map(HeaderValue::as_bytes),
+        req.query_string(),
+    ) {
+        // A token of a key the JWKS has just gained (the direct path declines those).
+        state.verifier.await_key(&token).await;
+    }
     let request = Subscription {
         accept: headers.get(header::ACCEPT).map(HeaderValue::as_bytes),
         authorization: headers
@@ -105,6 +112,8 @@ async fn subscribe(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse
             .content_type("text/plain; charset=utf-8")
             .body("not_accepted"),
         Opened::Refused(code) => sse_error(code),
+        // Still unknown after the keys were fetched again.
+        Opened::AwaitKey => sse_error("auth_failed"),
         Opened::Stream(stream) => event_stream_response().streaming(stream.subscribed().await),
     }
 }
@@ -125,6 +134,8 @@ pub(crate) enum Opened {
     NotAccepted,
     /// Refused with this error code, sent as one SSE `error` event.
     Refused(&'static str),
+    /// The token names a JWKS key not known yet: asked again after `Verifier::await_key`.
+    AwaitKey,
     /// The session is started.
     Stream(EventStream),
 }
@@ -146,6 +157,17 @@ impl EventStream {
     }
 }
 
+/// The token a subscription carries: the `Authorization` header's, else `access_token`.
+fn subscription_token(authorization: Option<&[u8]>, query: &str) -> Option<String> {
+    match authorization {
+        Some(value) => super::bearer(value).map(str::to_string),
+        None => web::Query::<SubscribeQuery>::from_query(query)
+            .ok()?
+            .into_inner()
+            .access_token,
+    }
+}
+
 /// Checks a subscription and, when it is good, starts its session on this thread.
 pub(crate) fn open(state: &AppState, request: &Subscription) -> Opened {
     if !accepts_event_stream(request.accept) {
@@ -159,11 +181,15 @@ pub(crate) fn open(state: &AppState, request: &Subscription) -> Opened {
         Some(value) => super::bearer(value),
         None => query.access_token.as_deref(),
     };
+    if token.is_some_and(|token| state.verifier.needs_key(token)) {
+        return Opened::AwaitKey;
+    }
     let claims = match token {
         None if request.authorization.is_some() => return Opened::Refused("auth_failed"),
         None => return Opened::Refused("auth_required"),
         Some(token) => match state.verifier.verify(token) {
             Ok(claims) => claims,
+            Err(crate::auth::AuthError::Revoked) => return Opened::Refused("revoked"),
             Err(e) => {
                 log::debug!("SSE token refused: {e}");
                 return Opened::Refused("auth_failed");
@@ -179,6 +205,7 @@ pub(crate) fn open(state: &AppState, request: &Subscription) -> Opened {
         .map(str::to_string)
         .or(query.last_event_id)
         .filter(|c| !c.is_empty());
+    let identity = std::sync::Arc::new(claims.identity());
     let stream = StreamKey::new(StreamKind::Client, claims.sub);
     let broker = state.brokers.of(&stream).clone();
     let (session, subscribed, body) = SseSession::new(
@@ -187,6 +214,7 @@ pub(crate) fn open(state: &AppState, request: &Subscription) -> Opened {
             cursor,
             fallback: Fallback::Latest,
         },
+        Some(identity),
         broker,
         state.config.subscriber_queue,
         state.config.sse_keepalive,

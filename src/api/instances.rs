@@ -136,7 +136,12 @@ async fn long_poll(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, InstanceError> {
-    let (spec, permit) = long_poll_spec(&state, credential(&req)?, &path, req.query_string())?;
+    let (spec, permit) = long_poll_spec(
+        &state,
+        ready_credential(&state, &req).await?,
+        &path,
+        req.query_string(),
+    )?;
     let broker = state.brokers.of(&spec.stream).clone();
     let outcome = longpoll::poll(spec, broker, permit, state.metrics.clone()).await;
     Ok(long_poll_answer(outcome)?.into())
@@ -150,7 +155,12 @@ pub(crate) fn long_poll_spec(
     instance: &str,
     query: &str,
 ) -> Result<(PollSpec, Permit), InstanceError> {
-    let instance = authorize(state, credential, instance, Access::Read)?;
+    let token = credential.ok_or(InstanceError::Auth(AuthError::NotJwt))?;
+    let claims = state.verifier.verify(&token)?;
+    let instance = parse_instance(instance)?;
+    if !permits(&claims, instance, Access::Read) {
+        return Err(InstanceError::InsufficientPermissions);
+    }
     let query = LongPollQuery::parse(query)?;
     let permit = state
         .connections
@@ -165,6 +175,7 @@ pub(crate) fn long_poll_spec(
         page_size: query.max_page_size,
         deadline: query.deadline,
         max_listeners: state.config.max_listeners_per_instance,
+        identity: Some(std::sync::Arc::new(claims.identity())),
     };
     Ok((spec, permit))
 }
@@ -178,6 +189,7 @@ pub(crate) fn long_poll_answer(outcome: Option<PollOutcome>) -> Result<Answer, I
             body: body::page_body(&events, &cursor),
         }),
         Some(PollOutcome::TooManyListeners) => Err(InstanceError::TooManyListeners),
+        Some(PollOutcome::Revoked) => Err(InstanceError::Auth(AuthError::Revoked)),
         None => Err(broker_gone()),
     }
 }
@@ -215,7 +227,7 @@ async fn page(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, InstanceError> {
-    let instance = authorize(&state, credential(&req)?, &path, Access::Read)?;
+    let instance = authorize(&state, ready_credential(&state, &req).await?, &path, Access::Read)?;
     let query = PageQuery::parse(req.query_string())?;
     let stream = stream_of(instance);
     let reply = state
@@ -278,7 +290,12 @@ async fn get_notification(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, InstanceError> {
     let (instance, notification_id) = path.into_inner();
-    let instance = authorize(&state, credential(&req)?, &instance, Access::Read)?;
+    let instance = authorize(
+        &state,
+        ready_credential(&state, &req).await?,
+        &instance,
+        Access::Read,
+    )?;
     let position = Position::from_cursor(&notification_id).ok_or(InstanceError::NotFound)?;
     let stream = stream_of(instance);
     let event = state
@@ -325,7 +342,7 @@ async fn create(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, InstanceError> {
-    let instance = authorize(&state, credential(&req)?, &path, Access::Write)?;
+    let instance = authorize(&state, ready_credential(&state, &req).await?, &path, Access::Write)?;
     let body = read_body(payload, state.config.max_body)
         .await
         .map_err(|e| match e {
@@ -402,6 +419,18 @@ fn parse_instance(instance: &str) -> Result<Uuid, InstanceError> {
     Uuid::parse_str(instance).map_err(|_| InstanceError::BadId)
 }
 
+/// `credential`, once the verifier knows the JWKS key it names (`Verifier::await_key`).
+async fn ready_credential(
+    state: &AppState,
+    req: &HttpRequest,
+) -> Result<Option<String>, InstanceError> {
+    let credential = credential(req)?;
+    if let Some(token) = &credential {
+        state.verifier.await_key(token).await;
+    }
+    Ok(credential)
+}
+
 /// The bearer credential of the `Authorization` header, else of the `Authorization` cookie.
 /// A header or cookie that is there but not `bearer <token>` is refused, not ignored.
 fn credential(req: &HttpRequest) -> Result<Option<String>, InstanceError> {
@@ -461,6 +490,8 @@ mod tests {
         Claims {
             sub: sub.to_string(),
             permissions: permissions.iter().map(|p| p.to_string()).collect(),
+            jti: None,
+            exp: 0,
         }
     }
 

@@ -8,6 +8,7 @@ pub mod error;
 pub mod instances;
 pub mod openapi;
 pub mod ops;
+pub mod revocations;
 mod schema;
 pub mod site;
 
@@ -31,7 +32,7 @@ pub struct AppState {
     /// The validated configuration.
     pub config: Config,
     /// Token and publisher-key checks.
-    pub verifier: Verifier,
+    pub verifier: Arc<Verifier>,
     /// Set when a graceful shutdown begins; `/health` turns 503.
     pub draining: AtomicBool,
     /// Connected subscribers, against `--max-connections`.
@@ -50,6 +51,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Cluster mode: this node and its way to Redis; `None` on a node of its own.
     pub cluster: Option<Arc<crate::cluster::Node>>,
+    /// Where a node of its own keeps the revocations (`--memory`: nowhere).
+    pub store: crate::store::StoreWriter,
 }
 
 impl AppState {
@@ -101,6 +104,7 @@ fn faces(routes: &mut openapi::Routes) {
     dashboard::configure(routes);
     access::configure(routes);
     instances::configure(routes);
+    revocations::configure(routes);
     ops::configure(routes);
 }
 

@@ -77,6 +77,7 @@ fn declared() -> OpenApi {
     doc.merge(super::dashboard::ApiDoc::openapi());
     doc.merge(documents::ApiDoc::openapi());
     doc.merge(access::ApiDoc::openapi());
+    doc.merge(super::revocations::ApiDoc::openapi());
     doc.merge(ops::ApiDoc::openapi());
     add_security_schemes(&mut doc);
     doc

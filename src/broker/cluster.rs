@@ -20,6 +20,7 @@ use super::{Broker, Engine, StreamState, LEASE_MARGIN, LINGER, READ_RETRY};
 use crate::cluster::live::Listener;
 use crate::cluster::{ClusterError, Snapshot};
 use crate::event::{Event, Position, StreamKey, StreamKind};
+use crate::identity::Target;
 
 /// The live channel tells each stream's shard, by message.
 impl Listener for Brokers {
@@ -41,6 +42,14 @@ impl Listener for Brokers {
     fn dropped(&self, stream: StreamKey) {
         let reason = CloseReason::Dropped;
         self.of(&stream).do_send(CloseStream { stream, reason });
+    }
+
+    fn revoked(&self, target: Target) {
+        for shard in self.all() {
+            shard.do_send(CloseRevoked {
+                target: target.clone(),
+            });
+        }
     }
 
     async fn access_ids(&self) -> Vec<String> {

@@ -19,6 +19,7 @@ use tokio::sync::oneshot;
 use super::history::Gap;
 use crate::cluster::ClusterError;
 use crate::event::{Event, Position, StreamKey, StreamKind};
+use crate::identity::{Identity, Target};
 use crate::store::StoreError;
 
 /// Appends events to one stream. Answered only after the events are durable, with the events
@@ -86,8 +87,11 @@ pub struct Subscriber {
     pub id: u64,
     /// Receives every live event of the stream.
     pub deliver: Recipient<Deliver>,
-    /// Told to end the session (drain, drop).
+    /// Told to end the session (drain, drop, revocation).
     pub close: Recipient<Close>,
+    /// Whose token the session was opened with (`None`: no token, `--dev`); a revocation of
+    /// its subject or token closes it, and a revoked one is not registered.
+    pub identity: Option<Arc<Identity>>,
 }
 
 /// Registers a subscriber and answers with its backlog in the same handler call, so nothing
@@ -155,6 +159,30 @@ pub enum CloseReason {
     /// positions trimmed before this node read them). The session ends so that its client
     /// resumes and sees its face's gap signal; the Broker has forgotten it already.
     Reset,
+    /// The subject or the token of the session was revoked (`POST /revocations`).
+    Revoked,
+}
+
+/// Closes every session whose identity a new revocation covers, whatever stream it follows,
+/// and forgets them at once. Answers how many were told to close.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct CloseRevoked {
+    /// The subject or token revoked.
+    pub target: Target,
+}
+
+/// A session's token was refreshed (the WebSocket face's `{"token": ...}` frame): revocations
+/// are checked against the new one from now on.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Reidentify {
+    /// The stream the session follows.
+    pub stream: StreamKey,
+    /// Its `Subscriber::id`.
+    pub id: u64,
+    /// The identity of its new token.
+    pub identity: Arc<Identity>,
 }
 
 /// Closes every session following one stream and forgets them at once, so a listing right

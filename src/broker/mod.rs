@@ -8,7 +8,10 @@
 //! `Close` to sessions; a session on the shard's own thread gets live events straight in its
 //! queue instead (`broker::sink`), and a `Close` when that queue is full.
 //! `WatchKind` registers a recipient (the WebhookDispatcher) for every stream of one kind.
-//! `CloseStream` and `ListSubscribed` answer the WebSocket face's `drop_user` and `clients`.
+//! `CloseStream` and `ListSubscribed` answer the WebSocket face's `drop_user` and `clients`;
+//! `CloseRevoked` closes the sessions of a revoked subject or token on every face, and a
+//! session whose identity is revoked already is closed instead of registered (`Reidentify`
+//! keeps a refreshed session's identity current).
 //! Also answers read queries from history without registering anyone (`ReadPage`,
 //! `GetEvent`, `CountSubscribers`) and `SubscribeBounded`, a `Subscribe` with a per-stream
 //! subscriber limit.
@@ -40,6 +43,7 @@ use tokio::sync::oneshot;
 
 use crate::cluster::ClusterError;
 use crate::event::{Event, Position, StreamKey, StreamKind};
+use crate::identity::Revocations;
 use crate::metrics::Metrics;
 use crate::store::Retention;
 use crate::store::StoredStream;
@@ -130,6 +134,8 @@ pub struct Broker {
     /// Cluster mode: the subscribers (long-polls) that hold a place under the per-instance
     /// limit in Redis, given back when they leave.
     leased: HashSet<u64>,
+    /// The node's revocations: a session that subscribes with a revoked identity is closed.
+    revocations: Arc<Revocations>,
 }
 
 impl Broker {
@@ -139,6 +145,7 @@ impl Broker {
         retention: Retention,
         kept: Vec<StoredStream>,
         metrics: &Metrics,
+        revocations: Arc<Revocations>,
     ) -> Self {
         let now = SystemTime::now();
         let streams = kept
@@ -182,6 +189,7 @@ impl Broker {
             watchers: HashMap::new(),
             unsent: Vec::new(),
             leased: HashSet::new(),
+            revocations,
         }
     }
 
@@ -270,6 +278,19 @@ impl Broker {
             msg.subscriber.close.do_send(Close {
                 reason: CloseReason::Shutdown,
             });
+        }
+        // Revoked after its token was checked but before this call: a `CloseRevoked` sent
+        // after the revocation was recorded has passed this shard already.
+        if msg
+            .subscriber
+            .identity
+            .as_ref()
+            .is_some_and(|identity| identity.is_revoked(&self.revocations))
+        {
+            msg.subscriber.close.do_send(Close {
+                reason: CloseReason::Revoked,
+            });
+            return reply;
         }
         let member = Member {
             sink: sink::claim(msg.subscriber.id),
@@ -535,6 +556,48 @@ impl Handler<CloseStream> for Broker {
     fn handle(&mut self, msg: CloseStream, _: &mut Self::Context) -> usize {
         self.fan_out();
         self.close_all(&msg.stream, msg.reason)
+    }
+}
+
+impl Handler<CloseRevoked> for Broker {
+    type Result = usize;
+
+    fn handle(&mut self, msg: CloseRevoked, _: &mut Self::Context) -> usize {
+        self.fan_out();
+        let mut revoked = Vec::new();
+        for (stream, state) in &self.streams {
+            for (id, member) in &state.subscribers {
+                if member
+                    .inboxes
+                    .identity
+                    .as_ref()
+                    .is_some_and(|identity| identity.matches(&msg.target))
+                {
+                    member.inboxes.close.do_send(Close {
+                        reason: CloseReason::Revoked,
+                    });
+                    revoked.push((stream.clone(), *id));
+                }
+            }
+        }
+        for (stream, id) in &revoked {
+            self.forget(stream, *id);
+        }
+        revoked.len()
+    }
+}
+
+impl Handler<Reidentify> for Broker {
+    type Result = ();
+
+    fn handle(&mut self, msg: Reidentify, _: &mut Self::Context) {
+        if let Some(member) = self
+            .streams
+            .get_mut(&msg.stream)
+            .and_then(|state| state.subscribers.get_mut(&msg.id))
+        {
+            member.inboxes.identity = Some(msg.identity);
+        }
     }
 }
 

@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{scripts, wire, Node};
 use crate::event::{Event, StreamKey};
+use crate::identity::Target;
 
 /// How often the live channel is probed.
 const PROBE_INTERVAL: Duration = Duration::from_millis(500);
@@ -67,6 +68,9 @@ pub trait Listener {
 
     /// Some node dropped the sessions of `stream` (`/drop_user`).
     fn dropped(&self, stream: StreamKey);
+
+    /// Some node revoked `target`: its sessions on this node must end.
+    fn revoked(&self, target: Target);
 
     /// The access ids this node has WebSocket sessions for, for its heartbeat.
     fn access_ids(&self) -> impl Future<Output = Vec<String>>;
@@ -125,8 +129,12 @@ pub async fn run(
         for ready in waiting.drain(..) {
             let _ = ready.send(());
         }
-        // Whatever was announced while the channel was down is read from history.
+        // Whatever was announced while the channel was down is read from history, and the
+        // revocations told meanwhile are read again.
         listener.resync(None);
+        if let Err(e) = node.load_revocations(&mut conn).await {
+            log::debug!("revocations: {e}");
+        }
         let mut probe: Option<(u64, Instant)> = None;
         let mut probes: u64 = 0;
         let mut probe_tick = tokio::time::interval(PROBE_INTERVAL);
@@ -175,6 +183,16 @@ pub async fn run(
                     } else if channel == wire::CONTROL_CHANNEL {
                         if let Some(stream) = wire::dropped_stream(payload) {
                             listener.dropped(stream);
+                        }
+                        match wire::control(payload) {
+                            Some(wire::Control::Revoke(revocation)) => {
+                                node.revoked.insert(&revocation);
+                                listener.revoked(revocation.target);
+                            }
+                            Some(wire::Control::Lift(target)) => {
+                                node.revoked.remove(&target);
+                            }
+                            None => {}
                         }
                     } else if let Some(stream) = wire::stream_of_channel(channel) {
                         match wire::decode(&stream, payload) {
@@ -244,8 +262,12 @@ fn note(command: Command, channels: &mut HashSet<String>, waiting: &mut Vec<ones
     }
 }
 
-/// Renews the node's heartbeat, and writes its client set again if Redis lost it.
+/// Renews the node's heartbeat, writes its client set again if Redis lost it, and reads the
+/// cluster's revocations (a control message may have been missed).
 async fn beat(node: &Node, conn: &mut redis::aio::ConnectionManager, listener: &impl Listener) {
+    if let Err(e) = node.load_revocations(conn).await {
+        log::debug!("revocations: {e}");
+    }
     let key = wire::clients_key(&node.name);
     let ttl = NODE_TTL.as_millis().to_string();
     let mut renewal = scripts::HEARTBEAT.prepare_invoke();

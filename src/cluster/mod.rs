@@ -15,6 +15,7 @@
 //! publish never leaves it.
 
 pub mod live;
+mod revocations;
 mod scripts;
 pub mod wire;
 
@@ -29,6 +30,7 @@ use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::event::{Event, Position, StreamKey};
+use crate::identity::Revocations;
 use crate::store::Retention;
 
 /// `--redis` and `--node-name`, validated.
@@ -85,6 +87,8 @@ pub struct Node {
     /// A shard's bookkeeping could not be written (Redis away): the next heartbeat writes
     /// this node's client set whole.
     stale_clients: AtomicBool,
+    /// The node's revocations, kept equal to the cluster's (`revocations.rs`).
+    revoked: Arc<Revocations>,
 }
 
 impl Node {
@@ -93,6 +97,7 @@ impl Node {
     pub async fn connect(
         config: &ClusterConfig,
         retention: Retention,
+        revoked: Arc<Revocations>,
     ) -> Result<(Arc<Node>, mpsc::UnboundedReceiver<live::Command>), ClusterError> {
         let client = redis::Client::open(config.redis_url.as_str())?;
         let ping = async {
@@ -111,7 +116,12 @@ impl Node {
             reachable: AtomicBool::new(false),
             live,
             stale_clients: AtomicBool::new(false),
+            revoked,
         };
+        let mut conn = node.shared.clone();
+        tokio::time::timeout(START_TIMEOUT, node.load_revocations(&mut conn))
+            .await
+            .map_err(|_| ClusterError::Timeout(START_TIMEOUT))??;
         Ok((Arc::new(node), commands))
     }
 

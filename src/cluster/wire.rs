@@ -20,12 +20,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::value::RawValue;
 
 use crate::event::{Event, Position, StreamKey};
+use crate::identity::{Revocation, Target};
 
 /// Every key and channel Herald uses starts with this.
 pub const PREFIX: &str = "herald:";
 
-/// Where `drop_user` is told to every node.
+/// Where `drop_user` and revocations are told to every node.
 pub const CONTROL_CHANNEL: &str = "herald:control";
+
+/// Revocations in force: a hash of `Target::key` -> end, in ms since 1970.
+pub const REVOCATIONS: &str = "herald:revocations";
 
 /// Webhook subscriptions by id (`webhook::shared`): a dashboard event's publish reads them to
 /// make its deliveries in the same script.
@@ -76,6 +80,36 @@ pub fn stream_of_channel(channel: &str) -> Option<StreamKey> {
 /// A control message: `drop_user` of the access stream it names.
 pub fn drop_message(stream: &StreamKey) -> String {
     format!("drop {stream}")
+}
+
+/// A control message: `target` is revoked until `until_ms`.
+pub fn revoke_message(revocation: &Revocation) -> String {
+    format!("revoke {} {}", revocation.until_ms, revocation.target.key())
+}
+
+/// A control message: the revocation of `target` is lifted.
+pub fn lift_message(target: &Target) -> String {
+    format!("lift {}", target.key())
+}
+
+/// What a control message says, when it is not a drop.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Control {
+    Revoke(Revocation),
+    Lift(Target),
+}
+
+/// Reads a revocation control message.
+pub fn control(payload: &[u8]) -> Option<Control> {
+    let text = std::str::from_utf8(payload).ok()?;
+    if let Some(rest) = text.strip_prefix("revoke ") {
+        let (until, key) = rest.split_once(' ')?;
+        return Some(Control::Revoke(Revocation {
+            until_ms: until.parse().ok()?,
+            target: Target::from_key(key)?,
+        }));
+    }
+    Some(Control::Lift(Target::from_key(text.strip_prefix("lift ")?)?))
 }
 
 /// The stream a control message drops.
@@ -230,6 +264,19 @@ mod tests {
             Some(stream.clone())
         );
         assert_eq!(stream_of_channel("herald:control"), None);
+        let revocation = Revocation {
+            target: Target::Subject("a b:c".into()),
+            until_ms: 42,
+        };
+        let said = revoke_message(&revocation);
+        assert_eq!(control(said.as_bytes()), Some(Control::Revoke(revocation)));
+        let lifted = lift_message(&Target::Token("t".into()));
+        assert_eq!(
+            control(lifted.as_bytes()),
+            Some(Control::Lift(Target::Token("t".into())))
+        );
+        assert_eq!(control(b"drop access:x"), None);
+        assert_eq!(dropped_stream(said.as_bytes()), None);
         assert_eq!(
             dropped_stream(drop_message(&stream).as_bytes()),
             Some(stream)

@@ -6,8 +6,9 @@
 //! which it answers the HTTP handler. It sends `SubscribeBounded` in `started` (so the
 //! per-instance listener limit is checked in the same Broker call) and answers at once with
 //! the backlog if there is one (the Broker then does not register it); otherwise, registered,
-//! it waits for the first `Deliver` or its deadline, whichever comes first. `Close` (drain) answers like the deadline. After answering it stops;
-//! `stopping` sends `Unsubscribe`.
+//! it waits for the first `Deliver` or its deadline, whichever comes first (never past its
+//! token's `exp`). `Close` (drain) answers like the deadline; `Close` of a revocation answers
+//! `Revoked`. After answering it stops; `stopping` sends `Unsubscribe`.
 //!
 //! The `Unsubscribe` goes out *before* the answer, so a client that polls again as soon as
 //! it has its answer is never counted twice against the listener limit: the Broker's mailbox
@@ -24,7 +25,9 @@ use crate::broker::messages::{
     Close, Deliver, PeekPage, Start, Subscribe, SubscribeBounded, Subscriber, Unsubscribe,
 };
 use crate::broker::Broker;
+use crate::broker::messages::CloseReason;
 use crate::event::{Event, Position, StreamKey};
+use crate::identity::Identity;
 use crate::limits::Permit;
 use crate::metrics::{Face, FaceMetrics, Metrics};
 
@@ -40,6 +43,8 @@ pub enum PollOutcome {
     },
     /// The instance already has as many concurrent polls as allowed.
     TooManyListeners,
+    /// The subject or token of the poll was revoked while it waited.
+    Revoked,
 }
 
 /// What a poll needs to know, set by the handler.
@@ -55,6 +60,20 @@ pub struct PollSpec {
     pub deadline: Duration,
     /// Concurrent polls allowed on the stream.
     pub max_listeners: usize,
+    /// Whose token the poll came with: a revocation of it answers the poll.
+    pub identity: Option<Arc<Identity>>,
+}
+
+impl PollSpec {
+    /// The deadline, cut to what is left of the token's life: a poll never waits past it.
+    fn wait(&self) -> Duration {
+        let left = self.identity.as_ref().map_or(Duration::MAX, |identity| {
+            let exp = std::time::UNIX_EPOCH + Duration::from_secs(identity.exp);
+            exp.duration_since(std::time::SystemTime::now())
+                .unwrap_or(Duration::ZERO)
+        });
+        self.deadline.min(left)
+    }
 }
 
 /// One waiting long-poll request (see the module docs).
@@ -231,6 +250,10 @@ fn count(metrics: &Metrics, face: &FaceMetrics, outcome: &PollOutcome) {
             "data"
         }
         PollOutcome::TooManyListeners => "limit",
+        PollOutcome::Revoked => {
+            face.revoked.inc();
+            "revoked"
+        }
     };
     metrics.longpoll_answered(label);
 }
@@ -250,11 +273,12 @@ impl Actor for LongPoll {
                     id: self.id,
                     deliver: ctx.address().recipient(),
                     close: ctx.address().recipient(),
+                    identity: self.spec.identity.clone(),
                 },
             },
             max_subscribers: self.spec.max_listeners,
             page_size: self.spec.page_size,
-            lease: self.spec.deadline,
+            lease: self.spec.wait(),
         };
         // `wait` holds back `Deliver`s until the backlog is looked at.
         ctx.wait(self.broker.send(subscribe).into_actor(self).map(
@@ -271,7 +295,7 @@ impl Actor for LongPoll {
                         Some(page) => poll.answer(page, ctx),
                         None => {
                             poll.registered = true;
-                            ctx.run_later(poll.spec.deadline, |poll, ctx| poll.answer_empty(ctx));
+                            ctx.run_later(poll.spec.wait(), |poll, ctx| poll.answer_empty(ctx));
                         }
                     }
                 }
@@ -303,7 +327,10 @@ impl Handler<Deliver> for LongPoll {
 impl Handler<Close> for LongPoll {
     type Result = ();
 
-    fn handle(&mut self, _: Close, ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: Close, ctx: &mut Self::Context) {
+        if msg.reason == CloseReason::Revoked {
+            self.answer(PollOutcome::Revoked, ctx);
+        }
         // The client polls again from the same cursor once the server is back.
         self.answer_empty(ctx);
         ctx.stop();

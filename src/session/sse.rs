@@ -4,13 +4,16 @@
 //! end is the HTTP response body (written by actix-web or by `api::documents::direct`).
 //! Live events reach the queue from the Broker directly when it runs on the session's thread
 //! (`broker::sink`), as `Deliver` otherwise. Handles `Close` (writes a `retry:` hint and ends
-//! the body). Sends `Subscribe` in `started` and `Unsubscribe` in `stopping`.
+//! the body; a revocation says so first). Sends `Subscribe` in `started` and `Unsubscribe` in
+//! `stopping`. A session opened with a token ends late in the token's life
+//! (`Identity::lifetime`) with an `error` event `token_expired`.
 //!
 //! The channel is the subscriber's queue: when it is full the client has fallen
 //! `--subscriber-queue` events behind, and the session ends. Frames already queued still reach
 //! the client, which reconnects with `Last-Event-ID` and resumes from history.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use actix::prelude::*;
 use bytes::Bytes;
@@ -22,6 +25,7 @@ use crate::broker::messages::{
 use crate::broker::sink::{self, Sink};
 use crate::broker::Broker;
 use crate::event::{Event, Form, StreamKey};
+use crate::identity::Identity;
 use crate::limits::Permit;
 use crate::metrics::FaceMetrics;
 use crate::queue::{self, TrySendError};
@@ -51,6 +55,14 @@ const OPENING: &[u8] = b": ok\n\n";
 /// Reconnect delay suggested to clients when the server drains, in milliseconds.
 const DRAIN_RETRY_MS: u32 = 1000;
 
+/// Sent when the session's token expires: the client reconnects with a fresh token (and
+/// `lastEventId`), soon, since it may already have one.
+const TOKEN_EXPIRED: &[u8] = b"event: error\ndata: {\"error\":\"token_expired\"}\nretry: 1000\n\n";
+
+/// Sent when the session's subject or token is revoked: a reconnect would be refused until
+/// the revocation ends, so browsers are told to wait as after `auth_failed`.
+const REVOKED: &[u8] = b"event: error\ndata: {\"error\":\"revoked\"}\nretry: 60000\n\n";
+
 pub struct SseSession {
     /// The stream this session follows.
     stream: StreamKey,
@@ -67,6 +79,8 @@ pub struct SseSession {
     /// Fired once the Broker has registered the session, so the handler sends the response
     /// head only then: a client that sees the stream open cannot miss a later publish.
     ready: Option<oneshot::Sender<()>>,
+    /// Whose token opened the session, and until when it may stay.
+    identity: Option<Arc<Identity>>,
     /// This subscriber's place under `--max-connections`, released when the session ends.
     _permit: Permit,
     /// The SSE face's counters.
@@ -75,9 +89,11 @@ pub struct SseSession {
 
 impl SseSession {
     /// Creates the session and the body stream it writes to.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         stream: StreamKey,
         start: Start,
+        identity: Option<Arc<Identity>>,
         broker: Addr<Broker>,
         queue: usize,
         keepalive: Duration,
@@ -94,6 +110,7 @@ impl SseSession {
             sink: Sink::new(tx, frame, metrics.delivered.clone()),
             keepalive,
             ready: Some(ready),
+            identity,
             _permit: permit.tracked(metrics.connected.clone()),
             metrics,
         };
@@ -107,6 +124,12 @@ impl SseSession {
             Err(TrySendError::Full) => self.slow_consumer(ctx),
             Err(TrySendError::Closed) => ctx.stop(),
         }
+    }
+
+    /// Ends the session with `frame` as its last words (if the queue has room for them).
+    fn end_with(&mut self, frame: &'static [u8], ctx: &mut Context<Self>) {
+        let _ = self.sink.try_send(Bytes::from_static(frame));
+        ctx.stop();
     }
 
     /// Ends the session of a client too far behind; what is queued still reaches it.
@@ -129,8 +152,16 @@ impl Actor for SseSession {
                 id: self.id,
                 deliver: ctx.address().recipient(),
                 close: ctx.address().recipient(),
+                identity: self.identity.clone(),
             },
         };
+        if let Some(identity) = &self.identity {
+            ctx.run_later(identity.lifetime(SystemTime::now()), |session, ctx| {
+                log::debug!("{}: token expired", session.stream);
+                session.metrics.token_expired.inc();
+                session.end_with(TOKEN_EXPIRED, ctx);
+            });
+        }
         // `wait` holds back `Deliver`s, and the sink live events, until the backlog is
         // queued: backlog, then live.
         sink::offer(self.id, &self.sink);
@@ -210,6 +241,10 @@ impl Handler<Close> for SseSession {
                 self.slow_consumer(ctx);
             }
             return;
+        }
+        if msg.reason == CloseReason::Revoked {
+            self.metrics.revoked.inc();
+            return self.end_with(REVOKED, ctx);
         }
         // A full queue cannot take the hint; the client reconnects on its own default then.
         let _ = self

@@ -4,8 +4,12 @@
 //! (and from which `created_at`), its heartbeat, and its permit under `--max-connections`.
 //! Handles the client's frames, `Deliver` of live events from a Broker on another thread (one
 //! on the session's own thread queues them directly, `broker::sink`) and `Close` (drain, drop,
-//! slow consumer). Sends `Subscribe` once the announcement is accepted and `Unsubscribe` in
-//! `stopping`.
+//! slow consumer, revocation). Sends `Subscribe` once the announcement is accepted,
+//! `Reidentify` when the client refreshes its token, and `Unsubscribe` in `stopping`.
+//!
+//! A session opened with a token ends late in the token's life (`Identity::lifetime`) with
+//! close code 4001, unless the client sends a fresh token of the same subject first
+//! (`{"token": "..."}`, answered `{"refreshed": {"exp": ...}}`).
 //!
 //! Like `SseSession`, the actor runs in a plain `Context` and writes encoded frames into a
 //! bounded queue (`queue`) whose receiving end the connection writes out (the direct
@@ -21,7 +25,7 @@ use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use actix::prelude::*;
 use actix_codec::{Decoder, Encoder};
@@ -29,16 +33,18 @@ use actix_http::ws::{Codec, Frame};
 use actix_web_actors::ws::{self, CloseCode};
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
+use futures_util::future::LocalBoxFuture;
 use futures_util::Stream;
 use serde::Deserialize;
 use tokio::io::{AsyncRead, ReadBuf};
 
 use crate::broker::messages::{
-    Close, CloseReason, Deliver, Fallback, Start, Subscribe, Subscriber, Unsubscribe,
+    Close, CloseReason, Deliver, Fallback, Reidentify, Start, Subscribe, Subscriber, Unsubscribe,
 };
 use crate::broker::shards::Brokers;
 use crate::broker::sink::{self, Sink};
 use crate::event::{Event, Form, StreamKey, StreamKind};
+use crate::identity::Identity;
 use crate::limits::Permit;
 use crate::metrics::FaceMetrics;
 use crate::queue::{self, TrySendError};
@@ -53,6 +59,13 @@ pub const WRONG_ANNOUNCEMENT: &str = "Wrong JSON announcement";
 /// The largest frame a client may send, the announcement included (actix-http's default): a
 /// larger one closes the session with 1009.
 pub const MAX_CLIENT_FRAME: usize = 64 * 1024;
+
+/// Close code of a session whose token expired (not refreshed in time): 4001, in the range
+/// RFC 6455 leaves to applications, read as HTTP's 401.
+pub const TOKEN_EXPIRED: u16 = 4001;
+
+/// Close code of a session whose subject or token was revoked: 4003, read as HTTP's 403.
+pub const REVOKED: u16 = 4003;
 
 /// Most events in one text frame when several are ready at once.
 const MAX_BATCH_EVENTS: usize = 256;
@@ -103,7 +116,14 @@ fn integer<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, D::
     whole_number(&number).ok_or_else(|| serde::de::Error::custom("not an integer"))
 }
 
-/// Why an announcement may not follow its access id; the reason of a 1008 close.
+/// A frame after the announcement that refreshes the session's token.
+#[derive(Debug, Deserialize)]
+struct Refresh {
+    token: String,
+}
+
+/// Why an announcement may not follow its access id (the reason of a 1008 close), or a
+/// refresh is refused (the `reason` of its answer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
     /// No token in the announcement nor on the upgrade request.
@@ -112,6 +132,10 @@ pub enum Refusal {
     AuthFailed,
     /// A valid token for another access id, without `access:read`.
     Forbidden,
+    /// A token whose subject or `jti` is revoked.
+    Revoked,
+    /// A refresh with a token of another subject than the session's.
+    OtherSubject,
 }
 
 impl Refusal {
@@ -120,12 +144,22 @@ impl Refusal {
             Refusal::AuthRequired => "auth_required",
             Refusal::AuthFailed => "auth_failed",
             Refusal::Forbidden => "forbidden",
+            Refusal::Revoked => "revoked",
+            Refusal::OtherSubject => "other_subject",
         }
     }
 }
 
-/// The face's access rule, applied to the announcement once it arrives.
-pub type Authorize = Box<dyn Fn(&Announcement) -> Result<(), Refusal>>;
+/// The face's access rule, applied to the announcement once it arrives and to every token
+/// refresh.
+pub trait Authorize {
+    /// Whether `token` (the upgrade request's when `None`) may follow `access_id`, and whose
+    /// it is (`None`: no token needed and none given, `--dev`).
+    fn check(&self, access_id: &str, token: Option<&str>) -> Result<Option<Identity>, Refusal>;
+
+    /// A wait to make before `check` when `token` names a JWKS key not known yet.
+    fn key_wait(&self, token: Option<&str>) -> Option<LocalBoxFuture<'static, ()>>;
+}
 
 /// The timings and bounds a session runs with, from `Config`.
 #[derive(Debug, Clone, Copy)]
@@ -141,12 +175,16 @@ pub struct WsSettings {
 pub struct WsSession {
     /// The Broker shards; the session subscribes to the one that owns its access id.
     brokers: Brokers,
-    /// Decides whether an announcement may follow its access id.
-    authorize: Authorize,
+    /// Decides whether an announcement may follow its access id, and a refresh go on.
+    authorize: Box<dyn Authorize>,
     /// Timings and the queue bound.
     settings: WsSettings,
     /// The stream followed once announced; `None` while waiting for the announcement.
     stream: Option<StreamKey>,
+    /// Whose token the session runs on, once announced (`None` without one, `--dev`).
+    identity: Option<Arc<Identity>>,
+    /// The timer that ends the session when its token expires; replaced by a refresh.
+    expiry: Option<SpawnHandle>,
     /// Its identity in the Broker's subscriber set.
     id: u64,
     /// When the client last answered a ping (or connected).
@@ -164,7 +202,7 @@ impl WsSession {
     /// upgrade request, then `client`. Returns the frames to write to the client.
     pub fn open(
         brokers: Brokers,
-        authorize: Authorize,
+        authorize: Box<dyn Authorize>,
         settings: WsSettings,
         permit: Permit,
         metrics: FaceMetrics,
@@ -177,6 +215,8 @@ impl WsSession {
             authorize,
             settings,
             stream: None,
+            identity: None,
+            expiry: None,
             id: rand::random(),
             last_pong: Instant::now(),
             sink: Sink::new(tx, frame, metrics.delivered.clone()),
@@ -230,10 +270,32 @@ impl WsSession {
         let Some(announcement) = Announcement::parse(text) else {
             return self.wrong_announcement(ctx);
         };
-        if let Err(refusal) = (self.authorize)(&announcement) {
-            log::debug!("WebSocket announcement refused: {}", refusal.reason());
-            return self.close(CloseCode::Policy, refusal.reason(), ctx);
+        match self.authorize.key_wait(announcement.token.as_deref()) {
+            // `wait`: frames that come meanwhile are handled after the announcement.
+            Some(wait) => {
+                ctx.wait(
+                    wait.into_actor(self)
+                        .map(move |(), session, ctx| session.admit(announcement, ctx)),
+                );
+            }
+            None => self.admit(announcement, ctx),
         }
+    }
+
+    /// Subscribes an announcement its access rule lets through; closes the session otherwise.
+    fn admit(&mut self, announcement: Announcement, ctx: &mut Context<Self>) {
+        let identity = match self
+            .authorize
+            .check(&announcement.access_id, announcement.token.as_deref())
+        {
+            Ok(identity) => identity.map(Arc::new),
+            Err(refusal) => {
+                log::debug!("WebSocket announcement refused: {}", refusal.reason());
+                return self.close(CloseCode::Policy, refusal.reason(), ctx);
+            }
+        };
+        self.expire_with(identity.as_deref(), ctx);
+        self.identity = identity;
         let stream = StreamKey::new(StreamKind::Access, announcement.access_id);
         let broker = self.brokers.of(&stream).clone();
         self.stream = Some(stream.clone());
@@ -250,6 +312,7 @@ impl WsSession {
                 id: self.id,
                 deliver: ctx.address().recipient(),
                 close: ctx.address().recipient(),
+                identity: self.identity.clone(),
             },
         };
         // `wait` holds back `Deliver`s, and the sink live events, until the backlog is
@@ -274,6 +337,81 @@ impl WsSession {
                     }
                 }),
         );
+    }
+}
+
+impl WsSession {
+    /// (Re)sets the timer that ends the session when `identity`'s token expires.
+    fn expire_with(&mut self, identity: Option<&Identity>, ctx: &mut Context<Self>) {
+        if let Some(old) = self.expiry.take() {
+            ctx.cancel_future(old);
+        }
+        let Some(identity) = identity else {
+            return;
+        };
+        let handle = ctx.run_later(identity.lifetime(SystemTime::now()), |session, ctx| {
+            session.expiry = None;
+            session.metrics.token_expired.inc();
+            session.close(CloseCode::Other(TOKEN_EXPIRED), "token expired", ctx);
+        });
+        self.expiry = Some(handle);
+    }
+
+    /// A text frame after the announcement: a token refresh, or nothing that means anything.
+    fn refresh(&mut self, text: &str, ctx: &mut Context<Self>) {
+        let Ok(Refresh { token }) = serde_json::from_str(text) else {
+            // Like the notifier, what a client says after its announcement means nothing.
+            return;
+        };
+        match self.authorize.key_wait(Some(&token)) {
+            Some(wait) => {
+                ctx.wait(
+                    wait.into_actor(self)
+                        .map(move |(), session, ctx| session.reidentify(&token, ctx)),
+                );
+            }
+            None => self.reidentify(&token, ctx),
+        }
+    }
+
+    /// Lets the session live on with `token` if it is valid for the access id and of the same
+    /// subject; answers either way. A refused refresh leaves the session on its old token.
+    fn reidentify(&mut self, token: &str, ctx: &mut Context<Self>) {
+        let Some(stream) = self.stream.clone() else {
+            return;
+        };
+        let checked = match self.authorize.check(&stream.id, Some(token)) {
+            Ok(Some(new))
+                if self
+                    .identity
+                    .as_ref()
+                    .is_some_and(|old| old.sub != new.sub) =>
+            {
+                Err(Refusal::OtherSubject)
+            }
+            Ok(Some(new)) => Ok(new),
+            Ok(None) => Err(Refusal::AuthRequired),
+            Err(refusal) => Err(refusal),
+        };
+        let answer = match checked {
+            Ok(new) => {
+                let new = Arc::new(new);
+                self.expire_with(Some(&new), ctx);
+                self.brokers.of(&stream).do_send(Reidentify {
+                    stream,
+                    id: self.id,
+                    identity: new.clone(),
+                });
+                let answer = serde_json::json!({ "refreshed": { "exp": new.exp } });
+                self.identity = Some(new);
+                answer
+            }
+            Err(refusal) => {
+                log::debug!("WebSocket token refresh refused: {}", refusal.reason());
+                serde_json::json!({ "error": "refresh_refused", "reason": refusal.reason() })
+            }
+        };
+        self.send(encode(ws::Message::Text(answer.to_string().into())), ctx);
     }
 }
 
@@ -347,9 +485,9 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
             ws::Message::Binary(_) | ws::Message::Continuation(_) if !announced => {
                 self.wrong_announcement(ctx)
             }
+            ws::Message::Text(text) => self.refresh(&text, ctx),
             // Like the notifier, what a client says after its announcement means nothing.
-            ws::Message::Text(_)
-            | ws::Message::Binary(_)
+            ws::Message::Binary(_)
             | ws::Message::Continuation(_)
             | ws::Message::Nop => {}
         }
@@ -376,6 +514,10 @@ impl Handler<Close> for WsSession {
             CloseReason::Dropped => self.close(CloseCode::Normal, "dropped", ctx),
             // Events of the stream were lost in the cluster's Redis: reconnect and replay.
             CloseReason::Reset => self.close(CloseCode::Restart, "stream reset", ctx),
+            CloseReason::Revoked => {
+                self.metrics.revoked.inc();
+                self.close(CloseCode::Other(REVOKED), "revoked", ctx);
+            }
             // Unless the session found the queue full itself first.
             CloseReason::SlowConsumer if !ctx.state().stopping() => self.slow_consumer(ctx),
             CloseReason::SlowConsumer => {}

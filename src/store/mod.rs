@@ -86,6 +86,8 @@ pub enum Table {
     /// Per `country:` stream, the cursor of the last event the WebhookDispatcher turned into
     /// deliveries.
     Checkpoints,
+    /// Revoked subjects and tokens, by `Target::key`.
+    Revocations,
 }
 
 impl Table {
@@ -96,6 +98,7 @@ impl Table {
             Table::Deliveries => "deliveries",
             Table::Attempts => "attempts",
             Table::Checkpoints => "checkpoints",
+            Table::Revocations => "revocations",
         }
     }
 }

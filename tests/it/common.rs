@@ -13,7 +13,7 @@ use herald::{Config, Herald};
 use serde_json::Value;
 
 /// The HS256 secret every test server verifies with.
-pub const SECRET: &str = "test-secret";
+pub const SECRET: &str = "test-secret-test-secret-test-secret";
 /// The publisher key every test server accepts.
 pub const PUBLISHER_KEY: &str = "test-publisher-key";
 /// How long any single wait in a test may take before the test fails.

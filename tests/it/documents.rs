@@ -346,7 +346,10 @@ async fn jwks_tokens_verify_by_kid() {
     let dir = env!("CARGO_MANIFEST_DIR");
     let srv = TestServer::start_with(|c| {
         c.keys = herald::config::KeySource::Jwks {
-            path: format!("{dir}/tests/fixtures/jwks.json").into(),
+            source: herald::config::JwksSource::File(
+                format!("{dir}/tests/fixtures/jwks.json").into(),
+            ),
+            refresh: std::time::Duration::from_secs(300),
             secret: None,
         }
     })

@@ -42,7 +42,7 @@ pub(crate) fn subscription(request: &Request, state: &AppState) -> Option<EventS
     match open(state, &subscription) {
         Opened::Stream(opened) => Some(opened),
         // Refusals are answered by actix-web, which keeps the connection alive afterwards.
-        Opened::NotAccepted | Opened::Refused(_) => None,
+        Opened::NotAccepted | Opened::Refused(_) | Opened::AwaitKey => None,
     }
 }
 
