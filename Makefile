@@ -19,7 +19,14 @@ contract:
 cluster:
 	./scripts/cluster
 
+# Debian packages the tests start (Chromium for the demo page, redis-server for the cluster
+# tests), installed when missing so that `make test` is the whole set-up on a fresh machine.
+TEST_PACKAGES = chromium chromium-driver redis-server
+
 test:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null \
+	  && command -v redis-server >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(TEST_PACKAGES))
 	$(CARGO) test --all-targets
 
 lint:

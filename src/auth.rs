@@ -159,11 +159,19 @@ impl Verifier {
     /// and that neither its subject nor its `jti` is revoked.
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
         let claims = self.verify_unrevoked(token)?;
-        if self
-            .revocations
-            .covers(&claims.sub, claims.jti.as_deref())
-        {
+        if self.revocations.covers(&claims.sub, claims.jti.as_deref()) {
             return Err(AuthError::Revoked);
+        }
+        Ok(claims)
+    }
+
+    /// `verify`, for a connection that stays open (a stream, a session, a waiting poll): it
+    /// ends at the token's `exp`, so a token past it is refused even within the leeway that
+    /// one-shot requests get (it would open a connection only to end it at once).
+    pub fn verify_live(&self, token: &str) -> Result<Claims, AuthError> {
+        let claims = self.verify(token)?;
+        if claims.exp <= jsonwebtoken::get_current_timestamp() {
+            return Err(AuthError::Expired);
         }
         Ok(claims)
     }

@@ -257,7 +257,9 @@ pub enum ConfigError {
     NodeName,
     #[error("{flag} is {len} bytes long; an HS256 secret needs at least {MIN_SECRET_BYTES} (RFC 7518 §3.2), e.g. `openssl rand -hex 32`")]
     WeakSecret { flag: &'static str, len: usize },
-    #[error("--publisher-key must not be empty (HERALD_PUBLISHER_KEYS: no empty item between commas)")]
+    #[error(
+        "--publisher-key must not be empty (HERALD_PUBLISHER_KEYS: no empty item between commas)"
+    )]
     EmptyPublisherKey,
     #[error("cannot keep the dev JWT secret in {path}: {source}")]
     DevSecret {

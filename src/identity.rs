@@ -205,9 +205,15 @@ mod tests {
         let long = identity(1_000_000 + 3600);
         for _ in 0..1000 {
             let l = short.lifetime(now);
-            assert!(l <= Duration::from_secs(3) && l >= Duration::from_millis(2700), "{l:?}");
+            assert!(
+                l <= Duration::from_secs(3) && l >= Duration::from_millis(2700),
+                "{l:?}"
+            );
             let l = long.lifetime(now);
-            assert!(l <= Duration::from_secs(3600) && l >= Duration::from_secs(3540), "{l:?}");
+            assert!(
+                l <= Duration::from_secs(3600) && l >= Duration::from_secs(3540),
+                "{l:?}"
+            );
         }
         assert_eq!(identity(999_999).lifetime(now), Duration::ZERO);
     }
@@ -242,7 +248,10 @@ mod tests {
             target: Target::Subject("carol".into()),
             until_ms: now_ms() - 1,
         });
-        assert!(!r.covers("carol", None), "an ended revocation refuses nothing");
+        assert!(
+            !r.covers("carol", None),
+            "an ended revocation refuses nothing"
+        );
         assert_eq!(r.in_force().len(), 2);
         assert!(r.remove(&Target::Subject("bob".into())));
         assert!(!r.covers("bob", None));
@@ -252,10 +261,7 @@ mod tests {
 
     #[test]
     fn targets_round_trip_through_their_keys() {
-        for target in [
-            Target::Subject("a:b".into()),
-            Target::Token("x".into()),
-        ] {
+        for target in [Target::Subject("a:b".into()), Target::Token("x".into())] {
             assert_eq!(Target::from_key(&target.key()), Some(target.clone()));
             assert!(identity(1).matches(&Target::Subject("alice".into())));
             assert!(identity(1).matches(&Target::Token("t1".into())));

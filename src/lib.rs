@@ -122,7 +122,13 @@ pub async fn start(config: Config) -> Result<Herald, StartError> {
     let store = store.map_err(StartError::Store)?;
     if cluster.is_none() {
         let now = identity::now_ms();
-        revocations.replace(saved.revocations.iter().filter(|r| r.in_force(now)).cloned());
+        revocations.replace(
+            saved
+                .revocations
+                .iter()
+                .filter(|r| r.in_force(now))
+                .cloned(),
+        );
     }
     // One Broker shard per HTTP worker; each worker runs one on its own thread (see
     // broker/shards.rs for why).

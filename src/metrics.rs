@@ -227,11 +227,7 @@ impl Metrics {
                 revoked: Counter::default(),
             };
         }
-        let ended = |reason| {
-            self.ended
-                .get_or_create(&EndLabel { face, reason })
-                .clone()
-        };
+        let ended = |reason| self.ended.get_or_create(&EndLabel { face, reason }).clone();
         FaceMetrics {
             connected: self.faces.get_or_create(&label).clone(),
             delivered: self.delivered.get_or_create(&label).clone(),

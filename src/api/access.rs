@@ -176,7 +176,7 @@ impl Authorize for AccessRule {
             None if self.state.config.dev => return Ok(None),
             None => return Err(Refusal::AuthRequired),
         };
-        let claims = self.state.verifier.verify(token).map_err(|e| {
+        let claims = self.state.verifier.verify_live(token).map_err(|e| {
             log::debug!("WebSocket token refused: {e}");
             match e {
                 AuthError::Revoked => Refusal::Revoked,
@@ -196,7 +196,9 @@ impl Authorize for AccessRule {
             return None;
         }
         let state = self.state.clone();
-        Some(Box::pin(async move { state.verifier.await_key(&token).await }))
+        Some(Box::pin(
+            async move { state.verifier.await_key(&token).await },
+        ))
     }
 }
 

@@ -93,7 +93,9 @@ struct SubscribeQuery {
 async fn subscribe(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let headers = req.headers();
     if let Some(token) = subscription_token(
-        headers.get(header::AUTHORIZATION).map(HeaderValue::as_bytes),
+        headers
+            .get(header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes),
         req.query_string(),
     ) {
         // A token of a key the JWKS has just gained (the direct path declines those).
@@ -161,10 +163,12 @@ impl EventStream {
 fn subscription_token(authorization: Option<&[u8]>, query: &str) -> Option<String> {
     match authorization {
         Some(value) => super::bearer(value).map(str::to_string),
-        None => web::Query::<SubscribeQuery>::from_query(query)
-            .ok()?
-            .into_inner()
-            .access_token,
+        None => {
+            web::Query::<SubscribeQuery>::from_query(query)
+                .ok()?
+                .into_inner()
+                .access_token
+        }
     }
 }
 
@@ -187,7 +191,7 @@ pub(crate) fn open(state: &AppState, request: &Subscription) -> Opened {
     let claims = match token {
         None if request.authorization.is_some() => return Opened::Refused("auth_failed"),
         None => return Opened::Refused("auth_required"),
-        Some(token) => match state.verifier.verify(token) {
+        Some(token) => match state.verifier.verify_live(token) {
             Ok(claims) => claims,
             Err(crate::auth::AuthError::Revoked) => return Opened::Refused("revoked"),
             Err(e) => {

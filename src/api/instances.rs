@@ -156,7 +156,7 @@ pub(crate) fn long_poll_spec(
     query: &str,
 ) -> Result<(PollSpec, Permit), InstanceError> {
     let token = credential.ok_or(InstanceError::Auth(AuthError::NotJwt))?;
-    let claims = state.verifier.verify(&token)?;
+    let claims = state.verifier.verify_live(&token)?;
     let instance = parse_instance(instance)?;
     if !permits(&claims, instance, Access::Read) {
         return Err(InstanceError::InsufficientPermissions);
@@ -227,7 +227,12 @@ async fn page(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, InstanceError> {
-    let instance = authorize(&state, ready_credential(&state, &req).await?, &path, Access::Read)?;
+    let instance = authorize(
+        &state,
+        ready_credential(&state, &req).await?,
+        &path,
+        Access::Read,
+    )?;
     let query = PageQuery::parse(req.query_string())?;
     let stream = stream_of(instance);
     let reply = state
@@ -342,7 +347,12 @@ async fn create(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, InstanceError> {
-    let instance = authorize(&state, ready_credential(&state, &req).await?, &path, Access::Write)?;
+    let instance = authorize(
+        &state,
+        ready_credential(&state, &req).await?,
+        &path,
+        Access::Write,
+    )?;
     let body = read_body(payload, state.config.max_body)
         .await
         .map_err(|e| match e {

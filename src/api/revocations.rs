@@ -273,7 +273,9 @@ async fn keep(
         FieldError::Unavailable("the revocation could not be kept; try again".into())
     };
     match (&state.cluster, revocation) {
-        (Some(node), Some(revocation)) => node.revoke(revocation).await.map_err(|e| unavailable(&e)),
+        (Some(node), Some(revocation)) => {
+            node.revoke(revocation).await.map_err(|e| unavailable(&e))
+        }
         (Some(node), None) => node.lift(target).await.map_err(|e| unavailable(&e)),
         (None, revocation) => {
             let record = match revocation {
@@ -316,9 +318,7 @@ fn parse(body: &[u8], now_ms: u64) -> Result<Revocation, FieldError> {
     let target = match (id("sub")?, id("jti")?) {
         (Some(sub), None) => Target::Subject(sub),
         (None, Some(jti)) => Target::Token(jti),
-        (Some(_), Some(_)) => {
-            return Err(FieldError::invalid("jti", "give sub or jti, not both"))
-        }
+        (Some(_), Some(_)) => return Err(FieldError::invalid("jti", "give sub or jti, not both")),
         (None, None) => return Err(FieldError::invalid("sub", "give sub or jti")),
     };
     let ttl = match fields.get("ttl") {

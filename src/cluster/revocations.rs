@@ -6,9 +6,27 @@
 //! The hash is written and the message published in one `MULTI`, so a node that reads the hash
 //! before the change hears the message after it, on the same live channel task.
 
+use std::sync::LazyLock;
+
+use redis::Script;
+
 use crate::identity::{now_ms, Revocation, Target};
 
-use super::{answer, wire, ClusterError, Node};
+use super::{answer, wire, ClusterError, Node, ANSWER_TIMEOUT};
+
+/// Deletes revocations that ended, each only if its end is still the one read. KEYS: the hash.
+/// ARGV: pairs of target key and end.
+static FORGET_ENDED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+for i = 1, #ARGV, 2 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then
+    redis.call('HDEL', KEYS[1], ARGV[i])
+  end
+end
+return 0",
+    )
+});
 
 impl Node {
     /// Records `revocation` for the cluster and tells every node.
@@ -45,18 +63,18 @@ impl Node {
         answer(self, pipe.exec_async(&mut conn)).await
     }
 
-    /// The cluster's revocations in force; those that ended are deleted from Redis.
-    pub async fn revocations(
+    /// The cluster's revocations in force; those that ended are deleted from Redis. Asked
+    /// even while the live channel counts Redis as away (at start, it has not said yet).
+    async fn revocations(
         &self,
         conn: &mut redis::aio::ConnectionManager,
     ) -> Result<Vec<Revocation>, ClusterError> {
-        let all: Vec<(String, u64)> = answer(
-            self,
-            redis::cmd("HGETALL")
-                .arg(wire::REVOCATIONS)
-                .query_async(conn),
-        )
-        .await?;
+        let mut reading = redis::cmd("HGETALL");
+        reading.arg(wire::REVOCATIONS);
+        let all: Vec<(String, u64)> =
+            tokio::time::timeout(ANSWER_TIMEOUT, reading.query_async(conn))
+                .await
+                .map_err(|_| ClusterError::Timeout(ANSWER_TIMEOUT))??;
         let now = now_ms();
         let (in_force, ended): (Vec<_>, Vec<_>) = all
             .into_iter()
@@ -68,16 +86,16 @@ impl Node {
             })
             .partition(|r| r.in_force(now));
         if !ended.is_empty() {
-            let keys: Vec<String> = ended.iter().map(|r| r.target.key()).collect();
-            // Another node may delete them too; and one revoked again meanwhile has a new end.
-            let _ = answer(
-                self,
-                redis::cmd("HDEL")
-                    .arg(wire::REVOCATIONS)
-                    .arg(&keys)
-                    .query_async::<i64>(conn),
-            )
-            .await;
+            // Only those still as read: one revoked again meanwhile has a new end to keep.
+            let mut deleting = FORGET_ENDED.prepare_invoke();
+            deleting.key(wire::REVOCATIONS);
+            for revocation in &ended {
+                deleting
+                    .arg(revocation.target.key())
+                    .arg(revocation.until_ms);
+            }
+            // Another node may delete them too; a failure leaves them for the next read.
+            let _ = tokio::time::timeout(ANSWER_TIMEOUT, deleting.invoke_async::<i64>(conn)).await;
         }
         Ok(in_force)
     }

@@ -109,7 +109,9 @@ pub fn control(payload: &[u8]) -> Option<Control> {
             target: Target::from_key(key)?,
         }));
     }
-    Some(Control::Lift(Target::from_key(text.strip_prefix("lift ")?)?))
+    Some(Control::Lift(Target::from_key(
+        text.strip_prefix("lift ")?,
+    )?))
 }
 
 /// The stream a control message drops.

@@ -21,11 +21,11 @@ use std::time::Duration;
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
+use crate::broker::messages::CloseReason;
 use crate::broker::messages::{
     Close, Deliver, PeekPage, Start, Subscribe, SubscribeBounded, Subscriber, Unsubscribe,
 };
 use crate::broker::Broker;
-use crate::broker::messages::CloseReason;
 use crate::event::{Event, Position, StreamKey};
 use crate::identity::Identity;
 use crate::limits::Permit;

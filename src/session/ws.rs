@@ -381,12 +381,7 @@ impl WsSession {
             return;
         };
         let checked = match self.authorize.check(&stream.id, Some(token)) {
-            Ok(Some(new))
-                if self
-                    .identity
-                    .as_ref()
-                    .is_some_and(|old| old.sub != new.sub) =>
-            {
+            Ok(Some(new)) if self.identity.as_ref().is_some_and(|old| old.sub != new.sub) => {
                 Err(Refusal::OtherSubject)
             }
             Ok(Some(new)) => Ok(new),
@@ -487,9 +482,7 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
             }
             ws::Message::Text(text) => self.refresh(&text, ctx),
             // Like the notifier, what a client says after its announcement means nothing.
-            ws::Message::Binary(_)
-            | ws::Message::Continuation(_)
-            | ws::Message::Nop => {}
+            ws::Message::Binary(_) | ws::Message::Continuation(_) | ws::Message::Nop => {}
         }
     }
 }

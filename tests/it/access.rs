@@ -66,7 +66,7 @@ impl WsClient {
         ws
     }
 
-    async fn send_text(&mut self, text: &str) {
+    pub async fn send_text(&mut self, text: &str) {
         self.framed
             .send(Message::Text(text.into()))
             .await

@@ -10,6 +10,7 @@ use crate::common::source_files;
 const LAYERS: &[(&str, u32)] = &[
     // The event model and primitives every layer shares.
     ("event", 0),
+    ("identity", 0),
     ("queue", 0),
     ("logs", 0),
     ("limits", 0),

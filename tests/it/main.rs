@@ -16,3 +16,4 @@ mod layers;
 mod openapi;
 mod ops;
 mod process;
+mod tokens;

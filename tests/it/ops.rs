@@ -32,12 +32,17 @@ impl Scrape {
     }
 
     pub fn value(&self, name: &str, label: (&str, &str)) -> f64 {
+        self.value_with(name, &[label])
+    }
+
+    /// The value of the sample of `name` with all of `labels`.
+    pub fn value_with(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         let sample = self
             .0
             .samples
             .iter()
-            .find(|s| s.metric == name && s.labels.get(label.0) == Some(label.1))
-            .unwrap_or_else(|| panic!("no sample {name}{{{}={}}}", label.0, label.1));
+            .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .unwrap_or_else(|| panic!("no sample {name}{labels:?}"));
         match sample.value {
             prometheus_parse::Value::Counter(v)
             | prometheus_parse::Value::Gauge(v)

@@ -6,6 +6,7 @@
 
 mod faces;
 mod failures;
+mod revocations;
 mod webhooks;
 
 use std::io::{Read, Write};
