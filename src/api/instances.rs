@@ -53,6 +53,8 @@ const AUTH_ERRORS: &str = "Error Codes:
 - `auth_token_sig_invalid` - Token Signature is invalid
 - `auth_token_invalid_claim` - Token contained invalid claim value: {} (`exp` or `sub` missing or invalid)
 - `auth_token_unknown` - Failed to parse token (signature or claims do not decode)
+- `auth_token_revoked` - Token has been revoked (its subject or `jti`, by `POST /revocations`; \
+also the answer of a waiting long-poll whose token is revoked)
 - `insufficient_permissions` - Insufficient Permissions";
 
 const BAD_ID: &str = "Error Codes:

@@ -17,8 +17,11 @@ use crate::config::KeySource;
 /// The demo page, compiled in so `herald serve` works from any directory.
 const INDEX_HTML: &str = include_str!("../../static/index.html");
 
-/// Lifetime of tokens minted by `/dev/token`.
+/// Lifetime of tokens minted by `/dev/token`, unless its `ttl` says otherwise.
 const DEV_TOKEN_TTL: Duration = Duration::from_secs(3600);
+
+/// Longest `ttl` of `/dev/token`, in seconds: a day.
+const DEV_TOKEN_MAX_TTL: u64 = 24 * 3600;
 
 /// Tag of the operator endpoints in the OpenAPI document.
 const TAG: &str = "Operations";
@@ -173,8 +176,8 @@ fn html_escape(text: &str) -> String {
 
 /// Mint a token (`--dev` only)
 ///
-/// An HS256 JWT signed with the server's secret, valid for one hour, for the demo page. Works
-/// only when the server runs with `--dev`; 404 otherwise.
+/// An HS256 JWT signed with the server's secret, valid for one hour (or `ttl` seconds), for
+/// the demo page. Works only when the server runs with `--dev`; 404 otherwise.
 #[utoipa::path(
     get,
     path = "/dev/token",
@@ -183,11 +186,12 @@ fn html_escape(text: &str) -> String {
     params(
         ("sub" = String, Query, min_length = 1, description = "The token's subject"),
         ("permission" = Option<Vec<String>>, Query, explode, description = "A permission; repeat for several"),
+        ("ttl" = Option<u64>, Query, minimum = 1, maximum = 86400, description = "Seconds until the token expires (default 3600)"),
     ),
     responses(
         (status = 200, description = "The token", body = String, content_type = "text/plain; charset=utf-8"),
         (status = 404, description = "Not running with `--dev`, or only JWKS keys to verify with (no HS256 secret to sign with)", body = DevTokenError),
-        (status = 422, description = "`sub` missing or empty", body = DevTokenError),
+        (status = 422, description = "`sub` missing or empty, or `ttl` not an integer from 1 to 86400", body = DevTokenError),
     )
 )]
 async fn dev_token(req: actix_web::HttpRequest, state: web::Data<AppState>) -> HttpResponse {
@@ -213,6 +217,18 @@ async fn dev_token(req: actix_web::HttpRequest, state: web::Data<AppState>) -> H
         return HttpResponse::UnprocessableEntity()
             .json(serde_json::json!({"error": "missing field", "field": "sub"}));
     };
+    let ttl = match pairs.iter().find(|p| p.0 == "ttl") {
+        None => DEV_TOKEN_TTL,
+        Some((_, ttl)) => match ttl.parse::<u64>() {
+            Ok(secs @ 1..=DEV_TOKEN_MAX_TTL) => Duration::from_secs(secs),
+            _ => {
+                return HttpResponse::UnprocessableEntity().json(serde_json::json!({
+                    "error": format!("must be an integer from 1 to {DEV_TOKEN_MAX_TTL}"),
+                    "field": "ttl",
+                }))
+            }
+        },
+    };
     let permissions: Vec<String> = pairs
         .into_iter()
         .filter(|p| p.0 == "permission")
@@ -220,7 +236,7 @@ async fn dev_token(req: actix_web::HttpRequest, state: web::Data<AppState>) -> H
         .collect();
     HttpResponse::Ok()
         .content_type("text/plain; charset=utf-8")
-        .body(auth::mint(secret, &sub, &permissions, DEV_TOKEN_TTL))
+        .body(auth::mint(secret, &sub, &permissions, ttl))
 }
 
 /// What the operator endpoints' declarations cannot say: the dev sink's `status` is a status

@@ -324,3 +324,67 @@ async fn demo_page_registers_and_shows_signed_webhook_deliveries() {
         .await;
     browser.client.clone().close().await.unwrap();
 }
+
+#[actix_rt::test]
+async fn demo_page_resumes_an_expired_stream_and_refreshes_its_websocket_token() {
+    let srv = TestServer::start_with(|c| c.dev = true).await;
+    let browser = Browser::start().await;
+    browser.client.goto(&srv.url("/")).await.unwrap();
+
+    // SSE with 2 s tokens: the stream ends at expiry and the page resumes under a new token,
+    // after the last event it saw.
+    browser.fill("#sse-sub", "expiring").await;
+    browser.fill("#sse-ttl", "2").await;
+    browser.find("#sse-connect").await.click().await.unwrap();
+    browser
+        .wait_text("#sse-status", |t| t.contains("connected as expiring"))
+        .await;
+    srv.publish_status("expiring", "PENDING").await;
+    browser
+        .wait_text("#sse-events li:first-child", |t| t.starts_with("PENDING"))
+        .await;
+    browser
+        .wait_text("#sse-events", |t| t.contains("token expired; resuming"))
+        .await;
+    srv.publish_status("expiring", "COMPLETED").await;
+    browser
+        .wait_text("#sse-events li:first-child", |t| t.starts_with("COMPLETED"))
+        .await;
+    let log = browser.find("#sse-events").await.text().await.unwrap();
+    assert_eq!(log.matches("PENDING").count(), 1, "nothing twice: {log}");
+
+    // WebSocket with 3 s tokens, refreshed by the page at 80%: the session outlives its first
+    // token and still receives.
+    browser.fill("#ws-access", "refreshing").await;
+    browser.fill("#ws-ts", "0").await;
+    browser.fill("#ws-ttl", "3").await;
+    browser.find("#ws-connect").await.click().await.unwrap();
+    browser
+        .wait_text("#ws-status", |t| t.contains("announced as refreshing"))
+        .await;
+    browser.find("#ws-events li[data-refreshed]").await;
+    wait_for_within(
+        Duration::from_secs(8),
+        "the first token's expiry",
+        || async {
+            // Refreshed at least twice: past the first token's 3 s.
+            let refreshed = browser
+                .client
+                .find_all(Locator::Css("#ws-events li[data-refreshed]"))
+                .await
+                .ok()?;
+            (refreshed.len() >= 2).then_some(())
+        },
+    )
+    .await;
+    let res = client()
+        .post(srv.url("/push_events"))
+        .send_json(&json!([{"accessid": "refreshing", "created_at": 7, "payload": "later"}]))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    browser.find("#ws-events li[data-created-at='7']").await;
+    let status = browser.find("#ws-status").await.text().await.unwrap();
+    assert!(status.contains("announced"), "{status}");
+    browser.client.clone().close().await.unwrap();
+}

@@ -74,6 +74,11 @@ pub const SESSION: &str = "Upgrades to a WebSocket. Every frame below is a text 
    Several sessions may follow one access id; each gets every event.
 3. **Heartbeat**: the server pings every `--ws-ping` (default 30s) and closes a session that
    has not answered for two intervals.
+4. **Token refresh** (client, any time after the announcement): `{\"token\": \"<fresh jwt>\"}`
+   of the same subject, valid for the access id. Answered `{\"refreshed\": {\"exp\": <unix
+   seconds>}}`: the session lives on until the new token expires. A refused refresh is answered
+   `{\"error\": \"refresh_refused\", \"reason\": \"auth_failed|forbidden|revoked|other_subject\"}`
+   and the session keeps its old token. Other frames after the announcement are ignored.
 
 Close codes (with their reason):
 - 1000 `dropped`: `POST /drop_user` named this access id.
@@ -81,10 +86,14 @@ Close codes (with their reason):
 - 1002 `protocol error`: the client broke the WebSocket protocol after announcing.
 - 1009 `message too big`: a frame over 64 KiB.
 - 1008 `Wrong JSON announcement`; `auth_required` (no token), `auth_failed` (a token that does
-  not verify), `forbidden` (a token for another access id without `access:read`);
-  `heartbeat timeout`; `slow consumer` (more than `--subscriber-queue` events behind).
+  not verify or is past its `exp`), `forbidden` (a token for another access id without
+  `access:read`), `revoked` (its subject or `jti` is revoked); `heartbeat timeout`; `slow
+  consumer` (more than `--subscriber-queue` events behind).
 - 1013 `connection limit reached`: `--max-connections` subscribers are connected already;
-  sent right after the upgrade.";
+  sent right after the upgrade.
+- 4001 `token expired`: the session's token expired without a refresh (at a random moment in
+  the last tenth of its life, at most 60 s before `exp`); reconnect with a fresh token.
+- 4003 `revoked`: the session's subject or token was revoked (`POST /revocations`).";
 
 // `SESSION` says 64 KiB.
 const _: () = assert!(MAX_CLIENT_FRAME == 65_536);

@@ -65,10 +65,15 @@ pub const STREAM: &str = "Always 200 (EventSource cannot see status codes). The 
   history first sends `event: gap` / `data: {\"reason\":\"expired|stream_reset|unknown_cursor|malformed_cursor\"}`,
   then continues live. On shutdown the server writes `retry: <ms>` and ends the body; a
   subscriber that falls `--subscriber-queue` events behind is disconnected (reconnect with
-  `Last-Event-ID` to resume).
+  `Last-Event-ID` to resume). A stream ends with `event: error`, `retry: <ms>` and the end of
+  the body when its token expires (`data: {\"error\":\"token_expired\"}`, `retry: 1000`: open a
+  new stream with a fresh token and `lastEventId`; the end is spread over the last tenth of the
+  token's life, at most 60 s before `exp`) or is revoked (`{\"error\":\"revoked\"}`,
+  `retry: 60000`).
 - an embedded error, then the end of the body: `retry: 60000`, `event: error` and
   `data: {\"error\":\"<code>\"}` with code `auth_required` (no token), `auth_failed` (a bad,
-  expired or foreign-key token, or an `Authorization` header that is not `Bearer <token>`) or
+  expired or foreign-key token, or an `Authorization` header that is not `Bearer <token>`),
+  `revoked` (the token's subject or `jti` is revoked, `POST /revocations`) or
   `connection_limit_reached` (`--max-connections` subscribers are connected already).
 - `not_accepted` as `text/plain`, when `Accept` does not admit `text/event-stream`.";
 
