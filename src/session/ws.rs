@@ -20,23 +20,17 @@
 //! frame is encoded once (`frame`, kept by the event) and shared by every session that sends it alone.
 
 use std::convert::Infallible;
-use std::io;
-use std::mem::MaybeUninit;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use actix::prelude::*;
-use actix_codec::{Decoder, Encoder};
-use actix_http::ws::{Codec, Frame};
+use actix_codec::Encoder;
+use actix_http::ws::Codec;
 use actix_web_actors::ws::{self, CloseCode};
 use bytes::{Bytes, BytesMut};
-use bytestring::ByteString;
 use futures_util::future::LocalBoxFuture;
 use futures_util::Stream;
 use serde::Deserialize;
-use tokio::io::{AsyncRead, ReadBuf};
 
 use crate::broker::messages::{
     Close, CloseReason, Deliver, Fallback, Reidentify, Start, Subscribe, Subscriber, Unsubscribe,
@@ -48,6 +42,10 @@ use crate::identity::Identity;
 use crate::limits::Permit;
 use crate::metrics::FaceMetrics;
 use crate::queue::{self, TrySendError};
+use client::ClientFrames;
+pub use client::{ClientBytes, SocketBytes};
+
+mod client;
 
 /// Longest access id accepted, in characters, so stream names stay small (as for client ids).
 pub const MAX_ACCESS_ID: usize = 256;
@@ -518,105 +516,6 @@ impl Handler<Close> for WsSession {
     }
 }
 
-/// The client's bytes as they arrive: the upgraded request's body under actix-web, the socket
-/// on the direct path (`SocketBytes`).
-pub type ClientBytes = Pin<Box<dyn Stream<Item = io::Result<Bytes>>>>;
-
-/// The client's frames decoded from its bytes, as actix-web-actors decodes them for its own
-/// contexts (which cannot be used here: they run only while the response body is polled).
-struct ClientFrames {
-    payload: ClientBytes,
-    codec: Codec,
-    /// Bytes not yet decoded; empty (and unallocated) between frames.
-    buf: BytesMut,
-    /// The payload has ended; what is buffered may still hold frames.
-    ended: bool,
-}
-
-impl ClientFrames {
-    fn new(buf: BytesMut, payload: ClientBytes) -> Self {
-        Self {
-            payload,
-            codec: Codec::new().max_size(MAX_CLIENT_FRAME),
-            buf,
-            ended: false,
-        }
-    }
-}
-
-impl Stream for ClientFrames {
-    type Item = Result<ws::Message, ws::ProtocolError>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
-        let this = &mut *self;
-        while !this.ended {
-            match this.payload.as_mut().poll_next(cx) {
-                Poll::Ready(Some(Ok(chunk))) => this.buf.extend_from_slice(&chunk),
-                Poll::Ready(Some(Err(e))) => {
-                    this.ended = true;
-                    return Poll::Ready(Some(Err(ws::ProtocolError::Io(e))));
-                }
-                Poll::Ready(None) => this.ended = true,
-                Poll::Pending => break,
-            }
-        }
-        let frame = match this.codec.decode(&mut this.buf) {
-            Ok(Some(frame)) => {
-                if this.buf.is_empty() {
-                    // A connection between frames (most of its life) keeps no buffer.
-                    this.buf = BytesMut::new();
-                }
-                frame
-            }
-            Ok(None) if this.ended => return Poll::Ready(None),
-            Ok(None) => return Poll::Pending,
-            Err(e) => {
-                // Nothing after a broken frame can be trusted.
-                this.ended = true;
-                this.buf.clear();
-                return Poll::Ready(Some(Err(e)));
-            }
-        };
-        let msg = match frame {
-            Frame::Text(data) => match ByteString::try_from(data) {
-                Ok(text) => ws::Message::Text(text),
-                Err(e) => {
-                    let e = io::Error::new(io::ErrorKind::InvalidData, e);
-                    return Poll::Ready(Some(Err(ws::ProtocolError::Io(e))));
-                }
-            },
-            Frame::Binary(data) => ws::Message::Binary(data),
-            Frame::Ping(data) => ws::Message::Ping(data),
-            Frame::Pong(data) => ws::Message::Pong(data),
-            Frame::Close(reason) => ws::Message::Close(reason),
-            Frame::Continuation(item) => ws::Message::Continuation(item),
-        };
-        Poll::Ready(Some(Ok(msg)))
-    }
-}
-
-/// Bytes read from a socket as they arrive: the client's side of a WebSocket on the direct
-/// path, where no actix-http dispatcher reads the connection. Reads go through a buffer on the
-/// stack, so an idle connection keeps none.
-pub struct SocketBytes<R>(pub R);
-
-impl<R: AsyncRead + Unpin> Stream for SocketBytes<R> {
-    type Item = io::Result<Bytes>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
-        // Clients send little: an announcement, pongs, a close. Not zeroed first: the session
-        // polls this on every wake-up, a delivery's included.
-        let mut chunk = [MaybeUninit::uninit(); 2048];
-        let mut read = ReadBuf::uninit(&mut chunk);
-        match Pin::new(&mut self.0).poll_read(cx, &mut read) {
-            Poll::Ready(Ok(())) if read.filled().is_empty() => Poll::Ready(None),
-            Poll::Ready(Ok(())) => Poll::Ready(Some(Ok(Bytes::copy_from_slice(read.filled())))),
-            Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
 /// An event's text frame alone, the JSON array `[<data>]`, encoded once per event and shared
 /// by every session that sends it alone.
 pub fn frame(event: &Event) -> Bytes {
@@ -689,6 +588,8 @@ mod tests {
 
     use super::*;
     use crate::event::Position;
+    use actix_codec::Decoder;
+    use actix_http::ws::Frame;
 
     fn event(seq: u64, payload: &str) -> Arc<Event> {
         let json = format!(r#"{{"accessid":"a","created_at":{seq},"payload":"{payload}"}}"#);
