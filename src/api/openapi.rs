@@ -30,6 +30,7 @@ pub fn document() -> serde_json::Value {
     access::schema::refine(&mut doc);
     super::dashboard::schema::refine(&mut doc);
     ops::refine(&mut doc);
+    super::revocations::refine(&mut doc);
     doc
 }
 

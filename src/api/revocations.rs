@@ -126,6 +126,32 @@ struct RevocationError {
     field: Option<String>,
 }
 
+/// What the derive cannot say: a revocation names `sub` or `jti`, exactly one, and nothing else.
+pub fn refine(doc: &mut Value) {
+    let input = super::openapi::part(doc, "/components/schemas/RevocationInput");
+    let mut properties = input["properties"].clone();
+    // Optional in the struct, but never null on the wire.
+    for (name, kind) in [("sub", "string"), ("jti", "string"), ("ttl", "integer")] {
+        properties[name]["type"] = kind.into();
+    }
+    let one = |name: &str| {
+        serde_json::json!({
+            "type": "object",
+            "required": [name],
+            "properties": {
+                name: properties[name].clone(),
+                "ttl": properties["ttl"].clone(),
+            },
+            "additionalProperties": false,
+        })
+    };
+    *input = serde_json::json!({
+        "description": "A revocation to make: `sub` (every token of a subject) or `jti` (one \
+token), exactly one, and optionally `ttl`.",
+        "oneOf": [one("sub"), one("jti")],
+    });
+}
+
 /// Publisher credentials, or a token with `admin`.
 fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), FieldError> {
     let header = authorization(req);
