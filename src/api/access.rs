@@ -170,7 +170,7 @@ fn require_publisher(req: &HttpRequest, state: &AppState) -> Result<(), FieldErr
 }
 
 async fn read_json_body(payload: web::Payload, state: &AppState) -> Result<web::Bytes, FieldError> {
-    Ok(read_body(payload, state.config.max_body).await?)
+    Ok(read_body(payload, state.config.max_body, state.config.body_timeout).await?)
 }
 
 /// Push access events

@@ -284,7 +284,7 @@ async fn publish(
 ) -> Result<HttpResponse, FieldError> {
     let client_id = path.into_inner();
     admit(&state, super::authorization(&req), &client_id)?;
-    let body = read_body(payload, state.config.max_body).await?;
+    let body = read_body(payload, state.config.max_body, state.config.body_timeout).await?;
     let published = append(&state, client_id, &body).await?;
     Ok(published.answer().into())
 }

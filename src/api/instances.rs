@@ -326,11 +326,12 @@ async fn create(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, InstanceError> {
     let instance = authorize(&state, credential(&req)?, &path, Access::Write)?;
-    let body = read_body(payload, state.config.max_body)
+    let body = read_body(payload, state.config.max_body, state.config.body_timeout)
         .await
         .map_err(|e| match e {
             BodyError::TooLarge(limit) => InstanceError::TooLarge(limit),
             BodyError::Read(e) => InstanceError::BadBody(e.to_string()),
+            BodyError::TimedOut(after) => InstanceError::TimedOut(after),
         })?;
     let data = body::parse_create(&body)?;
     let stream = stream_of(instance);

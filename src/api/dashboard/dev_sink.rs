@@ -85,12 +85,13 @@ async fn receive(
     if !state.config.dev {
         return not_dev();
     }
-    let body = match crate::api::read_body(payload, MAX_BODY).await {
+    let body = match crate::api::read_body(payload, MAX_BODY, state.config.body_timeout).await {
         Ok(body) => body,
         Err(e) => {
             let status = match e {
                 crate::api::BodyError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
                 crate::api::BodyError::Read(_) => StatusCode::BAD_REQUEST,
+                crate::api::BodyError::TimedOut(_) => StatusCode::REQUEST_TIMEOUT,
             };
             return crate::api::json_error(status, &serde_json::json!({"error": e.to_string()}));
         }
