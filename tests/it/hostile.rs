@@ -377,3 +377,54 @@ async fn a_websocket_upgrade_with_two_keys_or_over_http_1_0_is_400() {
         assert!(a.0.contains(" 400 "), "{request}: {a:?}");
     }
 }
+
+#[actix_rt::test]
+async fn the_access_log_escapes_what_clients_send_and_redacts_every_spelling_of_access_token() {
+    let srv = crate::process::serve(&["--dev", "--memory"]);
+    let forged = "a\\\" 200 0 \"-\" \"forged\u{e9}";
+    let send = |request: String| {
+        let addr = srv.addr.clone();
+        async move {
+            let mut io = actix_rt::net::TcpStream::connect(addr)
+                .await
+                .expect("connects");
+            io.write_all(request.as_bytes()).await.expect("sends");
+            let mut raw = Raw::over(io);
+            raw.response().await
+        }
+    };
+    // A publish opening its connection (the direct path's line) and a request actix-web serves.
+    let body = status_body("PENDING");
+    let (status, _, _) = send(format!(
+        "POST /events/client/jo HTTP/1.1\r\nHost: herald\r\nUser-Agent: {forged}\r\n\
+         Referer: x\\y\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    ))
+    .await;
+    assert_eq!(status, "http/1.1 202 accepted");
+    let query = "access%5Ftoken=SECRET1;%61ccess_token=SECRET2&Access_Token=SECRET3";
+    let (status, _, _) = send(format!(
+        "GET /health?{query} HTTP/1.1\r\nHost: herald\r\nUser-Agent: {forged}\r\n\r\n"
+    ))
+    .await;
+    assert_eq!(status, "http/1.1 200 ok");
+
+    let escaped = r#""a\\\" 200 0 \"-\" \"forged\xC3\xA9" "#;
+    let logger = "actix_web::middleware::logger] 127.0.0.1";
+    let expected = [
+        format!(r#"{logger} "POST /events/client/jo HTTP/1.1" 202 28 "x\\y" {escaped}"#),
+        format!(
+            r#"{logger} "GET /health?access%5Ftoken=[redacted];%61ccess_token=[redacted]&Access_Token=[redacted] HTTP/1.1" 200 15 "-" {escaped}"#
+        ),
+    ];
+    wait_for("the access log lines", || async {
+        let log = srv.log.lock().unwrap();
+        expected
+            .iter()
+            .all(|line| log.iter().any(|l| l.contains(line)))
+            .then_some(())
+    })
+    .await;
+    let log = srv.log.lock().unwrap();
+    assert!(!log.iter().any(|l| l.contains("SECRET")), "{log:#?}");
+}

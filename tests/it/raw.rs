@@ -18,7 +18,11 @@ pub struct Raw {
 
 impl Raw {
     pub async fn connect(srv: &TestServer) -> Self {
-        let io = TcpStream::connect(srv.addr).await.expect("connects");
+        Self::over(TcpStream::connect(srv.addr).await.expect("connects"))
+    }
+
+    /// A client on a connection already made.
+    pub fn over(io: TcpStream) -> Self {
         Self {
             io,
             unread: Vec::new(),
