@@ -223,10 +223,9 @@ mod tests {
                 format!("GET /events/client?{expected} HTTP/1.1"),
                 "{query}"
             );
-            assert!(
-                !logged.contains("=t ") && !logged.contains("=t&"),
-                "{logged}"
-            );
+            if expected.contains("[redacted]") {
+                assert!(!logged.contains("=t"), "{logged}");
+            }
         }
     }
 
