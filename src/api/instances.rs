@@ -314,6 +314,8 @@ async fn get_notification(
         (status = 403, description = AUTH_ERRORS, body = ErrorBody),
         (status = 413, description = "Error Codes:
 - `request_too_large` - the body is larger than `--max-body`", body = ErrorBody),
+        (status = 408, description = "Error Codes:
+- `request_timeout` - no byte of the body came for `--body-timeout`; the connection closes", body = ErrorBody),
         (status = 422, description = "Validation Error", body = ValidationErrors),
         (status = 503, description = UNAVAILABLE, body = ErrorBody),
     ),

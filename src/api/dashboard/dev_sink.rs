@@ -73,6 +73,7 @@ fn not_dev() -> HttpResponse {
         (status = 200, description = "Recorded (the default answer)"),
         (status = 404, description = NOT_DEV, body = super::schema::DashboardErrorBody),
         (status = 413, description = "The body is larger than 64 KiB", body = super::schema::DashboardErrorBody),
+        (status = 408, description = "No byte of the body came for `--body-timeout`", body = super::schema::DashboardErrorBody),
         (status = 422, description = "`status` is not a status code", body = super::schema::DashboardErrorBody),
         (status = "default", description = "Recorded; answered with the `status` asked for"),
     )
