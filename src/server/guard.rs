@@ -491,3 +491,47 @@ impl<R: Routes> AsyncWrite for Guard<R> {
         Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed<'b>(
+        text: &'b [u8],
+        headers: &'b mut [httparse::Header<'b>],
+    ) -> httparse::Request<'b, 'b> {
+        let mut head = httparse::Request::new(headers);
+        assert!(head.parse(text).unwrap().is_complete());
+        head
+    }
+
+    #[test]
+    fn an_upgrade_no_route_switches_is_stripped_of_it() {
+        let mut headers = [httparse::EMPTY_HEADER; 8];
+        let text = b"GET /health HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n\
+                     Connection: keep-alive, Upgrade\r\nContent-Length: 0\r\n\r\n";
+        let head = parsed(text, &mut headers);
+        assert_eq!(
+            &without_upgrade(&head)[..],
+            b"GET /health HTTP/1.1\r\nHost: h\r\nconnection: keep-alive\r\n\
+              Content-Length: 0\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn a_refused_request_stands_in_with_its_method_path_and_version() {
+        let mut headers = [httparse::EMPTY_HEADER; 8];
+        let head = parsed(b"POST /events/client/a|b?x HTTP/1.0\r\n\r\n", &mut headers);
+        assert_eq!(
+            &stand_in(&head, Refusal::Target)[..],
+            b"POST /events/client/a HTTP/1.0\r\nhost: refused\r\n\
+              x-herald-refused: target\r\nconnection: close\r\n\r\n"
+        );
+        let head = httparse::Request::new(&mut []);
+        assert_eq!(
+            &stand_in(&head, Refusal::Malformed)[..],
+            b"GET / HTTP/1.1\r\nhost: refused\r\nx-herald-refused: malformed\r\n\
+              connection: close\r\n\r\n"
+        );
+    }
+}

@@ -184,6 +184,26 @@ async fn an_upgrade_that_is_not_switched_is_framed_by_its_content_length() {
 }
 
 #[actix_rt::test]
+async fn chunked_bodies_are_framed_to_their_end_with_requests_pipelined_behind() {
+    let srv = start().await;
+    let body = status_body("PENDING");
+    let (first, rest) = body.split_at(10);
+    // Two chunks (one with an extension), then a trailer, then a plain publish.
+    let chunked = format!(
+        "POST /events/client/ivy HTTP/1.1\r\nHost: herald\r\n{}Transfer-Encoding: chunked\r\n\r\n\
+         {:x}\r\n{first}\r\n{:x};name=value\r\n{rest}\r\n0\r\nX-Trailer: t\r\n\r\n",
+        publisher(),
+        first.len(),
+        rest.len()
+    );
+    let request = format!("{chunked}{}", publish("ivy", &publisher(), &body));
+    for mut raw in both(&srv, request.as_bytes()).await {
+        raw.accepted().await;
+        raw.accepted().await;
+    }
+}
+
+#[actix_rt::test]
 async fn connection_close_ends_the_connection_even_with_requests_pipelined_behind() {
     let srv = start().await;
     let body = status_body("PENDING");
