@@ -64,7 +64,7 @@ impl Claims {
     }
 }
 
-/// Why a token was refused. The codes are the RallyHere ones that API.md adopts.
+/// Why a token was refused. The codes are the RallyHere ones the instance face imitates.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
     #[error("Invalid Authorization")]

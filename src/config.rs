@@ -90,6 +90,12 @@ pub struct ServeArgs {
     #[arg(long, env = "HERALD_MAX_BODY", default_value_t = 1024 * 1024)]
     pub max_body: usize,
 
+    /// How long a request body may go without a byte arriving before the request is answered
+    /// 408 and its connection closed (nginx's `client_body_timeout`), so a stalled upload
+    /// holds no memory or connection for ever.
+    #[arg(long, env = "HERALD_BODY_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub body_timeout: Duration,
+
     /// How long a graceful shutdown may take before connections are cut.
     #[arg(long, env = "HERALD_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
@@ -224,6 +230,7 @@ pub struct Config {
     pub workers: usize,
     pub max_listeners_per_instance: usize,
     pub max_body: usize,
+    pub body_timeout: Duration,
     pub shutdown_timeout: Duration,
     /// Resolved `--drain-delay`.
     pub drain_delay: Duration,
@@ -249,6 +256,8 @@ pub enum ConfigError {
     SubscriberQueue,
     #[error("--webhook-retry-schedule: {0}")]
     RetrySchedule(crate::webhook::retry::ScheduleError),
+    #[error("--body-timeout must be longer than zero")]
+    BodyTimeout,
     #[error("--ws-ping must be longer than zero")]
     WsPing,
     #[error("--max-listeners-per-instance must be at least 1")]
@@ -280,6 +289,9 @@ impl ServeArgs {
         let webhook_retry_schedule =
             crate::webhook::retry::parse_schedule(&self.webhook_retry_schedule)
                 .map_err(ConfigError::RetrySchedule)?;
+        if self.body_timeout.is_zero() {
+            return Err(ConfigError::BodyTimeout);
+        }
         if self.ws_ping.is_zero() {
             return Err(ConfigError::WsPing);
         }
@@ -336,6 +348,7 @@ impl ServeArgs {
             workers: self.workers.map_or_else(default_workers, usize::from),
             max_listeners_per_instance: self.max_listeners_per_instance,
             max_body: self.max_body,
+            body_timeout: self.body_timeout,
             shutdown_timeout: self.shutdown_timeout,
             drain_delay: self.drain_delay.unwrap_or(if self.dev {
                 Duration::ZERO
@@ -409,6 +422,7 @@ impl Config {
             workers: default_workers(),
             max_listeners_per_instance: 4,
             max_body: 1024 * 1024,
+            body_timeout: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(30),
             drain_delay: Duration::ZERO,
             webhook_timeout: Duration::from_secs(10),

@@ -7,7 +7,7 @@
 //! new connection: `HttpServer` hands every connection to actix-http and offers no hook before.
 
 pub mod direct;
-mod replay;
+mod guard;
 
 use std::io;
 use std::net::TcpListener;
@@ -18,10 +18,13 @@ use actix_http::{HttpService, Protocol};
 use actix_service::{fn_factory, fn_service, map_config, IntoServiceFactory, Service as _};
 use actix_service::{ServiceFactory as _, ServiceFactoryExt as _};
 use actix_web::dev::{AppConfig, Server};
+use actix_web::http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use actix_web::rt::net::TcpStream;
 use actix_web::{web, App};
+use futures_util::future::Either;
 
 use crate::http::access_log;
+use crate::http::guard::{Refusal, REFUSED};
 use crate::limits::Requests;
 
 /// What the server serves, as the app hands it over (`api::site::Site`).
@@ -37,12 +40,15 @@ pub trait Site: Clone + Send + 'static {
 
     /// Requests under way, which the drain waits for.
     fn requests(&self) -> &Requests;
+
+    /// The answer to a request refused before any route saw it; `path` tells its face.
+    fn refusal(&self, path: &str, refusal: Refusal) -> actix_web::HttpResponse;
 }
 
 /// Starts the workers. Must run inside an actix system.
-pub fn run(
+pub fn run<S: Site>(
     listener: TcpListener,
-    site: impl Site,
+    site: S,
     workers: usize,
     shutdown_timeout: Duration,
 ) -> io::Result<Server> {
@@ -60,8 +66,37 @@ pub fn run(
         .listen("herald", listener, move || {
             // Called once on each worker's thread as it starts.
             let routes = Rc::new(site.start_worker());
-            let (counted, site) = (site.clone(), site.clone());
+            let (counted, refusing, site) = (site.clone(), site.clone(), site.clone());
             let app = App::new()
+                // Answers the stand-ins of refused requests (`guard`), and counts each answer
+                // of the connection, so that its next request is released.
+                .wrap_fn(move |req, srv| {
+                    let answered = req.conn_data::<Rc<guard::Answered>>().cloned();
+                    let refused = req.headers().get(REFUSED);
+                    let has_body = req.headers().contains_key(CONTENT_LENGTH)
+                        || req.headers().contains_key(TRANSFER_ENCODING);
+                    let answer = match refused.and_then(|r| Refusal::from_token(r.as_bytes())) {
+                        Some(refusal) => {
+                            let res = refusing.refusal(req.path(), refusal);
+                            Either::Left(std::future::ready(Ok(req.into_response(res))))
+                        }
+                        None => Either::Right(srv.call(req)),
+                    };
+                    async move {
+                        if has_body {
+                            // actix-http calls the route as soon as it has decoded the head,
+                            // before the body that came with it, and closes the connection
+                            // after an answer given then (a refusal that reads no body). One
+                            // turn lets it decode what has come of the body first.
+                            tokio::task::yield_now().await;
+                        }
+                        let answer = answer.await;
+                        if let Some(answered) = answered {
+                            answered.one();
+                        }
+                        answer
+                    }
+                })
                 // Counts every request until its answer's head is ready (a stream's body is
                 // not waited for): the drain lets them finish before the workers stop.
                 .wrap_fn(move |req, srv| {
@@ -89,6 +124,9 @@ pub fn run(
                 // connection open.
                 .h1_allow_half_closed(false)
                 .local_addr(addr)
+                .on_connect_ext(|io: &guard::Guard<S::Direct>, data| {
+                    data.insert(io.answered());
+                })
                 // Idle keep-alive connections close when a graceful shutdown starts.
                 .graceful_shutdown_signal(move || {
                     let signal = signal.clone();
@@ -113,7 +151,9 @@ pub fn run(
                             let _ = io.set_nodelay(true);
                             let io = match direct::serve(io, &*routes, &shutting_down).await {
                                 direct::Outcome::Served => return Ok(()),
-                                direct::Outcome::Declined(io) => io,
+                                direct::Outcome::Declined(read, io) => {
+                                    guard::Guard::new(read, io, routes)
+                                }
                             };
                             let peer = io.get_ref().peer_addr().ok();
                             // Boxed: the dispatcher is large, and an SSE connection's task

@@ -208,7 +208,7 @@ fn require_publisher(req: &HttpRequest, state: &AppState) -> Result<(), FieldErr
 }
 
 async fn read_json_body(payload: web::Payload, state: &AppState) -> Result<web::Bytes, FieldError> {
-    Ok(read_body(payload, state.config.max_body).await?)
+    Ok(read_body(payload, state.config.max_body, state.config.body_timeout).await?)
 }
 
 /// Push access events
@@ -227,6 +227,7 @@ async fn read_json_body(payload: web::Payload, state: &AppState) -> Result<web::
         (status = 400, description = "The body could not be read", body = AccessErrorBody),
         (status = 401, description = UNAUTHORIZED, body = AccessErrorBody),
         (status = 413, description = "The body is larger than `--max-body`", body = AccessErrorBody),
+        (status = 408, description = "No byte of the body came for `--body-timeout`; the connection closes", body = AccessErrorBody),
         (status = 422, description = "Not a JSON array of events; `field` names the element and field, e.g. `[2].created_at`", body = AccessErrorBody),
         (status = 503, description = "The broker or the store cannot take the events now", body = AccessErrorBody),
     ),
@@ -328,6 +329,7 @@ fn parse_events(body: &[u8]) -> Result<Vec<(String, Box<RawValue>)>, FieldError>
         (status = 400, description = "The body could not be read", body = AccessErrorBody),
         (status = 401, description = UNAUTHORIZED, body = AccessErrorBody),
         (status = 413, description = "The body is larger than `--max-body`", body = AccessErrorBody),
+        (status = 408, description = "No byte of the body came for `--body-timeout`; the connection closes", body = AccessErrorBody),
         (status = 422, description = "Not JSON, or `drop_access_id` missing, not a string, or not 1 to 256 characters", body = AccessErrorBody),
         (status = 503, description = "The broker cannot be reached now", body = AccessErrorBody),
     ),

@@ -303,6 +303,7 @@ impl Published {
         (status = 400, description = "The body could not be read", body = DocumentsErrorBody),
         (status = 401, description = "No publisher credential, or a refused one (`WWW-Authenticate: Bearer`)", body = DocumentsErrorBody),
         (status = 413, description = "The body is larger than `--max-body`", body = DocumentsErrorBody),
+        (status = 408, description = "No byte of the body came for `--body-timeout`; the connection closes", body = DocumentsErrorBody),
         (status = 422, description = "Not JSON, an empty array, or an invalid element; `field` names the culprit", body = DocumentsErrorBody),
         (status = 503, description = "The broker or the store cannot take the events now", body = DocumentsErrorBody),
     ),
@@ -316,7 +317,7 @@ async fn publish(
 ) -> Result<HttpResponse, FieldError> {
     let client_id = path.into_inner();
     admit(&state, super::authorization(&req), &client_id)?;
-    let body = read_body(payload, state.config.max_body).await?;
+    let body = read_body(payload, state.config.max_body, state.config.body_timeout).await?;
     let published = append(&state, client_id, &body).await?;
     Ok(published.answer().into())
 }

@@ -68,6 +68,7 @@ impl ResponseError for FieldError {
             Self::CredentialRequired | Self::CredentialRefused => StatusCode::UNAUTHORIZED,
             Self::Body(BodyError::TooLarge(_)) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Body(BodyError::Read(_)) => StatusCode::BAD_REQUEST,
+            Self::Body(BodyError::TimedOut(_)) => StatusCode::REQUEST_TIMEOUT,
             Self::Invalid { .. } | Self::Missing(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,

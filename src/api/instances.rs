@@ -338,6 +338,8 @@ async fn get_notification(
         (status = 403, description = AUTH_ERRORS, body = ErrorBody),
         (status = 413, description = "Error Codes:
 - `request_too_large` - the body is larger than `--max-body`", body = ErrorBody),
+        (status = 408, description = "Error Codes:
+- `request_timeout` - no byte of the body came for `--body-timeout`; the connection closes", body = ErrorBody),
         (status = 422, description = "Validation Error", body = ValidationErrors),
         (status = 503, description = UNAVAILABLE, body = ErrorBody),
     ),
@@ -355,11 +357,12 @@ async fn create(
         &path,
         Access::Write,
     )?;
-    let body = read_body(payload, state.config.max_body)
+    let body = read_body(payload, state.config.max_body, state.config.body_timeout)
         .await
         .map_err(|e| match e {
             BodyError::TooLarge(limit) => InstanceError::TooLarge(limit),
             BodyError::Read(e) => InstanceError::BadBody(e.to_string()),
+            BodyError::TimedOut(after) => InstanceError::TimedOut(after),
         })?;
     let data = body::parse_create(&body)?;
     let stream = stream_of(instance);

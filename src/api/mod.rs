@@ -83,6 +83,41 @@ pub(crate) fn method_not_allowed(path: &str, allow: &str) -> actix_web::HttpResp
     res
 }
 
+/// The answer to a request refused before any route saw it (`http::guard`), in the shape of
+/// the face `path` belongs to, and closing the connection unless the refusal leaves it usable.
+pub(crate) fn refusal(
+    path: &str,
+    refusal: crate::http::guard::Refusal,
+    max_body: usize,
+) -> actix_web::HttpResponse {
+    use crate::http::guard::Refusal;
+    let status = refusal.status();
+    let desc = refusal.message(max_body);
+    let mut res = match refusal {
+        // actix-http's own answers, which its handler gave before.
+        Refusal::Handshake(e) => actix_http::Response::from(e).into(),
+        _ if path.starts_with("/notification/") => {
+            let error_code = match refusal {
+                Refusal::TooLarge => instances::error::InstanceError::TooLarge(max_body).code(),
+                Refusal::HeadTooLarge => "request_header_fields_too_large",
+                _ => "bad_request",
+            };
+            let body = instances::error::ErrorBody {
+                auth_success: refusal != Refusal::Authorization,
+                error_code: error_code.into(),
+                desc,
+            };
+            json_error(status, &body)
+        }
+        _ => json_error(status, &serde_json::json!({ "error": desc })),
+    };
+    if refusal.closes() {
+        res.head_mut()
+            .set_connection_type(actix_web::http::ConnectionType::Close);
+    }
+    res
+}
+
 /// Registers every face's routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     let mut routes = openapi::Routes::serving(cfg);
@@ -158,12 +193,23 @@ pub enum BodyError {
     TooLarge(usize),
     #[error("request body could not be read: {0}")]
     Read(#[from] actix_web::error::PayloadError),
+    #[error("no byte of the request body came for {}", humantime::format_duration(*.0))]
+    TimedOut(std::time::Duration),
 }
 
-/// Reads a body of at most `limit` bytes, refusing larger ones before buffering them.
-pub async fn read_body(mut payload: web::Payload, limit: usize) -> Result<web::Bytes, BodyError> {
+/// Reads a body of at most `limit` bytes, refusing larger ones before buffering them, and one
+/// that goes `timeout` without a byte (`--body-timeout`).
+pub async fn read_body(
+    mut payload: web::Payload,
+    limit: usize,
+    timeout: std::time::Duration,
+) -> Result<web::Bytes, BodyError> {
     let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
+    loop {
+        let next = tokio::time::timeout(timeout, payload.next());
+        let Some(chunk) = next.await.map_err(|_| BodyError::TimedOut(timeout))? else {
+            break;
+        };
         let chunk = chunk?;
         if body.len() + chunk.len() > limit {
             return Err(BodyError::TooLarge(limit));
@@ -180,6 +226,11 @@ pub fn json_error(
     body: &impl serde::Serialize,
 ) -> actix_web::HttpResponse {
     let mut res = actix_web::HttpResponse::build(status).json(body);
+    // The rest of the body is not read: the connection cannot go on.
+    if matches!(status.as_u16(), 408 | 413) {
+        res.head_mut()
+            .set_connection_type(actix_web::http::ConnectionType::Close);
+    }
     if status == actix_web::http::StatusCode::UNAUTHORIZED {
         res.headers_mut().insert(
             actix_web::http::header::WWW_AUTHENTICATE,

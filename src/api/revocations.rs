@@ -147,7 +147,7 @@ pub fn refine(doc: &mut Value) {
     };
     *input = serde_json::json!({
         "description": "A revocation to make: `sub` (every token of a subject) or `jti` (one \
-token), exactly one, and optionally `ttl`.",
+    token), exactly one, and optionally `ttl`.",
         "oneOf": [one("sub"), one("jti")],
     });
 }
@@ -188,6 +188,7 @@ fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), FieldError> {
             example = json!({"sub": "alice", "until": "2026-12-05T10:00:00.000Z", "closed": 2})),
         (status = 400, description = "The body could not be read", body = RevocationError),
         (status = 401, description = UNAUTHORIZED, body = RevocationError),
+        (status = 408, description = "No byte of the body came for `--body-timeout`; the connection closes", body = RevocationError),
         (status = 413, description = "The body is larger than `--max-body`", body = RevocationError),
         (status = 422, description = "Not JSON, not exactly one of `sub` and `jti`, or a bad `ttl`; `field` names the culprit", body = RevocationError),
         (status = 503, description = "The revocation could not be kept (store or Redis)", body = RevocationError),
@@ -200,7 +201,7 @@ async fn revoke(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, FieldError> {
     authorize(&req, &state)?;
-    let body = read_body(payload, state.config.max_body).await?;
+    let body = read_body(payload, state.config.max_body, state.config.body_timeout).await?;
     let revocation = parse(&body, now_ms())?;
     keep(&state, Some(&revocation), &revocation.target).await?;
     state.verifier.revocations().insert(&revocation);

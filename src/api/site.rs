@@ -12,6 +12,7 @@ use futures_util::future::Either;
 use super::{access, documents, instances, AppState};
 use crate::broker::shards::Shards;
 use crate::http::access_log::Entry;
+use crate::http::guard::Refusal;
 use crate::http::{Answer, Request};
 use crate::limits::Requests;
 use crate::server;
@@ -40,6 +41,10 @@ impl server::Site for Site {
     fn requests(&self) -> &Requests {
         &self.state.requests
     }
+
+    fn refusal(&self, path: &str, refusal: Refusal) -> actix_web::HttpResponse {
+        super::refusal(path, refusal, self.state.config.max_body)
+    }
 }
 
 /// The direct path's routes, each decided by its face's `direct` module.
@@ -58,6 +63,10 @@ impl server::direct::Routes for Direct {
 
     fn max_body(&self) -> usize {
         self.0.config.max_body
+    }
+
+    fn switches(&self, request: &Request) -> Result<bool, Refusal> {
+        access::direct::switches(request)
     }
 
     fn requests(&self) -> &Requests {

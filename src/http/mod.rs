@@ -1,11 +1,12 @@
 //! The wire types below both the server and the faces: a request as the direct path parses it
 //! (`request`), the answer both paths write from one description (`answer`), the `Date` header
-//! (`date`), the access log line (`access_log`) and the writer of a stream's frames (`stream`).
+//! (`date`), the rules every request head must pass (`guard`), the access log line (`access_log`) and the writer of a stream's frames (`stream`).
 //! The server moves these bytes; the faces decide what they say.
 
 pub mod access_log;
 pub mod answer;
 pub mod date;
+pub mod guard;
 pub mod request;
 pub mod stream;
 

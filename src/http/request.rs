@@ -1,6 +1,8 @@
 //! A request as the direct path reads it: parsed in place from the connection's read buffer,
-//! and only when it is plain: a complete HTTP/1.1 request without an expectation, a chunked
-//! body or `Connection: close`. Anything else is actix-web's to read.
+//! and only when it is plain: a complete HTTP/1.1 request that passes `guard::check`, without
+//! an expectation, a chunked body or `Connection: close`. Anything else is actix-web's to read.
+
+use super::guard;
 
 /// A complete request at the start of the read buffer.
 pub struct Request<'h, 'b> {
@@ -38,8 +40,8 @@ impl<'b> Request<'_, 'b> {
     }
 }
 
-/// Parses the complete, plain request at the start of `buf`, if there is one with a body of at
-/// most `max_body` bytes.
+/// Parses the complete, plain request at the start of `buf`, if there is one that passes
+/// `guard::check` with a body of at most `max_body` bytes.
 pub fn parse<'h, 'b>(
     buf: &'b [u8],
     headers: &'h mut [httparse::Header<'b>],
@@ -49,43 +51,32 @@ pub fn parse<'h, 'b>(
     let httparse::Status::Complete(head_len) = head.parse(buf).ok()? else {
         return None;
     };
+    // Refusals are actix-web's to answer (`server::guard`), as are the unusual requests.
+    let framing = guard::check(&head, max_body).ok()?;
+    let guard::Body::Length(length) = framing.body else {
+        return None;
+    };
+    let length = usize::try_from(length).ok()?;
+    if head.version != Some(1) || framing.close || framing.expect {
+        return None;
+    }
+    // `Connection` may say only `keep-alive`, except on an upgrade.
+    let connection = |h: &httparse::Header| h.name.eq_ignore_ascii_case("connection");
+    let keep_alive = |h: &httparse::Header| h.value.eq_ignore_ascii_case(b"keep-alive");
+    if !framing.upgrade && head.headers.iter().any(|h| connection(h) && !keep_alive(h)) {
+        return None;
+    }
+    if buf.len() < head_len + length {
+        return None;
+    }
     let target = head.path?;
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let mut request = Request {
+    Some(Request {
         head,
         path,
         query,
-        body: &[],
-        upgrade: false,
-        len: head_len,
-    };
-    let header = |name| request.only_header(name);
-    let plain = request.head.version == Some(1)
-        && matches!(header("expect"), Ok(None))
-        && matches!(header("transfer-encoding"), Ok(None));
-    let upgrade = match (header("upgrade").ok()?, header("connection").ok()?) {
-        (None, None) => false,
-        (None, Some(value)) if value.eq_ignore_ascii_case(b"keep-alive") => false,
-        (Some(_), _) => true,
-        (None, Some(_)) => return None,
-    };
-    if !plain {
-        return None;
-    }
-    let length: usize = match header("content-length").ok()? {
-        None => 0,
-        // Digits only (`parse` would take a sign too).
-        Some(value) if value.iter().all(u8::is_ascii_digit) => {
-            std::str::from_utf8(value).ok()?.parse().ok()?
-        }
-        Some(_) => return None,
-    };
-    // A body too large is refused by actix-web, which does not read it first.
-    if length > max_body || buf.len() < head_len + length {
-        return None;
-    }
-    request.upgrade = upgrade;
-    request.body = &buf[head_len..head_len + length];
-    request.len = head_len + length;
-    Some(request)
+        body: &buf[head_len..head_len + length],
+        upgrade: framing.upgrade,
+        len: head_len + length,
+    })
 }

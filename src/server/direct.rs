@@ -23,8 +23,8 @@ use actix_web::rt::net::TcpStream;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::replay::Replay;
 use crate::http::access_log::Entry;
+use crate::http::guard::Refusal;
 use crate::http::{answer, request, Answer, Request};
 use crate::limits::Requests;
 
@@ -46,8 +46,8 @@ pub enum Outcome {
     /// The connection was served and is closed.
     Served,
     /// Not a request this path serves: actix-web takes the connection, starting with the bytes
-    /// read from it so far.
-    Declined(Replay<TcpStream>),
+    /// read from it so far (`guard::Guard`).
+    Declined(BytesMut, TcpStream),
 }
 
 /// The routes served on this path, as the app hands them over: each worker serves its own
@@ -56,8 +56,13 @@ pub trait Routes: 'static {
     /// A stream that a connection's first request opens.
     type Opening;
 
-    /// Largest request body read here; a larger one is actix-web's to refuse.
+    /// Largest request body accepted (`--max-body`); a larger one is refused.
     fn max_body(&self) -> usize;
+
+    /// Whether `request`, which asks for an upgrade, is one a route switches (answers 101);
+    /// the refusal if the route that would switches it refuses it. An upgrade that no route
+    /// switches is served as a plain request.
+    fn switches(&self, request: &Request) -> Result<bool, Refusal>;
 
     /// Requests under way, which the drain waits for.
     fn requests(&self) -> &Requests;
@@ -135,12 +140,12 @@ async fn requests<R: Routes>(
         let Some(request) = request::parse(&buf, &mut headers, routes.max_body())
             .filter(|request| !request.upgrade)
         else {
-            return Outcome::Declined(Replay::new(buf, io));
+            return Outcome::Declined(buf, io);
         };
         let entry = Entry::begin(&io, &request);
         let busy = routes.requests().enter();
         let Some(response) = routes.answer(&request).await else {
-            return Outcome::Declined(Replay::new(buf, io));
+            return Outcome::Declined(buf, io);
         };
         let len = request.len;
         let (status, size) = answer::write(&mut out, response);

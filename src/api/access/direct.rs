@@ -8,7 +8,7 @@
 
 use std::future::poll_fn;
 
-use actix_http::ws::{hash_key, verify_handshake};
+use actix_http::ws::{hash_key, verify_handshake, HandshakeError};
 use actix_http::RequestHead;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::http::{Method, StatusCode};
@@ -19,6 +19,7 @@ use bytes::BytesMut;
 use super::open;
 use crate::api::AppState;
 use crate::http::access_log::Entry;
+use crate::http::guard::Refusal;
 use crate::http::stream::{Framing, Outgoing};
 use crate::http::{with_date, Request};
 use crate::limits::Permit;
@@ -68,6 +69,30 @@ pub(crate) fn upgrade(
         state: state.clone(),
         read: BytesMut::from(after),
     })
+}
+
+/// Whether `request`, which asks for an upgrade, is one this face switches: a valid
+/// WebSocket handshake to the subscription path, on HTTP/1.1, with one key. Upgrades to other
+/// paths are no one's; a handshake the path refuses is refused as actix-http's check says, and
+/// one over HTTP/1.0 or with two keys as a bad key.
+pub(crate) fn switches(request: &Request) -> Result<bool, Refusal> {
+    if request.path != SUBSCRIBE {
+        return Ok(false);
+    }
+    let mut head = RequestHead::default();
+    head.method = Method::from_bytes(request.head.method.unwrap_or("").as_bytes())
+        .map_err(|_| Refusal::Malformed)?;
+    for h in request.head.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| Refusal::Malformed)?;
+        let value = HeaderValue::from_bytes(h.value).map_err(|_| Refusal::Malformed)?;
+        head.headers_mut().append(name, value);
+    }
+    verify_handshake(&head).map_err(Refusal::Handshake)?;
+    let one_key = matches!(request.only_header("sec-websocket-key"), Ok(Some(_)));
+    if request.head.version != Some(1) || !one_key {
+        return Err(Refusal::Handshake(HandshakeError::BadWebsocketKey));
+    }
+    Ok(true)
 }
 
 /// Answers the upgrade and runs the session until it ends or the client goes away. `entry`:

@@ -73,6 +73,7 @@ fn not_dev() -> HttpResponse {
         (status = 200, description = "Recorded (the default answer)"),
         (status = 404, description = NOT_DEV, body = super::schema::DashboardErrorBody),
         (status = 413, description = "The body is larger than 64 KiB", body = super::schema::DashboardErrorBody),
+        (status = 408, description = "No byte of the body came for `--body-timeout`", body = super::schema::DashboardErrorBody),
         (status = 422, description = "`status` is not a status code", body = super::schema::DashboardErrorBody),
         (status = "default", description = "Recorded; answered with the `status` asked for"),
     )
@@ -85,12 +86,13 @@ async fn receive(
     if !state.config.dev {
         return not_dev();
     }
-    let body = match crate::api::read_body(payload, MAX_BODY).await {
+    let body = match crate::api::read_body(payload, MAX_BODY, state.config.body_timeout).await {
         Ok(body) => body,
         Err(e) => {
             let status = match e {
                 crate::api::BodyError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
                 crate::api::BodyError::Read(_) => StatusCode::BAD_REQUEST,
+                crate::api::BodyError::TimedOut(_) => StatusCode::REQUEST_TIMEOUT,
             };
             return crate::api::json_error(status, &serde_json::json!({"error": e.to_string()}));
         }

@@ -135,7 +135,7 @@ pub fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), FieldError> 
 
 /// Reads a JSON body; anything that is not JSON is a 422 blaming `body`.
 pub async fn read_json(payload: web::Payload, state: &AppState) -> Result<Value, FieldError> {
-    let body = read_body(payload, state.config.max_body).await?;
+    let body = read_body(payload, state.config.max_body, state.config.body_timeout).await?;
     serde_json::from_slice(&body)
         .map_err(|e| FieldError::invalid("body", format!("invalid JSON: {e}")))
 }

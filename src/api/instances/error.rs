@@ -90,6 +90,8 @@ pub enum InstanceError {
     TooLarge(usize),
     #[error("Request body could not be read: {0}")]
     BadBody(String),
+    #[error("No byte of the request body came for {}", humantime::format_duration(*.0))]
+    TimedOut(std::time::Duration),
     #[error("Service unavailable: {0}")]
     Unavailable(String),
 }
@@ -107,6 +109,7 @@ impl InstanceError {
             InstanceError::Invalid(_) => "validation_error",
             InstanceError::TooLarge(_) => "request_too_large",
             InstanceError::BadBody(_) => "bad_request",
+            InstanceError::TimedOut(_) => "request_timeout",
             InstanceError::Unavailable(_) => "service_unavailable",
         }
     }
@@ -128,6 +131,7 @@ impl ResponseError for InstanceError {
             InstanceError::TooManyListeners => StatusCode::CONFLICT,
             InstanceError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             InstanceError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            InstanceError::TimedOut(_) => StatusCode::REQUEST_TIMEOUT,
             InstanceError::ConnectionLimit | InstanceError::Unavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -136,6 +140,13 @@ impl ResponseError for InstanceError {
 
     fn error_response(&self) -> HttpResponse {
         let mut res = HttpResponse::build(self.status_code());
+        // The rest of the body is not read: the connection cannot go on.
+        if matches!(
+            self,
+            InstanceError::TooLarge(_) | InstanceError::TimedOut(_)
+        ) {
+            res.force_close();
+        }
         match self {
             InstanceError::Invalid(detail) => res.json(ValidationErrors {
                 detail: detail.clone(),
