@@ -354,18 +354,7 @@ async fn jwks_tokens_verify_by_kid() {
         }
     })
     .await;
-    let claims = json!({"sub": "hank", "exp": now_secs() + 600});
-    let sign = |alg, kid: &str, pem: &str| {
-        let pem = std::fs::read(format!("{dir}/tests/fixtures/{pem}")).unwrap();
-        let key = match alg {
-            jsonwebtoken::Algorithm::RS256 => jsonwebtoken::EncodingKey::from_rsa_pem(&pem),
-            _ => jsonwebtoken::EncodingKey::from_ec_pem(&pem),
-        }
-        .unwrap();
-        let mut header = jsonwebtoken::Header::new(alg);
-        header.kid = Some(kid.to_string());
-        jsonwebtoken::encode(&header, &claims, &key).unwrap()
-    };
+    let sign = |alg, kid: &str, pem: &str| crate::tokens::fixture_token(alg, kid, pem, "hank");
     let rs = sign(jsonwebtoken::Algorithm::RS256, "rsa-1", "rsa.pem");
     let es = sign(jsonwebtoken::Algorithm::ES256, "ec-1", "ec.pem");
     let mut a = srv.subscribe(&rs, &[]).await;

@@ -326,11 +326,16 @@ fn jwks_of(kids: &[&str]) -> String {
 
 /// A token of `sub` signed with the fixture key `kid`.
 fn signed_by(kid: &str, sub: &str) -> String {
+    match kid {
+        "rsa-1" => fixture_token(jsonwebtoken::Algorithm::RS256, kid, "rsa.pem", sub),
+        _ => fixture_token(jsonwebtoken::Algorithm::ES256, kid, "ec.pem", sub),
+    }
+}
+
+/// A token of `sub` signed with the fixture key in `pem` by `alg`, naming `kid` (rightly or
+/// not), valid for ten minutes.
+pub fn fixture_token(alg: jsonwebtoken::Algorithm, kid: &str, pem: &str, sub: &str) -> String {
     let dir = env!("CARGO_MANIFEST_DIR");
-    let (alg, pem) = match kid {
-        "rsa-1" => (jsonwebtoken::Algorithm::RS256, "rsa.pem"),
-        _ => (jsonwebtoken::Algorithm::ES256, "ec.pem"),
-    };
     let pem = std::fs::read(format!("{dir}/tests/fixtures/{pem}")).unwrap();
     let key = match alg {
         jsonwebtoken::Algorithm::RS256 => jsonwebtoken::EncodingKey::from_rsa_pem(&pem),
