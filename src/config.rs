@@ -131,9 +131,17 @@ pub struct ServeArgs {
     pub ws_announce_timeout: Duration,
 
     /// Cluster mode: keep streams and shared state in this Redis, so that every node started
-    /// with the same URL acts as one broker (e.g. `redis://127.0.0.1:6379/`).
+    /// with the same URL acts as one broker: one server (`redis://127.0.0.1:6379/`), or the
+    /// primary that Redis Sentinels watch
+    /// (`redis+sentinel://[:password@]h1:26379,h2:26379/mymaster[/db]`), followed through
+    /// failovers.
     #[arg(long, alias = "redis-url", env = "HERALD_REDIS", value_parser = parse_redis_url)]
     pub redis: Option<String>,
+
+    /// Cluster mode: a publish is acknowledged only once this many replicas of the Redis
+    /// primary hold it (Redis `WAIT`); one that is not replicated within a second answers 503.
+    #[arg(long, env = "HERALD_REDIS_REPLICAS", default_value_t = 0, requires = "redis")]
+    pub redis_replicas: u32,
 
     /// This node's name in the cluster, unique among the nodes of one Redis; a random one
     /// when not given.
@@ -143,10 +151,7 @@ pub struct ServeArgs {
 
 /// Checks `--redis` as the client will read it, so a typo is refused at start in one line.
 fn parse_redis_url(url: &str) -> Result<String, String> {
-    use redis::IntoConnectionInfo;
-    url.into_connection_info()
-        .map(|_| url.to_string())
-        .map_err(|e| format!("not a Redis URL ({e}); e.g. redis://127.0.0.1:6379/"))
+    crate::cluster::primary::Topology::parse(url).map(|_| url.to_string())
 }
 
 /// Where the `--jwks` keys come from.
@@ -362,7 +367,10 @@ impl ServeArgs {
             ws_ping: self.ws_ping,
             ws_announce_timeout: self.ws_announce_timeout,
             cluster: self.redis.map(|redis_url| crate::cluster::ClusterConfig {
+                topology: crate::cluster::primary::Topology::parse(&redis_url)
+                    .expect("checked by the flag's parser"),
                 redis_url,
+                replicas: self.redis_replicas,
                 node: self
                     .node_name
                     .unwrap_or_else(|| format!("node-{:08x}", rand::random::<u32>())),

@@ -85,26 +85,51 @@ pub struct Position {
     pub seq: u64,
 }
 
+/// Something of the event at a position, carried in its cursor: the low 32 bits of its
+/// creation time in µs, never 0 (0 is "no event known there"). A stream whose positions were
+/// handed out again (a Redis failover that lost the newest events, then new publishes) has
+/// other events there, with other marks: a cursor resumed there is a gap, not a silent skip.
+pub type Mark = u32;
+
+/// The mark of an event created at `created`.
+pub fn mark(created: SystemTime) -> Mark {
+    let micros = created
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros());
+    (micros as u32).max(1)
+}
+
 impl Position {
-    /// The opaque, URL-safe rendering handed to clients as ids and cursors.
-    pub fn cursor(self) -> String {
-        let mut raw = [0u8; 12];
+    /// The opaque, URL-safe rendering handed to clients as ids and cursors, with the mark of
+    /// the event there (0 when none is known).
+    pub fn cursor(self, mark: Mark) -> String {
+        let mut raw = [0u8; 16];
         raw[..4].copy_from_slice(&self.epoch.to_be_bytes());
-        raw[4..].copy_from_slice(&self.seq.to_be_bytes());
+        raw[4..12].copy_from_slice(&self.seq.to_be_bytes());
+        raw[12..].copy_from_slice(&mark.to_be_bytes());
         URL_SAFE_NO_PAD.encode(raw)
     }
 
-    /// Decodes a cursor; `None` for anything that is not one of ours.
-    pub fn from_cursor(cursor: &str) -> Option<Self> {
-        // 12 bytes are exactly 16 base64 characters; rejecting other lengths early keeps
-        // garbage from allocating.
-        if cursor.len() != 16 {
+    /// Decodes a cursor into its position and mark (0: none); `None` for anything that is not
+    /// one of ours. Cursors from before marks (16 characters) have none.
+    pub fn from_marked_cursor(cursor: &str) -> Option<(Self, Mark)> {
+        // 12 and 16 bytes are exactly 16 and 22 base64 characters; rejecting other lengths
+        // early keeps garbage from allocating.
+        if cursor.len() != 16 && cursor.len() != 22 {
             return None;
         }
         let raw = URL_SAFE_NO_PAD.decode(cursor).ok()?;
         let epoch = u32::from_be_bytes(raw.get(..4)?.try_into().ok()?);
         let seq = u64::from_be_bytes(raw.get(4..12)?.try_into().ok()?);
-        Some(Self { epoch, seq })
+        let mark = raw
+            .get(12..16)
+            .map_or(0, |m| u32::from_be_bytes(m.try_into().expect("4 bytes")));
+        Some((Self { epoch, seq }, mark))
+    }
+
+    /// The position of a cursor, whatever its mark.
+    pub fn from_cursor(cursor: &str) -> Option<Self> {
+        Self::from_marked_cursor(cursor).map(|(position, _)| position)
     }
 }
 
@@ -144,7 +169,7 @@ impl Event {
         data: Box<serde_json::value::RawValue>,
     ) -> Self {
         Self {
-            cursor: position.cursor(),
+            cursor: position.cursor(mark(created)),
             stream,
             position,
             created,
@@ -197,12 +222,31 @@ mod tests {
                 seq: 42,
             },
         ] {
-            let c = pos.cursor();
-            assert!(c
-                .chars()
-                .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_'));
-            assert_eq!(Position::from_cursor(&c), Some(pos));
+            for mark in [0, 1, u32::MAX] {
+                let c = pos.cursor(mark);
+                assert!(c
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_'));
+                assert_eq!(Position::from_marked_cursor(&c), Some((pos, mark)));
+                assert_eq!(Position::from_cursor(&c), Some(pos));
+            }
         }
+        // A cursor from before marks: its position, no mark.
+        let old = URL_SAFE_NO_PAD.encode([0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, 9]);
+        assert_eq!(
+            Position::from_marked_cursor(&old),
+            Some((Position { epoch: 7, seq: 9 }, 0))
+        );
+    }
+
+    #[test]
+    fn marks_are_never_zero_and_differ_by_the_microsecond() {
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_micros(1_700_000_000_123_456);
+        assert_ne!(mark(at), 0);
+        assert_ne!(
+            mark(at),
+            mark(at + std::time::Duration::from_micros(1))
+        );
     }
 
     #[test]

@@ -248,7 +248,7 @@ async fn page(
         })
         .await
         .map_err(|_| broker_gone())?;
-    let body = body::page_body(&reply.events, &reply.next.cursor());
+    let body = body::page_body(&reply.events, &reply.next.cursor(0));
     let etag = etag_of(&body);
     let unchanged = match req.get_header::<IfNoneMatch>() {
         Some(IfNoneMatch::Any) => true,

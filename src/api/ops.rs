@@ -89,8 +89,8 @@ Redis unreachable", body = Health, example = json!({"status": "draining"})),
 async fn health(state: web::Data<AppState>) -> HttpResponse {
     let status = if state.is_draining() {
         "draining"
-    } else if state.cluster.as_ref().is_some_and(|node| !node.reachable()) {
-        "redis_unreachable"
+    } else if let Some(node) = state.cluster.as_ref().filter(|node| !node.reachable()) {
+        node.unreachable_status()
     } else {
         "ok"
     };

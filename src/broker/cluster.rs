@@ -186,11 +186,12 @@ impl Broker {
         let Some(state) = self.streams.get(&stream) else {
             return;
         };
+        let history = &state.history;
         let known = state
             .follow
             .as_ref()
             .is_some_and(|f| f.loaded())
-            .then(|| state.history.head());
+            .then(|| (history.head(), history.created_at(history.head().seq)));
         let read = redis.read(&stream, known);
         ctx.spawn(
             read.into_actor(self)

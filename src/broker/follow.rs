@@ -143,9 +143,10 @@ impl Follow {
         if !self.loaded {
             return Applied::default();
         }
-        let released = self.drain(history, retention, now);
-        // A read under way is enough: what it does not fill is still ahead after it.
-        let read = !self.ahead.is_empty() && !self.reading && self.want_read();
+        let (released, conflict) = self.drain(history, retention, now);
+        // A read under way is enough: what it does not fill is still ahead after it. One that
+        // started before a conflict was seen may have missed it: another must follow.
+        let read = (conflict || !self.ahead.is_empty() && !self.reading) && self.want_read();
         Applied {
             released,
             lost: false,
@@ -200,7 +201,9 @@ impl Follow {
         }
         let epoch = history.epoch;
         self.ahead.retain(|_, e| e.position.epoch == epoch);
-        applied.released.extend(self.drain(history, retention, now));
+        let (released, conflict) = self.drain(history, retention, now);
+        applied.released.extend(released);
+        self.again |= conflict;
         self.reading = false;
         for waiter in self.current.drain(..) {
             let _ = waiter.send(());
@@ -224,13 +227,16 @@ impl Follow {
     }
 
     /// Applies the held events that continue the head, in order; drops those already applied.
+    /// Also answers whether one of those differs from the event this node has at its position:
+    /// Redis handed the position out again (a failover lost the first), and a read must find
+    /// out what else was lost (`scripts::READ` moves the stream to a new epoch).
     fn drain(
         &mut self,
         history: &mut History,
         retention: Retention,
         now: SystemTime,
-    ) -> Vec<Arc<Event>> {
-        let mut released = Vec::new();
+    ) -> (Vec<Arc<Event>>, bool) {
+        let (mut released, mut conflict) = (Vec::new(), false);
         while let Some(entry) = self.ahead.first_entry() {
             let head = history.head().seq;
             let seq = *entry.key();
@@ -241,9 +247,14 @@ impl Follow {
             if seq == head + 1 {
                 history.push(event.clone(), retention, now);
                 released.push(event);
+            } else if history
+                .created_at(seq)
+                .is_some_and(|created| created != event.created)
+            {
+                conflict = true;
             }
         }
-        released
+        (released, conflict)
     }
 }
 
@@ -258,15 +269,16 @@ mod tests {
         ttl: Duration::from_secs(3600),
     };
 
+    /// The event at `seq`, with the same creation time however a node gets it (as Redis keeps
+    /// it); in the future, so retention by age keeps it.
     fn event(epoch: u32, seq: u64) -> Arc<Event> {
+        created(epoch, seq, SystemTime::UNIX_EPOCH + Duration::from_secs(4_000_000_000 + seq))
+    }
+
+    fn created(epoch: u32, seq: u64, at: SystemTime) -> Arc<Event> {
         let data = serde_json::value::RawValue::from_string(format!("{seq}")).unwrap();
         let stream = StreamKey::new(StreamKind::Client, "c");
-        Arc::new(Event::new(
-            stream,
-            Position { epoch, seq },
-            SystemTime::now(),
-            data,
-        ))
+        Arc::new(Event::new(stream, Position { epoch, seq }, at, data))
     }
 
     fn snap(epoch: u32, head: u64, seqs: impl IntoIterator<Item = u64>) -> Snapshot {
@@ -294,6 +306,21 @@ mod tests {
         );
         assert!(!applied.lost && applied.released.is_empty() && !applied.read);
         (follow, history)
+    }
+
+    #[test]
+    fn another_event_at_a_known_position_asks_for_a_read() {
+        let (mut follow, mut history) = loaded(5);
+        let now = SystemTime::now();
+        // The same events again (a resync's overlap): nothing to do.
+        let applied = follow.offer(&mut history, vec![event(1, 4), event(1, 5)], RET, now);
+        assert!(applied.released.is_empty() && !applied.read);
+        // Position 5 handed out again with another event (a failover lost the first one): a
+        // read must check the stream, and 6 waits for it.
+        let again = created(1, 5, now);
+        let applied = follow.offer(&mut history, vec![again, event(1, 6)], RET, now);
+        assert!(applied.read);
+        assert_eq!(seqs(&applied.released), vec![6]);
     }
 
     #[test]
@@ -365,10 +392,10 @@ mod tests {
         assert_eq!(seqs(&applied.released), vec![8, 9]);
         let at = |seq| Position { epoch: 1, seq };
         assert!(
-            history.check(at(2)).is_err(),
+            history.check(at(2), 0).is_err(),
             "a cursor before the hole is a gap"
         );
-        assert!(history.check(at(7)).is_ok());
+        assert!(history.check(at(7), 0).is_ok());
     }
 
     #[test]
@@ -382,7 +409,7 @@ mod tests {
         assert!(applied.lost);
         assert_eq!(seqs(&applied.released), vec![1]);
         assert_eq!(history.epoch, 2);
-        assert!(history.check(Position { epoch: 1, seq: 5 }).is_err());
+        assert!(history.check(Position { epoch: 1, seq: 5 }, 0).is_err());
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::event::{Event, Position};
+use crate::event::{mark, Event, Mark, Position};
 use crate::store::Retention;
 
 /// Why a cursor cannot be resumed from. Rendered as the `reason` of a gap.
@@ -45,6 +45,10 @@ pub struct History {
     /// Retained events, oldest first, strictly increasing `seq` (with holes where a commit
     /// failed: those events were never acknowledged, so nothing is missing).
     events: VecDeque<Arc<Event>>,
+    /// The seq and creation time of the newest event this copy holds or held, kept after it
+    /// leaves `events`: a cursor at the head is checked against it (`check`), and in a cluster
+    /// the node's copy is checked against Redis with it (`scripts::READ`).
+    newest: Option<(u64, SystemTime)>,
 }
 
 impl History {
@@ -59,11 +63,13 @@ impl History {
         evicted_through: u64,
         events: VecDeque<Arc<Event>>,
     ) -> Self {
+        let newest = events.back().map(|e| (e.position.seq, e.created));
         Self {
             epoch,
             head,
             evicted_through,
             events,
+            newest,
         }
     }
 
@@ -100,6 +106,7 @@ impl History {
             .back()
             .is_none_or(|e| e.position.seq < event.position.seq));
         self.head = self.head.max(event.position.seq);
+        self.newest = Some((event.position.seq, event.created));
         self.events.push_back(event);
         self.prune(retention, now);
     }
@@ -129,17 +136,42 @@ impl History {
         }
     }
 
-    /// Checks that resuming after `from` misses nothing.
-    pub fn check(&self, from: Position) -> Result<(), Gap> {
+    /// Checks that resuming after `from` misses nothing. A cursor's `mark` (0: none) must be
+    /// that of the event this copy has at its position, when it knows one: another event
+    /// there means the position was handed out twice (a Redis failover lost the first).
+    pub fn check(&self, from: Position, mark: Mark) -> Result<(), Gap> {
         if from.epoch != self.epoch {
             Err(Gap::StreamReset)
         } else if from.seq > self.head {
             Err(Gap::Unknown)
         } else if from.seq < self.evicted_through {
             Err(Gap::Expired)
+        } else if mark != 0 && self.mark_at(from.seq).is_some_and(|known| known != mark) {
+            Err(Gap::StreamReset)
         } else {
             Ok(())
         }
+    }
+
+    /// The creation time of the event at `seq`, when this copy knows it.
+    pub fn created_at(&self, seq: u64) -> Option<SystemTime> {
+        match self.newest {
+            Some((newest, created)) if newest == seq => Some(created),
+            _ => self.get_seq(seq).map(|e| e.created),
+        }
+    }
+
+    /// The mark of the event at `seq`, when this copy knows it.
+    fn mark_at(&self, seq: u64) -> Option<Mark> {
+        self.created_at(seq).map(mark)
+    }
+
+    /// The cursor of `position` in this stream, with the mark of its event when known.
+    pub fn cursor(&self, position: Position) -> String {
+        let known = (position.epoch == self.epoch)
+            .then(|| self.mark_at(position.seq))
+            .flatten();
+        position.cursor(known.unwrap_or(0))
     }
 
     /// Retained events strictly after `seq`, oldest first.
@@ -153,9 +185,14 @@ impl History {
         if position.epoch != self.epoch {
             return None;
         }
+        self.get_seq(position.seq)
+    }
+
+    /// The retained event at `seq`.
+    fn get_seq(&self, seq: u64) -> Option<&Arc<Event>> {
         let i = self
             .events
-            .binary_search_by_key(&position.seq, |e| e.position.seq)
+            .binary_search_by_key(&seq, |e| e.position.seq)
             .ok()?;
         self.events.get(i)
     }
@@ -226,19 +263,37 @@ mod tests {
         }
         let at = |seq| Position { epoch: 7, seq };
         assert_eq!(
-            h.check(at(2)),
+            h.check(at(2), 0),
             Ok(()),
             "evicted 1..2, so after 2 is complete"
         );
-        assert_eq!(h.check(at(1)), Err(Gap::Expired));
-        assert_eq!(h.check(at(5)), Ok(()));
-        assert_eq!(h.check(at(6)), Err(Gap::Unknown));
+        assert_eq!(h.check(at(1), 0), Err(Gap::Expired));
+        assert_eq!(h.check(at(5), 0), Ok(()));
+        assert_eq!(h.check(at(6), 0), Err(Gap::Unknown));
         assert_eq!(
-            h.check(Position { epoch: 8, seq: 3 }),
+            h.check(Position { epoch: 8, seq: 3 }, 0),
             Err(Gap::StreamReset)
         );
         assert_eq!(seqs(h.after(3)), vec![4, 5]);
         assert_eq!(seqs(h.after(5)), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn a_cursor_whose_event_is_not_the_one_here_is_a_gap() {
+        let now = SystemTime::now();
+        let mut h = History::new(1);
+        let first = push(&mut h, now);
+        let second = push(&mut h, now + Duration::from_micros(1));
+        let (at, mark) = Position::from_marked_cursor(&h.cursor(first)).unwrap();
+        assert_eq!((at, h.check(at, mark)), (first, Ok(())));
+        assert_eq!(h.check(first, mark + 1), Err(Gap::StreamReset));
+        assert_eq!(h.check(first, 0), Ok(()), "a cursor without a mark is not checked");
+        // The newest event's mark is kept after it ages out.
+        let mark = Position::from_marked_cursor(&h.cursor(second)).unwrap().1;
+        h.prune(RET, now + Duration::from_secs(3600));
+        assert!(h.events().is_empty());
+        assert_eq!(h.check(second, mark), Ok(()));
+        assert_eq!(h.check(second, mark + 1), Err(Gap::StreamReset));
     }
 
     #[test]
@@ -249,11 +304,11 @@ mod tests {
         h.prune(RET, SystemTime::now());
         assert!(h.events().is_empty());
         assert_eq!(
-            h.check(last),
+            h.check(last, 0),
             Ok(()),
             "nothing after the last event was lost"
         );
-        assert_eq!(h.check(Position { epoch: 1, seq: 0 }), Err(Gap::Expired));
+        assert_eq!(h.check(Position { epoch: 1, seq: 0 }, 0), Err(Gap::Expired));
     }
 
     #[test]

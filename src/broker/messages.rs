@@ -114,9 +114,9 @@ pub struct SubscribeReply {
     pub gap: Option<Gap>,
     /// Retained events after the start, oldest first.
     pub backlog: Vec<Arc<Event>>,
-    /// The position live delivery continues from: the last backlog event, or where the
-    /// subscriber started when the backlog is empty.
-    pub position: Position,
+    /// The cursor of the position live delivery continues from: the last backlog event, or
+    /// where the subscriber started when the backlog is empty.
+    pub cursor: String,
 }
 
 /// Removes a subscriber; sent by sessions when they stop.

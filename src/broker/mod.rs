@@ -357,9 +357,9 @@ impl Broker {
         };
         let (gap, from) = match start.cursor.as_deref() {
             None => (None, fallback),
-            Some(cursor) => match Position::from_cursor(cursor)
+            Some(cursor) => match Position::from_marked_cursor(cursor)
                 .ok_or(Gap::Malformed)
-                .and_then(|p| history.check(p).map(|()| p))
+                .and_then(|(p, mark)| history.check(p, mark).map(|()| p))
             {
                 Ok(p) => (None, p),
                 Err(gap) => (Some(gap), fallback),
@@ -375,7 +375,10 @@ impl Broker {
             _ => usize::MAX,
         };
         let mut backlog: Vec<Arc<Event>> = history.after(from.seq).take(take).cloned().collect();
-        let position = backlog.last().map_or(from, |e| e.position);
+        let cursor = match backlog.last() {
+            Some(last) => last.cursor.clone(),
+            None => history.cursor(from),
+        };
         if let Some(created_at) = created_since {
             backlog.retain(|e| e.access_created_at().is_some_and(|c| c >= created_at));
             // Stable: events with equal `created_at` keep their publish order.
@@ -387,7 +390,7 @@ impl Broker {
         SubscribeReply {
             gap,
             backlog,
-            position,
+            cursor,
         }
     }
 
@@ -626,8 +629,9 @@ impl Handler<WatchKind> for Broker {
             let handled = msg
                 .after
                 .get(&key.id)
-                .and_then(|cursor| Position::from_cursor(cursor))
-                .filter(|p| history.check(*p).is_ok())
+                .and_then(|cursor| Position::from_marked_cursor(cursor))
+                .filter(|(p, mark)| history.check(*p, *mark).is_ok())
+                .map(|(p, _)| p)
                 .unwrap_or_else(|| history.tail());
             for event in history.after(handled.seq) {
                 msg.deliver.do_send(Deliver {
@@ -729,7 +733,7 @@ impl Handler<GetEvent> for Broker {
     type Result = ActorResponse<Self, Option<Arc<Event>>>;
 
     fn handle(&mut self, msg: GetEvent, ctx: &mut Self::Context) -> Self::Result {
-        let (stream, cursor) = (msg.stream.clone(), msg.position.cursor());
+        let (stream, cursor) = (msg.stream.clone(), msg.position.cursor(0));
         self.when_ready(&stream, Some(&cursor), ctx, move |broker| {
             let retention = broker.retention;
             let history = &mut broker.streams.get_mut(&msg.stream)?.history;

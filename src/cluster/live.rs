@@ -85,12 +85,16 @@ pub async fn run(
     let mut channels: HashSet<String> = HashSet::new();
     // Follows asked for while disconnected, answered once subscribed.
     let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
-    let mut conn = node.connection();
+    let conn = node.connection();
     let probe_channel = wire::probe_channel(&node.name);
     let mut backoff = Duration::from_millis(50);
     loop {
         let connected = async {
-            let (mut sink, stream) = node.client.get_async_pubsub().await?.split();
+            // Where the primary is now (Sentinel), and that it is one; a new server there is a
+            // failover, which the resync below reads every followed stream after.
+            node.primary.locate().await?;
+            node.primary.identify(&mut conn.get()).await?;
+            let (mut sink, stream) = node.primary.client().get_async_pubsub().await?.split();
             sink.subscribe(&[wire::CONTROL_CHANNEL, probe_channel.as_str()])
                 .await?;
             let all: Vec<&String> = channels.iter().collect();
@@ -132,7 +136,7 @@ pub async fn run(
         // Whatever was announced while the channel was down is read from history, and the
         // revocations told meanwhile are read again.
         listener.resync(None);
-        if let Err(e) = node.load_revocations(&mut conn).await {
+        if let Err(e) = node.load_revocations(&mut conn.get()).await {
             log::debug!("revocations: {e}");
         }
         let mut probe: Option<(u64, Instant)> = None;
@@ -212,7 +216,7 @@ pub async fn run(
                     Some(_) => {}
                     None => {
                         probes += 1;
-                        match send_probe(&mut conn, &probe_channel, probes).await {
+                        match send_probe(&mut conn.get(), &probe_channel, probes).await {
                             Ok(()) => probe = Some((probes, Instant::now())),
                             // Tried again at the next tick.
                             Err(e) => {
@@ -222,7 +226,7 @@ pub async fn run(
                         }
                     }
                 },
-                _ = heartbeat.tick() => beat(&node, &mut conn, &listener).await,
+                _ = heartbeat.tick() => beat(&node, &mut conn.get(), &listener).await,
             }
         }
         // Reconnected at once; Redis counts as unreachable only if that fails.

@@ -15,6 +15,7 @@
 //! publish never leaves it.
 
 pub mod live;
+pub mod primary;
 mod revocations;
 mod scripts;
 pub mod wire;
@@ -24,7 +25,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Value;
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
@@ -32,22 +32,20 @@ use tokio::sync::{mpsc, oneshot};
 use crate::event::{Event, Position, StreamKey};
 use crate::identity::Revocations;
 use crate::store::Retention;
+use primary::{Link, Primary, Topology, ANSWER_TIMEOUT};
 
-/// `--redis` and `--node-name`, validated.
+/// `--redis`, `--redis-replicas` and `--node-name`, validated.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
-    /// The Redis every node of the cluster shares.
+    /// The Redis every node of the cluster shares, as given.
     pub redis_url: String,
+    /// What that URL names: one server, or sentinels and their primary.
+    pub topology: Topology,
+    /// Replicas that must hold a publish before it is acknowledged (`WAIT`).
+    pub replicas: u32,
     /// Unique among the nodes of that Redis.
     pub node: String,
 }
-
-/// Longest wait for one answer from Redis. A publish that gets none is answered 503; its
-/// script may still have run, as with any request whose answer is lost.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Longest wait for a connection to Redis.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How long `start` waits for Redis before refusing to start.
 const START_TIMEOUT: Duration = Duration::from_secs(5);
@@ -67,14 +65,25 @@ pub enum ClusterError {
     /// A change kept meeting other nodes' changes to the same record.
     #[error("too many concurrent changes; try again")]
     Contended,
+    /// Fewer replicas than `--redis-replicas` hold the write within `REPLICATION_TIMEOUT`:
+    /// it was applied on the primary, but a failover now could lose it.
+    #[error("only {acked} of {wanted} Redis replicas hold the write")]
+    NotReplicated { acked: u32, wanted: u32 },
 }
+
+/// Longest wait for `--redis-replicas` replicas to hold a publish (`WAIT`).
+const REPLICATION_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What every part of one node shares about the cluster.
 pub struct Node {
     /// This node's name, unique among the nodes of its Redis.
     pub name: String,
-    /// Opens connections; cheap to clone.
-    client: redis::Client,
+    /// Where the primary is; opens connections to it.
+    primary: Arc<Primary>,
+    /// Whether a lost primary is a failover under way (Sentinel promotes a replica).
+    sentinel: bool,
+    /// Replicas that must hold a publish before it is acknowledged.
+    replicas: u32,
     /// History bounds, applied in Redis by the scripts.
     retention: Retention,
     /// Whether the live channel answers its probes (`live.rs`): `/health` turns 503 and
@@ -83,7 +92,7 @@ pub struct Node {
     /// Commands for the live channel.
     live: mpsc::UnboundedSender<live::Command>,
     /// For the HTTP handlers' few requests of their own (`/clients`, `drop_user`).
-    shared: ConnectionManager,
+    shared: Link,
     /// A shard's bookkeeping could not be written (Redis away): the next heartbeat writes
     /// this node's client set whole.
     stale_clients: AtomicBool,
@@ -99,26 +108,29 @@ impl Node {
         retention: Retention,
         revoked: Arc<Revocations>,
     ) -> Result<(Arc<Node>, mpsc::UnboundedReceiver<live::Command>), ClusterError> {
-        let client = redis::Client::open(config.redis_url.as_str())?;
-        let ping = async {
-            let mut conn = client.get_multiplexed_async_connection().await?;
-            redis::cmd("PING").query_async::<()>(&mut conn).await
+        let found = async {
+            let primary = Arc::new(Primary::connect(&config.topology).await?);
+            let shared = Link::new(&primary);
+            primary.identify(&mut shared.get()).await?;
+            redis::RedisResult::Ok((primary, shared))
         };
-        tokio::time::timeout(START_TIMEOUT, ping)
+        let (primary, shared) = tokio::time::timeout(START_TIMEOUT, found)
             .await
             .map_err(|_| ClusterError::Timeout(START_TIMEOUT))??;
         let (live, commands) = mpsc::unbounded_channel();
         let node = Node {
             name: config.node.clone(),
-            shared: connection(&client),
-            client,
+            shared,
+            primary,
+            sentinel: config.topology.is_sentinel(),
+            replicas: config.replicas,
             retention,
             reachable: AtomicBool::new(false),
             live,
             stale_clients: AtomicBool::new(false),
             revoked,
         };
-        let mut conn = node.shared.clone();
+        let mut conn = node.shared.get();
         tokio::time::timeout(START_TIMEOUT, node.load_revocations(&mut conn))
             .await
             .map_err(|_| ClusterError::Timeout(START_TIMEOUT))??;
@@ -128,6 +140,16 @@ impl Node {
     /// Whether this node can reach Redis now.
     pub fn reachable(&self) -> bool {
         self.reachable.load(Ordering::Relaxed)
+    }
+
+    /// What `/health` says while Redis cannot be reached: with Sentinel a lost primary is a
+    /// failover under way (a replica is being promoted), else an outage.
+    pub fn unreachable_status(&self) -> &'static str {
+        if self.sentinel {
+            "redis_failover"
+        } else {
+            "redis_unreachable"
+        }
     }
 
     fn set_reachable(&self, reachable: bool) {
@@ -140,14 +162,14 @@ impl Node {
         }
     }
 
-    /// A connection of its own for the calling thread (see `connection`).
-    pub fn connection(&self) -> ConnectionManager {
-        connection(&self.client)
+    /// A connection of its own for the calling thread, to the primary wherever it is.
+    pub fn connection(&self) -> Link {
+        Link::new(&self.primary)
     }
 
     /// Lists the access ids with a WebSocket session on any live node, sorted.
     pub async fn clients(&self) -> Result<Vec<String>, ClusterError> {
-        let mut conn = self.shared.clone();
+        let mut conn = self.shared.get();
         let mut listing = scripts::CLIENTS.prepare_invoke();
         listing.key(wire::NODES_KEY);
         let mut ids: Vec<String> = answer(self, listing.invoke_async(&mut conn)).await?;
@@ -157,7 +179,7 @@ impl Node {
 
     /// `drop_user` on every node: see `scripts::DROP`.
     pub async fn drop_sessions(&self, stream: &StreamKey) -> Result<(), ClusterError> {
-        let mut conn = self.shared.clone();
+        let mut conn = self.shared.get();
         let mut dropping = scripts::DROP.prepare_invoke();
         dropping
             .key(wire::NODES_KEY)
@@ -171,7 +193,7 @@ impl Node {
 
     /// Leaves the cluster at the end of a drain: off the live nodes, its clients unlisted.
     pub async fn leave(&self) {
-        let mut conn = self.shared.clone();
+        let mut conn = self.shared.get();
         let mut pipe = redis::pipe();
         pipe.cmd("ZREM")
             .arg(wire::NODES_KEY)
@@ -182,18 +204,6 @@ impl Node {
             log::warn!("could not leave the cluster cleanly ({e}); other nodes forget this one within {:?}", live::NODE_TTL);
         }
     }
-}
-
-/// A connection that connects on first use, on the thread that first uses it, and reconnects
-/// by itself; every request gives up after `ANSWER_TIMEOUT`.
-fn connection(client: &redis::Client) -> ConnectionManager {
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(CONNECT_TIMEOUT))
-        .set_response_timeout(Some(ANSWER_TIMEOUT))
-        .set_number_of_retries(1)
-        .set_min_delay(Duration::from_millis(50));
-    ConnectionManager::new_lazy_with_config(client.clone(), config)
-        .expect("a lazy connection manager needs no connection")
 }
 
 /// Runs one request: at once `Unreachable` while Redis is known to be away, else the answer
@@ -225,7 +235,7 @@ pub struct Snapshot {
 /// One Broker shard's way to the cluster: its own connection, and the node's live channel.
 pub struct StreamLog {
     node: Arc<Node>,
-    conn: ConnectionManager,
+    conn: Link,
     /// Bookkeeping nobody waits for, sent in order by one task (a client listed, then
     /// unlisted, must not reach Redis the other way round).
     bookkeeping: mpsc::UnboundedSender<(redis::Pipeline, &'static str)>,
@@ -236,10 +246,10 @@ impl StreamLog {
     pub fn new(node: Arc<Node>) -> Self {
         let conn = node.connection();
         let (bookkeeping, mut queue) = mpsc::unbounded_channel::<(redis::Pipeline, &str)>();
-        let (sender, mut sending) = (node.clone(), conn.clone());
+        let (sender, sending) = (node.clone(), conn.clone());
         actix::spawn(async move {
             while let Some((pipe, what)) = queue.recv().await {
-                if let Err(e) = answer(&sender, pipe.exec_async(&mut sending)).await {
+                if let Err(e) = answer(&sender, pipe.exec_async(&mut sending.get())).await {
                     log::debug!("could not {what}: {e}");
                     sender.stale_clients.store(true, Ordering::Relaxed);
                 }
@@ -275,13 +285,11 @@ impl StreamLog {
             String::new()
         };
         let invocation = |retry: bool| {
-            let mut invocation = scripts::APPEND.prepare_invoke();
-            invocation
-                .key(wire::meta_key(stream))
-                .key(wire::log_key(stream));
+            let mut keys = vec![wire::meta_key(stream), wire::log_key(stream)];
             if dashboard {
-                invocation.key(wire::SUBSCRIPTIONS).key(wire::DUE);
+                keys.extend([wire::SUBSCRIPTIONS.to_string(), wire::DUE.to_string()]);
             }
+            let mut invocation = scripts::call(&scripts::APPEND, &keys);
             invocation
                 .arg(wire::live_channel(stream))
                 .arg(self.node.retention.max_events)
@@ -297,15 +305,23 @@ impl StreamLog {
             invocation
         };
         let (first_try, retry) = (invocation(false), invocation(true));
-        let (node, mut conn, stream) = (self.node.clone(), self.conn.clone(), stream.clone());
+        let (node, mut conn, stream) = (self.node.clone(), self.conn.get(), stream.clone());
         async move {
-            let (epoch, first): (u32, u64) =
-                match answer(&node, first_try.invoke_async(&mut conn)).await {
-                    Err(ClusterError::Redis(e)) if broken(&e) => {
-                        answer(&node, retry.invoke_async(&mut conn)).await?
-                    }
-                    other => other?,
-                };
+            let replicas = node.replicas;
+            let (epoch, first): (u32, u64) = match replicated(
+                &node,
+                &mut conn,
+                &scripts::APPEND,
+                &first_try,
+                replicas,
+            )
+            .await
+            {
+                Err(ClusterError::Redis(e)) if broken(&e) => {
+                    replicated(&node, &mut conn, &scripts::APPEND, &retry, replicas).await?
+                }
+                other => other?,
+            };
             // The stored creation time has µs precision; every node must see the same one.
             let created = wire::from_micros(wire::micros(created));
             let events = data
@@ -323,22 +339,27 @@ impl StreamLog {
         }
     }
 
-    /// Reads `stream` after what the node knows (`known`: its epoch and head), or whole (see
-    /// `scripts::READ`).
+    /// Reads `stream` after what the node knows (`known`: its epoch and head, and the
+    /// creation time of its event there if it has one), or whole (see `scripts::READ`).
     pub fn read(
         &self,
         stream: &StreamKey,
-        known: Option<Position>,
+        known: Option<(Position, Option<SystemTime>)>,
     ) -> impl Future<Output = Result<Snapshot, ClusterError>> + 'static {
         let mut invocation = scripts::READ.prepare_invoke();
         invocation
             .key(wire::meta_key(stream))
             .key(wire::log_key(stream))
-            .arg(known.map_or(String::new(), |p| p.epoch.to_string()))
-            .arg(known.map_or(0, |p| p.seq))
+            .arg(known.map_or(String::new(), |(p, _)| p.epoch.to_string()))
+            .arg(known.map_or(0, |(p, _)| p.seq))
             .arg(rand::random::<u32>())
-            .arg(ttl_ms(self.node.retention));
-        let (node, mut conn, stream) = (self.node.clone(), self.conn.clone(), stream.clone());
+            .arg(ttl_ms(self.node.retention))
+            .arg(
+                known
+                    .and_then(|(_, created)| created)
+                    .map_or(String::new(), |t| wire::micros(t).to_string()),
+            );
+        let (node, mut conn, stream) = (self.node.clone(), self.conn.get(), stream.clone());
         async move {
             let (epoch, head, entries): (u32, u64, Vec<Value>) =
                 match answer(&node, invocation.invoke_async(&mut conn)).await {
@@ -418,7 +439,7 @@ impl StreamLog {
             .arg(max)
             .arg(name)
             .arg(ms.to_string());
-        let (node, mut conn) = (self.node.clone(), self.conn.clone());
+        let (node, mut conn) = (self.node.clone(), self.conn.get());
         async move {
             let admitted: i64 = answer(&node, invocation.invoke_async(&mut conn)).await?;
             Ok(admitted == 1)
@@ -456,6 +477,49 @@ impl StreamLog {
     fn fire(&self, pipe: redis::Pipeline, what: &'static str) {
         let _ = self.bookkeeping.send((pipe, what));
     }
+}
+
+/// Runs a script `call` (see `scripts::call`) and, with `replicas`, waits until that many
+/// replicas hold what it wrote (`WAIT`). Both go on one connection in one write, so the `WAIT`
+/// covers the script's writes (a `WAIT` on a connection made anew would cover nothing and
+/// answer at once). A server without the script (a promoted replica: scripts are not
+/// replicated) gets it loaded, and the call is made again.
+async fn replicated<T: redis::FromRedisValue>(
+    node: &Node,
+    conn: &mut redis::aio::ConnectionManager,
+    script: &redis::Script,
+    call: &redis::Cmd,
+    replicas: u32,
+) -> Result<T, ClusterError> {
+    let run = |conn: &mut redis::aio::ConnectionManager| {
+        let mut conn = conn.clone();
+        let call = call.clone();
+        async move {
+            if replicas == 0 {
+                return call.query_async::<T>(&mut conn).await.map(|v| (v, 0));
+            }
+            let mut pipe = redis::pipe();
+            pipe.add_command(call)
+                .cmd("WAIT")
+                .arg(replicas)
+                .arg(REPLICATION_TIMEOUT.as_millis() as u64);
+            pipe.query_async::<(T, u32)>(&mut conn).await
+        }
+    };
+    let (value, acked) = match answer(node, run(conn)).await {
+        Err(ClusterError::Redis(e)) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            answer(node, script.load_async(conn)).await?;
+            answer(node, run(conn)).await?
+        }
+        other => other?,
+    };
+    if acked < replicas {
+        return Err(ClusterError::NotReplicated {
+            acked,
+            wanted: replicas,
+        });
+    }
+    Ok(value)
 }
 
 /// Whether a request failed because its connection broke (Redis restarted, say): the manager

@@ -32,7 +32,7 @@ impl Node {
     /// Records `revocation` for the cluster and tells every node.
     pub async fn revoke(&self, revocation: &Revocation) -> Result<(), ClusterError> {
         let key = revocation.target.key();
-        let mut conn = self.shared.clone();
+        let mut conn = self.shared.get();
         let mut pipe = redis::pipe();
         pipe.atomic()
             .cmd("HSET")
@@ -49,7 +49,7 @@ impl Node {
 
     /// Lifts the revocation of `target` in the cluster and tells every node.
     pub async fn lift(&self, target: &Target) -> Result<(), ClusterError> {
-        let mut conn = self.shared.clone();
+        let mut conn = self.shared.get();
         let mut pipe = redis::pipe();
         pipe.atomic()
             .cmd("HDEL")

@@ -8,7 +8,15 @@
 
 use std::sync::LazyLock;
 
-use redis::Script;
+use redis::{Cmd, Script};
+
+/// A call of `script` with `keys`, its arguments to be added: an `EVALSHA`, so it can go in a
+/// pipeline (`cluster::replicated` sends a `WAIT` behind it).
+pub fn call(script: &Script, keys: &[String]) -> Cmd {
+    let mut call = redis::cmd("EVALSHA");
+    call.arg(script.get_hash()).arg(keys.len()).arg(keys);
+    call
+}
 
 /// Appends one publish's batch to a stream and announces it.
 ///
@@ -92,13 +100,16 @@ return {tonumber(epoch), first}
 /// events after what the node has.
 ///
 /// KEYS: meta, log. ARGV: the epoch the node knows (`""` for none), the head it knows, a fresh
-/// random epoch, `--history-ttl` in ms. Returns `{epoch, head, entries}`: the entries after the
-/// known head when the epoch is the known one, else every retained entry.
+/// random epoch, `--history-ttl` in ms, the creation time in µs of the event the node has at
+/// that head (`""` if none). Returns `{epoch, head, entries}`: the entries after the known
+/// head when the epoch is the known one, else every retained entry.
 ///
 /// A stream without meta gets one (a new epoch, head 0), so every node agrees from now on. A
 /// head below the one the node knows means Redis lost acknowledged events (restarted from an
-/// older snapshot): their positions would be handed out again, so the stream moves to a new
-/// epoch, and cursors into the lost part become gaps on every node.
+/// older snapshot, or a failover to a replica that had not received them): their positions
+/// would be handed out again, so the stream moves to a new epoch, and cursors into the lost
+/// part become gaps on every node. So does another event at the known head (lost, then its
+/// position handed out again before this node read).
 pub static READ: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -112,7 +123,13 @@ if not epoch then
 end
 local from = '-'
 if epoch == ARGV[1] then
-  if tonumber(head) < tonumber(ARGV[2]) then
+  local lost = tonumber(head) < tonumber(ARGV[2])
+  if not lost and ARGV[5] ~= '' then
+    -- Fields are written t, d, p: the entry's creation time is its second value.
+    local at = redis.call('XRANGE', KEYS[2], ARGV[2] .. '-0', ARGV[2] .. '-0')
+    lost = #at == 1 and at[1][2][2] ~= ARGV[5]
+  end
+  if lost then
     epoch = ARGV[3]
     redis.call('HSET', KEYS[1], 'epoch', epoch)
   else

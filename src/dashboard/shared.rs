@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, LazyLock};
 
-use redis::aio::ConnectionManager;
+use crate::cluster::primary::Link;
 use redis::Script;
 
 use super::registration::Registration;
@@ -58,7 +58,7 @@ pub enum Updated<E> {
 #[derive(Clone)]
 pub struct SharedRegistrations {
     node: Arc<Node>,
-    conn: ConnectionManager,
+    conn: Link,
 }
 
 impl SharedRegistrations {
@@ -72,7 +72,7 @@ impl SharedRegistrations {
         cmd.arg(REGISTRATIONS)
             .arg(&registration.id)
             .arg(to_json(registration));
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         answer(&self.node, cmd.query_async::<()>(&mut conn)).await
     }
 
@@ -80,7 +80,7 @@ impl SharedRegistrations {
     async fn read(&self, id: &str) -> Result<Option<(Registration, String)>, ClusterError> {
         let mut cmd = redis::cmd("HGET");
         cmd.arg(REGISTRATIONS).arg(id);
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         let json: Option<String> = answer(&self.node, cmd.query_async(&mut conn)).await?;
         Ok(json.and_then(|json| Some((parse(&json)?, json))))
     }
@@ -93,7 +93,7 @@ impl SharedRegistrations {
     pub async fn list(&self) -> Result<Vec<Registration>, ClusterError> {
         let mut cmd = redis::cmd("HVALS");
         cmd.arg(REGISTRATIONS);
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         let all: Vec<String> = answer(&self.node, cmd.query_async(&mut conn)).await?;
         let mut all: Vec<Registration> = all.iter().filter_map(|json| parse(json)).collect();
         all.sort_by(|a, b| a.created.cmp(&b.created).then_with(|| a.id.cmp(&b.id)));
@@ -119,7 +119,7 @@ impl SharedRegistrations {
                 .arg(id)
                 .arg(&read)
                 .arg(to_json(&registration));
-            let mut conn = self.conn.clone();
+            let mut conn = self.conn.get();
             let written: i64 = answer(&self.node, swap.invoke_async(&mut conn)).await?;
             if written == 1 {
                 return Ok(Updated::Done(registration));
@@ -132,7 +132,7 @@ impl SharedRegistrations {
     pub async fn take(&self, id: &str) -> Result<Option<Registration>, ClusterError> {
         let mut take = TAKE.prepare_invoke();
         take.key(REGISTRATIONS).arg(id);
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         let json: Option<String> = answer(&self.node, take.invoke_async(&mut conn)).await?;
         Ok(json.as_deref().and_then(parse))
     }

@@ -26,7 +26,7 @@ use crate::broker::messages::{
     Close, Deliver, PeekPage, Start, Subscribe, SubscribeBounded, Subscriber, Unsubscribe,
 };
 use crate::broker::Broker;
-use crate::event::{Event, Position, StreamKey};
+use crate::event::{Event, StreamKey};
 use crate::identity::Identity;
 use crate::limits::Permit;
 use crate::metrics::{Face, FaceMetrics, Metrics};
@@ -85,7 +85,7 @@ pub struct LongPoll {
     /// The Broker it subscribes to.
     broker: Addr<Broker>,
     /// Where the poll waits from once registered; the cursor of an empty answer.
-    waited_from: Option<Position>,
+    waited_from: Option<String>,
     /// Whether the Broker has it registered (until it sent `Unsubscribe`).
     registered: bool,
     /// The handler's end; taken by the one answer.
@@ -228,13 +228,13 @@ impl LongPoll {
 
     /// The empty answer of a deadline or a drain.
     fn answer_empty(&mut self, ctx: &mut Context<Self>) {
-        let Some(from) = self.waited_from else {
+        let Some(from) = self.waited_from.clone() else {
             return;
         };
         self.answer(
             PollOutcome::Page {
                 events: Vec::new(),
-                cursor: from.cursor(),
+                cursor: from,
             },
             ctx,
         );
@@ -290,7 +290,7 @@ impl Actor for LongPoll {
                     if reply.gap.is_some() {
                         poll.face.gaps.inc();
                     }
-                    poll.waited_from = Some(reply.position);
+                    poll.waited_from = Some(reply.cursor);
                     match page(reply.backlog) {
                         Some(page) => poll.answer(page, ctx),
                         None => {

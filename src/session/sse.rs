@@ -202,7 +202,7 @@ impl Actor for SseSession {
                         session.metrics.gaps.inc();
                         let frame = format!(
                             "event: gap\nid: {}\ndata: {{\"reason\":\"{}\"}}\n\n",
-                            reply.position.cursor(),
+                            reply.cursor,
                             gap.reason()
                         );
                         session.send(Bytes::from(frame), ctx);

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use redis::aio::ConnectionManager;
+use crate::cluster::primary::Link;
 use tokio::sync::oneshot;
 
 use super::dispatcher::{http_client, judge, post, Request};
@@ -62,7 +62,7 @@ pub struct ClusterDispatcher {
     /// Subscriptions, deliveries and the queue, in Redis.
     shared: SharedWebhooks,
     /// The connection for blocking reads of the queue, so they delay nothing else.
-    reader: ConnectionManager,
+    reader: Link,
     /// Timeout, retry schedule, address policy.
     settings: DispatcherSettings,
     /// Made in `started`: an awc client belongs to the thread that made it.
@@ -111,7 +111,7 @@ impl ClusterDispatcher {
             return;
         }
         self.reading = true;
-        let (shared, mut reader, own) = (self.shared.clone(), self.reader.clone(), !self.own_read);
+        let (shared, mut reader, own) = (self.shared.clone(), self.reader.get(), !self.own_read);
         let count = READ_COUNT.min(MAX_IN_FLIGHT - self.in_flight);
         let read = async move {
             match shared.read(&mut reader, own, count, READ_BLOCK).await {

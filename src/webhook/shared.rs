@@ -19,6 +19,7 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
+use crate::cluster::primary::Link;
 use redis::{Script, Value};
 
 use super::{Attempt, EventKind, Outcome, PendingDelivery, Subscription};
@@ -123,7 +124,7 @@ pub struct Work {
 #[derive(Clone)]
 pub struct SharedWebhooks {
     node: Arc<Node>,
-    conn: ConnectionManager,
+    conn: Link,
 }
 
 impl SharedWebhooks {
@@ -138,7 +139,7 @@ impl SharedWebhooks {
     }
 
     async fn run<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, ClusterError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         answer(&self.node, cmd.query_async(&mut conn)).await
     }
 
@@ -178,7 +179,7 @@ impl SharedWebhooks {
             .cmd("DEL")
             .arg(attempts_key(id))
             .ignore();
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         answer(&self.node, pipe.exec_async(&mut conn)).await
     }
 
@@ -192,7 +193,7 @@ impl SharedWebhooks {
             .arg(attempts_key(id))
             .arg(0)
             .arg(-1);
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         let (exists, log): (bool, Vec<String>) =
             answer(&self.node, pipe.query_async(&mut conn)).await?;
         Ok(exists.then(|| {
@@ -273,7 +274,7 @@ impl SharedWebhooks {
     pub async fn work(&self, due: &Due) -> Result<Option<Work>, ClusterError> {
         let mut pipe = redis::pipe();
         pipe.cmd("HGETALL").arg(delivery_key(&due.delivery));
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         let (fields,): (std::collections::HashMap<String, String>,) =
             answer(&self.node, pipe.query_async(&mut conn)).await?;
         let field = |name: &str| fields.get(name).cloned();
@@ -331,7 +332,7 @@ impl SharedWebhooks {
             .arg(subscription)
             .arg(attempt.map_or(0, |a| a.attempt))
             .arg(ATTEMPTS_KEPT);
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         answer(&self.node, invocation.invoke_async::<i64>(&mut conn))
             .await
             .map(drop)
@@ -341,7 +342,7 @@ impl SharedWebhooks {
     pub async fn promote(&self, most: usize) -> Result<usize, ClusterError> {
         let mut invocation = PROMOTE.prepare_invoke();
         invocation.key(DUE).key(RETRIES).arg(most);
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         answer(&self.node, invocation.invoke_async(&mut conn)).await
     }
 
@@ -349,7 +350,7 @@ impl SharedWebhooks {
     pub async fn depth(&self) -> Result<u64, ClusterError> {
         let mut pipe = redis::pipe();
         pipe.cmd("XLEN").arg(DUE).cmd("ZCARD").arg(RETRIES);
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         let (due, delayed): (u64, u64) = answer(&self.node, pipe.query_async(&mut conn)).await?;
         Ok(due + delayed)
     }

@@ -353,7 +353,7 @@ mod tests {
             json,
             serde_json::json!({
                 "message": "hi",
-                "notification_id": position.cursor(),
+                "notification_id": event.cursor,
                 "created": "1970-01-01T00:00:01.500000Z",
             })
         );

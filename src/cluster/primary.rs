@@ -1,0 +1,303 @@
+//! Where the cluster's Redis primary is now, and connections that follow it through failovers.
+//!
+//! `--redis` names one server (`redis://`, `rediss://`: a Redis, or a managed endpoint that
+//! moves to a new primary by itself), or Redis Sentinels and the primary they watch
+//! (`redis+sentinel://[:password@]h1:26379,h2:26379/mymaster[/db]`; the password and the db
+//! are the primary's, the sentinels are asked without one).
+//!
+//! The live channel (`live.rs`) locates the primary each time it (re)connects: through the
+//! sentinels, or at the URL. A primary at a new address bumps the generation, and every `Link`
+//! reconnects to it on its next use. Either way the server is identified by its run id: a new
+//! one (a promoted replica behind the same address, a restart) is a failover, after which the
+//! node reads every stream it follows again and checks that the positions it knew still hold
+//! the same events (`scripts::READ`).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::{IntoConnectionInfo, RedisConnectionInfo};
+
+/// Longest wait for one answer from Redis.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Longest wait for a connection to Redis.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The scheme of a Sentinel URL.
+const SENTINEL_SCHEME: &str = "redis+sentinel://";
+
+/// What `--redis` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Topology {
+    /// One address, whatever server answers there.
+    Server(String),
+    /// The primary that these sentinels name `service`.
+    Sentinel {
+        sentinels: Vec<(String, u16)>,
+        service: String,
+        password: Option<String>,
+        db: i64,
+    },
+}
+
+impl Topology {
+    /// Reads `--redis`; the error says what is wrong in a few words.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let Some(rest) = url.strip_prefix(SENTINEL_SCHEME) else {
+            url.into_connection_info()
+                .map_err(|e| format!("not a Redis URL ({e}); e.g. redis://127.0.0.1:6379/"))?;
+            return Ok(Topology::Server(url.to_string()));
+        };
+        let example = "e.g. redis+sentinel://h1:26379,h2:26379/mymaster";
+        let (userinfo, rest) = match rest.rsplit_once('@') {
+            Some((userinfo, rest)) => (Some(userinfo), rest),
+            None => (None, rest),
+        };
+        let password = userinfo
+            .map(|u| u.split_once(':').map_or(u, |(_, password)| password))
+            .filter(|p| !p.is_empty())
+            .map(str::to_string);
+        let (hosts, path) = rest
+            .split_once('/')
+            .ok_or(format!("a Sentinel URL names its primary; {example}"))?;
+        let sentinels = hosts
+            .split(',')
+            .map(|host| {
+                let (name, port) = host.rsplit_once(':').unwrap_or((host, "26379"));
+                let port = port
+                    .parse()
+                    .map_err(|_| format!("bad sentinel port in {host:?}; {example}"))?;
+                if name.is_empty() {
+                    return Err(format!("a sentinel without a host; {example}"));
+                }
+                Ok((name.to_string(), port))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let mut parts = path.trim_end_matches('/').split('/');
+        let service = parts.next().unwrap_or_default().to_string();
+        if service.is_empty() {
+            return Err(format!("a Sentinel URL names its primary; {example}"));
+        }
+        let db = match parts.next() {
+            None => 0,
+            Some(db) => db
+                .parse()
+                .map_err(|_| format!("bad db {db:?}; {example}/0"))?,
+        };
+        if parts.next().is_some() {
+            return Err(format!("too many parts after the primary's name; {example}/0"));
+        }
+        Ok(Topology::Sentinel {
+            sentinels,
+            service,
+            password,
+            db,
+        })
+    }
+
+    /// Whether the primary is found through sentinels (a lost primary is then a failover
+    /// under way, not an outage).
+    pub fn is_sentinel(&self) -> bool {
+        matches!(self, Topology::Sentinel { .. })
+    }
+}
+
+/// The cluster's primary: where it is, and how many times it moved.
+pub struct Primary {
+    /// Asked where the primary is; `None` for a fixed address.
+    sentinel: Option<tokio::sync::Mutex<SentinelClient>>,
+    /// The primary as last located.
+    client: Mutex<redis::Client>,
+    /// Bumped when `client` changes: links made for an older one reconnect.
+    generation: AtomicU64,
+    /// The run id of the server last found at the primary's place.
+    run_id: Mutex<Option<String>>,
+}
+
+impl Primary {
+    /// Locates the primary once (through the sentinels, if any).
+    pub async fn connect(topology: &Topology) -> redis::RedisResult<Self> {
+        let (sentinel, client) = match topology {
+            Topology::Server(url) => (None, redis::Client::open(url.as_str())?),
+            Topology::Sentinel {
+                sentinels,
+                service,
+                password,
+                db,
+            } => {
+                let mut node = RedisConnectionInfo::default().set_db(*db);
+                if let Some(password) = password {
+                    node = node.set_password(password);
+                }
+                let addresses = sentinels
+                    .iter()
+                    .map(|(host, port)| redis::ConnectionAddr::Tcp(host.clone(), *port))
+                    .collect();
+                let mut sentinel = SentinelClient::build(
+                    addresses,
+                    service.clone(),
+                    Some(SentinelNodeConnectionInfo::default().set_redis_connection_info(node)),
+                    SentinelServerType::Master,
+                )?;
+                let client = sentinel.async_get_client().await?;
+                (Some(tokio::sync::Mutex::new(sentinel)), client)
+            }
+        };
+        Ok(Self {
+            sentinel,
+            client: Mutex::new(client),
+            generation: AtomicU64::new(0),
+            run_id: Mutex::new(None),
+        })
+    }
+
+    /// Asks the sentinels where the primary is now; a new place moves every link there.
+    /// Nothing to ask for a fixed address.
+    pub async fn locate(&self) -> redis::RedisResult<()> {
+        let Some(sentinel) = &self.sentinel else {
+            return Ok(());
+        };
+        let located = sentinel.lock().await.async_get_client().await?;
+        let mut client = self.client.lock().expect("not poisoned");
+        if client.get_connection_info().addr() != located.get_connection_info().addr() {
+            log::warn!(
+                "Redis Sentinel names a new primary: {}",
+                located.get_connection_info().addr()
+            );
+            *client = located;
+            self.generation.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// The primary as last located.
+    pub fn client(&self) -> redis::Client {
+        self.client.lock().expect("not poisoned").clone()
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
+    /// Checks that the server at the primary's place is a primary, and records its run id.
+    /// Answers whether it is another server than the one found there before (a failover).
+    pub async fn identify(&self, conn: &mut ConnectionManager) -> redis::RedisResult<bool> {
+        let mut ask = redis::pipe();
+        ask.cmd("ROLE").cmd("INFO").arg("server");
+        let (role, info): (redis::Value, String) = ask.query_async(conn).await?;
+        let role = match role {
+            redis::Value::Array(parts) => match parts.first() {
+                Some(redis::Value::BulkString(role)) => String::from_utf8_lossy(role).into_owned(),
+                _ => String::new(),
+            },
+            _ => String::new(),
+        };
+        if role != "master" {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly),
+                "the Redis at the primary's place is not a primary",
+                role,
+            )));
+        }
+        let run_id = info
+            .lines()
+            .find_map(|line| line.strip_prefix("run_id:"))
+            .map(|id| id.trim().to_string());
+        let mut known = self.run_id.lock().expect("not poisoned");
+        let moved = known.is_some() && *known != run_id;
+        if moved {
+            log::warn!(
+                "Redis failover: the primary is another server now (run id {} -> {}); reading every followed stream again",
+                known.as_deref().unwrap_or("?"),
+                run_id.as_deref().unwrap_or("?")
+            );
+        }
+        *known = run_id;
+        Ok(moved)
+    }
+}
+
+/// A connection to whichever server is the primary now: made on first use, on the thread that
+/// uses it, and made again when the primary moves. Cheap to clone (clones share it).
+#[derive(Clone)]
+pub struct Link {
+    primary: Arc<Primary>,
+    held: Arc<Mutex<(u64, ConnectionManager)>>,
+}
+
+impl Link {
+    pub fn new(primary: &Arc<Primary>) -> Self {
+        let generation = primary.generation();
+        Self {
+            held: Arc::new(Mutex::new((generation, manager(&primary.client())))),
+            primary: primary.clone(),
+        }
+    }
+
+    /// The connection to use for the next request.
+    pub fn get(&self) -> ConnectionManager {
+        let generation = self.primary.generation();
+        let mut held = self.held.lock().expect("not poisoned");
+        if held.0 != generation {
+            *held = (generation, manager(&self.primary.client()));
+        }
+        held.1.clone()
+    }
+}
+
+/// A connection that connects on first use and reconnects by itself to the same address;
+/// every request gives up after `ANSWER_TIMEOUT`.
+fn manager(client: &redis::Client) -> ConnectionManager {
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(ANSWER_TIMEOUT))
+        .set_number_of_retries(1)
+        .set_min_delay(Duration::from_millis(50));
+    ConnectionManager::new_lazy_with_config(client.clone(), config)
+        .expect("a lazy connection manager needs no connection")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sentinel_urls_name_sentinels_a_primary_a_password_and_a_db() {
+        assert_eq!(
+            Topology::parse("redis+sentinel://:pw@h1:26379,h2:26380/mymaster/2"),
+            Ok(Topology::Sentinel {
+                sentinels: vec![("h1".into(), 26379), ("h2".into(), 26380)],
+                service: "mymaster".into(),
+                password: Some("pw".into()),
+                db: 2,
+            })
+        );
+        assert_eq!(
+            Topology::parse("redis+sentinel://h1/mymaster/"),
+            Ok(Topology::Sentinel {
+                sentinels: vec![("h1".into(), 26379)],
+                service: "mymaster".into(),
+                password: None,
+                db: 0,
+            })
+        );
+        for bad in [
+            "redis+sentinel://h1:26379",
+            "redis+sentinel://h1:26379/",
+            "redis+sentinel://h1:x/m",
+            "redis+sentinel://:1/m",
+            "redis+sentinel://h1/m/zero",
+            "redis+sentinel://h1/m/0/extra",
+            "http://h1/",
+        ] {
+            assert!(Topology::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            Topology::parse("redis://127.0.0.1:6379/"),
+            Ok(Topology::Server("redis://127.0.0.1:6379/".into()))
+        );
+    }
+}
