@@ -140,7 +140,12 @@ pub struct ServeArgs {
 
     /// Cluster mode: a publish is acknowledged only once this many replicas of the Redis
     /// primary hold it (Redis `WAIT`); one that is not replicated within a second answers 503.
-    #[arg(long, env = "HERALD_REDIS_REPLICAS", default_value_t = 0, requires = "redis")]
+    #[arg(
+        long,
+        env = "HERALD_REDIS_REPLICAS",
+        default_value_t = 0,
+        requires = "redis"
+    )]
     pub redis_replicas: u32,
 
     /// This node's name in the cluster, unique among the nodes of one Redis; a random one

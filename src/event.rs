@@ -243,10 +243,7 @@ mod tests {
     fn marks_are_never_zero_and_differ_by_the_microsecond() {
         let at = std::time::UNIX_EPOCH + std::time::Duration::from_micros(1_700_000_000_123_456);
         assert_ne!(mark(at), 0);
-        assert_ne!(
-            mark(at),
-            mark(at + std::time::Duration::from_micros(1))
-        );
+        assert_ne!(mark(at), mark(at + std::time::Duration::from_micros(1)));
     }
 
     #[test]

@@ -272,7 +272,11 @@ mod tests {
     /// The event at `seq`, with the same creation time however a node gets it (as Redis keeps
     /// it); in the future, so retention by age keeps it.
     fn event(epoch: u32, seq: u64) -> Arc<Event> {
-        created(epoch, seq, SystemTime::UNIX_EPOCH + Duration::from_secs(4_000_000_000 + seq))
+        created(
+            epoch,
+            seq,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(4_000_000_000 + seq),
+        )
     }
 
     fn created(epoch: u32, seq: u64, at: SystemTime) -> Arc<Event> {

@@ -287,7 +287,11 @@ mod tests {
         let (at, mark) = Position::from_marked_cursor(&h.cursor(first)).unwrap();
         assert_eq!((at, h.check(at, mark)), (first, Ok(())));
         assert_eq!(h.check(first, mark + 1), Err(Gap::StreamReset));
-        assert_eq!(h.check(first, 0), Ok(()), "a cursor without a mark is not checked");
+        assert_eq!(
+            h.check(first, 0),
+            Ok(()),
+            "a cursor without a mark is not checked"
+        );
         // The newest event's mark is kept after it ages out.
         let mark = Position::from_marked_cursor(&h.cursor(second)).unwrap().1;
         h.prune(RET, now + Duration::from_secs(3600));

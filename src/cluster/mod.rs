@@ -308,20 +308,13 @@ impl StreamLog {
         let (node, mut conn, stream) = (self.node.clone(), self.conn.get(), stream.clone());
         async move {
             let replicas = node.replicas;
-            let (epoch, first): (u32, u64) = match replicated(
-                &node,
-                &mut conn,
-                &scripts::APPEND,
-                &first_try,
-                replicas,
-            )
-            .await
-            {
-                Err(ClusterError::Redis(e)) if broken(&e) => {
-                    replicated(&node, &mut conn, &scripts::APPEND, &retry, replicas).await?
-                }
-                other => other?,
-            };
+            let (epoch, first): (u32, u64) =
+                match replicated(&node, &mut conn, &scripts::APPEND, &first_try, replicas).await {
+                    Err(ClusterError::Redis(e)) if broken(&e) => {
+                        replicated(&node, &mut conn, &scripts::APPEND, &retry, replicas).await?
+                    }
+                    other => other?,
+                };
             // The stored creation time has µs precision; every node must see the same one.
             let created = wire::from_micros(wire::micros(created));
             let events = data
@@ -507,7 +500,9 @@ async fn replicated<T: redis::FromRedisValue>(
         }
     };
     let (value, acked) = match answer(node, run(conn)).await {
-        Err(ClusterError::Redis(e)) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+        Err(ClusterError::Redis(e))
+            if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+        {
             answer(node, script.load_async(conn)).await?;
             answer(node, run(conn)).await?
         }

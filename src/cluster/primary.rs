@@ -88,7 +88,9 @@ impl Topology {
                 .map_err(|_| format!("bad db {db:?}; {example}/0"))?,
         };
         if parts.next().is_some() {
-            return Err(format!("too many parts after the primary's name; {example}/0"));
+            return Err(format!(
+                "too many parts after the primary's name; {example}/0"
+            ));
         }
         Ok(Topology::Sentinel {
             sentinels,

@@ -13,8 +13,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::prelude::*;
 use crate::cluster::primary::Link;
+use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use super::dispatcher::{http_client, judge, post, Request};

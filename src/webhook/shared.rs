@@ -18,8 +18,8 @@
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use crate::cluster::primary::Link;
+use redis::aio::ConnectionManager;
 use redis::{Script, Value};
 
 use super::{Attempt, EventKind, Outcome, PendingDelivery, Subscription};
