@@ -256,6 +256,7 @@ mod tests {
     const RET: Retention = Retention {
         max_events: 100,
         ttl: Duration::from_secs(3600),
+        idempotency_window: Duration::from_secs(60),
     };
 
     fn event(epoch: u32, seq: u64) -> Arc<Event> {

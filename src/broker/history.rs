@@ -191,6 +191,7 @@ mod tests {
     const RET: Retention = Retention {
         max_events: 3,
         ttl: Duration::from_secs(60),
+        idempotency_window: Duration::from_secs(60),
     };
 
     fn push(h: &mut History, at: SystemTime) -> Position {

@@ -30,6 +30,7 @@ use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::event::{Event, Position, StreamKey};
+use crate::idempotency::Idempotency;
 use crate::identity::Revocations;
 use crate::store::Retention;
 
@@ -222,6 +223,18 @@ pub struct Snapshot {
     pub events: Vec<Arc<Event>>,
 }
 
+/// What became of a batch given to `StreamLog::append`.
+#[derive(Debug)]
+pub enum Appended {
+    /// Appended and announced now: its events as stored.
+    New(Vec<Arc<Event>>),
+    /// Its idempotency key names an earlier publish of the same documents: that publish's
+    /// events. Nothing was appended or announced now.
+    Replayed(Vec<Arc<Event>>),
+    /// Its idempotency key names an earlier publish of other documents. Nothing was appended.
+    KeyReused,
+}
+
 /// One Broker shard's way to the cluster: its own connection, and the node's live channel.
 pub struct StreamLog {
     node: Arc<Node>,
@@ -258,14 +271,17 @@ impl StreamLog {
     }
 
     /// Appends a batch to `stream` (see `scripts::APPEND`) and answers with its events as
-    /// stored. The batch is in Redis, announced, when this answers `Ok`. A connection that
-    /// broke on the way is retried once: the script recognises a batch it already applied.
+    /// stored. The batch is in Redis, announced, when this answers `Appended::New`. A
+    /// connection that broke on the way is retried once: the script recognises a batch it
+    /// already applied. With an idempotency key that names an earlier publish, nothing is
+    /// appended.
     pub fn append(
         &self,
         stream: &StreamKey,
         data: Vec<Box<RawValue>>,
         created: SystemTime,
-    ) -> impl Future<Output = Result<Vec<Arc<Event>>, ClusterError>> + 'static {
+        idempotency: Option<&Idempotency>,
+    ) -> impl Future<Output = Result<Appended, ClusterError>> + 'static {
         let publish_id = format!("{:016x}", rand::random::<u64>());
         // Dashboard events make their webhook deliveries in the same script.
         let dashboard = stream.kind == crate::event::StreamKind::Country;
@@ -274,6 +290,8 @@ impl StreamLog {
         } else {
             String::new()
         };
+        let fingerprint = idempotency.map_or(String::new(), |i| i.fingerprint.hex());
+        let window = self.node.retention.idempotency_window.as_millis().max(1);
         let invocation = |retry: bool| {
             let mut invocation = scripts::APPEND.prepare_invoke();
             invocation
@@ -281,6 +299,8 @@ impl StreamLog {
                 .key(wire::log_key(stream));
             if dashboard {
                 invocation.key(wire::SUBSCRIPTIONS).key(wire::DUE);
+            } else if let Some(idempotency) = idempotency {
+                invocation.key(wire::idempotency_key(stream, &idempotency.key));
             }
             invocation
                 .arg(wire::live_channel(stream))
@@ -290,7 +310,9 @@ impl StreamLog {
                 .arg(rand::random::<u32>())
                 .arg(&publish_id)
                 .arg(if retry { "1" } else { "0" })
-                .arg(&webhook_time);
+                .arg(&webhook_time)
+                .arg(&fingerprint)
+                .arg(window.to_string());
             for doc in &data {
                 invocation.arg(doc.get());
             }
@@ -299,15 +321,19 @@ impl StreamLog {
         let (first_try, retry) = (invocation(false), invocation(true));
         let (node, mut conn, stream) = (self.node.clone(), self.conn.clone(), stream.clone());
         async move {
-            let (epoch, first): (u32, u64) =
+            let (state, epoch, first, count, created): (u8, u32, u64, u64, u64) =
                 match answer(&node, first_try.invoke_async(&mut conn)).await {
                     Err(ClusterError::Redis(e)) if broken(&e) => {
                         answer(&node, retry.invoke_async(&mut conn)).await?
                     }
                     other => other?,
                 };
+            // Equal fingerprints are equal batches; a count that differs would be a forgery.
+            if state == scripts::KEY_REUSED || count != data.len() as u64 {
+                return Ok(Appended::KeyReused);
+            }
             // The stored creation time has µs precision; every node must see the same one.
-            let created = wire::from_micros(wire::micros(created));
+            let created = wire::from_micros(created);
             let events = data
                 .into_iter()
                 .enumerate()
@@ -319,7 +345,14 @@ impl StreamLog {
                     Arc::new(Event::new(stream.clone(), position, created, data))
                 })
                 .collect();
-            Ok(events)
+            match state {
+                scripts::APPENDED => Ok(Appended::New(events)),
+                scripts::REPLAYED => Ok(Appended::Replayed(events)),
+                _ => Err(wire::Malformed {
+                    what: "publish answer",
+                }
+                .into()),
+            }
         }
     }
 

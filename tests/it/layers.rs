@@ -11,6 +11,7 @@ const LAYERS: &[(&str, u32)] = &[
     // The event model and primitives every layer shares.
     ("event", 0),
     ("identity", 0),
+    ("idempotency", 0),
     ("queue", 0),
     ("logs", 0),
     ("limits", 0),
