@@ -64,7 +64,7 @@ impl Answer {
 pub struct Target {
     pub face: Face,
     /// The client id, instance id, or the prefix of the two access ids.
-    id: String,
+    pub id: String,
 }
 
 impl Target {
