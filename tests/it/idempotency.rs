@@ -635,3 +635,47 @@ async fn keys_survive_a_clean_restart_and_are_forgotten_in_memory() {
         assert_eq!(again.body == first.body, !memory);
     }
 }
+
+#[actix_rt::test]
+async fn the_openapi_document_describes_the_key_on_every_publishing_operation() {
+    let srv = TestServer::start().await;
+    let mut res = client().get(srv.url("/openapi.json")).send().await.unwrap();
+    let doc: Value = serde_json::from_slice(&res.body().limit(4 << 20).await.unwrap()).unwrap();
+    let operations = [
+        ("/events/client/{clientId}", "202"),
+        (
+            "/notification/v1/instance/{instance_id}/notification",
+            "200",
+        ),
+        ("/push_events", "200"),
+    ];
+    for (path, ok) in operations {
+        let op = &doc["paths"][path]["post"];
+        let params = op["parameters"].as_array().expect("parameters");
+        let key = params
+            .iter()
+            .find(|p| p["name"] == "Idempotency-Key")
+            .unwrap_or_else(|| panic!("{path}: no Idempotency-Key parameter"));
+        assert_eq!(key["in"], "header", "{path}");
+        assert_eq!(key["required"], false, "{path}");
+        let schema = &key["schema"];
+        assert_eq!(
+            (
+                &schema["minLength"],
+                &schema["maxLength"],
+                &schema["pattern"]
+            ),
+            (&json!(1), &json!(255), &json!("^[!-~]+$")),
+            "{path}: {key}"
+        );
+        let description = key["description"].as_str().unwrap();
+        assert!(description.contains("idempotency_key_reused"), "{path}");
+        let answered = &op["responses"][ok]["headers"]["Idempotent-Replayed"];
+        assert!(answered["description"].is_string(), "{path}");
+        let refused = op["responses"]["422"]["description"].as_str().unwrap();
+        assert!(
+            refused.contains("idempotency_key_reused"),
+            "{path}: {refused}"
+        );
+    }
+}

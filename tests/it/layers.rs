@@ -11,10 +11,11 @@ const LAYERS: &[(&str, u32)] = &[
     // The event model and primitives every layer shares.
     ("event", 0),
     ("identity", 0),
-    ("idempotency", 0),
     ("queue", 0),
     ("logs", 0),
     ("limits", 0),
+    // Idempotency keys and what they name, in the event model's terms.
+    ("idempotency", 1),
     ("metrics", 1),
     // Wire types below both the server and the faces, then the server.
     ("http", 1),
