@@ -448,7 +448,9 @@ impl Handler<Publish> for Broker {
                 return self.published_in_cluster(msg.stream, appended, ctx);
             }
         };
-        let key = match msg.idempotency {
+        // An empty publish names no position to remember (no face sends one with a key).
+        let idempotency = msg.idempotency.filter(|_| !msg.data.is_empty());
+        let key = match idempotency {
             None => None,
             Some(idempotency) => match self.keys.check(&msg.stream, &idempotency, now) {
                 Seen::New => Some(idempotency),

@@ -146,13 +146,7 @@ impl Target {
     }
 
     /// Sends publish `n` to `path` with these headers (`None`: left out).
-    pub async fn send(
-        &self,
-        root: &str,
-        path: &str,
-        headers: &[(&str, Option<&str>)],
-        n: u32,
-    ) -> Answer {
+    pub async fn send(&self, root: &str, path: &str, headers: Headers<'_>, n: u32) -> Answer {
         let mut req = client()
             .post(format!("{root}{path}"))
             .bearer_auth(PUBLISHER_KEY);
@@ -295,6 +289,9 @@ impl Target {
     }
 }
 
+/// Headers of a request: `(name, value)`, `None` for one left out.
+type Headers<'a> = &'a [(&'a str, Option<&'a str>)];
+
 /// Document ids that tell publish `n`'s events apart.
 fn document(n: u32, i: u32) -> String {
     format!("00000000-0000-4000-8000-{:06}{:06}", n, i)
@@ -414,7 +411,7 @@ async fn keys_that_are_not_1_to_255_visible_characters_are_refused() {
     let srv = TestServer::start().await;
     let root = srv.url("");
     let long = "k".repeat(256);
-    let cases: [(&[(&str, Option<&str>)], &str); 4] = [
+    let cases: [(Headers, &str); 4] = [
         (&[("Idempotency-Key", Some(""))], "string_too_short"),
         (&[("Idempotency-Key", Some(&long))], "string_too_long"),
         (
