@@ -51,12 +51,14 @@ pub static APPEND: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local n = #ARGV - 10
+-- The idempotency key first: a publish it names is answered, not appended again.
 if ARGV[9] ~= '' then
   local e, s, c, t, f, p = string.match(redis.call('GET', KEYS[3]) or '',
     '^(%d+) (%d+) (%d+) (%d+) (%x+) (%S+)$')
   if f and f ~= ARGV[9] then
     return {2, 0, 0, 0, 0}
   elseif f then
+    -- This publish's own first attempt, applied before its connection broke, is no replay.
     local state = 1
     if p == ARGV[6] then state = 0 end
     return {state, tonumber(e), tonumber(s), tonumber(c), tonumber(t)}
