@@ -65,6 +65,11 @@ pub struct ServeArgs {
     #[arg(long, env = "HERALD_HISTORY_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
     pub history_ttl: Duration,
 
+    /// How long a stream remembers a publish's `Idempotency-Key`: a repeat within it is
+    /// answered with the first publish's ids instead of being appended again.
+    #[arg(long, env = "HERALD_IDEMPOTENCY_WINDOW", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub idempotency_window: Duration,
+
     /// Interval of SSE keep-alive comments, so proxies keep idle streams open.
     #[arg(long, env = "HERALD_SSE_KEEPALIVE", default_value = "15s", value_parser = humantime::parse_duration)]
     pub sse_keepalive: Duration,
@@ -233,6 +238,7 @@ pub struct Config {
     pub publisher_keys: Vec<String>,
     pub history_size: usize,
     pub history_ttl: Duration,
+    pub idempotency_window: Duration,
     pub sse_keepalive: Duration,
     pub subscriber_queue: usize,
     pub max_connections: usize,
@@ -268,6 +274,8 @@ pub enum ConfigError {
     RetrySchedule(crate::webhook::retry::ScheduleError),
     #[error("--body-timeout must be longer than zero")]
     BodyTimeout,
+    #[error("--idempotency-window must be longer than zero")]
+    IdempotencyWindow,
     #[error("--ws-ping must be longer than zero")]
     WsPing,
     #[error("--max-listeners-per-instance must be at least 1")]
@@ -301,6 +309,9 @@ impl ServeArgs {
                 .map_err(ConfigError::RetrySchedule)?;
         if self.body_timeout.is_zero() {
             return Err(ConfigError::BodyTimeout);
+        }
+        if self.idempotency_window.is_zero() {
+            return Err(ConfigError::IdempotencyWindow);
         }
         if self.ws_ping.is_zero() {
             return Err(ConfigError::WsPing);
@@ -352,6 +363,7 @@ impl ServeArgs {
             publisher_keys: self.publisher_keys,
             history_size: self.history_size,
             history_ttl: self.history_ttl,
+            idempotency_window: self.idempotency_window,
             sse_keepalive: self.sse_keepalive,
             subscriber_queue: self.subscriber_queue,
             max_connections: self.max_connections,
@@ -429,6 +441,7 @@ impl Config {
             publisher_keys: Vec::new(),
             history_size: 1000,
             history_ttl: Duration::from_secs(24 * 3600),
+            idempotency_window: Duration::from_secs(5 * 60),
             sse_keepalive: Duration::from_secs(15),
             subscriber_queue: 1024,
             max_connections: 65_536,

@@ -86,17 +86,18 @@ pub struct Position {
 }
 
 /// Something of the event at a position, carried in its cursor: the low 32 bits of its
-/// creation time in µs, never 0 (0 is "no event known there"). A stream whose positions were
+/// creation time in ms, never 0 (0 is "no event known there"). Milliseconds, because that is
+/// what every store keeps (SQLite keeps ms, Redis µs): a mark must survive a restart. A stream whose positions were
 /// handed out again (a Redis failover that lost the newest events, then new publishes) has
 /// other events there, with other marks: a cursor resumed there is a gap, not a silent skip.
 pub type Mark = u32;
 
 /// The mark of an event created at `created`.
 pub fn mark(created: SystemTime) -> Mark {
-    let micros = created
+    let millis = created
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros());
-    (micros as u32).max(1)
+        .map_or(0, |d| d.as_millis());
+    (millis as u32).max(1)
 }
 
 impl Position {
@@ -240,10 +241,16 @@ mod tests {
     }
 
     #[test]
-    fn marks_are_never_zero_and_differ_by_the_microsecond() {
-        let at = std::time::UNIX_EPOCH + std::time::Duration::from_micros(1_700_000_000_123_456);
+    fn marks_are_never_zero_differ_by_the_millisecond_and_survive_a_store_in_ms() {
+        use std::time::{Duration, UNIX_EPOCH};
+        let at = UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456);
         assert_ne!(mark(at), 0);
-        assert_ne!(mark(at), mark(at + std::time::Duration::from_micros(1)));
+        assert_ne!(mark(at), mark(at + Duration::from_millis(1)));
+        assert_eq!(
+            mark(at),
+            mark(UNIX_EPOCH + Duration::from_millis(1_700_000_000_123))
+        );
+        assert_eq!(mark(UNIX_EPOCH), 1);
     }
 
     #[test]

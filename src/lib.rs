@@ -12,6 +12,7 @@ pub mod config;
 pub mod dashboard;
 pub mod event;
 pub mod http;
+pub mod idempotency;
 pub mod identity;
 pub mod limits;
 pub mod logs;
@@ -93,6 +94,7 @@ pub async fn start(config: Config) -> Result<Herald, StartError> {
     let retention = Retention {
         max_events: config.history_size,
         ttl: config.history_ttl,
+        idempotency_window: config.idempotency_window,
     };
     let metrics = metrics::Metrics::new();
     let cluster = match &config.cluster {

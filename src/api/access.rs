@@ -24,11 +24,13 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use super::error::FieldError;
+use super::idempotency;
 use super::openapi::Routes;
 use super::{bearer, check_publisher, read_body, AppState};
 use crate::auth::AuthError;
 use crate::broker::messages::{CloseReason, CloseStream, ListSubscribed, Publish};
 use crate::event::{StreamKey, StreamKind};
+use crate::idempotency::{Idempotency, REPLAYED};
 use crate::identity::Identity;
 use crate::limits::Permit;
 use crate::metrics::Face;
@@ -221,14 +223,19 @@ async fn read_json_body(payload: web::Payload, state: &AppState) -> Result<web::
     path = "/push_events",
     tag = TAG,
     operation_id = "push_events",
+    params(("Idempotency-Key" = Option<String>, Header, description = idempotency::PARAMETER_PER_ACCESS_ID,
+        min_length = 1, max_length = 255, pattern = "^[!-~]+$")),
     request_body = Vec<AccessEvent>,
     responses(
-        (status = 200, description = "Durable and on their way to subscribers", body = bool, content_type = "application/json", example = json!(true)),
+        (status = 200, description = "Durable and on their way to subscribers (or, for a repeated `Idempotency-Key`, published already)", body = bool, content_type = "application/json",
+            headers(("Idempotent-Replayed" = String, description = "`true` when this answer is an earlier publish's with the same `Idempotency-Key`: nothing was appended or delivered now. Absent otherwise.")), example = json!(true)),
         (status = 400, description = "The body could not be read", body = AccessErrorBody),
         (status = 401, description = UNAUTHORIZED, body = AccessErrorBody),
         (status = 413, description = "The body is larger than `--max-body`", body = AccessErrorBody),
         (status = 408, description = "No byte of the body came for `--body-timeout`; the connection closes", body = AccessErrorBody),
-        (status = 422, description = "Not a JSON array of events; `field` names the element and field, e.g. `[2].created_at`", body = AccessErrorBody),
+        (status = 422, description = "Not a JSON array of events; `field` names the element and field, e.g. `[2].created_at`. \
+With `field` `Idempotency-Key`: a key that is not 1 to 255 visible ASCII characters, or given twice; or `error` \
+`idempotency_key_reused`, the key was used with other events for one of the access ids within the window", body = AccessErrorBody),
         (status = 503, description = "The broker or the store cannot take the events now", body = AccessErrorBody),
     ),
     security(("publisher" = []))
@@ -239,6 +246,7 @@ async fn push_events(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, FieldError> {
     require_publisher(&req, &state)?;
+    let key = idempotency::key(&req).map_err(FieldError::bad_key)?;
     let body = read_json_body(payload, &state).await?;
     let events = parse_events(&body)?;
     // One publish per access id, in the order of first appearance; each keeps its events' order.
@@ -251,16 +259,28 @@ async fn push_events(
         });
         streams[i].1.push(data);
     }
+    // The key is remembered per access id, with that access id's events.
+    let mut replayed = key.is_some() && !streams.is_empty();
     let publishes = streams.into_iter().map(|(access_id, data)| {
         let stream = StreamKey::new(StreamKind::Access, access_id);
-        state.brokers.of(&stream).send(Publish { stream, data })
+        let idempotency = key.clone().map(|key| Idempotency::new(key, &data));
+        let publish = Publish {
+            stream,
+            data,
+            idempotency,
+        };
+        state.brokers.of(&publish.stream).send(publish)
     });
     for acked in futures_util::future::join_all(publishes).await {
-        acked
-            .map_err(|_| FieldError::broker_unavailable())?
-            .map_err(|e| FieldError::Unavailable(e.to_string()))?;
+        let acked = acked.map_err(|_| FieldError::broker_unavailable())??;
+        replayed &= acked.replayed;
     }
-    Ok(HttpResponse::Ok().json(true))
+    let mut response = HttpResponse::Ok();
+    // Only when nothing of the push was appended now.
+    if replayed {
+        response.insert_header((REPLAYED, "true"));
+    }
+    Ok(response.json(true))
 }
 
 /// An access event as delivered: the three documented fields, `payload` verbatim.

@@ -2,7 +2,7 @@
 //!
 //! `GET /events/client` streams `client:<sub>` to the token's subject; errors are embedded in a
 //! 200 body because EventSource cannot see status codes. `POST /events/client/{clientId}`
-//! publishes one or many status changes.
+//! publishes one or many status changes (once per `Idempotency-Key`).
 //!
 //! Routes are registered from their OpenAPI declarations (`ApiDoc`; schemas in `schema.rs`).
 
@@ -18,11 +18,13 @@ use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
 use super::error::FieldError;
+use super::idempotency;
 use super::openapi::Routes;
 use super::{check_publisher, header_text, read_body, AppState};
 use crate::broker::messages::{Fallback, Publish, Start};
 use crate::event::{StreamKey, StreamKind};
 use crate::http::Answer;
+use crate::idempotency::{Idempotency, Key, REPLAYED};
 use crate::metrics::Face;
 use crate::queue;
 use crate::session::sse::SseSession;
@@ -272,6 +274,9 @@ fn accepts_event_stream(accept: Option<&[u8]>) -> bool {
 #[derive(Serialize)]
 pub(crate) struct Published {
     ids: Vec<String>,
+    /// The ids are an earlier publish's with the same idempotency key.
+    #[serde(skip)]
+    replayed: bool,
 }
 
 impl Published {
@@ -279,7 +284,11 @@ impl Published {
     pub(crate) fn answer(&self) -> Answer {
         Answer::Json {
             status: StatusCode::ACCEPTED,
-            headers: &[],
+            headers: if self.replayed {
+                &[(REPLAYED, "true")]
+            } else {
+                &[]
+            },
             body: serde_json::to_vec(self)
                 .expect("a list of ids serializes")
                 .into(),
@@ -296,15 +305,22 @@ impl Published {
     path = "/events/client/{clientId}",
     tag = TAG,
     operation_id = "publish_client_events",
-    params(("clientId" = String, Path, description = "The client whose stream receives the events (1 to 256 characters)")),
+    params(
+        ("clientId" = String, Path, description = "The client whose stream receives the events (1 to 256 characters)"),
+        ("Idempotency-Key" = Option<String>, Header, description = idempotency::PARAMETER,
+            min_length = 1, max_length = 255, pattern = "^[!-~]+$"),
+    ),
     request_body = DocumentStatusEvents,
     responses(
-        (status = 202, description = "Durable and on their way to subscribers", body = DocumentsPublished),
+        (status = 202, description = "Durable and on their way to subscribers (or, for a repeated `Idempotency-Key`, the first publish's answer)", body = DocumentsPublished,
+            headers(("Idempotent-Replayed" = String, description = "`true` when this answer is an earlier publish's with the same `Idempotency-Key`: nothing was appended or delivered now. Absent otherwise."))),
         (status = 400, description = "The body could not be read", body = DocumentsErrorBody),
         (status = 401, description = "No publisher credential, or a refused one (`WWW-Authenticate: Bearer`)", body = DocumentsErrorBody),
         (status = 413, description = "The body is larger than `--max-body`", body = DocumentsErrorBody),
         (status = 408, description = "No byte of the body came for `--body-timeout`; the connection closes", body = DocumentsErrorBody),
-        (status = 422, description = "Not JSON, an empty array, or an invalid element; `field` names the culprit", body = DocumentsErrorBody),
+        (status = 422, description = "Not JSON, an empty array, or an invalid element; `field` names the culprit. \
+With `field` `Idempotency-Key`: a key that is not 1 to 255 visible ASCII characters, or given twice; or `error` \
+`idempotency_key_reused`, the key was used with another body within the window", body = DocumentsErrorBody),
         (status = 503, description = "The broker or the store cannot take the events now", body = DocumentsErrorBody),
     ),
     security(("publisher" = []))
@@ -317,13 +333,14 @@ async fn publish(
 ) -> Result<HttpResponse, FieldError> {
     let client_id = path.into_inner();
     admit(&state, super::authorization(&req), &client_id)?;
+    let key = idempotency::key(&req).map_err(FieldError::bad_key)?;
     let body = read_body(payload, state.config.max_body, state.config.body_timeout).await?;
-    let published = append(&state, client_id, &body).await?;
+    let published = append(&state, client_id, key, &body).await?;
     Ok(published.answer().into())
 }
 
-/// The checks a publish passes before its body is read: the credential, then the client id.
-/// Shared with `direct`, like `append`.
+/// The checks a publish passes before its body is read: the credential, then the client id
+/// (then the idempotency key). Shared with `direct`, like `append`.
 pub(crate) fn admit(
     state: &AppState,
     authorization: Option<&[u8]>,
@@ -339,23 +356,30 @@ pub(crate) fn admit(
     Ok(())
 }
 
-/// Validates an admitted publish's body and appends its events to `client:<client_id>`.
+/// Validates an admitted publish's body and appends its events to `client:<client_id>`,
+/// unless `key` names an earlier publish of the same events.
 pub(crate) async fn append(
     state: &AppState,
     client_id: String,
+    key: Option<Key>,
     body: &[u8],
 ) -> Result<Published, FieldError> {
     let data = parse_statuses(body)?;
+    let idempotency = key.map(|key| Idempotency::new(key, &data));
     let stream = StreamKey::new(StreamKind::Client, client_id);
-    let events = state
+    let acked = state
         .brokers
         .of(&stream)
-        .send(Publish { stream, data })
+        .send(Publish {
+            stream,
+            data,
+            idempotency,
+        })
         .await
-        .map_err(|_| FieldError::broker_unavailable())?
-        .map_err(|e| FieldError::Unavailable(e.to_string()))?;
+        .map_err(|_| FieldError::broker_unavailable())??;
     Ok(Published {
-        ids: events.iter().map(|e| e.cursor.clone()).collect(),
+        ids: acked.events.iter().map(|e| e.cursor.clone()).collect(),
+        replayed: acked.replayed,
     })
 }
 

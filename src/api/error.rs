@@ -6,6 +6,8 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 
 use super::{BodyError, PublisherCheck};
+use crate::broker::messages::PublishError;
+use crate::idempotency::KeyError;
 
 /// Every way a request of those faces is refused.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +50,11 @@ impl FieldError {
         }
     }
 
+    /// 422 naming the `Idempotency-Key` header.
+    pub fn bad_key(e: KeyError) -> Self {
+        Self::invalid(super::idempotency::NAME, e.to_string())
+    }
+
     /// 503: the Broker shard did not answer.
     pub fn broker_unavailable() -> Self {
         Self::Unavailable("broker unavailable".into())
@@ -58,6 +65,19 @@ impl FieldError {
         match self {
             Self::Invalid { field, .. } => field.as_deref(),
             _ => None,
+        }
+    }
+}
+
+/// A publish the Broker did not acknowledge: 422 `idempotency_key_reused` when its key names
+/// another publish, else 503 (nothing of it was kept).
+impl From<PublishError> for FieldError {
+    fn from(e: PublishError) -> Self {
+        match e {
+            PublishError::KeyReused => {
+                Self::invalid(super::idempotency::NAME, super::idempotency::REUSED)
+            }
+            e => Self::Unavailable(e.to_string()),
         }
     }
 }

@@ -28,12 +28,14 @@ pub use body::{Notification, NotificationCreate, NotificationCreated, Notificati
 pub use error::{ErrorBody, InstanceError, ValidationDetail, ValidationErrors};
 use params::{LongPollQuery, PageQuery};
 
+use super::idempotency;
 use super::openapi::Routes;
 use super::{read_body, AppState, BodyError};
 use crate::auth::{self, AuthError, Claims, PUBLISH};
-use crate::broker::messages::{GetEvent, Publish, ReadPage, Start};
+use crate::broker::messages::{GetEvent, Publish, PublishError, ReadPage, Start};
 use crate::event::{Position, StreamKey, StreamKind};
 use crate::http::Answer;
+use crate::idempotency::{Idempotency, KeyError, HEADER, REPLAYED};
 use crate::limits::Permit;
 use crate::session::longpoll::{self, PollOutcome, PollSpec};
 
@@ -328,10 +330,15 @@ async fn get_notification(
     path = "/notification/v1/instance/{instance_id}/notification",
     tag = TAG,
     operation_id = "instance_notifications_create",
-    params(("instance_id" = Uuid, Path, description = "The instance")),
+    params(
+        ("instance_id" = Uuid, Path, description = "The instance"),
+        ("Idempotency-Key" = Option<String>, Header, description = idempotency::PARAMETER,
+            min_length = 1, max_length = 255, pattern = "^[!-~]+$"),
+    ),
     request_body(content = body::NotificationsCreate, content_type = "application/json"),
     responses(
-        (status = 200, description = "Successful Response", body = NotificationCreated),
+        (status = 200, description = "Successful Response (or, for a repeated `Idempotency-Key`, the first create's)", body = NotificationCreated,
+            headers(("Idempotent-Replayed" = String, description = "`true` when this answer is an earlier publish's with the same `Idempotency-Key`: nothing was appended or delivered now. Absent otherwise."))),
         (status = 400, description = "Error Codes:
 - `bad_id` - Passed client id is not a valid id (the instance id is not a UUID)
 - `bad_request` - the request body could not be read", body = ErrorBody),
@@ -340,7 +347,10 @@ async fn get_notification(
 - `request_too_large` - the body is larger than `--max-body`", body = ErrorBody),
         (status = 408, description = "Error Codes:
 - `request_timeout` - no byte of the body came for `--body-timeout`; the connection closes", body = ErrorBody),
-        (status = 422, description = "Validation Error", body = ValidationErrors),
+        (status = 422, description = "Validation Error. `loc` `[\"header\", \"idempotency-key\"]`: \
+a key that is not 1 to 255 visible ASCII characters (`string_too_short`, `string_too_long`, \
+`string_pattern_mismatch`), or given twice (`value_error`); or `type` `idempotency_key_reused`, \
+the key was used with another body within the window", body = ValidationErrors),
         (status = 503, description = UNAVAILABLE, body = ErrorBody),
     ),
     security(("bearer" = []), ("cookie" = []))
@@ -364,19 +374,58 @@ async fn create(
             BodyError::Read(e) => InstanceError::BadBody(e.to_string()),
             BodyError::TimedOut(after) => InstanceError::TimedOut(after),
         })?;
-    let data = body::parse_create(&body)?;
+    // Every validation failure in one answer, the header's first, as FastAPI orders them.
+    let (key, data) = match (idempotency::key(&req), body::parse_create(&body)) {
+        (Ok(key), Ok(data)) => (key, data),
+        (Err(e), Err(InstanceError::Invalid(mut detail))) => {
+            detail.insert(0, key_detail(e));
+            return Err(InstanceError::Invalid(detail));
+        }
+        (Err(e), _) => return Err(InstanceError::Invalid(vec![key_detail(e)])),
+        (Ok(_), Err(e)) => return Err(e),
+    };
+    let idempotency = key.map(|key| Idempotency::new(key, &data));
     let stream = stream_of(instance);
-    let events = state
+    let acked = state
         .brokers
         .of(&stream)
-        .send(Publish { stream, data })
+        .send(Publish {
+            stream,
+            data,
+            idempotency,
+        })
         .await
         .map_err(|_| broker_gone())?
-        .map_err(|e| InstanceError::Unavailable(e.to_string()))?;
-    let last = events.last().ok_or_else(broker_gone)?;
-    Ok(HttpResponse::Ok().json(NotificationCreated {
+        .map_err(|e| match e {
+            PublishError::KeyReused => InstanceError::invalid(
+                idempotency_key_loc(),
+                idempotency::REUSED,
+                "This Idempotency-Key was used with another request body within the window",
+            ),
+            e => InstanceError::Unavailable(e.to_string()),
+        })?;
+    let last = acked.events.last().ok_or_else(broker_gone)?;
+    let mut response = HttpResponse::Ok();
+    if acked.replayed {
+        response.insert_header((REPLAYED, "true"));
+    }
+    Ok(response.json(NotificationCreated {
         notification_id: last.cursor.clone(),
     }))
+}
+
+/// Where a 422 about the `Idempotency-Key` header points, as FastAPI names a header.
+fn idempotency_key_loc() -> Vec<error::LocItem> {
+    vec!["header".into(), HEADER.into()]
+}
+
+/// The 422 detail of a bad `Idempotency-Key`.
+fn key_detail(e: KeyError) -> ValidationDetail {
+    ValidationDetail::new(
+        idempotency_key_loc(),
+        e.kind(),
+        format!("Idempotency-Key {e}"),
+    )
 }
 
 fn broker_gone() -> InstanceError {

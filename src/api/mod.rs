@@ -5,6 +5,7 @@ pub mod access;
 pub mod dashboard;
 pub mod documents;
 pub mod error;
+pub mod idempotency;
 pub mod instances;
 pub mod openapi;
 pub mod ops;

@@ -267,6 +267,7 @@ mod tests {
     const RET: Retention = Retention {
         max_events: 100,
         ttl: Duration::from_secs(3600),
+        idempotency_window: Duration::from_secs(60),
     };
 
     /// The event at `seq`, with the same creation time however a node gets it (as Redis keeps

@@ -228,6 +228,7 @@ mod tests {
     const RET: Retention = Retention {
         max_events: 3,
         ttl: Duration::from_secs(60),
+        idempotency_window: Duration::from_secs(60),
     };
 
     fn push(h: &mut History, at: SystemTime) -> Position {
@@ -283,7 +284,7 @@ mod tests {
         let now = SystemTime::now();
         let mut h = History::new(1);
         let first = push(&mut h, now);
-        let second = push(&mut h, now + Duration::from_micros(1));
+        let second = push(&mut h, now + Duration::from_millis(1));
         let (at, mark) = Position::from_marked_cursor(&h.cursor(first)).unwrap();
         assert_eq!((at, h.check(at, mark)), (first, Ok(())));
         assert_eq!(h.check(first, mark + 1), Err(Gap::StreamReset));

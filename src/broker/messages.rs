@@ -19,23 +19,40 @@ use tokio::sync::oneshot;
 use super::history::Gap;
 use crate::cluster::ClusterError;
 use crate::event::{Event, Position, StreamKey, StreamKind};
+use crate::idempotency::{Idempotency, Key};
 use crate::identity::{Identity, Target};
 use crate::store::StoreError;
 
 /// Appends events to one stream. Answered only after the events are durable, with the events
-/// as stored (positions, cursors, timestamps), in the order given.
+/// as stored (positions, cursors, timestamps), in the order given. With an idempotency key
+/// that the stream remembers, nothing is appended: the answer is the earlier publish's.
 #[derive(Message)]
-#[rtype(result = "Result<Vec<Arc<Event>>, PublishError>")]
+#[rtype(result = "Result<PublishReply, PublishError>")]
 pub struct Publish {
     /// The stream to append to.
     pub stream: StreamKey,
     /// One validated JSON document per event.
     pub data: Vec<Box<RawValue>>,
+    /// The producer's `Idempotency-Key` and the fingerprint of `data`, if it sent one.
+    pub idempotency: Option<Idempotency>,
+}
+
+/// An acknowledged publish.
+#[derive(Debug)]
+pub struct PublishReply {
+    /// The events as stored, in the order given.
+    pub events: Vec<Arc<Event>>,
+    /// The events are an earlier publish's with the same key and documents: nothing was
+    /// appended or delivered now.
+    pub replayed: bool,
 }
 
 /// Why a publish was not acknowledged. Nothing of the batch was delivered or kept.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum PublishError {
+    /// The idempotency key names an earlier publish of other documents, within the window.
+    #[error("the idempotency key was used for a different publish")]
+    KeyReused,
     #[error("the store could not commit the events: {0}")]
     Store(#[from] StoreError),
     #[error("the cluster could not take the events: {0}")]
@@ -54,7 +71,9 @@ pub struct Committed {
     /// The commit's outcome.
     pub result: Result<(), StoreError>,
     /// Where the publisher waits for its acknowledgement.
-    pub reply: oneshot::Sender<Result<Vec<Arc<Event>>, PublishError>>,
+    pub reply: oneshot::Sender<Result<PublishReply, PublishError>>,
+    /// The publish's idempotency key: the repeats waiting for this commit get its answer.
+    pub key: Option<Key>,
 }
 
 /// Where a new subscriber starts reading.

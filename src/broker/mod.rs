@@ -1,8 +1,10 @@
 //! The Broker actor: the only owner of stream state. It runs as shards (`shards.rs`), one per
 //! HTTP worker thread, each owning the streams that hash to it.
 //!
-//! State: per stream, its `History` (positions and retained events) and its subscribers.
-//! Handles `Publish` (assigns positions, hands the batch to the store writer), `Committed`
+//! State: per stream, its `History` (positions and retained events) and its subscribers; on a
+//! node of its own, the idempotency keys of its publishes (`idempotency.rs`).
+//! Handles `Publish` (assigns positions, hands the batch to the store writer; a publish whose
+//! key names an earlier one is answered with that one's positions instead), `Committed`
 //! (appends to history, acks the publisher and, once the thread has run what else is ready,
 //! fans out to subscribers), `Subscribe` / `Unsubscribe`, and `Drain`. Sends `Deliver` and
 //! `Close` to sessions; a session on the shard's own thread gets live events straight in its
@@ -30,19 +32,22 @@ mod cluster;
 pub mod engine;
 pub mod follow;
 pub mod history;
+mod idempotency;
 pub mod messages;
 pub mod shards;
 pub mod sink;
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
-use crate::cluster::ClusterError;
+use crate::cluster::{Appended, ClusterError};
 use crate::event::{Event, Position, StreamKey, StreamKind};
+use crate::idempotency::{Kept, Remembered};
 use crate::identity::Revocations;
 use crate::metrics::Metrics;
 use crate::store::Retention;
@@ -50,6 +55,7 @@ use crate::store::StoredStream;
 pub use engine::Engine;
 use follow::Follow;
 use history::{Gap, History};
+use idempotency::{Keys, Seen};
 use messages::*;
 use prometheus_client::metrics::counter::Counter;
 use sink::Sink;
@@ -136,6 +142,9 @@ pub struct Broker {
     leased: HashSet<u64>,
     /// The node's revocations: a session that subscribes with a revoked identity is closed.
     revocations: Arc<Revocations>,
+    /// On its own: the idempotency keys of this shard's streams (in a cluster Redis keeps
+    /// them).
+    keys: Keys,
 }
 
 impl Broker {
@@ -148,9 +157,13 @@ impl Broker {
         revocations: Arc<Revocations>,
     ) -> Self {
         let now = SystemTime::now();
+        let mut keys = Keys::new(retention.idempotency_window);
+        let mut kept_keys = Vec::new();
         let streams = kept
             .into_iter()
             .map(|stream| {
+                let key = &stream.key;
+                kept_keys.extend(stream.keys.into_iter().map(|(k, r)| (key.clone(), k, r)));
                 // Whatever came before the oldest kept event has left history.
                 let evicted_through = stream
                     .events
@@ -171,6 +184,7 @@ impl Broker {
                 (stream.key, state)
             })
             .collect();
+        keys.restore(kept_keys, now);
         let published = [
             StreamKind::Client,
             StreamKind::Instance,
@@ -190,6 +204,7 @@ impl Broker {
             unsent: Vec::new(),
             leased: HashSet::new(),
             revocations,
+            keys,
         }
     }
 
@@ -413,6 +428,7 @@ impl Actor for Broker {
             for state in broker.streams.values_mut() {
                 state.history.prune(broker.retention, now);
             }
+            broker.keys.expire(now);
             broker.unfollow_idle();
         });
         if matches!(self.engine, Engine::Redis(_)) {
@@ -424,35 +440,38 @@ impl Actor for Broker {
 }
 
 impl Handler<Publish> for Broker {
-    type Result = ResponseFuture<Result<Vec<Arc<Event>>, PublishError>>;
+    type Result = ResponseFuture<Result<PublishReply, PublishError>>;
 
     fn handle(&mut self, msg: Publish, ctx: &mut Self::Context) -> Self::Result {
         let now = SystemTime::now();
         let store = match &self.engine {
             Engine::Local(store) => store.clone(),
-            // Redis numbers the batch, and it is acknowledged once it is there; the Broker
-            // applies it like an announcement, in position order, through its mailbox (ahead of
-            // anything the publisher sends after its acknowledgement).
             Engine::Redis(redis) => {
-                let stream = msg.stream.clone();
-                let appended = redis.append(&msg.stream, msg.data, now);
-                let counter = self.published.get(&stream.kind).cloned();
-                let broker = ctx.address();
-                return Box::pin(async move {
-                    let events = appended.await.map_err(|e: ClusterError| {
-                        log::error!("publish to {stream} failed: {e}");
-                        PublishError::from(e)
-                    })?;
-                    if let Some(counter) = counter {
-                        counter.inc_by(events.len() as u64);
-                    }
-                    broker.do_send(Announced {
-                        stream,
-                        events: events.clone(),
-                    });
-                    Ok(events)
-                });
+                let appended = redis.append(&msg.stream, msg.data, now, msg.idempotency.as_ref());
+                return self.published_in_cluster(msg.stream, appended, ctx);
             }
+        };
+        // An empty publish names no position to remember (no face sends one with a key).
+        let idempotency = msg.idempotency.filter(|_| !msg.data.is_empty());
+        let key = match idempotency {
+            None => None,
+            Some(idempotency) => match self.keys.check(&msg.stream, &idempotency, now) {
+                Seen::New => Some(idempotency),
+                Seen::Replay(remembered) => {
+                    let events = remembered.events(&msg.stream, msg.data);
+                    let replay = PublishReply {
+                        events,
+                        replayed: true,
+                    };
+                    return Box::pin(std::future::ready(Ok(replay)));
+                }
+                Seen::Wait(answer) => {
+                    return Box::pin(async move {
+                        answer.await.unwrap_or(Err(PublishError::Unavailable))
+                    })
+                }
+                Seen::Reused => return Box::pin(std::future::ready(Err(PublishError::KeyReused))),
+            },
         };
         let state = self.stream_mut(&msg.stream);
         let events: Vec<Arc<Event>> = msg
@@ -463,16 +482,27 @@ impl Handler<Publish> for Broker {
                 Arc::new(Event::new(msg.stream.clone(), position, now, data))
             })
             .collect();
+        // The key is committed with its events, so a crash keeps both or neither.
+        let kept = key.as_ref().and_then(|idempotency| {
+            Some(Kept {
+                stream: msg.stream.clone(),
+                key: idempotency.key.clone(),
+                remembered: Remembered::of(idempotency.fingerprint, &events)?,
+            })
+        });
         let (reply, acked) = oneshot::channel();
         let broker = ctx.address();
         let committed = events.clone();
+        let key = key.map(|idempotency| idempotency.key);
         store.append(
             events,
+            kept,
             Box::new(move |result| {
                 broker.do_send(Committed {
                     events: committed,
                     result,
                     reply,
+                    key,
                 })
             }),
         );
@@ -480,20 +510,73 @@ impl Handler<Publish> for Broker {
     }
 }
 
+impl Broker {
+    /// Cluster mode: Redis numbers the batch (or recognises its idempotency key), and it is
+    /// acknowledged once it is there; the Broker applies a new batch like an announcement, in
+    /// position order, through its mailbox (ahead of anything the publisher sends after its
+    /// acknowledgement).
+    fn published_in_cluster(
+        &self,
+        stream: StreamKey,
+        appended: impl Future<Output = Result<Appended, ClusterError>> + 'static,
+        ctx: &mut Context<Self>,
+    ) -> ResponseFuture<Result<PublishReply, PublishError>> {
+        let counter = self.published.get(&stream.kind).cloned();
+        let broker = ctx.address();
+        Box::pin(async move {
+            let appended = appended.await.map_err(|e: ClusterError| {
+                log::error!("publish to {stream} failed: {e}");
+                PublishError::from(e)
+            })?;
+            let events = match appended {
+                Appended::New(events) => events,
+                Appended::Replayed(events) => {
+                    return Ok(PublishReply {
+                        events,
+                        replayed: true,
+                    })
+                }
+                Appended::KeyReused => return Err(PublishError::KeyReused),
+            };
+            if let Some(counter) = counter {
+                counter.inc_by(events.len() as u64);
+            }
+            broker.do_send(Announced {
+                stream,
+                events: events.clone(),
+            });
+            Ok(PublishReply {
+                events,
+                replayed: false,
+            })
+        })
+    }
+}
+
 impl Handler<Committed> for Broker {
     type Result = ();
 
     fn handle(&mut self, msg: Committed, ctx: &mut Self::Context) {
+        let stream = msg.events.first().map(|e| e.stream.clone());
         if let Err(e) = msg.result {
             log::error!("publish of {} events failed: {e}", msg.events.len());
-            let _ = msg.reply.send(Err(e.into()));
+            let e = PublishError::from(e);
+            if let (Some(stream), Some(key)) = (&stream, msg.key) {
+                self.keys.settle(stream, key, Err(&e));
+            }
+            let _ = msg.reply.send(Err(e));
             return;
         }
-        let Some(first) = msg.events.first() else {
-            let _ = msg.reply.send(Ok(msg.events));
+        let Some(stream) = stream else {
+            let _ = msg.reply.send(Ok(PublishReply {
+                events: msg.events,
+                replayed: false,
+            }));
             return;
         };
-        let stream = first.stream.clone();
+        if let Some(key) = msg.key {
+            self.keys.settle(&stream, key, Ok(&msg.events));
+        }
         self.count(&msg.events);
         let now = SystemTime::now();
         let retention = self.retention;
@@ -503,7 +586,10 @@ impl Handler<Committed> for Broker {
         }
         self.hand_out(&stream, msg.events.clone(), ctx);
         // The publisher may have gone away; the events are committed and delivered anyway.
-        let _ = msg.reply.send(Ok(msg.events));
+        let _ = msg.reply.send(Ok(PublishReply {
+            events: msg.events,
+            replayed: false,
+        }));
     }
 }
 

@@ -30,6 +30,7 @@ use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::event::{Event, Position, StreamKey};
+use crate::idempotency::Idempotency;
 use crate::identity::Revocations;
 use crate::store::Retention;
 use primary::{Link, Primary, Topology, ANSWER_TIMEOUT};
@@ -232,6 +233,18 @@ pub struct Snapshot {
     pub events: Vec<Arc<Event>>,
 }
 
+/// What became of a batch given to `StreamLog::append`.
+#[derive(Debug)]
+pub enum Appended {
+    /// Appended and announced now: its events as stored.
+    New(Vec<Arc<Event>>),
+    /// Its idempotency key names an earlier publish of the same documents: that publish's
+    /// events. Nothing was appended or announced now.
+    Replayed(Vec<Arc<Event>>),
+    /// Its idempotency key names an earlier publish of other documents. Nothing was appended.
+    KeyReused,
+}
+
 /// One Broker shard's way to the cluster: its own connection, and the node's live channel.
 pub struct StreamLog {
     node: Arc<Node>,
@@ -268,14 +281,17 @@ impl StreamLog {
     }
 
     /// Appends a batch to `stream` (see `scripts::APPEND`) and answers with its events as
-    /// stored. The batch is in Redis, announced, when this answers `Ok`. A connection that
-    /// broke on the way is retried once: the script recognises a batch it already applied.
+    /// stored. The batch is in Redis, announced, when this answers `Appended::New`. A
+    /// connection that broke on the way is retried once: the script recognises a batch it
+    /// already applied. With an idempotency key that names an earlier publish, nothing is
+    /// appended.
     pub fn append(
         &self,
         stream: &StreamKey,
         data: Vec<Box<RawValue>>,
         created: SystemTime,
-    ) -> impl Future<Output = Result<Vec<Arc<Event>>, ClusterError>> + 'static {
+        idempotency: Option<&Idempotency>,
+    ) -> impl Future<Output = Result<Appended, ClusterError>> + 'static {
         let publish_id = format!("{:016x}", rand::random::<u64>());
         // Dashboard events make their webhook deliveries in the same script.
         let dashboard = stream.kind == crate::event::StreamKind::Country;
@@ -284,10 +300,14 @@ impl StreamLog {
         } else {
             String::new()
         };
+        let fingerprint = idempotency.map_or(String::new(), |i| i.fingerprint.hex());
+        let window = self.node.retention.idempotency_window.as_millis().max(1);
         let invocation = |retry: bool| {
             let mut keys = vec![wire::meta_key(stream), wire::log_key(stream)];
             if dashboard {
                 keys.extend([wire::SUBSCRIPTIONS.to_string(), wire::DUE.to_string()]);
+            } else if let Some(idempotency) = idempotency {
+                keys.push(wire::idempotency_key(stream, &idempotency.key));
             }
             let mut invocation = scripts::call(&scripts::APPEND, &keys);
             invocation
@@ -298,7 +318,9 @@ impl StreamLog {
                 .arg(rand::random::<u32>())
                 .arg(&publish_id)
                 .arg(if retry { "1" } else { "0" })
-                .arg(&webhook_time);
+                .arg(&webhook_time)
+                .arg(&fingerprint)
+                .arg(window.to_string());
             for doc in &data {
                 invocation.arg(doc.get());
             }
@@ -308,15 +330,19 @@ impl StreamLog {
         let (node, mut conn, stream) = (self.node.clone(), self.conn.get(), stream.clone());
         async move {
             let replicas = node.replicas;
-            let (epoch, first): (u32, u64) =
+            let (state, epoch, first, count, created): (u8, u32, u64, u64, u64) =
                 match replicated(&node, &mut conn, &scripts::APPEND, &first_try, replicas).await {
                     Err(ClusterError::Redis(e)) if broken(&e) => {
                         replicated(&node, &mut conn, &scripts::APPEND, &retry, replicas).await?
                     }
                     other => other?,
                 };
+            // Equal fingerprints are equal batches; a count that differs would be a forgery.
+            if state == scripts::KEY_REUSED || count != data.len() as u64 {
+                return Ok(Appended::KeyReused);
+            }
             // The stored creation time has µs precision; every node must see the same one.
-            let created = wire::from_micros(wire::micros(created));
+            let created = wire::from_micros(created);
             let events = data
                 .into_iter()
                 .enumerate()
@@ -328,7 +354,14 @@ impl StreamLog {
                     Arc::new(Event::new(stream.clone(), position, created, data))
                 })
                 .collect();
-            Ok(events)
+            match state {
+                scripts::APPENDED => Ok(Appended::New(events)),
+                scripts::REPLAYED => Ok(Appended::Replayed(events)),
+                _ => Err(wire::Malformed {
+                    what: "publish answer",
+                }
+                .into()),
+            }
         }
     }
 

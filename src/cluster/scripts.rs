@@ -18,18 +18,37 @@ pub fn call(script: &Script, keys: &[String]) -> Cmd {
     call
 }
 
+/// `APPEND`'s answer: the batch was appended now.
+pub const APPENDED: u8 = 0;
+/// `APPEND`'s answer: the idempotency key names an earlier publish of the same documents,
+/// whose positions it answers; nothing was appended.
+pub const REPLAYED: u8 = 1;
+/// `APPEND`'s answer: the idempotency key names a publish of other documents; nothing was
+/// appended.
+pub const KEY_REUSED: u8 = 2;
+
 /// Appends one publish's batch to a stream and announces it.
 ///
-/// KEYS: meta, log, and for a dashboard (`country:`) stream also the webhook subscriptions
-/// and the due deliveries (`webhooks.rs`). ARGV: live channel, `--history-size`,
-/// `--history-ttl` in ms, creation time in µs, a fresh random epoch (used only if the stream
-/// has none), the publish's own random id, whether this is a retry (`1`), the creation time as
-/// the webhook body's `time` (`""` but for dashboard streams), then one JSON document per
-/// event. Returns `{epoch, first seq}`.
+/// KEYS: meta, log, then for a publish with an idempotency key that key
+/// (`wire::idempotency_key`), or for a dashboard (`country:`) stream, which has none, the
+/// webhook subscriptions and the due deliveries (`webhooks.rs`). ARGV: live channel,
+/// `--history-size`, `--history-ttl` in ms, creation time in µs, a fresh random epoch (used
+/// only if the stream has none), the publish's own random id, whether this is a retry (`1`),
+/// the creation time as the webhook body's `time` (`""` but for dashboard streams), the
+/// fingerprint of the documents in hex (`""` without a key), `--idempotency-window` in ms,
+/// then one JSON document per event. Returns `{state, epoch, first seq, count, creation time
+/// in µs}`, state `APPENDED`, `REPLAYED` or `KEY_REUSED` (then nothing else is set).
+///
+/// An idempotency key, when there is one, is looked at first: a key that names a publish of
+/// the same documents answers that publish's positions, and nothing is appended; one that
+/// names other documents is refused. Else the batch is appended, and the key set to
+/// `<epoch> <first> <count> <created> <fingerprint> <publish id>` for the window. Redis runs
+/// one script at a time, so of concurrent publishes with one key, on any nodes, one appends.
 ///
 /// Each entry keeps its publish's id (`p`). A retry (the connection broke before the answer
 /// came) first looks for it among the retained entries: if the first attempt was applied, its
-/// positions are answered and nothing is appended, or delivered, twice.
+/// positions are answered and nothing is appended, or delivered, twice. (With a key, the key
+/// finds it first, and knows it by the publish id: its own first attempt is no replay.)
 ///
 /// A dashboard event also gets its webhook deliveries here, in the same atomic step: one per
 /// matching subscription, each a record and an entry in the due stream, its `webhook-id`
@@ -39,6 +58,20 @@ pub fn call(script: &Script, keys: &[String]) -> Cmd {
 pub static APPEND: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
+local n = #ARGV - 10
+-- The idempotency key first: a publish it names is answered, not appended again.
+if ARGV[9] ~= '' then
+  local e, s, c, t, f, p = string.match(redis.call('GET', KEYS[3]) or '',
+    '^(%d+) (%d+) (%d+) (%d+) (%x+) (%S+)$')
+  if f and f ~= ARGV[9] then
+    return {2, 0, 0, 0, 0}
+  elseif f then
+    -- This publish's own first attempt, applied before its connection broke, is no replay.
+    local state = 1
+    if p == ARGV[6] then state = 0 end
+    return {state, tonumber(e), tonumber(s), tonumber(c), tonumber(t)}
+  end
+end
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if epoch and ARGV[7] == '1' then
   -- Newest first; a publish's entries are contiguous, and fields are written t, d, p.
@@ -51,7 +84,7 @@ if epoch and ARGV[7] == '1' then
     end
   end
   if first then
-    return {tonumber(epoch), first}
+    return {0, tonumber(epoch), first, n, tonumber(ARGV[4])}
   end
 end
 if not epoch then
@@ -59,12 +92,11 @@ if not epoch then
   redis.call('DEL', KEYS[2])
   redis.call('HSET', KEYS[1], 'epoch', epoch, 'head', 0)
 end
-local n = #ARGV - 8
 local last = redis.call('HINCRBY', KEYS[1], 'head', n)
 local first = last - n + 1
 local out = {epoch, ' ', string.format('%d', first), ' ', ARGV[4], '\n'}
 for i = 1, n do
-  local doc = ARGV[8 + i]
+  local doc = ARGV[10 + i]
   redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], string.format('%d-0', first + i - 1),
     't', ARGV[4], 'd', doc, 'p', ARGV[6])
   out[#out + 1] = string.format('%d:', #doc)
@@ -73,7 +105,7 @@ end
 if #KEYS == 4 then
   local subscriptions = redis.call('HVALS', KEYS[3])
   for i = 1, n do
-    local event = cjson.decode(ARGV[8 + i])
+    local event = cjson.decode(ARGV[10 + i])
     for _, json in ipairs(subscriptions) do
       local s = cjson.decode(json)
       if not s.disabled and s.event == event.event
@@ -88,10 +120,14 @@ if #KEYS == 4 then
     end
   end
 end
+if ARGV[9] ~= '' then
+  redis.call('SET', KEYS[3], table.concat({epoch, string.format('%d', first),
+    string.format('%d', n), ARGV[4], ARGV[9], ARGV[6]}, ' '), 'PX', ARGV[10])
+end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
 redis.call('PUBLISH', ARGV[1], table.concat(out))
-return {tonumber(epoch), first}
+return {0, tonumber(epoch), first, n, tonumber(ARGV[4])}
 "#,
     )
 });

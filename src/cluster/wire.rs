@@ -20,6 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::value::RawValue;
 
 use crate::event::{Event, Position, StreamKey};
+use crate::idempotency::Key;
 use crate::identity::{Revocation, Target};
 
 /// Every key and channel Herald uses starts with this.
@@ -54,6 +55,13 @@ pub fn log_key(stream: &StreamKey) -> String {
 /// The PUB/SUB channel of a stream's announcements.
 pub fn live_channel(stream: &StreamKey) -> String {
     format!("{PREFIX}{{{stream}}}:live")
+}
+
+/// What a publish's idempotency key names in `stream` (`scripts::APPEND`), kept for
+/// `--idempotency-window`. The key comes after the stream's hash tag, so whatever braces it
+/// holds, it stays in the stream's slot.
+pub fn idempotency_key(stream: &StreamKey, key: &Key) -> String {
+    format!("{PREFIX}{{{stream}}}:idem:{}", key.as_str())
 }
 
 /// The sorted set of an instance's waiting long-polls, scored by when each one's lease ends.
@@ -285,5 +293,21 @@ mod tests {
         );
         assert_eq!(entry_seq(b"42-0"), Some(42));
         assert_eq!(entry_seq(b"42-1"), None);
+    }
+
+    /// The part of a key Redis Cluster hashes: inside the first `{` and the first `}` after it.
+    fn hash_tag(key: &str) -> &str {
+        let open = key.find('{').unwrap();
+        let close = key[open + 1..].find('}').unwrap() + open + 1;
+        &key[open + 1..close]
+    }
+
+    #[test]
+    fn an_idempotency_key_stays_in_its_streams_slot() {
+        let stream = StreamKey::new(StreamKind::Client, "alice");
+        let key = Key::from_header(b"{x}:}{").unwrap();
+        let idem = idempotency_key(&stream, &key);
+        assert_eq!(idem, "herald:{client:alice}:idem:{x}:}{");
+        assert_eq!(hash_tag(&idem), hash_tag(&meta_key(&stream)));
     }
 }

@@ -194,9 +194,11 @@ fn publish(
     };
     let data = serde_json::value::to_raw_value(&data).expect("a dashboard event serializes");
     let stream = StreamKey::new(StreamKind::Country, country);
+    // Not a producer's request: nothing retries it, so it carries no idempotency key.
     let ack = brokers.of(&stream).send(Publish {
         stream,
         data: vec![data],
+        idempotency: None,
     });
     async move {
         ack.await.map_err(|_| PublishError::Unavailable)??;

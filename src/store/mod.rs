@@ -16,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 pub use sqlite::SqliteStore;
 
 use crate::event::{Event, StreamKey};
+use crate::idempotency::{Kept, Key, Remembered};
 use crate::metrics::Metrics;
 
 /// How often the writer runs retention upkeep on what is stored.
@@ -35,6 +36,8 @@ pub struct Retention {
     pub max_events: usize,
     /// Oldest event kept, by age.
     pub ttl: Duration,
+    /// How long a publish's idempotency key is kept (`--idempotency-window`).
+    pub idempotency_window: Duration,
 }
 
 /// Why the store could not do what was asked. Cloned to every publisher of a failed group.
@@ -70,6 +73,8 @@ pub struct StoredStream {
     pub head: u64,
     /// Retained events, oldest first.
     pub events: Vec<Arc<Event>>,
+    /// The idempotency keys of its publishes still within the window, oldest first.
+    pub keys: Vec<(Key, Remembered)>,
 }
 
 /// The actors' own state kept beside events: each table holds JSON documents by id.
@@ -137,15 +142,23 @@ impl Record {
 /// A durable home for events and actor state. After the loads, called only from the writer
 /// thread.
 pub trait Store: Send + 'static {
-    /// Makes every event and record of the group durable, all or nothing.
-    fn commit(&mut self, events: &[Arc<Event>], records: &[Record]) -> Result<(), StoreError>;
+    /// Makes every event, idempotency key and record of the group durable, all or nothing:
+    /// a key is never kept without the events it names, nor those events without it.
+    fn commit(
+        &mut self,
+        events: &[Arc<Event>],
+        keys: &[Kept],
+        records: &[Record],
+    ) -> Result<(), StoreError>;
     /// Every document of a table, as `(id, json)`; called at start.
     fn load_table(&mut self, table: Table) -> Result<Vec<(String, String)>, StoreError>;
     /// Makes sure everything acknowledged is on disk, for shutdown.
     fn flush(&mut self) -> Result<(), StoreError>;
-    /// Every stream kept, with its retained events; called once, at start.
+    /// Every stream kept, with its retained events and its idempotency keys still within the
+    /// window; called once, at start.
     fn load(&mut self) -> Result<Vec<StoredStream>, StoreError>;
-    /// Background upkeep (retention), run by the writer between groups.
+    /// Background upkeep (retention, expired idempotency keys), run by the writer between
+    /// groups.
     fn maintain(&mut self, now: SystemTime) -> Result<(), StoreError>;
 }
 
@@ -153,9 +166,18 @@ pub trait Store: Send + 'static {
 pub type Done = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
 enum Command {
-    Append { events: Vec<Arc<Event>>, done: Done },
-    Write { records: Vec<Record>, done: Done },
-    Flush { done: Done },
+    Append {
+        events: Vec<Arc<Event>>,
+        key: Option<Kept>,
+        done: Done,
+    },
+    Write {
+        records: Vec<Record>,
+        done: Done,
+    },
+    Flush {
+        done: Done,
+    },
 }
 
 /// The handle through which the Broker, the Registry and the WebhookDispatcher reach the
@@ -184,9 +206,10 @@ impl StoreWriter {
         Self { tx: None }
     }
 
-    /// Queues a batch; `done` runs on the writer thread after the commit.
-    pub fn append(&self, events: Vec<Arc<Event>>, done: Done) {
-        self.send(Command::Append { events, done });
+    /// Queues a batch, with the idempotency key it was published with; `done` runs on the
+    /// writer thread after the commit.
+    pub fn append(&self, events: Vec<Arc<Event>>, key: Option<Kept>, done: Done) {
+        self.send(Command::Append { events, key, done });
     }
 
     /// Queues state records; they commit in order with everything queued before them.
@@ -271,10 +294,14 @@ fn commit_group(
         }
     }
     let mut events: Vec<Arc<Event>> = Vec::new();
+    let mut keys: Vec<Kept> = Vec::new();
     let mut records: Vec<Record> = Vec::new();
     for cmd in &group {
         match cmd {
-            Command::Append { events: e, .. } => events.extend(e.iter().cloned()),
+            Command::Append { events: e, key, .. } => {
+                events.extend(e.iter().cloned());
+                keys.extend(key.iter().cloned());
+            }
             Command::Write { records: r, .. } => records.extend(r.iter().cloned()),
             Command::Flush { .. } => {}
         }
@@ -283,7 +310,7 @@ fn commit_group(
         Ok(())
     } else {
         let started = Instant::now();
-        let result = store.commit(&events, &records);
+        let result = store.commit(&events, &keys, &records);
         metrics
             .store_commit
             .observe(started.elapsed().as_secs_f64());

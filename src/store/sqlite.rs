@@ -27,6 +27,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use super::Retention;
 use super::{Record, Store, StoreError, StoredStream, Table};
 use crate::event::{Event, Position, StreamKey};
+use crate::idempotency::{Fingerprint, Kept, Key, Remembered};
 
 /// The database file inside `--data-dir`.
 pub const DB_FILE: &str = "herald.db";
@@ -67,6 +68,18 @@ const MIGRATIONS: &[&str] = &[
         SELECT stream, seq, created_ms, data FROM events ORDER BY created_ms, stream, seq;
     DROP TABLE events;
     ALTER TABLE events_v3 RENAME TO events;",
+    // 4: idempotency keys, in commit order like events (see `commit`), each naming its
+    // publish's first position, event count and fingerprint.
+    "CREATE TABLE idempotency_keys (
+        id INTEGER PRIMARY KEY,
+        stream TEXT NOT NULL,
+        key TEXT NOT NULL,
+        epoch INTEGER NOT NULL,
+        first_seq INTEGER NOT NULL,
+        count INTEGER NOT NULL,
+        created_ms INTEGER NOT NULL,
+        fingerprint BLOB NOT NULL
+    );",
 ];
 
 /// Why the store could not be opened; each names the file.
@@ -145,13 +158,70 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     tx.commit()
 }
 
+/// Adds to `streams` the idempotency keys still within `window`, oldest first. A key given
+/// again after it expired has a newer row, which comes later.
+fn load_keys(
+    conn: &Connection,
+    window: Duration,
+    streams: &mut HashMap<String, StoredStream>,
+) -> Result<(), StoreError> {
+    let oldest = millis(SystemTime::now()) - window.as_millis() as i64;
+    let mut stmt = conn
+        .prepare(
+            "SELECT stream, key, epoch, first_seq, count, created_ms, fingerprint
+                 FROM idempotency_keys WHERE created_ms >= ?1 ORDER BY id",
+        )
+        .map_err(StoreError::backend)?;
+    let rows = stmt
+        .query_map([oldest], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, u32>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, i64>(5)?,
+                r.get::<_, Vec<u8>>(6)?,
+            ))
+        })
+        .map_err(StoreError::backend)?;
+    for row in rows {
+        let (name, key, epoch, first, count, created_ms, fingerprint) =
+            row.map_err(StoreError::backend)?;
+        let (Some(stream), Ok(key), Ok(fingerprint)) = (
+            streams.get_mut(&name),
+            Key::from_header(key.as_bytes()),
+            <[u8; 32]>::try_from(fingerprint),
+        ) else {
+            log::warn!("store: skipping an unreadable idempotency key of {name:?}");
+            continue;
+        };
+        let remembered = Remembered {
+            fingerprint: Fingerprint(fingerprint),
+            first: Position {
+                epoch,
+                seq: first as u64,
+            },
+            count: count as u64,
+            created: UNIX_EPOCH + Duration::from_millis(created_ms.max(0) as u64),
+        };
+        stream.keys.push((key, remembered));
+    }
+    Ok(())
+}
+
 fn millis(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 impl Store for SqliteStore {
-    fn commit(&mut self, events: &[Arc<Event>], records: &[Record]) -> Result<(), StoreError> {
+    fn commit(
+        &mut self,
+        events: &[Arc<Event>],
+        keys: &[Kept],
+        records: &[Record],
+    ) -> Result<(), StoreError> {
         let tx = self.conn.transaction().map_err(StoreError::backend)?;
         let mut heads: HashMap<String, Position> = HashMap::new();
         let mut inserted: Vec<(String, i64)> = Vec::with_capacity(events.len());
@@ -184,6 +254,28 @@ impl Store for SqliteStore {
                 first
                     .execute(params![stream, head.epoch, head.seq as i64])
                     .map_err(StoreError::backend)?;
+            }
+            // Appended in commit order, as events are, and read only at start: no index to
+            // update, and upkeep finds the expired ones first.
+            let mut key = tx
+                .prepare_cached(
+                    "INSERT INTO idempotency_keys
+                     (stream, key, epoch, first_seq, count, created_ms, fingerprint)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )
+                .map_err(StoreError::backend)?;
+            for kept in keys {
+                let remembered = &kept.remembered;
+                key.execute(params![
+                    kept.stream.to_string(),
+                    kept.key.as_str(),
+                    remembered.first.epoch,
+                    remembered.first.seq as i64,
+                    remembered.count as i64,
+                    millis(remembered.created),
+                    &remembered.fingerprint.0[..],
+                ])
+                .map_err(StoreError::backend)?;
             }
             let mut put = tx
                 .prepare_cached(
@@ -251,6 +343,7 @@ impl Store for SqliteStore {
                     epoch,
                     head: head as u64,
                     events: Vec::new(),
+                    keys: Vec::new(),
                 },
             );
         }
@@ -314,6 +407,7 @@ impl Store for SqliteStore {
                 *newest = (*newest).max(stream.head);
             }
         }
+        load_keys(&self.conn, self.retention.idempotency_window, &mut streams)?;
         self.known = streams.keys().cloned().collect();
         self.rows = ids
             .into_iter()
@@ -362,6 +456,15 @@ impl Store for SqliteStore {
             .map_err(StoreError::backend)?;
         tx.execute("DELETE FROM events WHERE id < ?1", [young])
             .map_err(StoreError::backend)?;
+        // Idempotency keys in the same way, by the window.
+        let forgotten = millis(now) - self.retention.idempotency_window.as_millis() as i64;
+        tx.execute(
+            "DELETE FROM idempotency_keys WHERE id < coalesce(
+                 (SELECT id FROM idempotency_keys WHERE created_ms >= ?1 ORDER BY id LIMIT 1),
+                 (SELECT coalesce(max(id), 0) + 1 FROM idempotency_keys))",
+            [forgotten],
+        )
+        .map_err(StoreError::backend)?;
         self.rows.retain(|_, ids| {
             while ids.front().is_some_and(|&id| id < young) {
                 ids.pop_front();
@@ -398,6 +501,7 @@ mod tests {
         Retention {
             max_events,
             ttl: Duration::from_secs(3600),
+            idempotency_window: Duration::from_secs(300),
         }
     }
 
@@ -419,9 +523,9 @@ mod tests {
         {
             let mut store = SqliteStore::open(dir.path(), retention(100)).unwrap();
             store
-                .commit(&[event("a", 1, now), event("a", 2, now)], &[])
+                .commit(&[event("a", 1, now), event("a", 2, now)], &[], &[])
                 .unwrap();
-            store.commit(&[event("b", 1, now)], &[]).unwrap();
+            store.commit(&[event("b", 1, now)], &[], &[]).unwrap();
         }
         let mut store = SqliteStore::open(dir.path(), retention(100)).unwrap();
         let mut streams = store.load().unwrap();
@@ -441,10 +545,10 @@ mod tests {
         let old = now - Duration::from_secs(7200);
         let mut store = SqliteStore::open(dir.path(), retention(2)).unwrap();
         store
-            .commit(&[event("a", 1, old), event("a", 2, now)], &[])
+            .commit(&[event("a", 1, old), event("a", 2, now)], &[], &[])
             .unwrap();
         store
-            .commit(&[event("a", 3, now), event("a", 4, now)], &[])
+            .commit(&[event("a", 3, now), event("a", 4, now)], &[], &[])
             .unwrap();
         store.maintain(now).unwrap();
         let streams = store.load().unwrap();
@@ -461,9 +565,9 @@ mod tests {
         {
             let mut store = SqliteStore::open(dir.path(), retention(10)).unwrap();
             store
-                .commit(&[event("a", 1, old), event("a", 2, old)], &[])
+                .commit(&[event("a", 1, old), event("a", 2, old)], &[], &[])
                 .unwrap();
-            store.commit(&[event("a", 3, old)], &[]).unwrap();
+            store.commit(&[event("a", 3, old)], &[], &[]).unwrap();
         }
         // No upkeep ran: the head is in the (expired, not yet deleted) events alone.
         let mut store = SqliteStore::open(dir.path(), retention(10)).unwrap();
@@ -475,7 +579,7 @@ mod tests {
         );
         // Upkeep deletes them all, and keeps the head.
         store.maintain(now).unwrap();
-        store.commit(&[event("b", 1, now)], &[]).unwrap();
+        store.commit(&[event("b", 1, now)], &[], &[]).unwrap();
         store.maintain(now).unwrap();
         drop(store);
         let mut store = SqliteStore::open(dir.path(), retention(10)).unwrap();
@@ -490,10 +594,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let now = SystemTime::now();
         let mut store = SqliteStore::open(dir.path(), retention(10)).unwrap();
-        store.commit(&[event("a", 1, now)], &[]).unwrap();
+        store.commit(&[event("a", 1, now)], &[], &[]).unwrap();
         // Position 0 names "before the first event"; the schema refuses it as an event's.
         assert!(store
-            .commit(&[event("a", 2, now), event("a", 0, now)], &[])
+            .commit(&[event("a", 2, now), event("a", 0, now)], &[], &[])
             .is_err());
         let streams = store.load().unwrap();
         assert_eq!(
@@ -510,12 +614,12 @@ mod tests {
         {
             let mut store = SqliteStore::open(dir.path(), retention(2)).unwrap();
             let batch: Vec<_> = (1..=3).map(|seq| event("a", seq, now)).collect();
-            store.commit(&batch, &[]).unwrap();
-            store.commit(&[event("b", 1, now)], &[]).unwrap();
+            store.commit(&batch, &[], &[]).unwrap();
+            store.commit(&[event("b", 1, now)], &[], &[]).unwrap();
         }
         let mut store = SqliteStore::open(dir.path(), retention(2)).unwrap();
         store.load().unwrap();
-        store.commit(&[event("a", 4, now)], &[]).unwrap();
+        store.commit(&[event("a", 4, now)], &[], &[]).unwrap();
         store.maintain(now).unwrap();
         let mut streams = store.load().unwrap();
         streams.sort_by(|x, y| x.key.cmp(&y.key));
@@ -547,8 +651,50 @@ mod tests {
         assert_eq!(seqs, vec![1, 2]);
         assert_eq!(streams[0].events[0].data.get(), r#"{"n":1}"#);
         store
-            .commit(&[event("a", 3, SystemTime::now())], &[])
+            .commit(&[event("a", 3, SystemTime::now())], &[], &[])
             .unwrap();
+    }
+
+    fn kept(id: &str, key: &str, event: &Arc<Event>) -> Kept {
+        Kept {
+            stream: StreamKey::new(StreamKind::Client, id),
+            key: Key::from_header(key.as_bytes()).unwrap(),
+            remembered: Remembered::of(Fingerprint([7; 32]), std::slice::from_ref(event)).unwrap(),
+        }
+    }
+
+    #[test]
+    fn idempotency_keys_commit_with_their_events_and_expire_by_the_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = SystemTime::now();
+        let old = now - Duration::from_secs(400);
+        {
+            let mut store = SqliteStore::open(dir.path(), retention(10)).unwrap();
+            for (seq, created, key) in [(1, old, "old"), (2, now, "new")] {
+                let event = event("a", seq, created);
+                let key = kept("a", key, &event);
+                store.commit(&[event], &[key], &[]).unwrap();
+            }
+            // A group that fails keeps neither its events nor its keys.
+            let bad = event("a", 0, now);
+            let key = kept("a", "bad", &bad);
+            assert!(store.commit(&[bad], &[key], &[]).is_err());
+        }
+        let mut store = SqliteStore::open(dir.path(), retention(10)).unwrap();
+        let streams = store.load().unwrap();
+        let keys: Vec<(&str, u64)> = streams[0]
+            .keys
+            .iter()
+            .map(|(k, r)| (k.as_str(), r.first.seq))
+            .collect();
+        assert_eq!(keys, vec![("new", 2)], "the expired key is not loaded");
+        assert_eq!(streams[0].keys[0].1.fingerprint, Fingerprint([7; 32]));
+        store.maintain(now).unwrap();
+        let rows: i64 = store
+            .conn
+            .query_row("SELECT count(*) FROM idempotency_keys", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 1, "upkeep deleted the expired key");
     }
 
     #[test]

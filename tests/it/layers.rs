@@ -14,6 +14,8 @@ const LAYERS: &[(&str, u32)] = &[
     ("queue", 0),
     ("logs", 0),
     ("limits", 0),
+    // Idempotency keys and what they name, in the event model's terms.
+    ("idempotency", 1),
     ("metrics", 1),
     // Wire types below both the server and the faces, then the server.
     ("http", 1),

@@ -12,6 +12,7 @@ mod documents;
 mod drain;
 mod durability;
 mod hostile;
+mod idempotency;
 mod instances;
 mod layers;
 mod openapi;

@@ -16,10 +16,12 @@ use actix_web::ResponseError;
 use bytes::BytesMut;
 
 use super::{admit, append, open, EventStream, Opened, Subscription};
-use crate::api::AppState;
+use crate::api::error::FieldError;
+use crate::api::{idempotency, AppState};
 use crate::http::access_log::Entry;
 use crate::http::stream::{Framing, Outgoing};
 use crate::http::{with_date, Answer, Request};
+use crate::idempotency::HEADER;
 
 /// The subscription path.
 const SUBSCRIBE: &str = "/events/client";
@@ -56,8 +58,12 @@ pub(crate) async fn publish(state: &AppState, request: &Request<'_, '_>) -> Opti
         return None;
     }
     let authorization = request.only_header("authorization").ok()?;
-    let answer = match admit(state, authorization, client_id) {
-        Ok(()) => append(state, client_id.to_string(), request.body).await,
+    let keys = request.head.headers.iter();
+    let keys = keys.filter(|h| h.name.eq_ignore_ascii_case(HEADER));
+    let answer = match admit(state, authorization, client_id)
+        .and_then(|()| idempotency::key_of(keys.map(|h| h.value)).map_err(FieldError::bad_key))
+    {
+        Ok(key) => append(state, client_id.to_string(), key, request.body).await,
         Err(e) => Err(e),
     };
     Some(match answer {

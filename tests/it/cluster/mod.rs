@@ -3,9 +3,11 @@
 //!
 //! `faces.rs`: every face across nodes. `failures.rs`: nodes killed, the live channel cut, Redis
 //! restarted, stopped or emptied. `webhooks.rs`: registrations and webhooks shared by the nodes.
+//! `idempotency.rs`: a publish's idempotency key on every node.
 
 mod faces;
 mod failures;
+mod idempotency;
 mod revocations;
 mod webhooks;
 
