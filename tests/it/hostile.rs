@@ -432,7 +432,7 @@ async fn the_access_log_escapes_what_clients_send_and_redacts_every_spelling_of_
     let escaped = r#""a\\\" 200 0 \"-\" \"forged\xC3\xA9" "#;
     let logger = "actix_web::middleware::logger] 127.0.0.1";
     let expected = [
-        format!(r#"{logger} "POST /events/client/jo HTTP/1.1" 202 28 "x\\y" {escaped}"#),
+        format!(r#"{logger} "POST /events/client/jo HTTP/1.1" 202 34 "x\\y" {escaped}"#),
         format!(
             r#"{logger} "GET /health?access%5Ftoken=[redacted];%61ccess_token=[redacted]&Access_Token=[redacted] HTTP/1.1" 200 15 "-" {escaped}"#
         ),

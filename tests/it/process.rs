@@ -172,7 +172,7 @@ async fn the_access_log_has_a_line_per_request_whichever_path_serves_it() {
     // `%a "%r" %s %b "%{Referer}i" "%{User-Agent}i" %T`, as actix-web's Logger writes it.
     let logger = "actix_web::middleware::logger] 127.0.0.1";
     let expected = [
-        format!(r#"{logger} "POST /events/client/jo HTTP/1.1" 202 28 "-" "probe/1" "#),
+        format!(r#"{logger} "POST /events/client/jo HTTP/1.1" 202 34 "-" "probe/1" "#),
         format!(r#"{logger} "GET /health HTTP/1.1" 200 "#),
     ];
     let redacted =
