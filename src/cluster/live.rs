@@ -88,6 +88,8 @@ pub async fn run(
     let conn = node.connection();
     let probe_channel = wire::probe_channel(&node.name);
     let mut backoff = Duration::from_millis(50);
+    let mut moves = node.primary.moves();
+    actix::spawn(node.primary.clone().watch());
     loop {
         let connected = async {
             // Where the primary is now (Sentinel), and that it is one; a new server there is a
@@ -128,6 +130,8 @@ pub async fn run(
             }
         };
         backoff = Duration::from_millis(50);
+        // Connected to the primary located just now: only a later move reconnects.
+        moves.mark_unchanged();
         // The probes confirm it from now on.
         node.set_reachable(true);
         for ready in waiting.drain(..) {
@@ -145,6 +149,10 @@ pub async fn run(
         let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
         loop {
             tokio::select! {
+                _ = moves.changed() => {
+                    log::warn!("the Redis primary moved; reconnecting the live channel to it");
+                    break;
+                }
                 command = commands.recv() => {
                     let Some(command) = command else { return };
                     let outcome = match command {

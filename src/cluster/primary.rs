@@ -5,14 +5,15 @@
 //! (`redis+sentinel://[:password@]h1:26379,h2:26379/mymaster[/db]`; the password and the db
 //! are the primary's, the sentinels are asked without one).
 //!
-//! The live channel (`live.rs`) locates the primary each time it (re)connects: through the
-//! sentinels, or at the URL. A primary at a new address bumps the generation, and every `Link`
-//! reconnects to it on its next use. Either way the server is identified by its run id: a new
+//! The live channel (`live.rs`) locates the primary each time it (re)connects, and under
+//! Sentinel `watch` asks again every `LOCATE_INTERVAL` (a primary handed over alive keeps its
+//! connections, and takes writes its replicas no longer see, until Sentinel demotes it, which
+//! can take ten seconds). A primary at a new address bumps the generation: every `Link`
+//! reconnects to it on its next use, and the live channel at once. Either way the server is identified by its run id: a new
 //! one (a promoted replica behind the same address, a restart) is a failover, after which the
 //! node reads every stream it follows again and checks that the positions it knew still hold
 //! the same events (`scripts::READ`).
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,6 +23,9 @@ use redis::{IntoConnectionInfo, RedisConnectionInfo};
 
 /// Longest wait for one answer from Redis.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How often the sentinels are asked where the primary is.
+const LOCATE_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Longest wait for a connection to Redis.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -114,7 +118,7 @@ pub struct Primary {
     /// The primary as last located.
     client: Mutex<redis::Client>,
     /// Bumped when `client` changes: links made for an older one reconnect.
-    generation: AtomicU64,
+    generation: tokio::sync::watch::Sender<u64>,
     /// The run id of the server last found at the primary's place.
     run_id: Mutex<Option<String>>,
 }
@@ -151,7 +155,7 @@ impl Primary {
         Ok(Self {
             sentinel,
             client: Mutex::new(client),
-            generation: AtomicU64::new(0),
+            generation: tokio::sync::watch::Sender::new(0),
             run_id: Mutex::new(None),
         })
     }
@@ -170,7 +174,7 @@ impl Primary {
                 located.get_connection_info().addr()
             );
             *client = located;
-            self.generation.fetch_add(1, Ordering::Relaxed);
+            self.generation.send_modify(|generation| *generation += 1);
         }
         Ok(())
     }
@@ -181,7 +185,29 @@ impl Primary {
     }
 
     fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Relaxed)
+        *self.generation.borrow()
+    }
+
+    /// Changes when the primary moves to a new address.
+    pub fn moves(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    /// Under Sentinel, asks where the primary is every `LOCATE_INTERVAL`, for ever; nothing to
+    /// do for a fixed address.
+    pub async fn watch(self: Arc<Self>) {
+        if self.sentinel.is_none() {
+            return;
+        }
+        let mut tick = tokio::time::interval(LOCATE_INTERVAL);
+        loop {
+            tick.tick().await;
+            match tokio::time::timeout(ANSWER_TIMEOUT, self.locate()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => log::debug!("Sentinel: {e}"),
+                Err(_) => log::debug!("Sentinel: no answer within {ANSWER_TIMEOUT:?}"),
+            }
+        }
     }
 
     /// Checks that the server at the primary's place is a primary, and records its run id.

@@ -3,9 +3,11 @@
 //!
 //! `faces.rs`: every face across nodes. `failures.rs`: nodes killed, the live channel cut, Redis
 //! restarted, stopped or emptied. `webhooks.rs`: registrations and webhooks shared by the nodes.
-//! `idempotency.rs`: a publish's idempotency key on every node.
+//! `idempotency.rs`: a publish's idempotency key on every node. `failover.rs`: Redis replicas
+//! and sentinels, the primary killed or moved.
 
 mod faces;
+mod failover;
 mod failures;
 mod idempotency;
 mod revocations;
@@ -38,10 +40,51 @@ pub struct Redis {
     /// Its working directory (the AOF lives there); removed with the test.
     dir: tempfile::TempDir,
     persistence: Persistence,
+    /// Further arguments of `redis-server` (`--replicaof`, say).
+    args: Vec<String>,
 }
 
 impl Redis {
     pub fn start(persistence: Persistence) -> Self {
+        Self::start_with(persistence, Vec::new())
+    }
+
+    /// A replica of `primary`, once it holds everything `primary` has now.
+    pub fn replica_of(primary: &Redis) -> Self {
+        let port = primary.port.to_string();
+        let replica = Self::start_with(
+            primary.persistence,
+            ["--replicaof", "127.0.0.1", &port]
+                .map(String::from)
+                .to_vec(),
+        );
+        replica.wait_for_sync(primary);
+        replica
+    }
+
+    /// Waits until this replica has received everything `primary` has written so far.
+    pub fn wait_for_sync(&self, primary: &Redis) {
+        let info = |redis: &Redis, field: &str| -> Option<String> {
+            let info = redis.command(&["INFO", "replication"])?;
+            info.lines()
+                .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+                .map(str::to_string)
+        };
+        let started = Instant::now();
+        loop {
+            let wanted = info(primary, "master_repl_offset");
+            let synced = info(self, "master_link_status").as_deref() == Some("up")
+                && wanted.is_some()
+                && info(self, "slave_repl_offset") == wanted;
+            if synced {
+                return;
+            }
+            assert!(started.elapsed() < DEADLINE, "the replica did not catch up");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn start_with(persistence: Persistence, args: Vec<String>) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -51,6 +94,7 @@ impl Redis {
             port,
             dir: tempfile::tempdir().expect("a directory for Redis"),
             persistence,
+            args,
         };
         redis.spawn();
         redis
@@ -66,6 +110,7 @@ impl Redis {
             .args(["--save", ""])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         match self.persistence {
@@ -99,37 +144,9 @@ impl Redis {
         self.spawn();
     }
 
-    /// Sends one command and answers every value of the reply, flattened (nested arrays in
-    /// order; a nil as an empty string); `None` if Redis does not answer.
+    /// Sends one command (see `query`).
     pub fn query(&self, args: &[&str]) -> Option<Vec<String>> {
-        let mut conn = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        conn.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        let mut request = format!("*{}\r\n", args.len());
-        for arg in args {
-            request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
-        }
-        conn.write_all(request.as_bytes()).ok()?;
-        let mut reader = std::io::BufReader::new(conn);
-        let mut values = Vec::new();
-        let mut pending = 1usize;
-        while pending > 0 {
-            pending -= 1;
-            let mut line = String::new();
-            std::io::BufRead::read_line(&mut reader, &mut line).ok()?;
-            let line = line.trim_end();
-            let (kind, rest) = line.split_at(1);
-            match kind {
-                "*" => pending += rest.parse::<i64>().ok()?.max(0) as usize,
-                "$" if rest == "-1" => values.push(String::new()),
-                "$" => {
-                    let mut bulk = vec![0u8; rest.parse::<usize>().ok()? + 2];
-                    reader.read_exact(&mut bulk).ok()?;
-                    values.push(String::from_utf8_lossy(&bulk[..bulk.len() - 2]).to_string());
-                }
-                _ => values.push(rest.to_string()),
-            }
-        }
-        Some(values)
+        query(self.port, args)
     }
 
     /// The first value of `query`'s answer.
@@ -142,6 +159,43 @@ impl Drop for Redis {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Sends one command to the Redis (or sentinel) on `port` and answers every value of the
+/// reply, flattened (nested arrays in order; a nil as an empty string); `None` if nothing
+/// answers.
+pub fn query(port: u16, args: &[&str]) -> Option<Vec<String>> {
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    conn.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let mut request = format!("*{}\r\n", args.len());
+    for arg in args {
+        request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+    }
+    conn.write_all(request.as_bytes()).ok()?;
+    let mut reader = std::io::BufReader::new(conn);
+    let mut values = Vec::new();
+    let mut pending = 1usize;
+    while pending > 0 {
+        pending -= 1;
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut reader, &mut line).ok()?;
+        let line = line.trim_end();
+        if line.is_empty() {
+            return None;
+        }
+        let (kind, rest) = line.split_at(1);
+        match kind {
+            "*" => pending += rest.parse::<i64>().ok()?.max(0) as usize,
+            "$" if rest == "-1" => values.push(String::new()),
+            "$" => {
+                let mut bulk = vec![0u8; rest.parse::<usize>().ok()? + 2];
+                reader.read_exact(&mut bulk).ok()?;
+                values.push(String::from_utf8_lossy(&bulk[..bulk.len() - 2]).to_string());
+            }
+            _ => values.push(rest.to_string()),
+        }
+    }
+    Some(values)
 }
 
 /// A TCP proxy in front of Redis that can wedge the PUB/SUB connections going through it: the
