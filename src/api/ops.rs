@@ -43,7 +43,8 @@ pub struct ApiDoc;
 #[allow(dead_code)] // Read by utoipa's derive only.
 struct Health {
     /// `ok` while serving, `draining` during a graceful shutdown, `redis_unreachable` while
-    /// a node of a cluster cannot reach Redis.
+    /// a node of a cluster cannot reach Redis, `redis_failover` instead when it finds Redis
+    /// through Sentinel (a replica is being promoted).
     #[schema(example = "ok")]
     status: String,
     /// Cluster mode: the name of the node that answered.
@@ -82,7 +83,7 @@ pub fn configure(routes: &mut Routes) {
     responses(
         (status = 200, description = "Serving", body = Health, example = json!({"status": "ok"})),
         (status = 503, description = "Draining (SIGINT/SIGTERM received), or, in a cluster, \
-Redis unreachable", body = Health, example = json!({"status": "draining"})),
+Redis unreachable or failing over", body = Health, example = json!({"status": "draining"})),
     )
 )]
 
