@@ -16,8 +16,9 @@ contract:
 	./scripts/contract
 
 # Redis, three nodes and an nginx load balancer on http://127.0.0.1:8080/ (see the README).
+# REDIS=sentinel: a primary, two replicas and three sentinels instead of one Redis.
 cluster:
-	./scripts/cluster
+	REDIS=$(or $(REDIS),single) ./scripts/cluster
 
 # Debian packages the tests start (Chromium for the demo page, redis-server for the cluster
 # tests), installed when missing so that `make test` is the whole set-up on a fresh machine.
