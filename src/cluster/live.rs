@@ -232,6 +232,17 @@ pub async fn run(
                                 node.set_reachable(false);
                             }
                         }
+                        // Still the same primary (an endpoint may move without cutting a
+                        // connection), and how many replicas it has now.
+                        match node.primary.identify(&mut conn.get()).await {
+                            Ok(false) => {}
+                            Ok(true) => break,
+                            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly) => {
+                                log::warn!("{e}; reconnecting");
+                                break;
+                            }
+                            Err(e) => log::debug!("identify: {e}"),
+                        }
                     }
                 },
                 _ = heartbeat.tick() => beat(&node, &mut conn.get(), &listener).await,

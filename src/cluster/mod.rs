@@ -330,6 +330,15 @@ impl StreamLog {
         let (node, mut conn, stream) = (self.node.clone(), self.conn.get(), stream.clone());
         async move {
             let replicas = node.replicas;
+            // Known short of replicas (a failover under way): refused at once, and nothing
+            // applied that the promoted replica would lose.
+            let online = node.primary.replicas();
+            if online < replicas {
+                return Err(ClusterError::NotReplicated {
+                    acked: online,
+                    wanted: replicas,
+                });
+            }
             let (state, epoch, first, count, created): (u8, u32, u64, u64, u64) =
                 match replicated(&node, &mut conn, &scripts::APPEND, &first_try, replicas).await {
                     Err(ClusterError::Redis(e)) if broken(&e) => {

@@ -14,6 +14,7 @@
 //! node reads every stream it follows again and checks that the positions it knew still hold
 //! the same events (`scripts::READ`).
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -121,6 +122,8 @@ pub struct Primary {
     generation: tokio::sync::watch::Sender<u64>,
     /// The run id of the server last found at the primary's place.
     run_id: Mutex<Option<String>>,
+    /// How many replicas the primary had connected when last identified (`u32::MAX` before).
+    replicas: AtomicU32,
 }
 
 impl Primary {
@@ -157,6 +160,7 @@ impl Primary {
             client: Mutex::new(client),
             generation: tokio::sync::watch::Sender::new(0),
             run_id: Mutex::new(None),
+            replicas: AtomicU32::new(u32::MAX),
         })
     }
 
@@ -177,6 +181,11 @@ impl Primary {
             self.generation.send_modify(|generation| *generation += 1);
         }
         Ok(())
+    }
+
+    /// How many replicas the primary had when last identified (`u32::MAX` if never).
+    pub fn replicas(&self) -> u32 {
+        self.replicas.load(Ordering::Relaxed)
     }
 
     /// The primary as last located.
@@ -210,18 +219,25 @@ impl Primary {
         }
     }
 
-    /// Checks that the server at the primary's place is a primary, and records its run id.
-    /// Answers whether it is another server than the one found there before (a failover).
+    /// Checks that the server at the primary's place is a primary, and records its run id and
+    /// how many replicas it has. Answers whether it is another server than the one found there
+    /// before (a failover).
     pub async fn identify(&self, conn: &mut ConnectionManager) -> redis::RedisResult<bool> {
         let mut ask = redis::pipe();
         ask.cmd("ROLE").cmd("INFO").arg("server");
         let (role, info): (redis::Value, String) = ask.query_async(conn).await?;
-        let role = match role {
-            redis::Value::Array(parts) => match parts.first() {
-                Some(redis::Value::BulkString(role)) => String::from_utf8_lossy(role).into_owned(),
-                _ => String::new(),
-            },
+        // `ROLE` on a primary: `master`, its offset, and one entry per connected replica.
+        let parts = match &role {
+            redis::Value::Array(parts) => parts.as_slice(),
+            _ => &[],
+        };
+        let role = match parts.first() {
+            Some(redis::Value::BulkString(role)) => String::from_utf8_lossy(role).into_owned(),
             _ => String::new(),
+        };
+        let replicas = match parts.get(2) {
+            Some(redis::Value::Array(replicas)) => replicas.len() as u32,
+            _ => 0,
         };
         if role != "master" {
             return Err(redis::RedisError::from((
@@ -230,6 +246,7 @@ impl Primary {
                 role,
             )));
         }
+        self.replicas.store(replicas, Ordering::Relaxed);
         let run_id = info
             .lines()
             .find_map(|line| line.strip_prefix("run_id:"))
