@@ -9,10 +9,12 @@
 //! Sentinel `watch` asks again every `LOCATE_INTERVAL` (a primary handed over alive keeps its
 //! connections, and takes writes its replicas no longer see, until Sentinel demotes it, which
 //! can take ten seconds). A primary at a new address bumps the generation: every `Link`
-//! reconnects to it on its next use, and the live channel at once. Either way the server is identified by its run id: a new
-//! one (a promoted replica behind the same address, a restart) is a failover, after which the
+//! reconnects to it on its next use, and the live channel at once. Either way the server is
+//! identified by its run id at every reconnect and every probe of the live channel: a new one
+//! (a promoted replica behind the same address, a restart) is a failover, after which the
 //! node reads every stream it follows again and checks that the positions it knew still hold
-//! the same events (`scripts::READ`).
+//! the same events (`scripts::READ`). The same answer tells how many replicas the primary has,
+//! so a publish that `--redis-replicas` could not be met for is refused before it is applied.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
