@@ -16,6 +16,7 @@
 
 pub mod live;
 pub mod primary;
+mod replication;
 mod revocations;
 mod scripts;
 pub mod wire;
@@ -252,6 +253,8 @@ pub struct StreamLog {
     /// Bookkeeping nobody waits for, sent in order by one task (a client listed, then
     /// unlisted, must not reach Redis the other way round).
     bookkeeping: mpsc::UnboundedSender<(redis::Pipeline, &'static str)>,
+    /// With `--redis-replicas`: publishes go through it, in groups.
+    replicator: Option<replication::Replicator>,
 }
 
 impl StreamLog {
@@ -268,10 +271,13 @@ impl StreamLog {
                 }
             }
         });
+        let replicator =
+            (node.replicas > 0).then(|| replication::Replicator::new(node.clone(), conn.clone()));
         Self {
             node,
             conn,
             bookkeeping,
+            replicator,
         }
     }
 
@@ -327,7 +333,8 @@ impl StreamLog {
             invocation
         };
         let (first_try, retry) = (invocation(false), invocation(true));
-        let (node, mut conn, stream) = (self.node.clone(), self.conn.get(), stream.clone());
+        let (node, conn, stream) = (self.node.clone(), self.conn.clone(), stream.clone());
+        let replicator = self.replicator.clone();
         async move {
             let replicas = node.replicas;
             // Known short of replicas (a failover under way): refused at once, and nothing
@@ -339,13 +346,21 @@ impl StreamLog {
                     wanted: replicas,
                 });
             }
-            let (state, epoch, first, count, created): (u8, u32, u64, u64, u64) =
-                match replicated(&node, &mut conn, &scripts::APPEND, &first_try, replicas).await {
-                    Err(ClusterError::Redis(e)) if broken(&e) => {
-                        replicated(&node, &mut conn, &scripts::APPEND, &retry, replicas).await?
+            let call = |call: redis::Cmd| {
+                let (node, conn, replicator) = (node.clone(), conn.clone(), replicator.clone());
+                async move {
+                    match replicator {
+                        Some(replicator) => replicator.run(&scripts::APPEND, call).await,
+                        None => run_script(&node, &mut conn.get(), &scripts::APPEND, &call).await,
                     }
-                    other => other?,
-                };
+                }
+            };
+            let answer = match call(first_try).await {
+                Err(ClusterError::Redis(e)) if broken(&e) => call(retry).await?,
+                other => other?,
+            };
+            let (state, epoch, first, count, created): (u8, u32, u64, u64, u64) =
+                redis::from_redis_value(answer).map_err(redis::RedisError::from)?;
             // Equal fingerprints are equal batches; a count that differs would be a forgery.
             if state == scripts::KEY_REUSED || count != data.len() as u64 {
                 return Ok(Appended::KeyReused);
@@ -514,49 +529,22 @@ impl StreamLog {
     }
 }
 
-/// Runs a script `call` (see `scripts::call`) and, with `replicas`, waits until that many
-/// replicas hold what it wrote (`WAIT`). Both go on one connection in one write, so the `WAIT`
-/// covers the script's writes (a `WAIT` on a connection made anew would cover nothing and
-/// answer at once). A server without the script (a promoted replica: scripts are not
-/// replicated) gets it loaded, and the call is made again.
-async fn replicated<T: redis::FromRedisValue>(
+/// Runs a script `call` (see `scripts::call`). A server without the script (a promoted
+/// replica: scripts are not replicated) gets it loaded, and the call is made again. With
+/// `--redis-replicas`, publishes go through `replication::Replicator` instead.
+async fn run_script(
     node: &Node,
     conn: &mut redis::aio::ConnectionManager,
     script: &redis::Script,
     call: &redis::Cmd,
-    replicas: u32,
-) -> Result<T, ClusterError> {
-    let run = |conn: &mut redis::aio::ConnectionManager| {
-        let mut conn = conn.clone();
-        let call = call.clone();
-        async move {
-            if replicas == 0 {
-                return call.query_async::<T>(&mut conn).await.map(|v| (v, 0));
-            }
-            let mut pipe = redis::pipe();
-            pipe.add_command(call)
-                .cmd("WAIT")
-                .arg(replicas)
-                .arg(REPLICATION_TIMEOUT.as_millis() as u64);
-            pipe.query_async::<(T, u32)>(&mut conn).await
-        }
-    };
-    let (value, acked) = match answer(node, run(conn)).await {
-        Err(ClusterError::Redis(e))
-            if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-        {
+) -> Result<Value, ClusterError> {
+    match answer(node, call.query_async(conn)).await {
+        Err(ClusterError::Redis(e)) if replication::no_script(&e) => {
             answer(node, script.load_async(conn)).await?;
-            answer(node, run(conn)).await?
+            answer(node, call.query_async(conn)).await
         }
-        other => other?,
-    };
-    if acked < replicas {
-        return Err(ClusterError::NotReplicated {
-            acked,
-            wanted: replicas,
-        });
+        other => other,
     }
-    Ok(value)
 }
 
 /// Whether a request failed because its connection broke (Redis restarted, say): the manager

@@ -11,7 +11,7 @@ use std::sync::LazyLock;
 use redis::{Cmd, Script};
 
 /// A call of `script` with `keys`, its arguments to be added: an `EVALSHA`, so it can go in a
-/// pipeline (`cluster::replicated` sends a `WAIT` behind it).
+/// pipeline (`replication::Replicator` sends a group of them with a `WAIT` behind).
 pub fn call(script: &Script, keys: &[String]) -> Cmd {
     let mut call = redis::cmd("EVALSHA");
     call.arg(script.get_hash()).arg(keys.len()).arg(keys);
