@@ -1,7 +1,8 @@
-//! Scenarios 8-12: two Herald nodes on one Redis against two nginx + nchan instances on one
-//! Redis (`nchan_redis_storage_mode distributed`), and (12) three Herald nodes delivering
-//! webhooks. The nodes and Redis all run on the server core; CPU is reported for the nodes
-//! together and for Redis apart.
+//! Scenarios 8-13: two Herald nodes on one Redis against two nginx + nchan instances on one
+//! Redis (`nchan_redis_storage_mode distributed`), (12) three Herald nodes delivering
+//! webhooks, and (13) two Herald nodes on a Redis with a replica. The nodes and Redis (and its
+//! replica) all run on the server core; CPU is reported for the nodes together and for Redis
+//! and its replica apart.
 //!
 //! - 8, 9: cross-node fan-out: the subscribers on node A, the publishers on node B.
 //! - 10: publish rate with history on: 64 publishers spread over both nodes; also Redis's CPU
@@ -10,6 +11,10 @@
 //!   published on A; it reconnects to B with `Last-Event-ID` and is timed until it has them all.
 //! - 12 (Herald only): signed webhook deliveries/s from three nodes, then the takeover time
 //!   of a node killed with attempts under way.
+//! - 13 (Herald only): the cost of `--redis-replicas 1`: scenario 10's workload on a Redis
+//!   with one replica, each publish acknowledged only once the replica holds it (the script
+//!   and `WAIT 1 1000` in one pipeline). nchan has no such setting. Its notes compare it with
+//!   scenario 10 when both ran (`compare_replicated`).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -19,7 +24,7 @@ use hdrhistogram::Histogram;
 use crate::cpu::Meter;
 use crate::fanout::{self, Addrs, Transport};
 use crate::http::{field, Conn};
-use crate::report::{histogram, Better, Outcome};
+use crate::report::{fmt_value, histogram, Better, Outcome};
 use crate::server::{Cluster, Peer, Programs};
 use crate::{peer, publish, webhook, Sizes, FANOUT_DEADLINE, PUBLISH_DEADLINE, WEBHOOK_DEADLINE};
 
@@ -49,20 +54,34 @@ pub const TAKEOVER_BOUND: f64 = 5.0 + 2.0 + 1.0;
 /// Registrations whose deliveries are under way when a node is killed.
 const TAKEOVER_REGISTRATIONS: usize = 30;
 
+/// Scenario 10 with one Redis replica and `--redis-replicas`.
+pub const REPLICATED: u8 = 13;
+
+/// `--redis-replicas` of scenario 13: every replica it has.
+const REPLICAS: &str = "1";
+
+/// The figure scenarios 10 and 13 are compared on.
+const PUBLISH_RATE: &str = "single-event publishes/s";
+
+/// How scenario 13's note on scenario 10 begins, so it is added once.
+const COMPARED: &str = "against scenario 10";
+
 pub async fn run_one(scenario: u8, peer: Peer, programs: &Programs, sizes: &Sizes) -> Outcome {
-    let (nodes, extra): (usize, &[&str]) = if scenario == 12 {
-        (
+    let started = match scenario {
+        12 => Cluster::start(
+            peer,
+            programs,
             3,
             &[
                 "--webhook-allow-private",
                 "--webhook-timeout",
                 WEBHOOK_TIMEOUT,
             ],
-        )
-    } else {
-        (2, &[])
+        ),
+        REPLICATED => Cluster::start_replicated(peer, programs, 2, &["--redis-replicas", REPLICAS]),
+        _ => Cluster::start(peer, programs, 2, &[]),
     };
-    let mut cluster = match Cluster::start(peer, programs, nodes, extra) {
+    let mut cluster = match started {
         Ok(c) => c,
         Err(e) => return Outcome::unavailable(scenario, peer, format!("{e:#}")),
     };
@@ -70,7 +89,8 @@ pub async fn run_one(scenario: u8, peer: Peer, programs: &Programs, sizes: &Size
     let meter = Meter::cluster(
         cluster.nodes.iter().map(|n| n.serving_pid()),
         cluster.redis.pid(),
-    );
+    )
+    .with_replica(cluster.replica.as_ref().map(|r| r.pid()));
     let cross = Addrs {
         subscribe: addrs[0],
         publish: addrs[1],
@@ -87,7 +107,7 @@ pub async fn run_one(scenario: u8, peer: Peer, programs: &Programs, sizes: &Size
     match scenario {
         8 => fanout::run(8, peer, cross, fan(Transport::Sse), meter).await,
         9 => fanout::run(9, peer, cross, fan(Transport::Ws), meter).await,
-        10 => publish_rate(peer, &cluster, sizes.publish_posts, meter).await,
+        10 | REPLICATED => publish_rate(scenario, peer, &cluster, sizes.publish_posts, meter).await,
         11 => resume(peer, addrs[0], addrs[1]).await,
         12 => {
             let mut out = webhook::run(
@@ -106,22 +126,30 @@ pub async fn run_one(scenario: u8, peer: Peer, programs: &Programs, sizes: &Size
     }
 }
 
-/// Scenario 10: single-event publishes over both nodes, with Redis's share of the work.
-async fn publish_rate(peer: Peer, cluster: &Cluster, total: u64, meter: Meter) -> Outcome {
-    let mut out = Outcome::new(10, peer);
+/// Scenarios 10 and 13: single-event publishes over both nodes, with Redis's share of the
+/// work.
+async fn publish_rate(
+    scenario: u8,
+    peer: Peer,
+    cluster: &Cluster,
+    total: u64,
+    meter: Meter,
+) -> Outcome {
+    let mut out = Outcome::new(scenario, peer);
     let before = cluster.redis.used_memory();
     let measuring = meter.start();
     let rate = publish::measure(peer, &cluster.addrs(), 1, total, PUBLISH_DEADLINE).await;
     let busy = measuring.finish();
-    out.add(
-        "single-event publishes/s",
-        rate.events_per_sec,
-        "req/s",
-        Better::Higher,
-    );
+    out.add(PUBLISH_RATE, rate.events_per_sec, "req/s", Better::Higher);
     out.notes.extend(rate.note);
     out.add_latency(rate.hist, "single publish");
     busy.report(&mut out);
+    if cluster.replica.is_some() {
+        // With a replica, `used_memory` also grows by the replication backlog as it fills (up
+        // to 1 MiB), which is not what history costs; the replica does not change what the
+        // primary retains, so scenario 10's figure stands for both.
+        return out;
+    }
     // Each publisher has a stream of its own; each stream keeps its newest 1,000.
     let per_stream = total / publish::PUBLISHERS as u64;
     let kept = per_stream.min(KEPT_PER_STREAM) * publish::PUBLISHERS as u64;
@@ -136,6 +164,62 @@ async fn publish_rate(peer: Peer, cluster: &Cluster, total: u64, meter: Meter) -
         _ => {}
     }
     out
+}
+
+/// Once scenario 13 (Herald) and scenario 10 (Herald) have both run in this invocation, in
+/// either order, adds to 13's notes what `--redis-replicas 1` cost against 10: the ratio of
+/// the rates and both latencies. With `finished` (every scenario has run) and no rate of 10
+/// to compare with, says so beside 13's own figures instead. Answers the note added, if any.
+pub fn compare_replicated(outcomes: &mut [Outcome], finished: bool) -> Option<String> {
+    let find = |s: u8| {
+        outcomes.iter().position(|o| {
+            o.scenario == s && o.peer == Peer::HeraldCluster && o.figure(PUBLISH_RATE).is_some()
+        })
+    };
+    let replicated = find(REPLICATED)?;
+    if outcomes[replicated]
+        .notes
+        .iter()
+        .any(|n| n.starts_with(COMPARED))
+    {
+        return None;
+    }
+    let latencies = |o: &Outcome| {
+        (
+            o.figure("single publish latency p50").unwrap_or(f64::NAN),
+            o.figure("single publish latency p99").unwrap_or(f64::NAN),
+        )
+    };
+    let ours = &outcomes[replicated];
+    let rate = ours.figure(PUBLISH_RATE).unwrap_or_default();
+    let (p50, p99) = latencies(ours);
+    let note = match find(10) {
+        Some(plain) => {
+            let theirs = &outcomes[plain];
+            let base = theirs.figure(PUBLISH_RATE).unwrap_or_default();
+            let (base_p50, base_p99) = latencies(theirs);
+            let ratio = if base > 0.0 {
+                format!("{:.2}x", rate / base)
+            } else {
+                "–".into()
+            };
+            format!(
+                "{COMPARED} (same run, no replica): {ratio} its publishes/s ({} vs {} req/s); \
+                 latency p50 {p50:.2} vs {base_p50:.2} ms, p99 {p99:.2} vs {base_p99:.2} ms",
+                fmt_value(rate),
+                fmt_value(base),
+            )
+        }
+        None if finished => format!(
+            "{COMPARED}: no rate of it in this invocation, so no ratio (`SCENARIO=10,13` runs \
+             both); with --redis-replicas {REPLICAS}: {} req/s, latency p50 {p50:.2} ms, \
+             p99 {p99:.2} ms",
+            fmt_value(rate),
+        ),
+        None => return None,
+    };
+    outcomes[replicated].notes.push(note.clone());
+    Some(note)
 }
 
 /// Scenario 11: see the module docs.

@@ -9,12 +9,13 @@ use crate::report::{Better, Outcome};
 /// Above this share of its core the load generator may have limited the figure.
 const GENERATOR_BUSY: f64 = 90.0;
 
-/// What to measure: the serving process or processes (a cluster's nodes, and its Redis apart),
-/// and the load generator itself.
+/// What to measure: the serving process or processes (a cluster's nodes, and its Redis and
+/// Redis replica apart), and the load generator itself.
 #[derive(Clone)]
 pub struct Meter {
     server_pids: Vec<u32>,
     redis_pid: Option<u32>,
+    replica_pid: Option<u32>,
 }
 
 /// A measurement under way, from `Meter::start` to `finish`.
@@ -27,6 +28,7 @@ struct Sample {
     at: Instant,
     server: Option<u64>,
     redis: Option<u64>,
+    replica: Option<u64>,
     generator: Option<u64>,
 }
 
@@ -51,6 +53,7 @@ fn sample(meter: &Meter) -> Sample {
         at: Instant::now(),
         server: servers.filter(|t| !t.is_empty()).map(|t| t.iter().sum()),
         redis: meter.redis_pid.and_then(|pid| ticks(&pid.to_string())),
+        replica: meter.replica_pid.and_then(|pid| ticks(&pid.to_string())),
         generator: ticks("self"),
     }
 }
@@ -60,6 +63,7 @@ impl Meter {
         Self {
             server_pids: server_pid.into_iter().collect(),
             redis_pid: None,
+            replica_pid: None,
         }
     }
 
@@ -68,7 +72,14 @@ impl Meter {
         Self {
             server_pids: nodes.into_iter().flatten().collect(),
             redis_pid: Some(redis),
+            replica_pid: None,
         }
+    }
+
+    /// Also the cluster's Redis replica, which shares the server core with the primary.
+    pub fn with_replica(mut self, replica: Option<u32>) -> Self {
+        self.replica_pid = replica;
+        self
     }
 
     pub fn start(self) -> Running {
@@ -90,6 +101,7 @@ impl Running {
         Busy {
             server: busy(start.server, end.server),
             redis: busy(start.redis, end.redis),
+            replica: busy(start.replica, end.replica),
             generator: busy(start.generator, end.generator),
         }
     }
@@ -101,6 +113,8 @@ pub struct Busy {
     server: Option<f64>,
     /// A cluster's Redis.
     redis: Option<f64>,
+    /// Its replica, if it has one.
+    replica: Option<f64>,
     generator: Option<f64>,
 }
 
@@ -111,6 +125,9 @@ impl Busy {
         }
         if let Some(p) = self.redis {
             out.add("Redis CPU busy", p, "% of a core", Better::Info);
+        }
+        if let Some(p) = self.replica {
+            out.add("Redis replica CPU busy", p, "% of a core", Better::Info);
         }
         if let Some(p) = self.generator {
             out.add("load generator CPU busy", p, "% of a core", Better::Info);

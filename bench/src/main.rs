@@ -29,7 +29,7 @@ use server::{Peer, Programs, Server};
 #[derive(Parser)]
 #[command(about = "Benchmark Herald against nginx + nchan")]
 struct Args {
-    /// Scenarios to run (1-12, comma-separated); all by default.
+    /// Scenarios to run (1-13, comma-separated); all by default.
     #[arg(long, value_delimiter = ',')]
     scenario: Vec<u8>,
     /// Multiplies every count (subscribers, publishes, ...) for a quick trial run; results of
@@ -126,7 +126,8 @@ fn peers_of(scenario: u8) -> &'static [Peer] {
         6 => &[Peer::HeraldMemory, Peer::HeraldSqlite, Peer::Nchan],
         7 => &[Peer::HeraldSqlite],
         8..=11 => &[Peer::HeraldCluster, Peer::NchanCluster],
-        12 => &[Peer::HeraldCluster],
+        // nchan has no setting like `--redis-replicas` to compare scenario 13 with.
+        12 | cluster::REPLICATED => &[Peer::HeraldCluster],
         _ => &[Peer::HeraldMemory, Peer::Nchan],
     }
 }
@@ -274,11 +275,12 @@ full sync) in a temp dir.\n\
 - Scenario 7: Herald with SQLite and `--webhook-allow-private`; {hooks} webhook subscriptions \
 for REGISTER/NO and {regs} registrations from 8 keep-alive clients; the receiver answers 200 at \
 once and counts only deliveries whose signature verifies.\n\
-- Scenarios 8-12 (clusters): one `redis-server` (no persistence, for both peers) and the \
+- Scenarios 8-13 (clusters): one `redis-server` (no persistence, for both peers) and the \
 nodes, all pinned to the server core (so the nodes and Redis share it, as the load generator has \
 its own); Herald nodes with `--redis`, nchan nodes with `nchan_redis_storage_mode distributed` \
-(bench/nchan-redis.conf). Server CPU is the nodes together; Redis CPU is apart. 8-9: the shape of \
-1-2 with the subscribers on node A and the publishers on node B. 10: the shape of 6 (single \
+(bench/nchan-redis.conf). Server CPU is the nodes together; Redis CPU (and its replica's, in 13) \
+is apart. 8-9: the shape of 1-2 with the subscribers on node A and the publishers on node B. \
+10: the shape of 6 (single \
 events) with the 64 publishers spread over both nodes; Redis memory per 1M retained events = \
 growth of Redis's `used_memory` / events retained (each stream keeps its newest 1,000). 11: a \
 subscriber on node A gets event 0 and leaves; {missed} events are published on A (4 \
@@ -286,7 +288,12 @@ publishers); it reconnects to node B with `Last-Event-ID` and is timed from the 
 last missed event, {resumes} times. 12: scenario 7 on three Herald nodes (registrations spread \
 over them, `--webhook-timeout {wt}`), then the takeover: a receiver that holds each answer 2 s, \
 {takeover} registrations, and `kill -9` of the node holding the most deliveries (`XPENDING`); \
-the time to the first `webhook-id` received twice.\n\
+the time to the first `webhook-id` received twice. 13 (Herald only; nchan has no \
+equivalent): 10's workload (single events, no Redis memory figure) with a replica of the Redis \
+(`redis-server --replicaof`, pinned and configured like it, its first sync done before the nodes \
+start) and `--redis-replicas 1` on both nodes, so each publish is acknowledged only once the \
+replica holds it (the script and `WAIT 1 1000` in one pipeline); its notes give the ratio to 10's \
+rate when both ran in the same invocation.\n\
 - CPU busy: user + system time of the serving process and of the load generator over the \
 measured phase (`/proc/<pid>/stat`, 10 ms ticks), as a share of one core. A server near 100% \
 with the load generator below it means the server was the limit; a load generator at 90% or \
@@ -305,6 +312,13 @@ more is flagged in the notes.",
         wt = cluster::WEBHOOK_TIMEOUT,
         takeover = 30,
     )
+}
+
+/// Prints a note added to scenario 13 after its own figures were printed.
+fn print_replicated_note(note: Option<String>) {
+    if let Some(note) = note {
+        println!("[scenario {}] note: {note}", cluster::REPLICATED);
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -331,7 +345,7 @@ fn main() -> anyhow::Result<()> {
         server_core: (!pinned.starts_with("none")).then_some(args.server_core),
     };
     let scenarios: Vec<u8> = if args.scenario.is_empty() {
-        (1..=12).collect()
+        (1..=report::TITLES.len() as u8).collect()
     } else {
         args.scenario.clone()
     };
@@ -357,10 +371,17 @@ fn main() -> anyhow::Result<()> {
         for &s in &scenarios {
             for &peer in peers_of(s) {
                 let o = run_one(s, peer, &programs, &sizes).await;
-                o.print();
                 outcomes.push(o);
+                // Scenario 13 is read against scenario 10, whichever of them ran first.
+                let note = cluster::compare_replicated(&mut outcomes, false);
+                let o = outcomes.last().expect("just pushed");
+                o.print();
+                if o.scenario != cluster::REPLICATED {
+                    print_replicated_note(note);
+                }
             }
         }
+        print_replicated_note(cluster::compare_replicated(&mut outcomes, true));
         outcomes
     });
     std::fs::create_dir_all(&out_dir)?;

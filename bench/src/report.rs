@@ -141,7 +141,7 @@ pub fn fmt_value(v: f64) -> String {
 }
 
 /// Scenario titles, in the order of the issues.
-pub const TITLES: [&str; 12] = [
+pub const TITLES: [&str; 13] = [
     "SSE fan-out: 1 stream, 1,000 subscribers, 10,000 publishes",
     "WebSocket fan-out: 1 stream, 1,000 subscribers, 10,000 publishes",
     "Many streams: 10,000 SSE subscribers on 10,000 streams, one publish each",
@@ -154,6 +154,7 @@ pub const TITLES: [&str; 12] = [
     "Cluster, publish rate with history: 64 publishers over both nodes",
     "Cluster, resume across nodes: 1,000 missed events, reconnecting to the other node",
     "Cluster webhooks (Herald only): 3 nodes, deliveries/s and takeover of a killed node",
+    "Cluster, publish rate with a Redis replica and --redis-replicas 1 (Herald only): scenario 10's workload",
 ];
 
 /// A target of the issue: a figure of Herald compared with nchan's (ratio) or a bound.
@@ -488,7 +489,7 @@ pub fn write_svg(path: &Path, outcomes: &[Outcome]) -> std::io::Result<()> {
     const W: f64 = 560.0;
     const H: f64 = 300.0;
     const PAD: f64 = 55.0;
-    let panels: Vec<u8> = (1..=12)
+    let panels: Vec<u8> = (1..=TITLES.len() as u8)
         .filter(|s| {
             outcomes
                 .iter()

@@ -5,7 +5,8 @@
 //!
 //! For the cluster scenarios, `Cluster` starts a `redis-server` (`RedisServer`, on the server
 //! core too) and several nodes on it: Herald with `--redis`, or nginx + nchan with the Redis
-//! config of `bench/nchan-redis.conf`.
+//! config of `bench/nchan-redis.conf`. `Cluster::start_replicated` adds one replica of that
+//! Redis (`--replicaof`), for the cost of Herald's `--redis-replicas`.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
@@ -20,6 +21,9 @@ use crate::http::Conn;
 
 /// How long a peer may take to start answering.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long a Redis replica may take to finish its first sync with the primary.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// How long a peer may take to stop after SIGTERM before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(3);
@@ -337,6 +341,22 @@ pub struct RedisServer {
 
 impl RedisServer {
     pub fn start(programs: &Programs) -> anyhow::Result<RedisServer> {
+        Self::spawn(programs, &[])
+    }
+
+    /// A replica of `primary`, configured and pinned as the primary is. It answers at once
+    /// but holds nothing until `wait_synced`.
+    pub fn start_replica(
+        programs: &Programs,
+        primary: &RedisServer,
+    ) -> anyhow::Result<RedisServer> {
+        Self::spawn(
+            programs,
+            &["--replicaof", "127.0.0.1", &primary.port.to_string()],
+        )
+    }
+
+    fn spawn(programs: &Programs, extra: &[&str]) -> anyhow::Result<RedisServer> {
         let dir = tempfile::Builder::new()
             .prefix("herald-bench-redis-")
             .tempdir()?;
@@ -344,6 +364,7 @@ impl RedisServer {
         let mut cmd = Command::new("redis-server");
         cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            .args(extra)
             .arg("--dir")
             .arg(dir.path())
             .stdin(Stdio::null())
@@ -410,6 +431,26 @@ impl RedisServer {
         Ok(values)
     }
 
+    /// Waits until this replica has its first sync done (`master_link_status:up`) and
+    /// `primary` counts it online. Herald learns the primary's replicas from `ROLE`, which
+    /// lists only online ones, when a node connects: a node started before that would refuse
+    /// every publish with `--redis-replicas 1` until its next probe.
+    pub fn wait_synced(&self, primary: &RedisServer) -> anyhow::Result<()> {
+        let has = |redis: &RedisServer, line: &str| {
+            redis
+                .query(&["INFO", "replication"])
+                .is_ok_and(|info| info.concat().contains(line))
+        };
+        let deadline = Instant::now() + SYNC_TIMEOUT;
+        while !(has(self, "master_link_status:up") && has(primary, "state=online")) {
+            if Instant::now() > deadline {
+                bail!("the Redis replica did not sync with its primary within {SYNC_TIMEOUT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
     /// `used_memory` from `INFO memory`, in bytes.
     pub fn used_memory(&self) -> anyhow::Result<u64> {
         let info = self.query(&["INFO", "memory"])?.concat();
@@ -427,10 +468,12 @@ impl Drop for RedisServer {
     }
 }
 
-/// Nodes of one peer on one Redis.
+/// Nodes of one peer on one Redis, the primary of `replica` if there is one.
 pub struct Cluster {
     pub nodes: Vec<Server>,
-    /// Dropped last: the nodes stop before their Redis.
+    /// Dropped after the nodes, which stop before their Redis.
+    pub replica: Option<RedisServer>,
+    /// Dropped last.
     pub redis: RedisServer,
 }
 
@@ -441,14 +484,45 @@ impl Cluster {
         nodes: usize,
         extra: &[&str],
     ) -> anyhow::Result<Cluster> {
+        Self::launch(peer, programs, nodes, extra, false)
+    }
+
+    /// As `start`, with one replica of the Redis, synced before the first node starts.
+    pub fn start_replicated(
+        peer: Peer,
+        programs: &Programs,
+        nodes: usize,
+        extra: &[&str],
+    ) -> anyhow::Result<Cluster> {
+        Self::launch(peer, programs, nodes, extra, true)
+    }
+
+    fn launch(
+        peer: Peer,
+        programs: &Programs,
+        nodes: usize,
+        extra: &[&str],
+        replicated: bool,
+    ) -> anyhow::Result<Cluster> {
         let redis = RedisServer::start(programs)?;
+        let replica = if replicated {
+            let replica = RedisServer::start_replica(programs, &redis)?;
+            replica.wait_synced(&redis)?;
+            Some(replica)
+        } else {
+            None
+        };
         let nodes = (0..nodes)
             .map(|i| {
                 let name = format!("node-{i}");
                 Server::start_on(peer, programs, Some((redis.port, &name)), extra)
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        Ok(Cluster { nodes, redis })
+        Ok(Cluster {
+            nodes,
+            replica,
+            redis,
+        })
     }
 
     pub fn addrs(&self) -> Vec<SocketAddr> {
