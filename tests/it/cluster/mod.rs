@@ -3,7 +3,7 @@
 //!
 //! `faces.rs`: every face across nodes. `failures.rs`: nodes killed, the live channel cut, Redis
 //! restarted, stopped or emptied. `webhooks.rs`: registrations and webhooks shared by the nodes.
-//! `idempotency.rs`: a publish's idempotency key on every node. `failover.rs`: Redis replicas
+//! `idempotency.rs`: a publish's idempotency key on every node. `failover/`: Redis replicas
 //! and sentinels, the primary killed or moved.
 
 mod faces;
