@@ -13,6 +13,7 @@ mod longpoll;
 mod peer;
 mod publish;
 mod report;
+mod resp;
 mod server;
 mod webhook;
 mod ws;
@@ -32,8 +33,9 @@ struct Args {
     /// Scenarios to run (1-13, comma-separated); all by default.
     #[arg(long, value_delimiter = ',')]
     scenario: Vec<u8>,
-    /// Multiplies every count (subscribers, publishes, ...) for a quick trial run; results of
-    /// a scaled run are not written to bench/.
+    /// Multiplies every count (subscribers, publishes, ...) and duration (scenario 6's warm-up
+    /// and measured phase, the long-poll run) for a quick trial run; results of a scaled run
+    /// are not written to bench/.
     #[arg(long, default_value_t = 1.0)]
     scale: f64,
     /// The Herald release binary.
@@ -94,7 +96,11 @@ pub struct Sizes {
     many_streams: usize,
     idle: usize,
     poll_duration: Duration,
+    /// Scenarios 10 and 13: POSTs in all.
     publish_posts: u64,
+    /// Scenario 6: the warm-up (not recorded) and the measured phase of every run.
+    publish_warmup: Duration,
+    publish_measured: Duration,
     registrations: usize,
 }
 
@@ -109,21 +115,38 @@ impl Sizes {
             poll_duration: Duration::from_secs_f64((10.0 * scale).max(1.0)),
             // Long enough (1-4 s per peer) that a burst of machine noise moves the rate little.
             publish_posts: n(100_000.0) as u64,
+            // The steady state (issue 29): 100,000 publishes (~2 s) ended before SQLite's first
+            // WAL checkpoint, where the stalls are suspected. A warm-up, then 20 s measured, by
+            // time (so `--scale` shortens both), for every peer and the durable anchor alike.
+            publish_warmup: Duration::from_secs_f64(3.0 * scale),
+            publish_measured: Duration::from_secs_f64(20.0 * scale),
             registrations: n(3_000.0),
+        }
+    }
+
+    fn publish_span(&self) -> publish::Span {
+        publish::Span::Timed {
+            warmup: self.publish_warmup,
+            measured: self.publish_measured,
         }
     }
 }
 
 /// Bound on the measured phase of a fan-out run.
 pub const FANOUT_DEADLINE: Duration = Duration::from_secs(120);
-/// Bound on one publishing run.
+/// Bound on one publishing run of scenarios 10 and 13.
 pub const PUBLISH_DEADLINE: Duration = Duration::from_secs(30);
 /// Bound on waiting for the last webhook delivery.
 pub const WEBHOOK_DEADLINE: Duration = Duration::from_secs(60);
 
 fn peers_of(scenario: u8) -> &'static [Peer] {
     match scenario {
-        6 => &[Peer::HeraldMemory, Peer::HeraldSqlite, Peer::Nchan],
+        6 => &[
+            Peer::HeraldMemory,
+            Peer::HeraldSqlite,
+            Peer::Nchan,
+            Peer::RedisAlways,
+        ],
         7 => &[Peer::HeraldSqlite],
         8..=11 => &[Peer::HeraldCluster, Peer::NchanCluster],
         // nchan has no setting like `--redis-replicas` to compare scenario 13 with.
@@ -149,6 +172,9 @@ async fn has_route(server: &Server, method: &str, path: &str) -> bool {
 async fn run_one(scenario: u8, peer: Peer, programs: &Programs, sizes: &Sizes) -> Outcome {
     if scenario >= 8 {
         return cluster::run_one(scenario, peer, programs, sizes).await;
+    }
+    if peer == Peer::RedisAlways {
+        return publish::run_anchor(programs, sizes.publish_span()).await;
     }
     let extra: &[&str] = if scenario == 7 {
         &["--webhook-allow-private"]
@@ -228,7 +254,7 @@ async fn run_one(scenario: u8, peer: Peer, programs: &Programs, sizes: &Sizes) -
         }
         4 => idle::run(&server, sizes.idle).await,
         5 => longpoll::run(peer, addr, sizes.poll_duration, meter).await,
-        6 => publish::run(peer, addr, sizes.publish_posts, PUBLISH_DEADLINE, meter).await,
+        6 => publish::run(peer, addr, sizes.publish_span(), meter).await,
         7 => {
             webhook::run(
                 7,
@@ -269,9 +295,18 @@ before and 1 s after {idle} SSE subscribers (a stream each) are connected; for n
 - Scenario 5: 16 channels with 200 messages each; 64 pollers (4 per channel) walk the history \
 one message per poll for {poll:?} (Herald: `max_page_size=1`, cursor fed back; nchan: \
 `If-Modified-Since`/`If-None-Match`), restarting from the oldest before the end so no poll waits.\n\
-- Scenario 6: {posts} POSTs from 64 keep-alive publishers (a stream each), no subscribers; \
-Herald also with 100 events per POST ({batch} POSTs). SQLite runs with its defaults (WAL, \
-full sync) in a temp dir.\n\
+- Scenario 6, in the steady state: 64 keep-alive publishers (a stream each), no subscribers, \
+publish back to back for a warm-up of {warmup:?} (not recorded), then for {measured:?} measured: \
+the rate counts the publishes answered within the measured phase, the latencies are those of \
+the publishes sent in it (each waited for). Herald also with 100 events per POST, over the same \
+phases. SQLite runs with its defaults (WAL, full sync, history trimmed to 1,000 events a \
+stream) in a temp dir under {tmp}. The durable anchor, measured in the same run: a \
+`redis-server` with `--appendonly yes --appendfsync always` (RDB off, AOF rewrites on their \
+defaults), its dir a temp dir under {tmp} too (the same filesystem), pinned to the server \
+core, driven by the same 64 publishers over keep-alive RESP connections with \
+`XADD p<i> MAXLEN ~ 1000 * data <the JSON Herald is sent>`: the closest analogue of a durable \
+Herald publish (an append to the stream's history, trimmed to Herald's default 1,000, answered \
+once fsynced); its CPU is the server's. Herald SQLite's notes give its ratios to it.\n\
 - Scenario 7: Herald with SQLite and `--webhook-allow-private`; {hooks} webhook subscriptions \
 for REGISTER/NO and {regs} registrations from 8 keep-alive clients; the receiver answers 200 at \
 once and counts only deliveries whose signature verifies.\n\
@@ -280,9 +315,8 @@ nodes, all pinned to the server core (so the nodes and Redis share it, as the lo
 its own); Herald nodes with `--redis`, nchan nodes with `nchan_redis_storage_mode distributed` \
 (bench/nchan-redis.conf). Server CPU is the nodes together; Redis CPU (and its replica's, in 13) \
 is apart. 8-9: the shape of 1-2 with the subscribers on node A and the publishers on node B. \
-10: the shape of 6 (single \
-events) with the 64 publishers spread over both nodes; Redis memory per 1M retained events = \
-growth of Redis's `used_memory` / events retained (each stream keeps its newest 1,000). 11: a \
+10: {posts} single-event POSTs from 6's 64 publishers, spread over both nodes; Redis memory \
+per 1M retained events = growth of Redis's `used_memory` / events retained (each stream keeps its newest 1,000). 11: a \
 subscriber on node A gets event 0 and leaves; {missed} events are published on A (4 \
 publishers); it reconnects to node B with `Last-Event-ID` and is timed from the connect to its \
 last missed event, {resumes} times. 12: scenario 7 on three Herald nodes (registrations spread \
@@ -304,7 +338,9 @@ more is flagged in the notes.",
         idle = sizes.idle,
         poll = sizes.poll_duration,
         posts = sizes.publish_posts,
-        batch = sizes.publish_posts / 10,
+        warmup = sizes.publish_warmup,
+        measured = sizes.publish_measured,
+        tmp = std::env::temp_dir().display(),
         hooks = webhook::SUBSCRIPTIONS,
         regs = sizes.registrations,
         missed = cluster::MISSED,
@@ -374,10 +410,15 @@ fn main() -> anyhow::Result<()> {
                 outcomes.push(o);
                 // Scenario 13 is read against scenario 10, whichever of them ran first.
                 let note = cluster::compare_replicated(&mut outcomes, false);
+                // Herald SQLite against the durable anchor, once both have run.
+                let durable = publish::compare_durable(&mut outcomes);
                 let o = outcomes.last().expect("just pushed");
                 o.print();
                 if o.scenario != cluster::REPLICATED {
                     print_replicated_note(note);
+                }
+                if let (Some(n), false) = (durable, o.peer == Peer::HeraldSqlite) {
+                    println!("[scenario 6] note ({}): {n}", Peer::HeraldSqlite.label());
                 }
             }
         }

@@ -67,19 +67,24 @@ impl Outcome {
         });
     }
 
-    /// Adds p50, p99 and max of a latency histogram in milliseconds.
+    /// Adds p50, p90, p99 and max of a latency histogram in milliseconds, and keeps it for
+    /// the chart.
     pub fn add_latency(&mut self, hist: Histogram<u64>, what: &str) {
+        if self.add_percentiles(&hist, what, Better::Lower) {
+            self.latency = Some(hist);
+        }
+    }
+
+    /// Adds p50, p90, p99 (which is better as `p99`) and max of a latency histogram in
+    /// milliseconds, as `<what> latency p50` and so on; false (and a note) if it is empty.
+    pub fn add_percentiles(&mut self, hist: &Histogram<u64>, what: &str, p99: Better) -> bool {
         if hist.is_empty() {
             self.notes.push(format!("no {what} latency samples"));
-            return;
+            return false;
         }
-        for (label, q) in [("p50", 0.5), ("p99", 0.99)] {
+        for (label, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99)] {
             let v = hist.value_at_quantile(q) as f64 / 1000.0;
-            let better = if label == "p99" {
-                Better::Lower
-            } else {
-                Better::Info
-            };
+            let better = if label == "p99" { p99 } else { Better::Info };
             self.add(format!("{what} latency {label}"), v, "ms", better);
         }
         self.add(
@@ -88,7 +93,7 @@ impl Outcome {
             "ms",
             Better::Info,
         );
-        self.latency = Some(hist);
+        true
     }
 
     pub fn figure(&self, name: &str) -> Option<f64> {
@@ -147,7 +152,7 @@ pub const TITLES: [&str; 13] = [
     "Many streams: 10,000 SSE subscribers on 10,000 streams, one publish each",
     "Idle connections: 10,000 idle SSE subscribers",
     "Long-poll with data waiting: 64 pollers",
-    "Publish rate: 64 concurrent publishers, no subscribers",
+    "Publish rate: 64 concurrent publishers, no subscribers, steady state (durable anchor: Redis appendfsync always)",
     "Webhooks (Herald only): signed, durable deliveries to a local receiver",
     "Cluster, cross-node SSE fan-out: 1,000 subscribers on node A, publishes on node B",
     "Cluster, cross-node WebSocket fan-out: 1,000 subscribers on node A, publishes on node B",
@@ -328,7 +333,7 @@ fn find(outcomes: &[Outcome], scenario: u8, peer: Peer) -> Option<&Outcome> {
 fn nchan_of(outcomes: &[Outcome], scenario: u8) -> Option<&Outcome> {
     outcomes
         .iter()
-        .find(|o| o.scenario == scenario && !o.peer.is_herald())
+        .find(|o| o.scenario == scenario && !o.peer.is_herald() && !o.peer.is_anchor())
 }
 
 fn cell(o: Option<&Outcome>, figure: &str) -> String {
@@ -362,7 +367,7 @@ pub fn write_markdown(
     let _ = writeln!(md, "## Results\n");
     let _ = writeln!(
         md,
-        "Ratio = Herald --memory / nchan for scenarios 1-5; in scenario 6 each Herald row has its own ratio; in scenarios 8-11, Herald cluster / nchan on Redis.\n"
+        "Ratio = Herald --memory / nchan for scenarios 1-5; in scenario 6 each Herald row has its own ratio, and Herald SQLite also one to the durable anchor (Redis appendfsync always, a column of its own); in scenarios 8-11, Herald cluster / nchan on Redis.\n"
     );
     for (i, title) in TITLES.iter().enumerate() {
         let s = (i + 1) as u8;
@@ -377,6 +382,22 @@ pub fn write_markdown(
             .copied()
             .filter(|o| o.peer.is_herald())
             .collect();
+        // Reference points (scenario 6's durable anchor): a column each, and a ratio of each
+        // durable Herald (SQLite) to it.
+        let anchors: Vec<&Outcome> = here
+            .iter()
+            .copied()
+            .filter(|o| o.peer.is_anchor())
+            .collect();
+        let durable: Vec<&Outcome> = heralds
+            .iter()
+            .copied()
+            .filter(|o| o.peer == Peer::HeraldSqlite)
+            .collect();
+        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) if b != 0.0 => format!("{:.2}x", a / b),
+            _ => "–".into(),
+        };
         let mut names: Vec<(String, &'static str, Better)> = Vec::new();
         for o in &here {
             for f in &o.figures {
@@ -391,11 +412,19 @@ pub fn write_markdown(
         }
         let other = nchan.map_or("nchan", |n| n.peer.label());
         let _ = write!(md, " {other} |");
+        for a in &anchors {
+            let _ = write!(md, " {} |", a.peer.label());
+        }
         for h in &heralds {
             let _ = write!(md, " {} / {other} |", h.peer.label());
         }
+        for a in &anchors {
+            for h in &durable {
+                let _ = write!(md, " {} / {} |", h.peer.label(), a.peer.label());
+            }
+        }
         let _ = writeln!(md);
-        let cols = 2 + heralds.len() * 2;
+        let cols = 2 + heralds.len() * 2 + anchors.len() * (1 + durable.len());
         let _ = writeln!(md, "|{}", "---|".repeat(cols));
         for (name, unit, _) in &names {
             let _ = write!(md, "| {name} ({unit}) |");
@@ -403,12 +432,17 @@ pub fn write_markdown(
                 let _ = write!(md, " {} |", cell(Some(h), name));
             }
             let _ = write!(md, " {} |", cell(nchan, name));
+            for a in &anchors {
+                let _ = write!(md, " {} |", cell(Some(a), name));
+            }
             for h in &heralds {
-                let ratio = match (h.figure(name), nchan.and_then(|n| n.figure(name))) {
-                    (Some(a), Some(b)) if b != 0.0 => format!("{:.2}x", a / b),
-                    _ => "–".into(),
-                };
-                let _ = write!(md, " {ratio} |");
+                let r = ratio(h.figure(name), nchan.and_then(|n| n.figure(name)));
+                let _ = write!(md, " {r} |");
+            }
+            for a in &anchors {
+                for h in &durable {
+                    let _ = write!(md, " {} |", ratio(h.figure(name), a.figure(name)));
+                }
             }
             let _ = writeln!(md);
         }
@@ -509,6 +543,7 @@ pub fn write_svg(path: &Path, outcomes: &[Outcome]) -> std::io::Result<()> {
         Peer::Nchan => "#1f77b4",
         Peer::HeraldCluster => "#9467bd",
         Peer::NchanCluster => "#17becf",
+        Peer::RedisAlways => "#2ca02c",
     };
     // Percentiles from 0 to 99.99: x = log10(1/(1-p)) from 0 to 4.
     let max_x = 4.0;

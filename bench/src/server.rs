@@ -7,6 +7,9 @@
 //! core too) and several nodes on it: Herald with `--redis`, or nginx + nchan with the Redis
 //! config of `bench/nchan-redis.conf`. `Cluster::start_replicated` adds one replica of that
 //! Redis (`--replicaof`), for the cost of Herald's `--redis-replicas`.
+//!
+//! Scenario 6's durable anchor is a `RedisServer` too (`RedisServer::start_durable`): the AOF
+//! on with `appendfsync always`, in a temp dir beside Herald's SQLite data dir.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
@@ -42,6 +45,9 @@ pub enum Peer {
     HeraldCluster,
     /// nginx + nchan instances on one Redis (`nchan_redis_storage_mode distributed`).
     NchanCluster,
+    /// Scenario 6's durable anchor: `redis-server --appendonly yes --appendfsync always`,
+    /// driven over RESP by the same publishers (`RedisServer::start_durable`).
+    RedisAlways,
 }
 
 impl Peer {
@@ -52,11 +58,18 @@ impl Peer {
             Peer::Nchan => "nchan",
             Peer::HeraldCluster => "Herald cluster",
             Peer::NchanCluster => "nchan on Redis",
+            Peer::RedisAlways => "Redis appendfsync always",
         }
     }
 
     pub fn is_herald(self) -> bool {
-        !matches!(self, Peer::Nchan | Peer::NchanCluster)
+        !matches!(self, Peer::Nchan | Peer::NchanCluster | Peer::RedisAlways)
+    }
+
+    /// A reference point beside the peers compared (not nchan, not Herald): its figures get a
+    /// column of their own in the report, and no Herald / nchan ratio or target uses it.
+    pub fn is_anchor(self) -> bool {
+        self == Peer::RedisAlways
     }
 }
 
@@ -136,6 +149,7 @@ impl Server {
         let log = std::fs::File::create(dir.path().join("stderr.log"))?;
         let redis_port = redis.map_or(0, |(port, _)| port);
         let mut cmd = match peer {
+            Peer::RedisAlways => bail!("the durable anchor is a RedisServer::start_durable"),
             Peer::Nchan | Peer::NchanCluster => {
                 let template_path = if peer == Peer::Nchan {
                     &programs.nchan_conf
@@ -332,16 +346,50 @@ fn get_blocking(addr: SocketAddr, path: &str) -> io::Result<(u16, String)> {
 }
 
 /// A `redis-server` of the benchmark's own: no persistence (both peers measure the broker,
-/// not a disk), on the server core, in a temp dir.
+/// not a disk), on the server core, in a temp dir. `start_durable` is the exception: scenario
+/// 6's durable anchor, which measures exactly the disk.
 pub struct RedisServer {
     pub port: u16,
     child: Child,
     _dir: tempfile::TempDir,
 }
 
+/// The persistence settings of every `RedisServer` but the durable anchor.
+const NO_PERSISTENCE: &[&str] = &["--save", "", "--appendonly", "no"];
+
 impl RedisServer {
     pub fn start(programs: &Programs) -> anyhow::Result<RedisServer> {
-        Self::spawn(programs, &[])
+        Self::spawn(programs, NO_PERSISTENCE, &[])
+    }
+
+    /// Scenario 6's durable anchor: the append-only file on, fsynced before every reply
+    /// (`appendfsync always`: Redis writes and fsyncs the AOF once per event-loop iteration,
+    /// before it answers the commands of that iteration: a group commit), RDB snapshots off.
+    /// Its dir is a temp dir from the same `std::env::temp_dir()` as Herald's SQLite data dir,
+    /// so both write to the same filesystem. AOF rewrites stay on Redis's defaults (a forked
+    /// child, pinned to the server core with its parent), as checkpoints do on SQLite's.
+    pub fn start_durable(programs: &Programs) -> anyhow::Result<RedisServer> {
+        let redis = Self::spawn(
+            programs,
+            &[
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ],
+            &[],
+        )?;
+        let got = redis.query(&["CONFIG", "GET", "appendfsync"])?;
+        if got.get(1).map(String::as_str) != Some("always") {
+            bail!("redis-server did not take --appendfsync always: {got:?}");
+        }
+        Ok(redis)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        ([127, 0, 0, 1], self.port).into()
     }
 
     /// A replica of `primary`, configured and pinned as the primary is. It answers at once
@@ -352,18 +400,23 @@ impl RedisServer {
     ) -> anyhow::Result<RedisServer> {
         Self::spawn(
             programs,
+            NO_PERSISTENCE,
             &["--replicaof", "127.0.0.1", &primary.port.to_string()],
         )
     }
 
-    fn spawn(programs: &Programs, extra: &[&str]) -> anyhow::Result<RedisServer> {
+    fn spawn(
+        programs: &Programs,
+        persistence: &[&str],
+        extra: &[&str],
+    ) -> anyhow::Result<RedisServer> {
         let dir = tempfile::Builder::new()
             .prefix("herald-bench-redis-")
             .tempdir()?;
         let port = free_port()?;
         let mut cmd = Command::new("redis-server");
         cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
+            .args(persistence)
             .args(extra)
             .arg("--dir")
             .arg(dir.path())
