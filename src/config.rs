@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use clap::Args;
 
+pub use crate::server::tls::Files as TlsFiles;
+
 /// `--drain-delay` outside `--dev`: load balancers commonly check health every few seconds.
 /// In `--dev` there is none to wait for, and Ctrl-C should stop at once.
 const DRAIN_DELAY: Duration = Duration::from_secs(5);
@@ -20,6 +22,15 @@ pub struct ServeArgs {
     /// Address to listen on. `--dev` forces a loopback address.
     #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+
+    /// Serve HTTPS with this certificate chain (PEM, leaf first), offering HTTP/2 and
+    /// HTTP/1.1; read again on SIGHUP and when the file changes. Needs `--tls-key`.
+    #[arg(long, env = "HERALD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of `--tls-cert` (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "HERALD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 
     /// Directory for the store and the `--dev` JWT secret.
     #[arg(long, env = "HERALD_DATA_DIR", default_value = "./herald-data")]
@@ -248,6 +259,8 @@ pub struct Config {
     pub max_body: usize,
     pub body_timeout: Duration,
     pub shutdown_timeout: Duration,
+    /// `--tls-cert` and `--tls-key`: HTTPS instead of plaintext.
+    pub tls: Option<TlsFiles>,
     /// Resolved `--drain-delay`.
     pub drain_delay: Duration,
     pub webhook_timeout: Duration,
@@ -372,6 +385,10 @@ impl ServeArgs {
             max_body: self.max_body,
             body_timeout: self.body_timeout,
             shutdown_timeout: self.shutdown_timeout,
+            tls: self
+                .tls_cert
+                .zip(self.tls_key)
+                .map(|(cert, key)| TlsFiles { cert, key }),
             drain_delay: self.drain_delay.unwrap_or(if self.dev {
                 Duration::ZERO
             } else {
@@ -450,6 +467,7 @@ impl Config {
             max_body: 1024 * 1024,
             body_timeout: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(30),
+            tls: None,
             drain_delay: Duration::ZERO,
             webhook_timeout: Duration::from_secs(10),
             webhook_retry_schedule: crate::webhook::retry::parse_schedule(

@@ -59,6 +59,8 @@ pub enum StartError {
         path: std::path::PathBuf,
         source: store::StoreError,
     },
+    #[error("cannot serve TLS (--tls-cert, --tls-key): {0}")]
+    Tls(#[from] server::tls::LoadError),
     /// Not a `source`: a start refusal is one line, and the error says it all.
     #[error("cannot reach Redis at {url} (--redis): {reason}")]
     Redis {
@@ -220,6 +222,7 @@ pub async fn start(config: Config) -> Result<Herald, StartError> {
     };
     let registry = dashboard::Registry::new(brokers.clone(), registrations).start();
 
+    let tls = config.tls.clone().map(server::tls::Tls::load).transpose()?;
     let listener = bind(config.listen).map_err(|source| StartError::Listen {
         addr: config.listen,
         source,
@@ -257,10 +260,14 @@ pub async fn start(config: Config) -> Result<Herald, StartError> {
         state: state.clone(),
         shards,
     };
-    let server = server::run(listener, site, workers, state.config.shutdown_timeout)
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    if let Some(tls) = &tls {
+        actix_web::rt::spawn(tls.clone().keep_current());
+    }
+    let server = server::run(listener, site, workers, state.config.shutdown_timeout, tls)
         .map_err(|source| StartError::Listen { addr, source })?;
     let handle = server.handle();
-    log::info!("Herald listening on http://{addr}/");
+    log::info!("Herald listening on {scheme}://{addr}/");
     Ok(Herald {
         addr,
         server: handle,

@@ -5,7 +5,6 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use actix_web::rt::net::TcpStream;
 use actix_web::web;
 use futures_util::future::Either;
 
@@ -88,7 +87,7 @@ impl server::direct::Routes for Direct {
     // (about 500 B more per subscriber in `make bench` scenario 4).
     fn stream(
         &self,
-        io: TcpStream,
+        io: crate::http::Conn,
         opening: Opening,
         entry: Option<Entry>,
     ) -> impl Future<Output = ()> {

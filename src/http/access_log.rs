@@ -16,7 +16,6 @@ use std::time::Instant;
 
 use actix_web::http::{StatusCode, Version};
 use actix_web::middleware::Logger;
-use actix_web::rt::net::TcpStream;
 
 use super::request::Request;
 
@@ -147,7 +146,7 @@ struct Line {
 
 impl Entry {
     /// `None` when the access log is off.
-    pub fn begin(io: &TcpStream, request: &Request) -> Option<Self> {
+    pub fn begin(io: &super::Conn, request: &Request) -> Option<Self> {
         if !enabled() {
             return None;
         }

@@ -207,6 +207,33 @@ pub fn check(head: &httparse::Request, max_body: usize) -> Result<Framing, Refus
     Ok(framing)
 }
 
+/// The same rules for a request that came over HTTP/2, whose frames say where its body ends
+/// (and whose `:authority` stands for `Host`): its target, one `Authorization`, a
+/// `Content-Length` no larger than `--max-body`.
+pub fn check_h2(
+    target: &[u8],
+    headers: &actix_web::http::header::HeaderMap,
+    max_body: usize,
+) -> Result<(), Refusal> {
+    use actix_web::http::header::{AUTHORIZATION, CONTENT_LENGTH};
+    if !target_ok(target) {
+        return Err(Refusal::Target);
+    }
+    if headers.get_all(AUTHORIZATION).count() > 1 {
+        return Err(Refusal::Authorization);
+    }
+    let mut lengths = headers.get_all(CONTENT_LENGTH);
+    match (lengths.next(), lengths.next()) {
+        (None, _) => Ok(()),
+        (Some(length), None) => match length.to_str().ok().and_then(|l| l.parse::<u64>().ok()) {
+            Some(n) if n > max_body as u64 => Err(Refusal::TooLarge),
+            Some(_) => Ok(()),
+            None => Err(Refusal::Malformed),
+        },
+        (Some(_), Some(_)) => Err(Refusal::Malformed),
+    }
+}
+
 /// Whether a request target is made only of what RFC 3986 allows: unreserved and reserved
 /// characters and `%`. Excluded are controls, space, `"`, `<`, `>`, `\`, `^`, `` ` ``, `{`,
 /// `|`, `}` and every byte from 0x7F up.

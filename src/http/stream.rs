@@ -45,6 +45,9 @@ pub struct Outgoing<F> {
     flush_by: Option<Pin<Box<Sleep>>>,
     /// Bytes of frames taken from the queue (the response body's size, for the access log).
     body_size: usize,
+    /// Written since the last flush. A TLS stream keeps what the socket did not take (a plain
+    /// socket nothing), and sends it on a flush.
+    unflushed: bool,
     framing: PhantomData<F>,
 }
 
@@ -57,6 +60,7 @@ impl<F: Framing> Outgoing<F> {
             flush_limit,
             flush_by: None,
             body_size: 0,
+            unflushed: false,
             framing: PhantomData,
         }
     }
@@ -90,6 +94,13 @@ impl<F: Framing> Outgoing<F> {
                 }
             }
             if self.out.is_empty() {
+                if self.unflushed {
+                    match Pin::new(&mut *io).poll_flush(cx) {
+                        Poll::Ready(Ok(())) => self.unflushed = false,
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending => return self.stalled(cx),
+                    }
+                }
                 return match self.body {
                     None => Poll::Ready(Ok(())),
                     Some(_) => Poll::Pending,
@@ -103,23 +114,29 @@ impl<F: Framing> Outgoing<F> {
                         // An idle subscriber keeps no buffer.
                         self.out = BytesMut::new();
                     }
+                    self.unflushed = true;
                     // Taking bytes restarts the client's time.
                     self.flush_by = None;
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                // Woken when the socket takes more; the queue keeps what arrives meanwhile.
-                Poll::Pending if self.body.is_some() => return Poll::Pending,
-                Poll::Pending => {
-                    let limit = self.flush_limit;
-                    let flush_by = self
-                        .flush_by
-                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-                    return match flush_by.as_mut().poll(cx) {
-                        Poll::Ready(()) => Poll::Ready(Err(io::ErrorKind::TimedOut.into())),
-                        Poll::Pending => Poll::Pending,
-                    };
-                }
+                Poll::Pending => return self.stalled(cx),
             }
+        }
+    }
+
+    /// The client takes nothing more for now. Woken when the socket takes more; the queue
+    /// keeps what arrives meanwhile. Once the session has ended, the client has `flush_limit`.
+    fn stalled(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.body.is_some() {
+            return Poll::Pending;
+        }
+        let limit = self.flush_limit;
+        let flush_by = self
+            .flush_by
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match flush_by.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::ErrorKind::TimedOut.into())),
+            Poll::Pending => Poll::Pending,
         }
     }
 }

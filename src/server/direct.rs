@@ -19,12 +19,12 @@ use std::io;
 use std::time::Duration;
 
 use actix_server::GracefulShutdownSignal;
-use actix_web::rt::net::TcpStream;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::http::access_log::Entry;
 use crate::http::guard::Refusal;
+use crate::http::Conn;
 use crate::http::{answer, request, Answer, Request};
 use crate::limits::Requests;
 
@@ -36,7 +36,7 @@ const READ_SIZE: usize = 8 * 1024;
 const MAX_HEADERS: usize = 32;
 
 /// How long a new connection may take to send its first bytes; actix-web's request timeout.
-const FIRST_BYTES: Duration = Duration::from_secs(5);
+pub(super) const FIRST_BYTES: Duration = Duration::from_secs(5);
 
 /// How long a connection may stay idle between requests; actix-web's keep-alive.
 const KEEP_ALIVE: Duration = Duration::from_secs(5);
@@ -47,7 +47,7 @@ pub enum Outcome {
     Served,
     /// Not a request this path serves: actix-web takes the connection, starting with the bytes
     /// read from it so far (`guard::Guard`).
-    Declined(BytesMut, TcpStream),
+    Declined(BytesMut, Conn),
 }
 
 /// The routes served on this path, as the app hands them over: each worker serves its own
@@ -74,7 +74,7 @@ pub trait Routes: 'static {
     /// Runs an opened stream on its connection until it ends; `entry` is its access log line.
     fn stream(
         &self,
-        io: TcpStream,
+        io: Conn,
         opening: Self::Opening,
         entry: Option<Entry>,
     ) -> impl Future<Output = ()>;
@@ -85,7 +85,7 @@ pub trait Routes: 'static {
 
 /// Serves the connection if it opens with a request this path handles.
 pub async fn serve<R: Routes>(
-    mut io: TcpStream,
+    mut io: Conn,
     routes: &R,
     shutdown: &GracefulShutdownSignal,
 ) -> Outcome {
@@ -111,11 +111,7 @@ pub async fn serve<R: Routes>(
 /// The stream the first request in `buf` opens, if it is one this path serves, and its access
 /// log line. (A function of its own so that the parsed headers are not part of the
 /// connection's future.)
-fn opening<R: Routes>(
-    io: &TcpStream,
-    buf: &[u8],
-    routes: &R,
-) -> Option<(R::Opening, Option<Entry>)> {
+fn opening<R: Routes>(io: &Conn, buf: &[u8], routes: &R) -> Option<(R::Opening, Option<Entry>)> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let request = request::parse(buf, &mut headers, routes.max_body())?;
     let opening = routes.open(&request, &buf[request.len..])?;
@@ -124,7 +120,7 @@ fn opening<R: Routes>(
 
 /// Serves requests for as long as they are ones this path answers.
 async fn requests<R: Routes>(
-    mut io: TcpStream,
+    mut io: Conn,
     mut buf: BytesMut,
     routes: &R,
     shutdown: &GracefulShutdownSignal,
@@ -150,7 +146,13 @@ async fn requests<R: Routes>(
         let len = request.len;
         let (status, size) = answer::write(&mut out, response);
         buf.advance(len);
-        if let Err(e) = io.write_all(&out).await {
+        // The flush sends what a TLS stream kept back; on a plain socket it does nothing.
+        if let Err(e) = async {
+            io.write_all(&out).await?;
+            io.flush().await
+        }
+        .await
+        {
             log::debug!("connection ended: {e}");
             return Outcome::Served;
         }
@@ -176,7 +178,7 @@ async fn requests<R: Routes>(
 
 /// Reads what the socket has into `buf`, waiting for at least one byte; false at the end of
 /// the connection.
-async fn read_more(io: &mut TcpStream, buf: &mut BytesMut) -> io::Result<bool> {
+async fn read_more(io: &mut Conn, buf: &mut BytesMut) -> io::Result<bool> {
     buf.reserve(READ_SIZE);
     // Through `AsyncRead`, which takes a read that leaves room in `buf` as proof the socket is
     // drained: the next read waits for readiness instead of first trying a `recv` that can

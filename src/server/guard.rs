@@ -21,12 +21,12 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{ready, Context, Poll, Waker};
 
-use actix_web::rt::net::TcpStream;
 use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::direct::Routes;
 use crate::http::guard::{self, Body, Refusal, MAX_HEAD, MAX_HEADERS};
+use crate::http::Conn;
 use crate::http::Request;
 
 /// Bytes read from the socket at a time.
@@ -87,7 +87,7 @@ enum Chunk {
 
 /// `io`, read from `unread` first, framed request by request for actix-http.
 pub struct Guard<R> {
-    io: TcpStream,
+    io: Conn,
     routes: Rc<R>,
     /// Read from the socket and not yet released.
     unread: BytesMut,
@@ -102,21 +102,26 @@ pub struct Guard<R> {
 }
 
 impl<R: Routes> Guard<R> {
-    pub fn new(read: BytesMut, io: TcpStream, routes: Rc<R>) -> Self {
+    pub fn new(read: BytesMut, io: Conn, routes: Rc<R>) -> Self {
+        Self::with_state(read, io, routes, State::Head)
+    }
+
+    /// An HTTP/2 connection: its frames say where each request ends, and every byte passes.
+    pub fn through(read: BytesMut, io: Conn, routes: Rc<R>) -> Self {
+        Self::with_state(read, io, routes, State::Through)
+    }
+
+    fn with_state(read: BytesMut, io: Conn, routes: Rc<R>, state: State) -> Self {
         Self {
             io,
             routes,
             unread: read,
             ready: BytesMut::new(),
-            state: State::Head,
+            state,
             released: 0,
             answered: Rc::default(),
             eof: false,
         }
-    }
-
-    pub fn get_ref(&self) -> &TcpStream {
-        &self.io
     }
 
     /// The count the app keeps of this connection's answers.
@@ -126,19 +131,11 @@ impl<R: Routes> Guard<R> {
 
     /// Reads more of the socket into `unread`; `Ok(0)` at its end.
     fn fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        loop {
-            ready!(self.io.poll_read_ready(cx))?;
-            self.unread.reserve(READ_SIZE);
-            match self.io.try_read_buf(&mut self.unread) {
-                Ok(0) => {
-                    self.eof = true;
-                    return Poll::Ready(Ok(0));
-                }
-                Ok(n) => return Poll::Ready(Ok(n)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Poll::Ready(Err(e)),
-            }
+        let n = ready!(self.io.poll_read_buf(cx, &mut self.unread, READ_SIZE))?;
+        if n == 0 {
+            self.eof = true;
         }
+        Poll::Ready(Ok(n))
     }
 
     /// Moves what is in `unread` along; `Ready` once there is something for actix-http or
@@ -449,6 +446,10 @@ impl<R: Routes> AsyncRead for Guard<R> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if matches!(this.state, State::Through) && this.ready.is_empty() && this.unread.is_empty() {
+            // Switched, or HTTP/2: straight from the socket into actix-http's buffer.
+            return Pin::new(&mut this.io).poll_read(cx, buf);
+        }
         ready!(this.advance(cx))?;
         let n = this.ready.len().min(buf.remaining());
         buf.put_slice(&this.ready[..n]);

@@ -31,7 +31,12 @@ impl WsClient {
 
     /// Connects to the server at `root` (`http://host:port`).
     pub async fn connect_to(root: &str, headers: &[(&str, &str)]) -> Self {
-        let mut req = client()
+        Self::connect_with(&client(), root, headers).await
+    }
+
+    /// Connects with `http` (a TLS client for an `https://` root).
+    pub async fn connect_with(http: &awc::Client, root: &str, headers: &[(&str, &str)]) -> Self {
+        let mut req = http
             .ws(format!("{root}/subscribe_to_events"))
             .max_frame_size(MAX_FRAME);
         for (k, v) in headers {

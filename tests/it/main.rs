@@ -19,4 +19,5 @@ mod openapi;
 mod ops;
 mod process;
 mod raw;
+mod tls;
 mod tokens;

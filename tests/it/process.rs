@@ -51,7 +51,8 @@ pub fn serve_with(mut cmd: Command, args: &[&str]) -> Served {
     let lines = log.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(addr) = line.split("listening on http://").nth(1) {
+            if let Some(url) = line.split("listening on ").nth(1) {
+                let addr = url.split("://").nth(1).unwrap_or(url);
                 let _ = tx.send(addr.trim_end_matches('/').to_string());
             }
             lines.lock().unwrap().push(line);

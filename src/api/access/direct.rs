@@ -12,15 +12,16 @@ use actix_http::ws::{hash_key, verify_handshake, HandshakeError};
 use actix_http::RequestHead;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::http::{Method, StatusCode};
-use actix_web::rt::net::TcpStream;
 use actix_web::web;
 use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::open;
 use crate::api::AppState;
 use crate::http::access_log::Entry;
 use crate::http::guard::Refusal;
 use crate::http::stream::{Framing, Outgoing};
+use crate::http::Conn;
 use crate::http::{with_date, Request};
 use crate::limits::Permit;
 use crate::session::ws::SocketBytes;
@@ -97,7 +98,7 @@ pub(crate) fn switches(request: &Request) -> Result<bool, Refusal> {
 
 /// Answers the upgrade and runs the session until it ends or the client goes away. `entry`:
 /// its access log line.
-pub(crate) async fn session(io: TcpStream, upgrade: Upgrade, entry: Option<Entry>) {
+pub(crate) async fn session(io: Conn, upgrade: Upgrade, entry: Option<Entry>) {
     let accept = std::str::from_utf8(&upgrade.accept).expect("base64 is ASCII");
     let head = with_date(|date| {
         format!(
@@ -106,7 +107,26 @@ pub(crate) async fn session(io: TcpStream, upgrade: Upgrade, entry: Option<Entry
         )
     });
     // The session reads the client's half; this task writes the session's frames to the other.
-    let (client, mut socket) = io.into_split();
+    match io {
+        Conn::Plain(io) => {
+            let (client, socket) = io.into_split();
+            run(client, socket, head, upgrade, entry).await;
+        }
+        Conn::Tls(io) => {
+            let (client, socket) = tokio::io::split(*io);
+            run(client, socket, head, upgrade, entry).await;
+        }
+    }
+}
+
+/// Runs the session on the two halves of its connection.
+async fn run(
+    client: impl AsyncRead + Unpin + 'static,
+    mut socket: impl AsyncWrite + Unpin,
+    head: String,
+    upgrade: Upgrade,
+    entry: Option<Entry>,
+) {
     let state = &upgrade.state;
     let body = open(
         state,

@@ -7,19 +7,21 @@
 use std::fmt::Write;
 use std::future::poll_fn;
 use std::io;
+use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use actix_web::http::StatusCode;
-use actix_web::rt::net::TcpStream;
 use actix_web::ResponseError;
 use bytes::BytesMut;
+use tokio::io::{AsyncRead, ReadBuf};
 
 use super::{admit, append, open, EventStream, Opened, Subscription};
 use crate::api::error::FieldError;
 use crate::api::{idempotency, AppState};
 use crate::http::access_log::Entry;
 use crate::http::stream::{Framing, Outgoing};
+use crate::http::Conn;
 use crate::http::{with_date, Answer, Request};
 use crate::idempotency::HEADER;
 
@@ -75,7 +77,7 @@ pub(crate) async fn publish(state: &AppState, request: &Request<'_, '_>) -> Opti
 /// Streams the subscription until its body ends or the client goes away. After the end, the
 /// client has `flush_limit` to take the last frames. `entry`: the request's access log line.
 pub(crate) async fn stream(
-    mut io: TcpStream,
+    mut io: Conn,
     opened: EventStream,
     flush_limit: Duration,
     entry: Option<Entry>,
@@ -118,7 +120,7 @@ impl Framing for Chunked {
 /// One turn of the stream: write what is queued, then watch the client's side for its end.
 fn poll_stream(
     cx: &mut Context<'_>,
-    io: &mut TcpStream,
+    io: &mut Conn,
     outgoing: &mut Outgoing<Chunked>,
 ) -> Poll<io::Result<()>> {
     if let Poll::Ready(written) = outgoing.poll_write(cx, io) {
@@ -128,15 +130,12 @@ fn poll_stream(
     // means it has gone, and the session should end now rather than at the next write.
     let mut discard = [0; 256];
     loop {
-        match io.poll_read_ready(cx) {
+        let mut read = ReadBuf::new(&mut discard);
+        match Pin::new(&mut *io).poll_read(cx, &mut read) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-            Poll::Ready(Ok(())) => match io.try_read(&mut discard) {
-                Ok(0) => return Poll::Ready(Ok(())),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Poll::Ready(Err(e)),
-            },
+            Poll::Ready(Ok(())) if read.filled().is_empty() => return Poll::Ready(Ok(())),
+            Poll::Ready(Ok(())) => {}
         }
     }
 }
