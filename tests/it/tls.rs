@@ -148,7 +148,7 @@ async fn every_face_answers_over_h2_and_over_http1_with_tls() {
         let mut events = SseClient::open(
             http.get(https(&srv, "/events/client"))
                 .insert_header(("Accept", "text/event-stream"))
-                .bearer_auth(token(&sub, &[])),
+                .bearer_auth(token(sub, &[])),
         )
         .await;
         assert_eq!(events.status, StatusCode::OK);
