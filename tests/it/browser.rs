@@ -34,6 +34,12 @@ impl Drop for Browser {
 
 impl Browser {
     pub async fn start() -> Self {
+        Self::start_trusting_any_certificate(false).await
+    }
+
+    /// A browser that takes any certificate (the tests' CA is new in every test) when
+    /// `insecure`.
+    pub async fn start_trusting_any_certificate(insecure: bool) -> Self {
         let turn = ONE_AT_A_TIME
             .acquire()
             .await
@@ -61,7 +67,8 @@ impl Browser {
                 ]
             }
         });
-        let caps = caps.as_object().unwrap().clone();
+        let mut caps = caps.as_object().unwrap().clone();
+        caps.insert("acceptInsecureCerts".into(), insecure.into());
         let connector = hyper_util::client::legacy::connect::HttpConnector::new();
         let url = format!("http://127.0.0.1:{port}");
         let client = wait_for_within(BROWSER_START, "chromedriver to accept a session", || {
@@ -387,4 +394,85 @@ async fn demo_page_resumes_an_expired_stream_and_refreshes_its_websocket_token()
     let status = browser.find("#ws-status").await.text().await.unwrap();
     assert!(status.contains("announced"), "{status}");
     browser.client.clone().close().await.unwrap();
+}
+
+/// Opens `n` EventSources to `/events/client` from the page open in `browser`; each counts
+/// the events it gets into `window.received`.
+async fn open_event_sources(browser: &Browser, n: usize, access_token: &str) {
+    browser
+        .client
+        .execute(
+            "window.received = 0;
+             for (let i = 0; i < arguments[0]; i++) {
+               const es = new EventSource('/events/client?access_token=' + arguments[1]);
+               es.onmessage = () => { window.received += 1; };
+             }",
+            vec![json!(n), json!(access_token)],
+        )
+        .await
+        .unwrap();
+}
+
+async fn received(browser: &Browser) -> u64 {
+    let value = browser
+        .client
+        .execute("return window.received;", vec![])
+        .await
+        .unwrap();
+    value.as_u64().unwrap_or(0)
+}
+
+/// Over HTTPS the page gets HTTP/2, and ten EventSources to one origin all receive their
+/// event: they share one connection.
+#[actix_rt::test]
+async fn ten_event_sources_over_https_all_receive_their_event() {
+    let pki = crate::tls::TestPki::new();
+    let (cert, key) = (pki.cert(), pki.key());
+    let srv = TestServer::start_with(|c| {
+        c.dev = true;
+        c.tls = Some(herald::config::TlsFiles { cert, key });
+    })
+    .await;
+    let browser = Browser::start_trusting_any_certificate(true).await;
+    let origin = format!("https://127.0.0.1:{}", srv.addr.port());
+    browser.client.goto(&format!("{origin}/")).await.unwrap();
+    open_event_sources(&browser, 10, &token("tabs", &[])).await;
+    wait_for("ten subscribers", || async {
+        (srv.subscribers("client:tabs").await == 10).then_some(())
+    })
+    .await;
+    let http = crate::tls::https_client(&pki.ca, awc::http::Version::HTTP_2);
+    let res = http
+        .post(format!("{origin}/events/client/tabs"))
+        .bearer_auth(PUBLISHER_KEY)
+        .send_json(&json!({"documentId": uuid::Uuid::new_v4(), "status": "COMPLETED"}))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), awc::http::StatusCode::ACCEPTED);
+    wait_for("every EventSource to get the event", || async {
+        (received(&browser).await == 10).then_some(())
+    })
+    .await;
+}
+
+/// The same page over plain HTTP/1.1: the browser opens at most six connections to one
+/// origin, so only six of the ten EventSources are served; the others wait for a connection.
+#[actix_rt::test]
+async fn ten_event_sources_over_http1_are_held_to_six_connections() {
+    let srv = TestServer::start_with(|c| c.dev = true).await;
+    let browser = Browser::start().await;
+    browser.client.goto(&srv.url("/")).await.unwrap();
+    open_event_sources(&browser, 10, &token("tabs", &[])).await;
+    wait_for("six subscribers", || async {
+        (srv.subscribers("client:tabs").await == 6).then_some(())
+    })
+    .await;
+    srv.publish_status("tabs", "COMPLETED").await;
+    wait_for("six EventSources to get the event", || async {
+        (received(&browser).await == 6).then_some(())
+    })
+    .await;
+    // The event has reached every stream the server holds: six, not ten.
+    assert_eq!(srv.subscribers("client:tabs").await, 6);
+    assert_eq!(received(&browser).await, 6);
 }
