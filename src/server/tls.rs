@@ -193,3 +193,51 @@ fn pem_error(e: rustls::pki_types::pem::Error) -> String {
         e => e.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writes a new self-signed certificate and its key over `files`; the certificate, DER.
+    fn write_new(files: &Files) -> Vec<u8> {
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        std::fs::write(&files.cert, made.cert.pem()).unwrap();
+        std::fs::write(&files.key, made.signing_key.serialize_pem()).unwrap();
+        made.cert.der().to_vec()
+    }
+
+    fn served(tls: &Tls) -> Vec<u8> {
+        let current = tls.certificate.current.read().unwrap().clone();
+        current.end_entity_cert().unwrap().to_vec()
+    }
+
+    #[test]
+    fn a_changed_file_is_read_again_and_a_broken_one_leaves_the_certificate_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = Files {
+            cert: dir.path().join("cert.pem"),
+            key: dir.path().join("key.pem"),
+        };
+        let first = write_new(&files);
+        let tls = Tls::load(files.clone()).unwrap();
+        assert_eq!(served(&tls), first);
+
+        // Unchanged files are not read again; changed ones are, without being asked.
+        tls.certificate.reload(false);
+        assert_eq!(served(&tls), first);
+        let second = write_new(&files);
+        tls.certificate.reload(false);
+        assert_eq!(served(&tls), second);
+
+        // A key that is not the certificate's, or no file at all: the one in use stays.
+        let other = rcgen::KeyPair::generate().unwrap();
+        std::fs::write(&files.key, other.serialize_pem()).unwrap();
+        tls.certificate.reload(true);
+        assert_eq!(served(&tls), second);
+        std::fs::remove_file(&files.cert).unwrap();
+        tls.certificate.reload(true);
+        assert_eq!(served(&tls), second);
+        let error = Tls::load(files.clone()).err().unwrap().to_string();
+        assert!(error.contains("cert.pem: no such file"), "{error}");
+    }
+}
