@@ -1,7 +1,9 @@
 //! The HTTP server: actix-server workers accepting on one listener; each connection is read
 //! first by the direct path (`direct`), which serves the hot routes itself and hands anything
-//! else to the actix-web app (`replay`). What both serve is the app's to say (`Site`): the
-//! server knows no face.
+//! else to the actix-web app (`guard`). What both serve is the app's to say (`Site`): the
+//! server knows no face. With `--tls-cert` the handshake comes first (`tls`); a connection
+//! that agrees on HTTP/2 there, or opens with its preface in plaintext (h2c), goes to
+//! actix-http's HTTP/2 dispatcher instead.
 //!
 //! This is what `actix_web::HttpServer` assembles, with its defaults, plus that one branch per
 //! new connection: `HttpServer` hands every connection to actix-http and offers no hook before.

@@ -103,6 +103,7 @@ pub async fn run_one(scenario: u8, peer: Peer, programs: &Programs, sizes: &Size
         publishers: 4,
         window: 200,
         deadline: FANOUT_DEADLINE,
+        tls: None,
     };
     match scenario {
         8 => fanout::run(8, peer, cross, fan(Transport::Sse), meter).await,

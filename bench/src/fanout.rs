@@ -23,6 +23,7 @@ use crate::http::Conn;
 use crate::peer;
 use crate::report::{histogram, Better, Outcome};
 use crate::server::Peer;
+use crate::tls::Tls;
 use crate::ws::{self, WsConn};
 
 /// Connections opening at once: keeps the accept queues of both peers from overflowing.
@@ -53,6 +54,9 @@ pub struct Spec {
     pub window: u64,
     /// Bound on the measured phase.
     pub deadline: Duration,
+    /// Subscribers and publishers connect over TLS (HTTP/1.1) with this client (scenario 14;
+    /// SSE only).
+    pub tls: Option<Tls>,
 }
 
 /// Delivery bookkeeping shared by the tasks of one run (single-threaded runtime).
@@ -130,13 +134,14 @@ fn stream_name(spec: &Spec, seq: u64) -> String {
 async fn sse_subscriber(
     peer: Peer,
     addr: SocketAddr,
+    tls: Option<Tls>,
     request: Vec<u8>,
     shared: Shared,
     connected: Rc<Cell<usize>>,
     gate: Rc<Semaphore>,
 ) -> std::io::Result<()> {
     let permit = gate.acquire().await.ok();
-    let mut conn = Conn::connect(addr).await?;
+    let mut conn = Conn::open(addr, tls.as_ref()).await?;
     conn.send(&request).await?;
     let head = conn.read_head().await?;
     if head.status != 200 {
@@ -214,7 +219,7 @@ async fn publisher(
     next: Rc<Cell<u64>>,
 ) {
     let (tally, notify) = shared;
-    let mut conn = match Conn::connect(addr).await {
+    let mut conn = match Conn::open(addr, spec.tls.as_ref()).await {
         Ok(c) => c,
         Err(e) => {
             let mut t = tally.borrow_mut();
@@ -315,16 +320,19 @@ pub async fn run(scenario: u8, peer: Peer, addrs: Addrs, spec: Spec, meter: Mete
     let connect_start = Instant::now();
     let mut subscribers: Vec<JoinHandle<()>> = Vec::with_capacity(spec.subscribers);
     let transport = spec.transport;
+    let tls = spec.tls.clone();
     for i in 0..spec.subscribers {
         let stream = stream_name(&spec, i as u64 + 1);
         let shared = (tally.clone(), notify.clone());
         let (connected, gate) = (connected.clone(), gate.clone());
         let task_tally = tally.clone();
+        let tls = tls.clone();
         let task = async move {
             let result = match transport {
                 Transport::Sse => {
                     let request = peer::sse_subscribe(peer, &stream);
-                    sse_subscriber(peer, addrs.subscribe, request, shared, connected, gate).await
+                    sse_subscriber(peer, addrs.subscribe, tls, request, shared, connected, gate)
+                        .await
                 }
                 Transport::Ws => {
                     ws_subscriber(peer, addrs.subscribe, stream, shared, connected, gate).await
@@ -464,7 +472,7 @@ async fn warm_up(
     tally: &Rc<RefCell<Tally>>,
     notify: &Rc<Notify>,
 ) -> Result<(), String> {
-    let mut conn = Conn::connect(addr)
+    let mut conn = Conn::open(addr, spec.tls.as_ref())
         .await
         .map_err(|e| format!("warm-up publish failed: {e}"))?;
     match conn.request(&publish_request(peer, spec, 0)).await {

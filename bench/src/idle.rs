@@ -29,9 +29,10 @@ async fn shared_memory(server: &Server) -> anyhow::Result<u64> {
     }
 }
 
-pub async fn run(server: &Server, n: usize) -> Outcome {
+/// Scenario `scenario` (4, or 14 over HTTPS when the server has `tls`).
+pub async fn run(scenario: u8, server: &Server, n: usize) -> Outcome {
     let peer = server.peer;
-    let mut out = Outcome::new(4, peer);
+    let mut out = Outcome::new(scenario, peer);
     let before = match (server.private_rss(), shared_memory(server).await) {
         (Ok(rss), Ok(shm)) => (rss, shm),
         (Err(e), _) | (_, Err(e)) => {
@@ -43,14 +44,16 @@ pub async fn run(server: &Server, n: usize) -> Outcome {
     let failed: Rc<RefCell<(usize, Option<String>)>> = Rc::default();
     let gate = Rc::new(Semaphore::new(CONNECT_CONCURRENCY));
     let addr = server.addr;
+    let tls = server.tls.clone();
     let tasks: Vec<_> = (0..n)
         .map(|i| {
             let (connected, failed, gate) = (connected.clone(), failed.clone(), gate.clone());
+            let tls = tls.clone();
             let request = peer::sse_subscribe(peer, &format!("idle{i}"));
             tokio::task::spawn_local(async move {
                 let result = async {
                     let permit = gate.acquire().await.ok();
-                    let mut conn = Conn::connect(addr).await?;
+                    let mut conn = Conn::open(addr, tls.as_ref()).await?;
                     conn.send(&request).await?;
                     let head = conn.read_head().await?;
                     if head.status != 200 {

@@ -15,6 +15,7 @@ mod publish;
 mod report;
 mod resp;
 mod server;
+mod tls;
 mod webhook;
 mod ws;
 
@@ -30,7 +31,7 @@ use server::{Peer, Programs, Server};
 #[derive(Parser)]
 #[command(about = "Benchmark Herald against nginx + nchan")]
 struct Args {
-    /// Scenarios to run (1-13, comma-separated); all by default.
+    /// Scenarios to run (1-14, comma-separated); all by default.
     #[arg(long, value_delimiter = ',')]
     scenario: Vec<u8>,
     /// Multiplies every count (subscribers, publishes, ...) and duration (scenario 6's warm-up
@@ -53,6 +54,9 @@ struct Args {
     /// The nginx configuration template of an nchan cluster node (scenarios 8-11).
     #[arg(long, default_value = "bench/nchan-redis.conf")]
     nchan_redis_conf: PathBuf,
+    /// The nginx configuration template of nchan over HTTPS (scenario 14).
+    #[arg(long, default_value = "bench/nchan-tls.conf")]
+    nchan_tls_conf: PathBuf,
     /// Where RESULTS.md and latency.svg go; default bench/ for a full run, target/bench/
     /// otherwise.
     #[arg(long)]
@@ -134,6 +138,9 @@ impl Sizes {
 
 /// Bound on the measured phase of a fan-out run.
 pub const FANOUT_DEADLINE: Duration = Duration::from_secs(120);
+/// Bound on the measured phase of scenario 14's fan-out: nchan over TLS may need more than
+/// `FANOUT_DEADLINE` for its 10,000,000 deliveries (scenario 1 took it 58 s in the clear).
+pub const TLS_FANOUT_DEADLINE: Duration = Duration::from_secs(300);
 /// Bound on one publishing run of scenarios 10 and 13.
 pub const PUBLISH_DEADLINE: Duration = Duration::from_secs(30);
 /// Bound on waiting for the last webhook delivery.
@@ -169,7 +176,50 @@ async fn has_route(server: &Server, method: &str, path: &str) -> bool {
     }
 }
 
+/// Scenario 14: scenario 1's SSE fan-out and scenario 4's idle connections over HTTPS, each on
+/// a fresh server, on one throwaway certificate; one outcome with the figures of both.
+async fn run_tls(peer: Peer, programs: &Programs, sizes: &Sizes) -> Outcome {
+    let certs = match tls::Certs::generate() {
+        Ok(c) => c,
+        Err(e) => return Outcome::unavailable(TLS, peer, format!("{e:#}")),
+    };
+    let server = match Server::start_tls(peer, programs, &certs) {
+        Ok(s) => s,
+        Err(e) => return Outcome::unavailable(TLS, peer, format!("{e:#}")),
+    };
+    let meter = cpu::Meter::new(server.serving_pid());
+    let spec = fanout::Spec {
+        transport: fanout::Transport::Sse,
+        subscribers: sizes.fanout_subscribers,
+        shared_stream: true,
+        publishes: sizes.fanout_publishes,
+        publishers: 4,
+        window: 200,
+        deadline: TLS_FANOUT_DEADLINE,
+        tls: server.tls.clone(),
+    };
+    let mut out = fanout::run(TLS, peer, fanout::Addrs::one(server.addr), spec, meter).await;
+    drop(server);
+    match Server::start_tls(peer, programs, &certs) {
+        Ok(server) => {
+            let idle = idle::run(TLS, &server, sizes.idle).await;
+            out.figures.extend(idle.figures);
+            out.notes.extend(idle.notes);
+        }
+        Err(e) => out
+            .notes
+            .push(format!("idle connections not measured: {e:#}")),
+    }
+    out
+}
+
+/// The HTTPS scenario.
+const TLS: u8 = 14;
+
 async fn run_one(scenario: u8, peer: Peer, programs: &Programs, sizes: &Sizes) -> Outcome {
+    if scenario == TLS {
+        return run_tls(peer, programs, sizes).await;
+    }
     if scenario >= 8 {
         return cluster::run_one(scenario, peer, programs, sizes).await;
     }
@@ -219,6 +269,7 @@ async fn run_one(scenario: u8, peer: Peer, programs: &Programs, sizes: &Sizes) -
             publishers,
             window,
             deadline: FANOUT_DEADLINE,
+            tls: None,
         }
     };
     let outcome = match scenario {
@@ -252,7 +303,7 @@ async fn run_one(scenario: u8, peer: Peer, programs: &Programs, sizes: &Sizes) -
             )
             .await
         }
-        4 => idle::run(&server, sizes.idle).await,
+        4 => idle::run(4, &server, sizes.idle).await,
         5 => longpoll::run(peer, addr, sizes.poll_duration, meter).await,
         6 => publish::run(peer, addr, sizes.publish_span(), meter).await,
         7 => {
@@ -328,6 +379,16 @@ equivalent): 10's workload (single events, no Redis memory figure) with a replic
 start) and `--redis-replicas 1` on both nodes, so each publish is acknowledged only once the \
 replica holds it (the script and `WAIT 1 1000` in one pipeline); its notes give the ratio to 10's \
 rate when both ran in the same invocation.\n\
+- Scenario 14 (HTTPS): both peers serve TLS on one throwaway certificate made with `openssl` \
+at bench time in a temp dir (an ECDSA P-256 leaf for localhost and 127.0.0.1, signed by a CA \
+made beside it; nothing checked in): Herald with `--tls-cert`/`--tls-key` (rustls, ALPN h2 and \
+http/1.1), nginx + nchan with `listen ... ssl http2` (bench/nchan-tls.conf; nginx 1.22 has no \
+`http2 on`, that spelling came in 1.25.1). The load generator's client is rustls 0.23 \
+(tokio-rustls 0.26) offering ALPN `http/1.1` only, as its hand-rolled HTTP client speaks no \
+HTTP/2: subscribers and publishers use HTTP/1.1 over TLS 1.3. On a fresh server each: \
+scenario 1's fan-out (same subscribers, publishers, window and publishes) over TLS, then \
+scenario 4's {idle} idle SSE subscribers over TLS, measured the same way (handshakes done before \
+the memory is read).\n\
 - CPU busy: user + system time of the serving process and of the load generator over the \
 measured phase (`/proc/<pid>/stat`, 10 ms ticks), as a share of one core. A server near 100% \
 with the load generator below it means the server was the limit; a load generator at 90% or \
@@ -378,6 +439,7 @@ fn main() -> anyhow::Result<()> {
         nchan_module: args.nchan_module.clone(),
         nchan_conf: args.nchan_conf.clone(),
         nchan_redis_conf: args.nchan_redis_conf.clone(),
+        nchan_tls_conf: args.nchan_tls_conf.clone(),
         server_core: (!pinned.starts_with("none")).then_some(args.server_core),
     };
     let scenarios: Vec<u8> = if args.scenario.is_empty() {

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use crate::http::Conn;
+use crate::tls::{Certs, Tls};
 
 /// How long a peer may take to start answering.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -82,6 +83,8 @@ pub struct Programs {
     pub nchan_conf: PathBuf,
     /// The nginx configuration of an nchan cluster node.
     pub nchan_redis_conf: PathBuf,
+    /// The nginx configuration of nchan over HTTPS (scenario 14).
+    pub nchan_tls_conf: PathBuf,
     pub server_core: Option<usize>,
 }
 
@@ -89,6 +92,8 @@ pub struct Programs {
 pub struct Server {
     pub peer: Peer,
     pub addr: SocketAddr,
+    /// The client side of its TLS, if it serves HTTPS (scenario 14).
+    pub tls: Option<Tls>,
     child: Child,
     dir: tempfile::TempDir,
 }
@@ -130,7 +135,13 @@ fn prepare(cmd: &mut Command, core: Option<usize>) {
 
 impl Server {
     pub fn start(peer: Peer, programs: &Programs, extra: &[&str]) -> anyhow::Result<Server> {
-        Self::start_on(peer, programs, None, extra)
+        Self::start_on(peer, programs, None, None, extra)
+    }
+
+    /// Starts a peer serving HTTPS (Herald `--tls-cert`/`--tls-key`; nchan with
+    /// `nchan_tls_conf`) on the certificate of `certs`.
+    pub fn start_tls(peer: Peer, programs: &Programs, certs: &Certs) -> anyhow::Result<Server> {
+        Self::start_on(peer, programs, None, Some(certs), &[])
     }
 
     /// Starts a peer; a cluster node (`HeraldCluster`, `NchanCluster`) on the Redis at
@@ -139,6 +150,7 @@ impl Server {
         peer: Peer,
         programs: &Programs,
         redis: Option<(u16, &str)>,
+        certs: Option<&Certs>,
         extra: &[&str],
     ) -> anyhow::Result<Server> {
         let dir = tempfile::Builder::new()
@@ -151,10 +163,10 @@ impl Server {
         let mut cmd = match peer {
             Peer::RedisAlways => bail!("the durable anchor is a RedisServer::start_durable"),
             Peer::Nchan | Peer::NchanCluster => {
-                let template_path = if peer == Peer::Nchan {
-                    &programs.nchan_conf
-                } else {
-                    &programs.nchan_redis_conf
+                let template_path = match (peer, certs) {
+                    (Peer::Nchan, Some(_)) => &programs.nchan_tls_conf,
+                    (Peer::Nchan, None) => &programs.nchan_conf,
+                    _ => &programs.nchan_redis_conf,
                 };
                 let template = std::fs::read_to_string(template_path)
                     .with_context(|| format!("cannot read {}", template_path.display()))?;
@@ -162,7 +174,15 @@ impl Server {
                     .replace("@MODULE@", &programs.nchan_module.display().to_string())
                     .replace("@PREFIX@", &dir.path().display().to_string())
                     .replace("@PORT@", &addr.port().to_string())
-                    .replace("@REDIS_PORT@", &redis_port.to_string());
+                    .replace("@REDIS_PORT@", &redis_port.to_string())
+                    .replace(
+                        "@CERT@",
+                        &certs.map_or(String::new(), |c| c.cert().display().to_string()),
+                    )
+                    .replace(
+                        "@KEY@",
+                        &certs.map_or(String::new(), |c| c.key().display().to_string()),
+                    );
                 let conf_path = dir.path().join("nchan.conf");
                 std::fs::write(&conf_path, conf)?;
                 let mut cmd = Command::new(&programs.nginx);
@@ -189,6 +209,12 @@ impl Server {
                         cmd.arg("--data-dir").arg(dir.path().join("data"));
                     }
                 }
+                if let Some(certs) = certs {
+                    cmd.arg("--tls-cert")
+                        .arg(certs.cert())
+                        .arg("--tls-key")
+                        .arg(certs.key());
+                }
                 cmd.args(extra);
                 cmd
             }
@@ -200,9 +226,11 @@ impl Server {
         let child = cmd
             .spawn()
             .with_context(|| format!("cannot start {}", peer.label()))?;
+        let tls = certs.map(Certs::client).transpose()?;
         let mut server = Server {
             peer,
             addr,
+            tls,
             child,
             dir,
         };
@@ -232,7 +260,9 @@ impl Server {
                 );
             }
             if std::net::TcpStream::connect(self.addr).is_ok() {
-                let ok = get_blocking(self.addr, path).is_ok_and(|(status, _)| status == 200);
+                // Over HTTPS the listening socket is the sign: the blocking GET speaks no TLS.
+                let ok = self.tls.is_some()
+                    || get_blocking(self.addr, path).is_ok_and(|(status, _)| status == 200);
                 if ok && (self.peer.is_herald() || self.worker_pid().is_some()) {
                     return Ok(());
                 }
@@ -293,7 +323,7 @@ impl Server {
 
     /// nchan's shared memory in use, in bytes, from `nchan_stub_status`.
     pub async fn nchan_shared_memory(&self) -> anyhow::Result<u64> {
-        let mut conn = Conn::connect(self.addr).await?;
+        let mut conn = Conn::open(self.addr, self.tls.as_ref()).await?;
         let (_, body) = conn
             .request(b"GET /status HTTP/1.1\r\nHost: bench\r\n\r\n")
             .await?;
@@ -568,7 +598,7 @@ impl Cluster {
         let nodes = (0..nodes)
             .map(|i| {
                 let name = format!("node-{i}");
-                Server::start_on(peer, programs, Some((redis.port, &name)), extra)
+                Server::start_on(peer, programs, Some((redis.port, &name)), None, extra)
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Cluster {
