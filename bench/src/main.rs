@@ -199,6 +199,9 @@ async fn run_tls(peer: Peer, programs: &Programs, sizes: &Sizes) -> Outcome {
         tls: server.tls.clone(),
     };
     let mut out = fanout::run(TLS, peer, fanout::Addrs::one(server.addr), spec, meter).await;
+    if let Some(negotiated) = server.tls.as_ref().and_then(|t| t.negotiated()) {
+        out.notes.push(format!("TLS negotiated: {negotiated}"));
+    }
     drop(server);
     match Server::start_tls(peer, programs, &certs) {
         Ok(server) => {
