@@ -35,7 +35,8 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 # Herald against nginx + nchan, both pinned to core 0, the load generator on core 1; scenarios
-# 8-13 run clusters on one redis-server (also on core 0; 13 adds a replica of it). Writes
+# 8-13 run clusters on one redis-server (also on core 0; 13 adds a replica of it); 14 is SSE
+# fan-out and idle memory over TLS (nginx with ssl, a throwaway certificate). Writes
 # bench/RESULTS.md and bench/latency.svg. SCENARIO=1,3 runs only those.
 bench:
 	command -v nginx >/dev/null && test -f /usr/lib/nginx/modules/ngx_nchan_module.so \
