@@ -472,3 +472,20 @@ fn a_missing_or_mismatched_certificate_refuses_the_start() {
         assert!(stderr.contains(names.to_str().unwrap()), "{stderr}");
     }
 }
+
+/// A client that starts a handshake and stalls is cut off after the handshake limit (10 s),
+/// not held for ever.
+#[actix_rt::test]
+async fn a_stalled_handshake_is_cut_off() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let pki = TestPki::new();
+    let srv = tls_server(&pki).await;
+    let mut raw = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
+    // The first bytes of a TLS record, then nothing.
+    raw.write_all(&[0x16, 0x03, 0x01]).await.unwrap();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(20), raw.read(&mut buf))
+        .await
+        .expect("the connection is closed within the handshake limit");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+}
