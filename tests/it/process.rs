@@ -64,20 +64,26 @@ pub fn serve_with(mut cmd: Command, args: &[&str]) -> Served {
     Served { child, addr, log }
 }
 
+/// Runs `cmd`, which must refuse to start: it fails, says why in one line, and does not
+/// panic. That line.
+pub fn refusal(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success(), "{cmd:?} started");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
 #[test]
 fn refuses_to_start_without_a_verification_key() {
-    let out = herald()
-        // One line even where backtraces are asked for.
-        .env("RUST_BACKTRACE", "1")
-        .args(["serve", "--memory", "--listen", "127.0.0.1:0"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "one line: {stderr}");
-    assert!(lines[0].contains("--jwt-secret"), "{stderr}");
-    assert!(!stderr.contains("panicked"));
+    let line = refusal(
+        herald()
+            // One line even where backtraces are asked for.
+            .env("RUST_BACKTRACE", "1")
+            .args(["serve", "--memory", "--listen", "127.0.0.1:0"]),
+    );
+    assert!(line.contains("--jwt-secret"), "{line}");
 }
 
 #[test]
@@ -228,17 +234,13 @@ async fn sigterm_drains_streams_and_exits_zero() {
 fn a_corrupt_store_is_a_one_line_error_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("herald.db"), vec![0x42u8; 8192]).unwrap();
-    let out = herald()
-        .args(["serve", "--listen", "127.0.0.1:0", "--jwt-secret", SECRET])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("herald.db"), "{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
+    let line = refusal(
+        herald()
+            .args(["serve", "--listen", "127.0.0.1:0", "--jwt-secret", SECRET])
+            .arg("--data-dir")
+            .arg(dir.path()),
+    );
+    assert!(line.contains("herald.db"), "{line}");
 }
 
 /// During `--drain-delay` the server still accepts: `/health` answers 503 on a new connection.

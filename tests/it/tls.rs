@@ -287,6 +287,17 @@ fn h2_request(srv: &TestServer, method: &str, path: &str) -> hyper::http::reques
         .uri(format!("http://{}{path}", srv.addr))
 }
 
+/// `POST /events/client/h2c` with `body`, carrying the publisher key in `keys` `Authorization`
+/// headers.
+fn h2_publish(srv: &TestServer, keys: usize, body: Bytes) -> hyper::Request<Full<Bytes>> {
+    let mut request =
+        h2_request(srv, "POST", "/events/client/h2c").header("content-type", "application/json");
+    for _ in 0..keys {
+        request = request.header("authorization", format!("Bearer {PUBLISHER_KEY}"));
+    }
+    request.body(Full::new(body)).unwrap()
+}
+
 /// Ten SSE subscriptions and a publish multiplexed on one h2c connection: every stream gets
 /// the event. And a head refused as on HTTP/1.1 (two `Authorization`s), in the face's shape.
 #[actix_rt::test]
@@ -317,17 +328,8 @@ async fn h2c_multiplexes_subscriptions_and_publishes_on_one_connection() {
     .await;
     let document = uuid::Uuid::new_v4().to_string();
     let body = json!({"documentId": document, "status": "PENDING"}).to_string();
-    let published = send
-        .clone()
-        .send_request(
-            h2_request(&srv, "POST", "/events/client/h2c")
-                .header("content-type", "application/json")
-                .header("authorization", format!("Bearer {PUBLISHER_KEY}"))
-                .body(Full::new(Bytes::from(body)))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let published = send.clone().send_request(h2_publish(&srv, 1, body.into()));
+    let published = published.await.unwrap();
     assert_eq!(published.status(), hyper::StatusCode::ACCEPTED);
     for mut stream in streams {
         let mut text = String::new();
@@ -343,18 +345,8 @@ async fn h2c_multiplexes_subscriptions_and_publishes_on_one_connection() {
         }
     }
 
-    let refused = send
-        .clone()
-        .send_request(
-            h2_request(&srv, "POST", "/events/client/h2c")
-                .header("content-type", "application/json")
-                .header("authorization", format!("Bearer {PUBLISHER_KEY}"))
-                .header("authorization", format!("Bearer {PUBLISHER_KEY}"))
-                .body(Full::new(Bytes::from_static(b"{}")))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let refused = send.clone().send_request(h2_publish(&srv, 2, "{}".into()));
+    let refused = refused.await.unwrap();
     assert_eq!(refused.status(), hyper::StatusCode::BAD_REQUEST);
     let body = refused.into_body().collect().await.unwrap().to_bytes();
     let body: Value = serde_json::from_slice(&body).unwrap();
@@ -448,28 +440,14 @@ fn a_missing_or_mismatched_certificate_refuses_the_start() {
         (&missing, &pki.key(), &missing),
         (&pki.cert(), &other.key(), &other.key()),
     ] {
-        let out = process::herald()
-            .args([
-                "serve",
-                "--memory",
-                "--listen",
-                "127.0.0.1:0",
-                "--jwt-secret",
-                SECRET,
-            ])
-            .args([
-                "--tls-cert",
-                cert.to_str().unwrap(),
-                "--tls-key",
-                key.to_str().unwrap(),
-            ])
-            .output()
-            .unwrap();
-        assert!(!out.status.success());
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(stderr.lines().count(), 1, "{stderr}");
-        assert!(stderr.contains("cannot serve TLS"), "{stderr}");
-        assert!(stderr.contains(names.to_str().unwrap()), "{stderr}");
+        let line = process::refusal(
+            process::herald()
+                .args(["serve", "--memory", "--listen", "127.0.0.1:0"])
+                .args(["--jwt-secret", SECRET, "--tls-cert", cert.to_str().unwrap()])
+                .args(["--tls-key", key.to_str().unwrap()]),
+        );
+        assert!(line.contains("cannot serve TLS"), "{line}");
+        assert!(line.contains(names.to_str().unwrap()), "{line}");
     }
 }
 

@@ -443,7 +443,7 @@ fn assert_exactly_the_acknowledged(who: &str, seen: &[String], acked: &[&[String
 async fn a_primary_killed_under_publishers_on_every_face_loses_nothing_acknowledged() {
     let mut primary = Redis::start(Persistence::None);
     let standby = [Redis::replica_of(&primary), Redis::replica_of(&primary)];
-    let sentinels = sentinels(&primary, standby.len());
+    let sentinels = sentinels(&primary, standby.len()).await;
     let url = sentinel_url(&sentinels);
     let flags = ["--redis-replicas", "1", "--history-size", "100000"];
     let nodes = [node_on(&url, "a", &flags), node_on(&url, "b", &flags)];

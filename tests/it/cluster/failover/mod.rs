@@ -90,19 +90,18 @@ impl Drop for Sentinel {
 }
 
 /// Three sentinels watching `primary`, once each knows its replicas and the other two.
-fn sentinels(primary: &Redis, replicas: usize) -> [Sentinel; 3] {
+async fn sentinels(primary: &Redis, replicas: usize) -> [Sentinel; 3] {
     let sentinels = [(); 3].map(|_| Sentinel::start(primary));
-    let started = Instant::now();
     // Sentinels find the replicas and each other from the primary, every second or two.
-    while !sentinels.iter().all(|s| {
+    let found = |s: &Sentinel| {
         s.healthy("replicas", "slave") == replicas && s.healthy("sentinels", "sentinel") == 2
-    }) {
-        assert!(
-            started.elapsed() < 3 * DEADLINE,
-            "the sentinels did not find each other and the replicas"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    };
+    wait_for_within(
+        3 * DEADLINE,
+        "the sentinels to find each other and the replicas",
+        || async { sentinels.iter().all(found).then_some(()) },
+    )
+    .await;
     sentinels
 }
 
@@ -248,7 +247,7 @@ async fn without_replicas_a_killed_primary_loses_nothing_silently() {
 async fn primary_killed_under_four_publishers(replicas: u32) {
     let mut primary = Redis::start(Persistence::None);
     let standby = [Redis::replica_of(&primary), Redis::replica_of(&primary)];
-    let sentinels = sentinels(&primary, standby.len());
+    let sentinels = sentinels(&primary, standby.len()).await;
     let url = sentinel_url(&sentinels);
     // Every event stays in history, for the reader from the start at the end.
     let wanted = replicas.to_string();
@@ -269,22 +268,21 @@ async fn primary_killed_under_four_publishers(replicas: u32) {
         async move {
             while !done.get() {
                 let (doc, key) = (uuid::Uuid::new_v4().to_string(), uuid::Uuid::new_v4());
-                let started = Instant::now();
-                loop {
+                // Not replicated in time, Redis away, or no answer: retried with the same key
+                // until acknowledged, as a producer does.
+                wait_for_within(3 * DEADLINE, "a failover", || async {
                     match publish_keyed(&target, "failover", &doc, &key.to_string()).await {
-                        Some(StatusCode::ACCEPTED) => break,
-                        // Not replicated in time, Redis away, or no answer: retry, as a
-                        // producer does, with the same key.
+                        Some(StatusCode::ACCEPTED) => Some(()),
                         Some(StatusCode::SERVICE_UNAVAILABLE) | None => {
                             if refused.get().is_none() {
                                 refused.set(Some(Instant::now()));
                             }
-                            assert!(started.elapsed() < 3 * DEADLINE, "no failover");
-                            actix_rt::time::sleep(Duration::from_millis(20)).await;
+                            None
                         }
                         Some(other) => panic!("publish refused: {other}"),
                     }
-                }
+                })
+                .await;
                 if refused.get().is_some() && resumed.get().is_none() {
                     resumed.set(Some(Instant::now()));
                 }
