@@ -13,8 +13,8 @@ use tokio_rustls::server::TlsStream;
 /// One accepted connection.
 pub enum Conn {
     Plain(TcpStream),
-    /// Boxed: a TLS session's state is a few hundred bytes that a plain connection should not
-    /// carry room for.
+    /// Boxed: a TLS session's state is many times a socket's, and a plain connection should
+    /// not carry room for it.
     Tls(Box<TlsStream<TcpStream>>),
 }
 
