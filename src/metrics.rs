@@ -100,6 +100,10 @@ pub struct Metrics {
     pub store_commit: Histogram,
     /// Events per group commit.
     pub store_batch: Histogram,
+    /// Seconds one sync of the store takes (it covers every group committed before it).
+    pub store_sync: Histogram,
+    /// Group commits written while a sync of earlier groups was in flight.
+    pub store_overlapped: Counter,
     /// `face()` of every face, resolved once, in `Face::ALL`'s order: a family lookup takes
     /// its lock, and a long-poll answered at once would pay four of them.
     resolved: Vec<FaceMetrics>,
@@ -121,6 +125,8 @@ impl Metrics {
             webhook_queue: Gauge::default(),
             store_commit: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             store_batch: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
+            store_sync: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            store_overlapped: Counter::default(),
             registry: Registry::default(),
             resolved: Vec::new(),
         };
@@ -176,13 +182,23 @@ impl Metrics {
         );
         registry.register(
             "store_commit_seconds",
-            "Duration of one group commit",
+            "Duration of one group commit (written, not yet synced)",
             m.store_commit.clone(),
         );
         registry.register(
             "store_commit_batch_events",
             "Events per group commit",
             m.store_batch.clone(),
+        );
+        registry.register(
+            "store_sync_seconds",
+            "Duration of one sync of the store, covering every group committed before it began",
+            m.store_sync.clone(),
+        );
+        registry.register(
+            "store_overlapped_commits",
+            "Group commits written while a sync of earlier groups was in flight",
+            m.store_overlapped.clone(),
         );
         // Every series is created up front, so a scrape shows zeros instead of missing lines.
         let resolved = Face::ALL.map(|face| m.resolve(face)).to_vec();

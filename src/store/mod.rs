@@ -1,32 +1,17 @@
-//! Durability behind one trait, and the writer thread that owns the implementation.
-//!
-//! The Broker never touches the store directly: it hands batches to `StoreWriter`, whose
-//! dedicated thread commits whatever has queued up as one transaction (group commit) and
-//! calls each batch's completion from that thread. Nothing here runs on the Broker's or an HTTP
-//! worker's thread. With `--memory` there is no store at all: `StoreWriter::in_memory`
-//! completes every batch at once on the caller's thread, since there is nothing to wait for.
+//! Durability behind one trait (`Store`, made durable by its `Durability`), and the threads
+//! that own the implementation (`writer`).
 
 pub mod sqlite;
+mod writer;
 
-use std::sync::mpsc;
 use std::sync::Arc;
-use std::thread;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 pub use sqlite::SqliteStore;
+pub use writer::{Done, StoreWriter};
 
 use crate::event::{Event, StreamKey};
 use crate::idempotency::{Kept, Key, Remembered};
-use crate::metrics::Metrics;
-
-/// How often the writer runs retention upkeep on what is stored.
-const MAINTAIN_INTERVAL: Duration = Duration::from_secs(10);
-
-/// Batches committed together at most; bounds the latency of the first publisher in a group.
-const MAX_GROUP: usize = 1024;
-
-/// Commands queued for the writer before `append` pushes back on the Broker.
-const QUEUE_DEPTH: usize = 64 * 1024;
 
 /// Retention bounds shared by every stream: what the store keeps on disk (or Redis in a
 /// stream's log), and what the Broker keeps in memory.
@@ -142,8 +127,9 @@ impl Record {
 /// A durable home for events and actor state. After the loads, called only from the writer
 /// thread.
 pub trait Store: Send + 'static {
-    /// Makes every event, idempotency key and record of the group durable, all or nothing:
-    /// a key is never kept without the events it names, nor those events without it.
+    /// Writes every event, idempotency key and record of the group, all or nothing: a key is
+    /// never kept without the events it names, nor those events without it. The group is
+    /// durable once a `Durability::sync` that began after this returned has returned.
     fn commit(
         &mut self,
         events: &[Arc<Event>],
@@ -160,172 +146,14 @@ pub trait Store: Send + 'static {
     /// Background upkeep (retention, expired idempotency keys), run by the writer between
     /// groups.
     fn maintain(&mut self, now: SystemTime) -> Result<(), StoreError>;
+    /// The handle the sync thread makes commits durable with; taken once, before the writer
+    /// starts.
+    fn durability(&self) -> std::io::Result<Box<dyn Durability>>;
 }
 
-/// Called on the writer thread once the batch's group is committed (or failed).
-pub type Done = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
-
-enum Command {
-    Append {
-        events: Vec<Arc<Event>>,
-        key: Option<Kept>,
-        done: Done,
-    },
-    Write {
-        records: Vec<Record>,
-        done: Done,
-    },
-    Flush {
-        done: Done,
-    },
-}
-
-/// The handle through which the Broker, the Registry and the WebhookDispatcher reach the
-/// writer thread.
-#[derive(Clone)]
-pub struct StoreWriter {
-    /// Bounded, so a store that cannot keep up slows publishers instead of growing memory;
-    /// `None` for `--memory`, where every batch completes at once.
-    tx: Option<mpsc::SyncSender<Command>>,
-}
-
-impl StoreWriter {
-    /// Moves `store` onto its own thread.
-    pub fn spawn(mut store: impl Store, metrics: Arc<Metrics>) -> std::io::Result<Self> {
-        let (tx, rx) = mpsc::sync_channel(QUEUE_DEPTH);
-        thread::Builder::new()
-            .name("herald-store".into())
-            .spawn(move || write_loop(&mut store, rx, &metrics))?;
-        Ok(Self { tx: Some(tx) })
-    }
-
-    /// The `--memory` writer: keeps nothing, so it completes every batch at once, on the
-    /// caller's thread. A thread of its own would only add two cross-thread wake-ups to
-    /// every publish.
-    pub fn in_memory() -> Self {
-        Self { tx: None }
-    }
-
-    /// Queues a batch, with the idempotency key it was published with; `done` runs on the
-    /// writer thread after the commit.
-    pub fn append(&self, events: Vec<Arc<Event>>, key: Option<Kept>, done: Done) {
-        self.send(Command::Append { events, key, done });
-    }
-
-    /// Queues state records; they commit in order with everything queued before them.
-    pub fn write(&self, records: Vec<Record>, done: Done) {
-        self.send(Command::Write { records, done });
-    }
-
-    fn send(&self, cmd: Command) {
-        let Some(tx) = &self.tx else {
-            return cmd.done()(Ok(()));
-        };
-        if let Err(mpsc::SendError(cmd)) = tx.send(cmd) {
-            cmd.done()(Err(StoreError::Stopped));
-        }
-    }
-
-    /// `write`, answered through a future.
-    pub fn written(
-        &self,
-        records: Vec<Record>,
-    ) -> impl std::future::Future<Output = Result<(), StoreError>> + 'static {
-        self.answered(|done| Command::Write { records, done })
-    }
-
-    /// Answered once everything queued before it is durable.
-    pub fn flushed(&self) -> impl std::future::Future<Output = Result<(), StoreError>> + 'static {
-        self.answered(|done| Command::Flush { done })
-    }
-
-    fn answered(
-        &self,
-        command: impl FnOnce(Done) -> Command,
-    ) -> impl std::future::Future<Output = Result<(), StoreError>> + 'static {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.send(command(Box::new(move |result| {
-            let _ = tx.send(result);
-        })));
-        async move { rx.await.unwrap_or(Err(StoreError::Stopped)) }
-    }
-}
-
-impl Command {
-    fn done(self) -> Done {
-        match self {
-            Command::Append { done, .. }
-            | Command::Write { done, .. }
-            | Command::Flush { done } => done,
-        }
-    }
-}
-
-fn write_loop(store: &mut impl Store, rx: mpsc::Receiver<Command>, metrics: &Metrics) {
-    let mut next_upkeep = Instant::now() + MAINTAIN_INTERVAL;
-    loop {
-        match rx.recv_timeout(next_upkeep.saturating_duration_since(Instant::now())) {
-            Ok(first) => commit_group(store, first, &rx, metrics),
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => return,
-        }
-        // Checked after every group too, so a store that is never idle still gets upkeep.
-        if Instant::now() >= next_upkeep {
-            if let Err(e) = store.maintain(SystemTime::now()) {
-                log::error!("store upkeep failed: {e}");
-            }
-            next_upkeep = Instant::now() + MAINTAIN_INTERVAL;
-        }
-    }
-}
-
-/// Commits `first` and whatever else is queued already as one group.
-fn commit_group(
-    store: &mut impl Store,
-    first: Command,
-    rx: &mpsc::Receiver<Command>,
-    metrics: &Metrics,
-) {
-    let mut group = vec![first];
-    while group.len() < MAX_GROUP {
-        match rx.try_recv() {
-            Ok(cmd) => group.push(cmd),
-            Err(_) => break,
-        }
-    }
-    let mut events: Vec<Arc<Event>> = Vec::new();
-    let mut keys: Vec<Kept> = Vec::new();
-    let mut records: Vec<Record> = Vec::new();
-    for cmd in &group {
-        match cmd {
-            Command::Append { events: e, key, .. } => {
-                events.extend(e.iter().cloned());
-                keys.extend(key.iter().cloned());
-            }
-            Command::Write { records: r, .. } => records.extend(r.iter().cloned()),
-            Command::Flush { .. } => {}
-        }
-    }
-    let appended = if events.is_empty() && records.is_empty() {
-        Ok(())
-    } else {
-        let started = Instant::now();
-        let result = store.commit(&events, &keys, &records);
-        metrics
-            .store_commit
-            .observe(started.elapsed().as_secs_f64());
-        metrics.store_batch.observe(events.len() as f64);
-        result
-    };
-    let flushed = if group.iter().any(|c| matches!(c, Command::Flush { .. })) {
-        store.flush()
-    } else {
-        Ok(())
-    };
-    for cmd in group {
-        match cmd {
-            Command::Append { done, .. } | Command::Write { done, .. } => done(appended.clone()),
-            Command::Flush { done } => done(appended.clone().and(flushed.clone())),
-        }
-    }
+/// Makes what a `Store` has committed durable, from a thread of its own, while the store's
+/// writer goes on committing.
+pub trait Durability: Send + 'static {
+    /// Returns once every commit that returned before this call began is durable.
+    fn sync(&mut self) -> Result<(), StoreError>;
 }
