@@ -1,4 +1,5 @@
-//! Operator and developer endpoints: `/health`, the demo page at `/`, and (in `--dev` only)
+//! Operator and developer endpoints: `/health` and its two probes (`/health/live`,
+//! `/health/ready`), the demo page at `/`, and (in `--dev` only)
 //! `/dev/token`, which mints tokens for the demo page.
 //! `/openapi.json` serves the document that `api::openapi` assembles from every face.
 //!
@@ -12,6 +13,7 @@ use super::dashboard::dev_sink::DEV_TAG;
 use super::openapi::Routes;
 use super::AppState;
 use crate::auth;
+use crate::broker::messages::Ping;
 use crate::config::KeySource;
 
 /// The demo page, compiled in so `herald serve` works from any directory.
@@ -23,13 +25,20 @@ const DEV_TOKEN_TTL: Duration = Duration::from_secs(3600);
 /// Longest `ttl` of `/dev/token`, in seconds: a day.
 const DEV_TOKEN_MAX_TTL: u64 = 24 * 3600;
 
+/// How long `/health/live` waits for the Broker shards and the store: long, because failing it
+/// restarts the process, which only a hang justifies.
+const LIVE_WITHIN: Duration = Duration::from_secs(5);
+
+/// How long `/health/ready` waits for them: a node this slow should not get new traffic.
+const READY_WITHIN: Duration = Duration::from_secs(1);
+
 /// Tag of the operator endpoints in the OpenAPI document.
 const TAG: &str = "Operations";
 
 /// The OpenAPI part of this module, merged into `/openapi.json` by `api::openapi`.
 #[derive(utoipa::OpenApi)]
 #[openapi(
-    paths(health, metrics, dev_token, openapi_json, index),
+    paths(health, live, ready, metrics, dev_token, openapi_json, index),
     tags(
         (name = TAG, description = "Health, metrics, this document and the demo page."),
         (name = DEV_TAG, description = "Helpers for the demo page. They answer only when the \
@@ -52,6 +61,21 @@ struct Health {
     node: Option<String>,
 }
 
+/// The body of `/health/live` and `/health/ready`.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // Read by utoipa's derive only.
+struct Probe {
+    /// `ok`, or why not: `broker_unresponsive` or `store_unresponsive` when a Broker shard or
+    /// the store did not answer in time, `store_failing` when the store answered with an error
+    /// (its sync failed); for readiness also `draining`, `redis_unreachable`
+    /// and `redis_failover`, as for `/health`.
+    #[schema(example = "ok")]
+    status: String,
+    /// Cluster mode: the name of the node that answered.
+    #[schema(example = "node-1")]
+    node: Option<String>,
+}
+
 /// The body of an error of `/dev/token`.
 #[derive(utoipa::ToSchema)]
 #[allow(dead_code)] // Read by utoipa's derive only.
@@ -65,6 +89,8 @@ struct DevTokenError {
 pub fn configure(routes: &mut Routes) {
     routes
         .add::<__path_health, _, _>(health)
+        .add::<__path_live, _, _>(live)
+        .add::<__path_ready, _, _>(ready)
         .add::<__path_metrics, _, _>(metrics)
         .add::<__path_dev_token, _, _>(dev_token)
         .add::<__path_openapi_json, _, _>(openapi_json)
@@ -95,6 +121,78 @@ async fn health(state: web::Data<AppState>) -> HttpResponse {
     } else {
         "ok"
     };
+    answer(&state, status)
+}
+
+/// Liveness probe
+///
+/// Whether the process can still serve: every Broker shard and the store's writer answer
+/// within 5 s. It stays 200 while draining and while Redis is away (a restart would not help);
+/// for a Kubernetes `livenessProbe`.
+#[utoipa::path(
+    get,
+    path = "/health/live",
+    tag = TAG,
+    operation_id = "healthLive",
+    responses(
+        (status = 200, description = "Alive", body = Probe, example = json!({"status": "ok"})),
+        (status = 503, description = "A Broker shard or the store did not answer within 5 s, \
+or the store failed",
+            body = Probe, example = json!({"status": "store_unresponsive"})),
+    )
+)]
+async fn live(state: web::Data<AppState>) -> HttpResponse {
+    let status = answering(&state, LIVE_WITHIN).await.unwrap_or("ok");
+    answer(&state, status)
+}
+
+/// Readiness probe
+///
+/// Whether the node should get traffic: not draining, Redis reachable in cluster mode, and
+/// every Broker shard and the store's writer answering within 1 s; for a Kubernetes
+/// `readinessProbe` (where `/health` answers the same but for the shard and store checks).
+#[utoipa::path(
+    get,
+    path = "/health/ready",
+    tag = TAG,
+    operation_id = "healthReady",
+    responses(
+        (status = 200, description = "Ready", body = Probe, example = json!({"status": "ok"})),
+        (status = 503, description = "Draining, Redis unreachable or failing over, or a Broker \
+shard or the store slow to answer or failing", body = Probe, example = json!({"status": "draining"})),
+    )
+)]
+async fn ready(state: web::Data<AppState>) -> HttpResponse {
+    let status = if state.is_draining() {
+        "draining"
+    } else if let Some(node) = state.cluster.as_ref().filter(|node| !node.reachable()) {
+        node.unreachable_status()
+    } else {
+        answering(&state, READY_WITHIN).await.unwrap_or("ok")
+    };
+    answer(&state, status)
+}
+
+/// What did not answer within `within`: a Broker shard (a `Ping` through its mailbox), or the
+/// store (an empty write through its writer and sync threads: a group commit and a sync).
+async fn answering(state: &AppState, within: Duration) -> Option<&'static str> {
+    let shards = futures_util::future::join_all(state.brokers.all().map(|shard| shard.send(Ping)));
+    match tokio::time::timeout(within, shards).await {
+        Ok(answers) if answers.iter().all(Result::is_ok) => {}
+        _ => return Some("broker_unresponsive"),
+    }
+    match tokio::time::timeout(within, state.store.written(Vec::new())).await {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => {
+            log::warn!("health probe: the store failed: {e}");
+            Some("store_failing")
+        }
+        Err(_) => Some("store_unresponsive"),
+    }
+}
+
+/// `{"status": ..}` (and the node's name in a cluster): 200 when `ok`, else 503.
+fn answer(state: &AppState, status: &str) -> HttpResponse {
     let mut body = serde_json::json!({ "status": status });
     if let Some(node) = &state.cluster {
         body["node"] = node.name.clone().into();

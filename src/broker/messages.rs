@@ -229,6 +229,12 @@ pub struct ListSubscribed {
 #[rtype(result = "()")]
 pub struct Drain;
 
+/// Answered at once: `/health/live` asks every shard, so one stuck in a handler, or whose
+/// thread is gone, shows.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Ping;
+
 /// Registers a recipient for every committed event of every stream of one kind, whatever the
 /// stream's id (the WebhookDispatcher watches all `country:` streams this way).
 #[derive(Message)]

@@ -624,6 +624,12 @@ impl Handler<Unsubscribe> for Broker {
     }
 }
 
+impl Handler<Ping> for Broker {
+    type Result = ();
+
+    fn handle(&mut self, _: Ping, _: &mut Self::Context) {}
+}
+
 impl Handler<Drain> for Broker {
     type Result = ();
 

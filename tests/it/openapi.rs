@@ -48,6 +48,8 @@ const CONTRACT: &[(&str, &str)] = &[
     ("DELETE", "/dashboard/v1/notifications/{id}"),
     ("GET", "/dashboard/v1/notifications/{id}/deliveries"),
     ("GET", "/health"),
+    ("GET", "/health/live"),
+    ("GET", "/health/ready"),
     ("GET", "/metrics"),
     ("GET", "/openapi.json"),
     ("GET", "/"),

@@ -1,4 +1,5 @@
-//! Operator endpoints: `/metrics` parsed by a real Prometheus text parser, and `/health`.
+//! Operator endpoints: `/metrics` parsed by a real Prometheus text parser, `/health` and its
+//! probes.
 
 use crate::common::*;
 
@@ -107,4 +108,43 @@ async fn metrics_move_as_events_flow() {
         (now.value("herald_subscribers", ("face", "sse")) == 1.0).then_some(())
     })
     .await;
+}
+
+/// `GET root + path`: its status and JSON body.
+pub async fn probe(root: &str, path: &str) -> Option<(u16, serde_json::Value)> {
+    let mut res = client().get(format!("{root}{path}")).send().await.ok()?;
+    Some((res.status().as_u16(), res.json().await.ok()?))
+}
+
+/// On a serving node with the SQLite store, both probes go through every Broker shard and the
+/// store's writer and sync threads, and answer 200.
+#[actix_rt::test]
+async fn probes_answer_ok_through_the_shards_and_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start_with(|c| {
+        c.memory = false;
+        c.data_dir = dir.path().to_path_buf();
+    })
+    .await;
+    let before = Scrape::take(&srv).await;
+    for path in ["/health/live", "/health/ready", "/health"] {
+        let (status, body) = probe(&srv.url(""), path).await.unwrap();
+        assert_eq!(
+            (status, body),
+            (200, serde_json::json!({"status": "ok"})),
+            "{path}"
+        );
+    }
+    // The two probes each made the store sync once; `/health` does not touch the store.
+    let syncs = |s: &Scrape| {
+        s.0.samples
+            .iter()
+            .find(|x| x.metric == "herald_store_sync_seconds_count")
+            .map(|x| match x.value {
+                prometheus_parse::Value::Untyped(v) | prometheus_parse::Value::Counter(v) => v,
+                _ => panic!("{:?}", x.value),
+            })
+            .unwrap()
+    };
+    assert_eq!(syncs(&Scrape::take(&srv).await) - syncs(&before), 2.0);
 }

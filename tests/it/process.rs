@@ -281,6 +281,12 @@ async fn a_drain_answers_health_503_and_lets_a_publish_under_way_finish() {
         }
     })
     .await;
+    // Readiness says the same; liveness does not (a restart would not help a drain).
+    let root = format!("http://{}", srv.addr);
+    let ready = crate::ops::probe(&root, "/health/ready").await.unwrap();
+    assert_eq!(ready, (503, json!({"status": "draining"})));
+    let live = crate::ops::probe(&root, "/health/live").await.unwrap();
+    assert_eq!(live, (200, json!({"status": "ok"})));
     wait_for("the end of the drain delay", || {
         let paused = srv
             .log

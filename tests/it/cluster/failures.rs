@@ -276,6 +276,14 @@ async fn redis_away_for_five_seconds() {
             (health(node).await == Some(StatusCode::SERVICE_UNAVAILABLE)).then_some(())
         })
         .await;
+        // Not ready, but alive: a restart would not bring Redis back.
+        let (status, body) = crate::ops::probe(node, "/health/ready").await.unwrap();
+        assert_eq!(
+            (status, &body["status"]),
+            (503, &json!("redis_unreachable"))
+        );
+        let (status, body) = crate::ops::probe(node, "/health/live").await.unwrap();
+        assert_eq!((status, &body["status"]), (200, &json!("ok")));
     }
     // Every publishing face answers 503 in its own shape; nothing is half-accepted.
     let (status, body) = try_publish(&a, "patient").await.expect("A answers");
@@ -302,6 +310,8 @@ async fn redis_away_for_five_seconds() {
             (health(node).await == Some(StatusCode::OK)).then_some(())
         })
         .await;
+        let (status, _) = crate::ops::probe(node, "/health/ready").await.unwrap();
+        assert_eq!(status, 200);
     }
     let after: BTreeSet<Position> = publish(&b, "patient", 5)
         .await
