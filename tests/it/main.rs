@@ -5,6 +5,7 @@ mod access;
 mod browser;
 mod cluster;
 mod common;
+mod config_file;
 mod contract;
 mod dashboard;
 mod direct_path;

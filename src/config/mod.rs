@@ -1,5 +1,7 @@
-//! Command-line flags and environment variables of `herald serve`, validated into the
-//! `Config` that the rest of the server reads (shared as `Arc<Config>`).
+//! Command-line flags, environment variables and the configuration file of `herald serve`,
+//! validated into the `Config` that the rest of the server reads (shared as `Arc<Config>`).
+
+pub mod file;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,9 +18,16 @@ const DRAIN_DELAY: Duration = Duration::from_secs(5);
 /// Name of the file in the data dir that keeps the `--dev` JWT secret across restarts.
 pub const DEV_SECRET_FILE: &str = "dev-jwt-secret";
 
-/// Flags of `herald serve`. Every flag has an environment variable and a default in `--help`.
+/// Flags of `herald serve`. Every flag has an environment variable, a key in the
+/// configuration file (`file::KEYS`) and a default in `--help`. Values are checked by their
+/// parsers, so a bad one is refused naming its flag, variable or key.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
+    /// Read settings from this TOML file (`herald config example` prints one with every key);
+    /// flags and variables override what it sets.
+    #[arg(long, env = "HERALD_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
     /// Address to listen on. `--dev` forces a loopback address.
     #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
@@ -48,6 +57,11 @@ pub struct ServeArgs {
     #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
 
+    /// `--jwt-secret` read from this file (surrounding whitespace trimmed), as container
+    /// platforms mount secrets.
+    #[arg(long, env = "HERALD_JWT_SECRET_FILE", value_name = "FILE", value_parser = read_secret_file, conflicts_with = "jwt_secret")]
+    pub jwt_secret_file: Option<SecretFile>,
+
     /// RS256/ES256 public keys that tokens are signed with (by `kid`): a JWKS file, read
     /// again when it changes, or an identity provider's `https://` JWKS URL.
     #[arg(long, env = "HERALD_JWKS", value_parser = parse_jwks)]
@@ -68,8 +82,13 @@ pub struct ServeArgs {
     )]
     pub publisher_keys: Vec<String>,
 
+    /// `--publisher-key`s read from this file, one per line (blank lines and lines starting
+    /// with `#` skipped); added to any given by flag.
+    #[arg(long, env = "HERALD_PUBLISHER_KEYS_FILE", value_name = "FILE", value_parser = read_key_file)]
+    pub publisher_keys_file: Option<KeyFile>,
+
     /// Events kept per stream for resuming subscribers.
-    #[arg(long, env = "HERALD_HISTORY_SIZE", default_value_t = 1000)]
+    #[arg(long, env = "HERALD_HISTORY_SIZE", default_value_t = 1000, value_parser = at_least_one)]
     pub history_size: usize,
 
     /// How long an event stays in history.
@@ -78,7 +97,7 @@ pub struct ServeArgs {
 
     /// How long a stream remembers a publish's `Idempotency-Key`: a repeat within it is
     /// answered with the first publish's ids instead of being appended again.
-    #[arg(long, env = "HERALD_IDEMPOTENCY_WINDOW", default_value = "5m", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "HERALD_IDEMPOTENCY_WINDOW", default_value = "5m", value_parser = longer_than_zero)]
     pub idempotency_window: Duration,
 
     /// Interval of SSE keep-alive comments, so proxies keep idle streams open.
@@ -86,7 +105,7 @@ pub struct ServeArgs {
     pub sse_keepalive: Duration,
 
     /// Events a subscriber may fall behind before it is disconnected as a slow consumer.
-    #[arg(long, env = "HERALD_SUBSCRIBER_QUEUE", default_value_t = 1024)]
+    #[arg(long, env = "HERALD_SUBSCRIBER_QUEUE", default_value_t = 1024, value_parser = at_least_one)]
     pub subscriber_queue: usize,
 
     /// Most subscribers connected at once, across SSE, WebSocket and long-poll.
@@ -99,7 +118,7 @@ pub struct ServeArgs {
     pub workers: Option<u16>,
 
     /// Concurrent long-polls of one instance's notifications; more get 409.
-    #[arg(long, env = "HERALD_MAX_LISTENERS_PER_INSTANCE", default_value_t = 4)]
+    #[arg(long, env = "HERALD_MAX_LISTENERS_PER_INSTANCE", default_value_t = 4, value_parser = at_least_one)]
     pub max_listeners_per_instance: usize,
 
     /// Largest request body accepted by publishing endpoints, in bytes.
@@ -109,7 +128,7 @@ pub struct ServeArgs {
     /// How long a request body may go without a byte arriving before the request is answered
     /// 408 and its connection closed (nginx's `client_body_timeout`), so a stalled upload
     /// holds no memory or connection for ever.
-    #[arg(long, env = "HERALD_BODY_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "HERALD_BODY_TIMEOUT", default_value = "60s", value_parser = longer_than_zero)]
     pub body_timeout: Duration,
 
     /// How long a graceful shutdown may take before connections are cut.
@@ -127,8 +146,8 @@ pub struct ServeArgs {
 
     /// Delays before each retry of a failed webhook delivery (jittered by up to 20%); after
     /// the last one the delivery is given up.
-    #[arg(long, env = "HERALD_WEBHOOK_RETRY_SCHEDULE", default_value = crate::webhook::retry::DEFAULT_SCHEDULE)]
-    pub webhook_retry_schedule: String,
+    #[arg(long, env = "HERALD_WEBHOOK_RETRY_SCHEDULE", default_value = crate::webhook::retry::DEFAULT_SCHEDULE, value_parser = parse_retry_schedule)]
+    pub webhook_retry_schedule: RetrySchedule,
 
     /// Let webhooks target loopback, private and other non-public addresses (implied by --dev).
     #[arg(long, env = "HERALD_WEBHOOK_ALLOW_PRIVATE")]
@@ -139,7 +158,7 @@ pub struct ServeArgs {
     pub dashboard_auth: bool,
 
     /// Interval of WebSocket pings; a client that sends no pong for two intervals is closed.
-    #[arg(long, env = "HERALD_WS_PING", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "HERALD_WS_PING", default_value = "30s", value_parser = longer_than_zero)]
     pub ws_ping: Duration,
 
     /// How long a new WebSocket may take to send its announcement before it is closed.
@@ -156,23 +175,117 @@ pub struct ServeArgs {
 
     /// Cluster mode: a publish is acknowledged only once this many replicas of the Redis
     /// primary hold it (Redis `WAIT`); one that is not replicated within a second answers 503.
-    #[arg(
-        long,
-        env = "HERALD_REDIS_REPLICAS",
-        default_value_t = 0,
-        requires = "redis"
-    )]
+    #[arg(long, env = "HERALD_REDIS_REPLICAS", default_value_t = 0)]
     pub redis_replicas: u32,
 
     /// This node's name in the cluster, unique among the nodes of one Redis; a random one
     /// when not given.
-    #[arg(long, env = "HERALD_NODE_NAME")]
+    #[arg(long, env = "HERALD_NODE_NAME", value_parser = not_blank)]
     pub node_name: Option<String>,
 }
 
 /// Checks `--redis` as the client will read it, so a typo is refused at start in one line.
 fn parse_redis_url(url: &str) -> Result<String, String> {
     crate::cluster::primary::Topology::parse(url).map(|_| url.to_string())
+}
+
+/// A count that must be at least 1 (`--history-size`, `--subscriber-queue`, ...).
+fn at_least_one(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>().map_err(|e| e.to_string())? {
+        0 => Err("must be at least 1".into()),
+        n => Ok(n),
+    }
+}
+
+/// A duration that must be longer than zero (`--ws-ping`, `--body-timeout`, ...).
+fn longer_than_zero(value: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(value).map_err(|e| e.to_string())? {
+        d if d.is_zero() => Err("must be longer than zero".into()),
+        d => Ok(d),
+    }
+}
+
+fn not_blank(value: &str) -> Result<String, String> {
+    if value.trim().is_empty() {
+        return Err("must not be empty".into());
+    }
+    Ok(value.to_string())
+}
+
+/// Parsed `--webhook-retry-schedule`: the delays before each retry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetrySchedule(pub Vec<Duration>);
+
+fn parse_retry_schedule(value: &str) -> Result<RetrySchedule, String> {
+    crate::webhook::retry::parse_schedule(value)
+        .map(RetrySchedule)
+        .map_err(|e| e.to_string())
+}
+
+/// `--jwt-secret-file`: the file and the secret it holds, read once at start.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretFile {
+    pub path: PathBuf,
+    pub secret: String,
+}
+
+/// Names the file, never the secret (`ServeArgs` is logged in tests and errors).
+impl std::fmt::Debug for SecretFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SecretFile({})", self.path.display())
+    }
+}
+
+/// Reads a secret file, refusing one too short to be an HS256 secret: an empty file is as
+/// dangerous as an unset variable.
+pub fn read_secret_file(path: &str) -> Result<SecretFile, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read it: {e}"))?;
+    let secret = text.trim().to_string();
+    if secret.len() < MIN_SECRET_BYTES {
+        return Err(format!(
+            "holds {} bytes; an HS256 secret needs at least {MIN_SECRET_BYTES} (RFC 7518 §3.2), e.g. `openssl rand -hex 32`",
+            secret.len()
+        ));
+    }
+    Ok(SecretFile {
+        path: path.into(),
+        secret,
+    })
+}
+
+/// `--publisher-keys-file`: the file and the keys it lists.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyFile {
+    pub path: PathBuf,
+    pub keys: Vec<String>,
+}
+
+impl std::fmt::Debug for KeyFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "KeyFile({}, {} keys)",
+            self.path.display(),
+            self.keys.len()
+        )
+    }
+}
+
+fn read_key_file(path: &str) -> Result<KeyFile, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read it: {e}"))?;
+    let keys: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(String::from)
+        .collect();
+    if keys.is_empty() {
+        return Err("lists no key".into());
+    }
+    Ok(KeyFile {
+        path: path.into(),
+        keys,
+    })
 }
 
 /// Where the `--jwks` keys come from.
@@ -224,10 +337,10 @@ pub enum KeySource {
 /// Refuses an HS256 secret that would let anyone forge tokens: empty or shorter than
 /// `MIN_SECRET_BYTES`, such as an unset variable expanded into the flag. `flag` names where it
 /// came from.
-pub fn check_secret(secret: &str, flag: &'static str) -> Result<(), ConfigError> {
+pub fn check_secret(secret: &str, flag: &str) -> Result<(), ConfigError> {
     if secret.len() < MIN_SECRET_BYTES {
         return Err(ConfigError::WeakSecret {
-            flag,
+            flag: flag.to_string(),
             len: secret.len(),
         });
     }
@@ -277,30 +390,20 @@ pub struct Config {
 /// Why a configuration cannot be used; each message says which flag to change.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("no token verification key: set --jwt-secret (HERALD_JWT_SECRET) or --jwks (HERALD_JWKS), or run with --dev")]
+    #[error("no token verification key: set --jwt-secret, --jwt-secret-file or --jwks (HERALD_JWT_SECRET, HERALD_JWT_SECRET_FILE, HERALD_JWKS; auth.jwt_secret, auth.jwt_secret_file, auth.jwks in a --config file), or run with --dev")]
     NoVerificationKey,
-    #[error("--history-size must be at least 1")]
-    HistorySize,
-    #[error("--subscriber-queue must be at least 1")]
-    SubscriberQueue,
-    #[error("--webhook-retry-schedule: {0}")]
-    RetrySchedule(crate::webhook::retry::ScheduleError),
-    #[error("--body-timeout must be longer than zero")]
-    BodyTimeout,
-    #[error("--idempotency-window must be longer than zero")]
-    IdempotencyWindow,
-    #[error("--ws-ping must be longer than zero")]
-    WsPing,
-    #[error("--max-listeners-per-instance must be at least 1")]
-    MaxListeners,
-    #[error("--node-name must not be empty")]
-    NodeName,
     #[error("{flag} is {len} bytes long; an HS256 secret needs at least {MIN_SECRET_BYTES} (RFC 7518 §3.2), e.g. `openssl rand -hex 32`")]
-    WeakSecret { flag: &'static str, len: usize },
+    WeakSecret { flag: String, len: usize },
     #[error(
         "--publisher-key must not be empty (HERALD_PUBLISHER_KEYS: no empty item between commas)"
     )]
     EmptyPublisherKey,
+    #[error(
+        "--redis-replicas (redis.replicas) needs --redis (redis.url): replicas of which Redis?"
+    )]
+    ReplicasWithoutRedis,
+    #[error("cannot serve TLS: {0}")]
+    Tls(crate::server::tls::LoadError),
     #[error("cannot keep the dev JWT secret in {path}: {source}")]
     DevSecret {
         path: PathBuf,
@@ -311,33 +414,23 @@ pub enum ConfigError {
 impl ServeArgs {
     /// Applies the `--dev` rules and refuses configurations that cannot serve safely.
     pub fn into_config(self) -> Result<Config, ConfigError> {
-        if self.history_size == 0 {
-            return Err(ConfigError::HistorySize);
+        self.resolve(true)
+    }
+
+    /// What `into_config` checks, and that the TLS pair loads, without writing anything: for
+    /// `herald config check`.
+    pub fn check(self) -> Result<Config, ConfigError> {
+        let config = self.resolve(false)?;
+        if let Some(files) = &config.tls {
+            crate::server::tls::Tls::load(files.clone()).map_err(ConfigError::Tls)?;
         }
-        if self.subscriber_queue == 0 {
-            return Err(ConfigError::SubscriberQueue);
-        }
-        let webhook_retry_schedule =
-            crate::webhook::retry::parse_schedule(&self.webhook_retry_schedule)
-                .map_err(ConfigError::RetrySchedule)?;
-        if self.body_timeout.is_zero() {
-            return Err(ConfigError::BodyTimeout);
-        }
-        if self.idempotency_window.is_zero() {
-            return Err(ConfigError::IdempotencyWindow);
-        }
-        if self.ws_ping.is_zero() {
-            return Err(ConfigError::WsPing);
-        }
-        if self.max_listeners_per_instance == 0 {
-            return Err(ConfigError::MaxListeners);
-        }
-        if self
-            .node_name
-            .as_deref()
-            .is_some_and(|n| n.trim().is_empty())
-        {
-            return Err(ConfigError::NodeName);
+        Ok(config)
+    }
+
+    /// `persist`: whether a `--dev` secret may be generated and written to the data dir.
+    fn resolve(self, persist: bool) -> Result<Config, ConfigError> {
+        if self.redis_replicas > 0 && self.redis.is_none() {
+            return Err(ConfigError::ReplicasWithoutRedis);
         }
         let mut listen = self.listen;
         if self.dev && !listen.ip().is_loopback() {
@@ -353,9 +446,16 @@ impl ServeArgs {
         if self.publisher_keys.iter().any(|k| k.trim().is_empty()) {
             return Err(ConfigError::EmptyPublisherKey);
         }
-        let secret = match (self.jwt_secret, self.dev) {
+        let mut publisher_keys = self.publisher_keys;
+        publisher_keys.extend(self.publisher_keys_file.into_iter().flat_map(|f| f.keys));
+        let secret = match (
+            self.jwt_secret.or(self.jwt_secret_file.map(|f| f.secret)),
+            self.dev,
+        ) {
             (Some(s), _) => Some(s),
-            (None, true) if self.jwks.is_none() => Some(dev_secret(&self.data_dir, self.memory)?),
+            (None, true) if self.jwks.is_none() => {
+                Some(dev_secret(&self.data_dir, self.memory || !persist)?)
+            }
             (None, _) => None,
         };
         let keys = match (self.jwks, secret) {
@@ -373,7 +473,7 @@ impl ServeArgs {
             memory: self.memory,
             dev: self.dev,
             keys,
-            publisher_keys: self.publisher_keys,
+            publisher_keys,
             history_size: self.history_size,
             history_ttl: self.history_ttl,
             idempotency_window: self.idempotency_window,
@@ -395,7 +495,7 @@ impl ServeArgs {
                 DRAIN_DELAY
             }),
             webhook_timeout: self.webhook_timeout,
-            webhook_retry_schedule,
+            webhook_retry_schedule: self.webhook_retry_schedule.0,
             webhook_allow_private: self.webhook_allow_private,
             dashboard_auth: self.dashboard_auth,
             ws_ping: self.ws_ping,
