@@ -8,6 +8,7 @@ mod common;
 mod contract;
 mod dashboard;
 mod direct_path;
+mod docs;
 mod documents;
 mod drain;
 mod durability;
