@@ -15,7 +15,7 @@ build:
 contract:
 	./scripts/contract
 
-# Redis, three nodes and an nginx load balancer on http://127.0.0.1:8080/ (see the README).
+# Redis, three nodes and an nginx load balancer on http://127.0.0.1:8080/ (see docs/cluster.md).
 # REDIS=sentinel: a primary, two replicas and three sentinels instead of one Redis.
 cluster:
 	REDIS=$(or $(REDIS),single) ./scripts/cluster

@@ -47,7 +47,7 @@ const KEPT_PER_STREAM: u64 = 1_000;
 /// The webhook timeout of scenario 12 (`--webhook-timeout`); the takeover bound follows from it.
 pub const WEBHOOK_TIMEOUT: &str = "5s";
 
-/// The takeover bound the README documents: the attempt timeout plus 2 s of margin, plus up to
+/// The takeover bound docs/cluster.md documents: the attempt timeout plus 2 s of margin, plus up to
 /// one 1 s reclaim tick.
 pub const TAKEOVER_BOUND: f64 = 5.0 + 2.0 + 1.0;
 

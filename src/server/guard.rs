@@ -1,6 +1,6 @@
 //! A connection handed to actix-web: the bytes the direct path already read are replayed
 //! first, and every request is framed here before actix-http reads it, because actix-http
-//! frames some requests wrongly (see the README's "Hostile clients"):
+//! frames some requests wrongly (see "Hostile clients" in docs/operations.md):
 //!
 //! - it reads the rest of the connection as the body of any request with `Upgrade:
 //!   websocket`, switched or not: a request pipelined behind it became its body. An upgrade

@@ -9,6 +9,7 @@ mod config_file;
 mod contract;
 mod dashboard;
 mod direct_path;
+mod docs;
 mod documents;
 mod drain;
 mod durability;

@@ -166,9 +166,9 @@ async fn sse_retrying(root: &str, client_id: &str, last: Option<&str>) -> SseCli
 }
 
 /// A live SSE subscriber of `client_id` on `root` (`stream`, opened before the publishers
-/// start), as the README tells clients to be: a stream that ends is resumed from the last id,
-/// and a gap (`stream_reset` when the promoted replica lacks an event the node had delivered)
-/// is a reload: the new epoch read from its start.
+/// start), as docs/operations.md tells clients to be: a stream that ends is resumed from the
+/// last id, and a gap (`stream_reset` when the promoted replica lacks an event the node had
+/// delivered) is a reload: the new epoch read from its start.
 async fn follow_sse(
     acked: &Acked,
     who: String,
@@ -322,7 +322,7 @@ async fn follow_polls(
 }
 
 /// A live WebSocket session of `access_id` on `root`, announced from `timestamp` 0, as the
-/// README tells clients to be: closed with 1012 `stream reset` (or cut), it announces again
+/// docs/ tell clients to be: closed with 1012 `stream reset` (or cut), it announces again
 /// from the last `created_at` it got. That event, at the resumed `created_at`, comes again
 /// then, and is not counted twice.
 async fn follow_ws(

@@ -150,7 +150,7 @@ enum OnGap {
 
 /// What a subscriber of `client_id` on `root` holds once every document of `acked` (one list
 /// per publisher) has arrived: the documents it saw, in order, and how many gaps came. It does
-/// what the README tells clients to: a stream that ends is resumed from the last id (as
+/// what docs/operations.md tells clients to: a stream that ends is resumed from the last id (as
 /// EventSource does), and a gap means "reload from the source of truth" (`OnGap`).
 async fn collect(
     root: &str,
