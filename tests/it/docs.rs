@@ -444,7 +444,8 @@ async fn nothing_points_at_files_users_do_not_have() {
     assert!(found.is_empty(), "{}", found.join("\n"));
 }
 
-/// Every flag of `herald serve` has its row in the configuration table, with its variable.
+/// Every flag of `herald serve` has its row in the configuration table, with its variable and
+/// its key in the configuration file.
 #[test]
 fn every_flag_is_in_the_configuration_table() {
     use clap::Args;
@@ -470,6 +471,14 @@ fn every_flag_is_in_the_configuration_table() {
             let env = env.to_string_lossy();
             if !row.contains(&format!("`{env}`")) {
                 missing.push(format!("--{long}: the row does not name {env}"));
+            }
+        }
+        let key = herald::config::file::KEYS
+            .iter()
+            .find(|k| k.id == arg.get_id());
+        if let Some(key) = key {
+            if !row.contains(&format!("| `{}` |", key.path)) {
+                missing.push(format!("--{long}: the row does not name {}", key.path));
             }
         }
     }
