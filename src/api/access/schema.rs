@@ -89,6 +89,8 @@ Close codes (with their reason):
   not verify or is past its `exp`), `forbidden` (a token for another access id without
   `access:read`), `revoked` (its subject or `jti` is revoked); `heartbeat timeout`; `slow
   consumer` (more than `--subscriber-queue` events behind).
+- 1012 `stream reset` (cluster mode): the access id's stream lost events it had delivered
+  (its Redis failed over to a replica that had not got them); reconnect and announce again.
 - 1013 `connection limit reached`: `--max-connections` subscribers are connected already;
   sent right after the upgrade.
 - 4001 `token expired`: the session's token expired without a refresh (at a random moment in

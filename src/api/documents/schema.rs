@@ -148,7 +148,7 @@ pub fn refine(doc: &mut Value) {
                 "required": ["event", "data"],
                 "properties": {
                     "event": {"const": "error"},
-                    "retry": {"type": "integer", "description": "60000: wait a minute before trying again."},
+                    "retry": {"type": "integer", "description": "60000: wait a minute before trying again; 1000 after `token_expired`."},
                     "data": {
                         "type": "string",
                         "contentMediaType": "application/json",
@@ -156,7 +156,7 @@ pub fn refine(doc: &mut Value) {
                             "type": "object",
                             "required": ["error"],
                             "additionalProperties": false,
-                            "properties": {"error": {"enum": ["auth_required", "auth_failed", "connection_limit_reached"]}},
+                            "properties": {"error": {"enum": ["auth_required", "auth_failed", "revoked", "connection_limit_reached", "token_expired"]}},
                         },
                     },
                 },
