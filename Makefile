@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: run test lint build bench cluster contract
+.PHONY: run test lint build bench cluster contract image
 
 run:
 	$(CARGO) run --release -- serve --dev
@@ -14,6 +14,12 @@ build:
 # /openapi.json against the server, with Schemathesis (installed from PyPI if missing).
 contract:
 	./scripts/contract
+
+# The OCI image localhost/herald (Containerfile), built FROM scratch with buildah (installed if
+# missing) and tried by running its entrypoint from its filesystem under chroot, since
+# containers cannot be started here; also written to target/image/ (see docs/image.md).
+image:
+	./scripts/image
 
 # Redis, three nodes and an nginx load balancer on http://127.0.0.1:8080/ (see the README).
 # REDIS=sentinel: a primary, two replicas and three sentinels instead of one Redis.
