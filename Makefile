@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: run test lint build bench cluster contract
+.PHONY: run test lint build bench cluster contract image
 
 run:
 	$(CARGO) run --release -- serve --dev
@@ -33,6 +33,12 @@ test:
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# The OCI image localhost/herald (Containerfile), built FROM scratch with buildah (installed if
+# missing) and tried by running its entrypoint from its filesystem under chroot, since
+# containers cannot be started here; also written to target/image/ (see docs/image.md).
+image:
+	./scripts/image
 
 # Herald against nginx + nchan, both pinned to core 0, the load generator on core 1; scenarios
 # 8-13 run clusters on one redis-server (also on core 0; 13 adds a replica of it); 14 is SSE
