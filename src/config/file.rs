@@ -219,13 +219,16 @@ pub fn parse<P: clap::Parser>(argv: Vec<OsString>) -> Result<P, ParseError> {
         let Some(arg) = sub.get_arguments().find(|a| a.get_id() == key.id) else {
             continue; // a key of `serve` that this subcommand (`token`) does not take
         };
-        if SAME_SETTING
+        let over = SAME_SETTING
             .iter()
             .find(|ids| ids.contains(&key.id))
             .map_or(&[key.id][..], |ids| ids)
             .iter()
-            .any(|id| is_given(&given, sub, id))
-        {
+            .find_map(|id| given_by(&given, sub, id));
+        if let Some(over) = over {
+            // Said, so that a key that seems ignored (a container's HERALD_LISTEN over the
+            // mounted file's `listen`) is explained in the log.
+            log::info!("{}: {} is overridden by {over}", path.display(), key.path);
             continue;
         }
         check_secrets(key, &values).map_err(|what| FileError {
@@ -297,20 +300,20 @@ fn config_of(matches: &ArgMatches) -> Option<(String, ArgMatches, PathBuf)> {
     Some((name.to_string(), sub.clone(), path))
 }
 
-/// Whether flag `id` was given on the command line or by its variable.
-fn is_given(matches: &ArgMatches, command: &Command, id: &str) -> bool {
+/// How flag `id` was given, when it was: `--flag` on the command line or its variable.
+fn given_by(matches: &ArgMatches, command: &Command, id: &str) -> Option<String> {
+    let arg = command.get_arguments().find(|a| a.get_id() == id)?;
     let source = matches
         .try_contains_id(id)
         .ok()
         .and_then(|_| matches.value_source(id));
-    matches!(
-        source,
-        Some(ValueSource::CommandLine | ValueSource::EnvVariable)
-    ) || command
-        .get_arguments()
-        .find(|a| a.get_id() == id)
-        .and_then(|a| a.get_env())
-        .is_some_and(|var| std::env::var_os(var).is_some_and(|v| !v.is_empty()))
+    if source == Some(ValueSource::CommandLine) {
+        return Some(format!("--{}", arg.get_long().unwrap_or(id)));
+    }
+    let var = arg.get_env()?;
+    let set = source == Some(ValueSource::EnvVariable)
+        || std::env::var_os(var).is_some_and(|v| !v.is_empty());
+    set.then(|| var.to_string_lossy().into_owned())
 }
 
 /// The file's key that a parse error is about, when the file gave its flag.
