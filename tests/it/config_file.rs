@@ -57,7 +57,12 @@ async fn a_variable_overrides_the_file_and_a_flag_overrides_both() {
     // The log says why the file's key does not count.
     let said = format!("{config}: limits.max_body is overridden by HERALD_MAX_BODY");
     assert!(
-        with_env.log.lock().unwrap().iter().any(|l| l.contains(&said)),
+        with_env
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains(&said)),
         "{said}"
     );
 
