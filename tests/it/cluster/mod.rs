@@ -138,6 +138,17 @@ impl Redis {
         }
     }
 
+    /// Sends it `signal` (`STOP`: it stays connected but answers nothing, as a wedged
+    /// replica does; `CONT`: it goes on).
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+
     /// Starts it again on the same port and directory (with its AOF, if it keeps one).
     pub fn restart(&mut self) {
         self.kill();

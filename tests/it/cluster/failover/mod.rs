@@ -134,6 +134,63 @@ async fn publish_keyed(root: &str, client_id: &str, doc: &str, key: &str) -> Opt
     Some(res.status())
 }
 
+/// A replay answered on another node than the publish it repeats is acknowledged only once
+/// the replicas hold that publish. The replay appends nothing, and node B, which follows the
+/// stream (a subscriber there), writes nothing else before it; what makes B's `WAIT` cover
+/// A's publish is that Redis sets a connection's replication offset after every command it
+/// runs, reads included (`processCommand`: `c->woff = server.master_repl_offset`). This holds
+/// Herald to that: a replay must not be acknowledged by a `WAIT` that covers nothing.
+#[actix_rt::test]
+async fn a_replay_on_another_node_waits_for_the_replicas_to_hold_the_publish() {
+    let primary = Redis::start(Persistence::None);
+    let replica = Redis::replica_of(&primary);
+    let flags = ["--redis-replicas", "1"];
+    let nodes = [node(&primary, "a", &flags), node(&primary, "b", &flags)];
+    let [a, b] = nodes.each_ref().map(root);
+    let (doc, key) = (uuid::Uuid::new_v4().to_string(), "replayed-elsewhere");
+    let mut on_b = sse(&b, "replay", None).await;
+    // The replica stops once it has acknowledged every write so far: a WAIT on B's
+    // connections then has nothing older to wait for.
+    wait_for("the replica acknowledging everything", || async {
+        let info = primary.command(&["INFO", "replication"])?;
+        let field = |name: &str| info.lines().find_map(|l| l.strip_prefix(name));
+        let written = format!("offset={}", field("master_repl_offset:")?);
+        field("slave0:")?
+            .split(',')
+            .any(|kv| kv == written)
+            .then_some(())
+    })
+    .await;
+    replica.signal("STOP");
+    let log = "herald:{client:replay}:log";
+    // Applied on the primary through A, not replicated within the second.
+    let first = publish_keyed(&a, "replay", &doc, key);
+    // The same publish through B as soon as A's is applied: still not replicated.
+    let replay = async {
+        wait_for("A's publish applied on the primary", || async {
+            (primary.command(&["XLEN", log]).as_deref() == Some("1")).then_some(())
+        })
+        .await;
+        publish_keyed(&b, "replay", &doc, key).await
+    };
+    let (first, replay) = futures_util::join!(first, replay);
+    assert_eq!(first, Some(StatusCode::SERVICE_UNAVAILABLE));
+    assert_eq!(replay, Some(StatusCode::SERVICE_UNAVAILABLE));
+    replica.signal("CONT");
+    wait_for(
+        "the replay acknowledged once the replica has it",
+        || async {
+            let status = publish_keyed(&b, "replay", &doc, key).await;
+            (status == Some(StatusCode::ACCEPTED)).then_some(())
+        },
+    )
+    .await;
+    // One event, delivered once: the replays appended nothing.
+    let event = on_b.expect_event().await;
+    assert!(event.data.contains(&doc), "{}", event.data);
+    assert_eq!(primary.command(&["XLEN", log]).as_deref(), Some("1"));
+}
+
 /// The position of an id a face handed out.
 fn position(id: &str) -> Position {
     Position::from_cursor(id).unwrap_or_else(|| panic!("not a cursor: {id}"))
