@@ -62,7 +62,7 @@ pub enum StartError {
     #[error("cannot serve TLS (--tls-cert, --tls-key): {0}")]
     Tls(#[from] server::tls::LoadError),
     /// Not a `source`: a start refusal is one line, and the error says it all.
-    #[error("cannot reach Redis at {url} (--redis): {reason}")]
+    #[error("cannot use Redis at {url} (--redis): {reason}")]
     Redis {
         url: String,
         reason: cluster::ClusterError,

@@ -71,6 +71,10 @@ pub enum ClusterError {
     /// it was applied on the primary, but a failover now could lose it.
     #[error("only {acked} of {wanted} Redis replicas hold the write")]
     NotReplicated { acked: u32, wanted: u32 },
+    /// The server is a node of a Redis Cluster: Herald's scripts touch keys of several hash
+    /// slots, which a cluster refuses or, worse, runs when the slots happen to share a node.
+    #[error("it is a node of a Redis Cluster (cluster_enabled:1), which Herald does not run on yet; give a standalone Redis or a Sentinel-watched primary")]
+    RedisCluster,
 }
 
 /// Longest wait for `--redis-replicas` replicas to hold a publish (`WAIT`).
@@ -114,11 +118,18 @@ impl Node {
             let primary = Arc::new(Primary::connect(&config.topology).await?);
             let shared = Link::new(&primary);
             primary.identify(&mut shared.get()).await?;
-            redis::RedisResult::Ok((primary, shared))
+            let info: String = redis::cmd("INFO")
+                .arg("cluster")
+                .query_async(&mut shared.get())
+                .await?;
+            redis::RedisResult::Ok((primary, shared, info))
         };
-        let (primary, shared) = tokio::time::timeout(START_TIMEOUT, found)
+        let (primary, shared, info) = tokio::time::timeout(START_TIMEOUT, found)
             .await
             .map_err(|_| ClusterError::Timeout(START_TIMEOUT))??;
+        if info.lines().any(|line| line.trim() == "cluster_enabled:1") {
+            return Err(ClusterError::RedisCluster);
+        }
         let (live, commands) = mpsc::unbounded_channel();
         let node = Node {
             name: config.node.clone(),
