@@ -224,6 +224,16 @@ where
     }
 }
 
+/// `wait_for` for code that cannot await (a test's own processes, started from sync code):
+/// checks `check` every 10 ms until it holds, failing after `DEADLINE`.
+pub fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !check() {
+        assert!(started.elapsed() < DEADLINE, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Every `.rs` file of `src/`, as its path below `src/` and its text, for the tests that read
 /// the sources.
 pub fn source_files() -> Vec<(String, String)> {

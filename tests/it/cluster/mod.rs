@@ -16,7 +16,7 @@ mod webhooks;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use awc::http::StatusCode;
 use serde_json::{json, Value};
@@ -70,18 +70,12 @@ impl Redis {
                 .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
                 .map(str::to_string)
         };
-        let started = Instant::now();
-        loop {
+        wait_until("the replica to catch up", || {
             let wanted = info(primary, "master_repl_offset");
-            let synced = info(self, "master_link_status").as_deref() == Some("up")
+            info(self, "master_link_status").as_deref() == Some("up")
                 && wanted.is_some()
-                && info(self, "slave_repl_offset") == wanted;
-            if synced {
-                return;
-            }
-            assert!(started.elapsed() < DEADLINE, "the replica did not catch up");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+                && info(self, "slave_repl_offset") == wanted
+        });
     }
 
     pub fn start_with(persistence: Persistence, args: Vec<String>) -> Self {
@@ -121,13 +115,10 @@ impl Redis {
             .spawn()
             .expect("redis-server runs (Debian package redis-server; .ci/run installs it)");
         self.child = Some(child);
-        // A wait on a condition (PONG) with a deadline: redis-server says nothing else a test
-        // could wait on, so it is asked every 10 ms.
-        let started = Instant::now();
-        while self.command(&["PING"]).as_deref() != Some("PONG") {
-            assert!(started.elapsed() < DEADLINE, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        // redis-server says nothing else a test could wait on: it is asked until it answers.
+        wait_until("redis-server to start", || {
+            self.command(&["PING"]).as_deref() == Some("PONG")
+        });
     }
 
     /// `kill -9`, then waits for the process to be gone.

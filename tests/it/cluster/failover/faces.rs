@@ -247,7 +247,7 @@ async fn follow_polls(
     let token = reader(instance);
     let (mut labels, mut positions): (Vec<String>, Vec<Position>) = Default::default();
     let mut from: Option<String> = None;
-    let (mut gaps, mut refusals) = (0, 0);
+    let (mut gaps, refusals) = (0, std::cell::Cell::new(0));
     loop {
         let all_in = acked.all_in(&mine, &labels);
         // Waits up to a second for what is new; once everything arrived, only looks whether
@@ -258,18 +258,24 @@ async fn follow_polls(
         if let Some(from) = &from {
             query.push_str(&format!("&exclude_before={from}"));
         }
-        let page = poll(root, instance, &query, &token).await;
-        match page.status {
-            StatusCode::OK => {}
-            // Redis away, or the listener limit counting polls a failover left behind.
-            StatusCode::SERVICE_UNAVAILABLE | StatusCode::CONFLICT => {
-                refusals += 1;
-                acked.check(&who, &mine, &labels);
-                actix_rt::time::sleep(Duration::from_millis(20)).await;
-                continue;
-            }
-            other => panic!("{who}: poll answered {other}: {}", page.json),
-        }
+        let page = wait_for_within(
+            3 * DEADLINE,
+            "a poll answered through the failover",
+            || async {
+                let page = poll(root, instance, &query, &token).await;
+                match page.status {
+                    StatusCode::OK => Some(page),
+                    // Redis away, or the listener limit counting polls a failover left behind.
+                    StatusCode::SERVICE_UNAVAILABLE | StatusCode::CONFLICT => {
+                        refusals.set(refusals.get() + 1);
+                        acked.check(&who, &mine, &labels);
+                        None
+                    }
+                    other => panic!("{who}: poll answered {other}: {}", page.json),
+                }
+            },
+        )
+        .await;
         let next = cursor(&page);
         let page_labels = messages(&page);
         let page_positions: Vec<Position> = page.json["notifications"]
@@ -302,8 +308,11 @@ async fn follow_polls(
         positions.extend(page_positions);
         from = Some(next);
     }
-    if refusals > 0 {
-        eprintln!("{who}: {refusals} polls refused (503 or 409) and repeated");
+    if refusals.get() > 0 {
+        eprintln!(
+            "{who}: {} polls refused (503 or 409) and repeated",
+            refusals.get()
+        );
     }
     assert!(
         positions
