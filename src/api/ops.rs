@@ -114,14 +114,17 @@ Redis unreachable or failing over", body = Health, example = json!({"status": "d
 )]
 
 async fn health(state: web::Data<AppState>) -> HttpResponse {
-    let status = if state.is_draining() {
-        "draining"
-    } else if let Some(node) = state.cluster.as_ref().filter(|node| !node.reachable()) {
-        node.unreachable_status()
-    } else {
-        "ok"
-    };
-    answer(&state, status)
+    answer(&state, unavailable(&state).unwrap_or("ok"))
+}
+
+/// Why the node should get no traffic, as `/health` and `/health/ready` say it: it is
+/// draining, or in a cluster Redis is unreachable or failing over.
+fn unavailable(state: &AppState) -> Option<&'static str> {
+    if state.is_draining() {
+        return Some("draining");
+    }
+    let node = state.cluster.as_ref().filter(|node| !node.reachable())?;
+    Some(node.unreachable_status())
 }
 
 /// Liveness probe
@@ -163,12 +166,9 @@ shard or the store slow to answer or failing", body = Probe, example = json!({"s
     )
 )]
 async fn ready(state: web::Data<AppState>) -> HttpResponse {
-    let status = if state.is_draining() {
-        "draining"
-    } else if let Some(node) = state.cluster.as_ref().filter(|node| !node.reachable()) {
-        node.unreachable_status()
-    } else {
-        answering(&state, READY_WITHIN).await.unwrap_or("ok")
+    let status = match unavailable(&state) {
+        Some(status) => status,
+        None => answering(&state, READY_WITHIN).await.unwrap_or("ok"),
     };
     answer(&state, status)
 }
