@@ -293,14 +293,17 @@ async fn beat(node: &Node, conn: &mut redis::aio::ConnectionManager, listener: &
     }
     let key = wire::clients_key(&node.name);
     let ttl = NODE_TTL.as_millis().to_string();
-    let mut renewal = scripts::HEARTBEAT.prepare_invoke();
-    renewal
-        .key(wire::NODES_KEY)
-        .key(&key)
-        .arg(&node.name)
-        .arg(&ttl);
+    let mut renewal = scripts::BEAT.prepare_invoke();
+    renewal.key(wire::NODES_KEY).arg(&node.name).arg(&ttl);
+    // 0 when the client set is gone (a Redis that lost it): it is written again below.
+    let mut keeping = redis::cmd("PEXPIRE");
+    keeping.arg(&key).arg(&ttl);
     let stale = node.stale_clients.swap(false, Ordering::Relaxed);
-    match super::answer(node, renewal.invoke_async::<i64>(conn)).await {
+    let renewed = async {
+        renewal.invoke_async::<i64>(conn).await?;
+        keeping.query_async::<i64>(conn).await
+    };
+    match super::answer(node, renewed).await {
         Ok(1) if !stale => return,
         Ok(_) => {}
         Err(e) => {

@@ -14,6 +14,7 @@
 //! `StreamLog` is one Broker shard's connection, created on the shard's own thread so a
 //! publish never leaves it.
 
+mod layout;
 pub mod live;
 pub mod primary;
 mod replication;
@@ -35,6 +36,7 @@ use crate::idempotency::Idempotency;
 use crate::identity::Revocations;
 use crate::store::Retention;
 use primary::{Link, Primary, Topology, ANSWER_TIMEOUT};
+use redis::aio::ConnectionManager;
 
 /// `--redis`, `--redis-replicas` and `--node-name`, validated.
 #[derive(Debug, Clone)]
@@ -130,6 +132,8 @@ impl Node {
         if info.lines().any(|line| line.trim() == "cluster_enabled:1") {
             return Err(ClusterError::RedisCluster);
         }
+        // Keys written by an earlier version take their tagged names first.
+        layout::upgrade(&mut shared.get()).await?;
         let (live, commands) = mpsc::unbounded_channel();
         let node = Node {
             name: config.node.clone(),
@@ -180,26 +184,52 @@ impl Node {
         Link::new(&self.primary)
     }
 
-    /// Lists the access ids with a WebSocket session on any live node, sorted.
+    /// The nodes whose heartbeat has not ended (see `scripts::LIVE_NODES`).
+    async fn live_nodes(&self, conn: &mut ConnectionManager) -> Result<Vec<String>, ClusterError> {
+        let mut listing = scripts::LIVE_NODES.prepare_invoke();
+        listing.key(wire::NODES_KEY);
+        answer(self, listing.invoke_async(conn)).await
+    }
+
+    /// Lists the access ids with a WebSocket session on any live node, sorted: the union of
+    /// the live nodes' client sets, each read on its own (a snapshot, as a listing always was).
     pub async fn clients(&self) -> Result<Vec<String>, ClusterError> {
         let mut conn = self.shared.get();
-        let mut listing = scripts::CLIENTS.prepare_invoke();
-        listing.key(wire::NODES_KEY);
-        let mut ids: Vec<String> = answer(self, listing.invoke_async(&mut conn)).await?;
+        let nodes = self.live_nodes(&mut conn).await?;
+        let sets = nodes.iter().map(|node| {
+            let mut conn = conn.clone();
+            let mut members = redis::cmd("SMEMBERS");
+            members.arg(wire::clients_key(node));
+            async move { answer(self, members.query_async::<Vec<String>>(&mut conn)).await }
+        });
+        let mut ids: Vec<String> = futures_util::future::try_join_all(sets)
+            .await?
+            .into_iter()
+            .flatten()
+            .collect();
         ids.sort_unstable();
+        ids.dedup();
         Ok(ids)
     }
 
-    /// `drop_user` on every node: see `scripts::DROP`.
+    /// `drop_user` on every node: takes the access id out of every live node's client set, so
+    /// a listing right after the answer no longer shows it, then tells every node to close
+    /// the sessions.
     pub async fn drop_sessions(&self, stream: &StreamKey) -> Result<(), ClusterError> {
         let mut conn = self.shared.get();
-        let mut dropping = scripts::DROP.prepare_invoke();
-        dropping
-            .key(wire::NODES_KEY)
-            .arg(&stream.id)
+        let nodes = self.live_nodes(&mut conn).await?;
+        let unlisted = nodes.iter().map(|node| {
+            let mut conn = conn.clone();
+            let mut remove = redis::cmd("SREM");
+            remove.arg(wire::clients_key(node)).arg(&stream.id);
+            async move { answer(self, remove.query_async::<i64>(&mut conn)).await }
+        });
+        futures_util::future::try_join_all(unlisted).await?;
+        let mut telling = redis::cmd("PUBLISH");
+        telling
             .arg(wire::CONTROL_CHANNEL)
             .arg(wire::drop_message(stream));
-        answer(self, dropping.invoke_async::<i64>(&mut conn))
+        answer(self, telling.query_async::<i64>(&mut conn))
             .await
             .map(drop)
     }
@@ -207,14 +237,15 @@ impl Node {
     /// Leaves the cluster at the end of a drain: off the live nodes, its clients unlisted.
     pub async fn leave(&self) {
         let mut conn = self.shared.get();
-        let mut pipe = redis::pipe();
-        pipe.cmd("ZREM")
-            .arg(wire::NODES_KEY)
-            .arg(&self.name)
-            .ignore();
-        pipe.cmd("DEL").arg(wire::clients_key(&self.name)).ignore();
-        if let Err(e) = answer(self, pipe.exec_async(&mut conn)).await {
-            log::warn!("could not leave the cluster cleanly ({e}); other nodes forget this one within {:?}", live::NODE_TTL);
+        let mut off = redis::cmd("ZREM");
+        off.arg(wire::NODES_KEY).arg(&self.name);
+        let mut unlist = redis::cmd("DEL");
+        unlist.arg(wire::clients_key(&self.name));
+        for request in [off, unlist] {
+            if let Err(e) = answer(self, request.query_async::<i64>(&mut conn)).await {
+                log::warn!("could not leave the cluster cleanly ({e}); other nodes forget this one within {:?}", live::NODE_TTL);
+                return;
+            }
         }
     }
 }
@@ -322,7 +353,7 @@ impl StreamLog {
         let invocation = |retry: bool| {
             let mut keys = vec![wire::meta_key(stream), wire::log_key(stream)];
             if dashboard {
-                keys.extend([wire::SUBSCRIPTIONS.to_string(), wire::DUE.to_string()]);
+                keys.extend([wire::SUBSCRIPTIONS, wire::DUE, wire::DELIVERIES].map(String::from));
             } else if let Some(idempotency) = idempotency {
                 keys.push(wire::idempotency_key(stream, &idempotency.key));
             }

@@ -31,7 +31,7 @@ pub const KEY_REUSED: u8 = 2;
 ///
 /// KEYS: meta, log, then for a publish with an idempotency key that key
 /// (`wire::idempotency_key`), or for a dashboard (`country:`) stream, which has none, the
-/// webhook subscriptions and the due deliveries (`webhooks.rs`). ARGV: live channel,
+/// webhook subscriptions, the due deliveries and the delivery records (`webhook::shared`). ARGV: live channel,
 /// `--history-size`, `--history-ttl` in ms, creation time in µs, a fresh random epoch (used
 /// only if the stream has none), the publish's own random id, whether this is a retry (`1`),
 /// the creation time as the webhook body's `time` (`""` but for dashboard streams), the
@@ -51,7 +51,8 @@ pub const KEY_REUSED: u8 = 2;
 /// finds it first, and knows it by the publish id: its own first attempt is no replay.)
 ///
 /// A dashboard event also gets its webhook deliveries here, in the same atomic step: one per
-/// matching subscription, each a record and an entry in the due stream, its `webhook-id`
+/// matching subscription, each a record (JSON in the deliveries hash) and an entry in the due
+/// stream, its `webhook-id`
 /// derived from the publish, the event and the subscription. The body is built as a single
 /// node builds it (keys in order); its values (an ISO code, an event name, a UUID, a time)
 /// need no escaping.
@@ -102,7 +103,7 @@ for i = 1, n do
   out[#out + 1] = string.format('%d:', #doc)
   out[#out + 1] = doc
 end
-if #KEYS == 4 then
+if #KEYS == 5 then
   local subscriptions = redis.call('HVALS', KEYS[3])
   for i = 1, n do
     local event = cjson.decode(ARGV[10 + i])
@@ -113,8 +114,8 @@ if #KEYS == 4 then
         local id = 'msg_' .. string.sub(redis.sha1hex(ARGV[6] .. ':' .. i .. ':' .. s.id), 1, 32)
         local body = '{"country":"' .. event.country .. '","event":"' .. event.event ..
           '","id":"' .. s.id .. '","time":"' .. ARGV[8] .. '"}'
-        redis.call('HSET', 'herald:wh:delivery:' .. id, 'subscription', s.id,
-          'event', event.event, 'country', event.country, 'body', body, 'attempts', 0)
+        redis.call('HSET', KEYS[5], id, cjson.encode({subscription = s.id,
+          event = event.event, country = event.country, body = body, attempts = 0}))
         redis.call('XADD', KEYS[4], '*', 'id', id)
       end
     end
@@ -202,53 +203,65 @@ return 1
     )
 });
 
-/// Lists the access ids with a WebSocket session on any live node.
+/// The live nodes: forgets those whose heartbeat ended, and lists the others.
 ///
-/// KEYS: the nodes set. Forgets nodes whose heartbeat ended, then returns the union of the
-/// live nodes' client sets (unsorted).
-pub static CLIENTS: LazyLock<Script> = LazyLock::new(|| {
+/// KEYS: the nodes set. The nodes' client sets are read (or changed) by the caller, one key at
+/// a time: each is in a slot of its own on a Redis Cluster.
+pub static LIVE_NODES: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local t = redis.call('TIME')
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', tonumber(t[1]) * 1000)
-local keys = {}
-for _, node in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  keys[#keys + 1] = 'herald:node:' .. node .. ':clients'
-end
-if #keys == 0 then return {} end
-return redis.call('SUNION', unpack(keys))
+return redis.call('ZRANGE', KEYS[1], 0, -1)
 "#,
     )
 });
 
-/// `drop_user` for the whole cluster: takes the access id out of every node's client set, so a
-/// listing right after the answer no longer shows it, and tells every node to close the
-/// sessions.
+/// A node's heartbeat: keeps it among the live nodes until `now + ttl` on Redis's clock.
 ///
-/// KEYS: the nodes set. ARGV: the access id, the control channel, the control message.
-pub static DROP: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-for _, node in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  redis.call('SREM', 'herald:node:' .. node .. ':clients', ARGV[1])
-end
-return redis.call('PUBLISH', ARGV[2], ARGV[3])
-"#,
-    )
-});
-
-/// A node's heartbeat: keeps it among the live nodes and its client set alive.
-///
-/// KEYS: the nodes set, the node's client set. ARGV: the node, how long the heartbeat lasts in
-/// ms. Returns 0 when the client set was gone (a Redis that lost it), so the node writes it
-/// again.
-pub static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| {
+/// KEYS: the nodes set. ARGV: the node, how long the heartbeat lasts in ms.
+pub static BEAT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-return redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 "#,
     )
 });
+
+#[cfg(test)]
+mod tests {
+    /// Every script Herald runs in Redis, as source text.
+    const SOURCES: [&str; 5] = [
+        include_str!("scripts.rs"),
+        include_str!("revocations.rs"),
+        include_str!("layout.rs"),
+        include_str!("../webhook/shared.rs"),
+        include_str!("../dashboard/shared.rs"),
+    ];
+
+    /// A Redis Cluster runs a script only on the keys it declares, all in one slot (see
+    /// `wire::tests`): no call may name a key it computes. Channels are arguments.
+    #[test]
+    fn every_call_in_a_script_names_a_declared_key() {
+        let needle = concat!("redis", ".call('");
+        let mut calls = 0;
+        for source in SOURCES {
+            for (at, _) in source.match_indices(needle) {
+                let call = &source[at + needle.len()..];
+                let (command, rest) = call.split_once('\'').unwrap();
+                let first = rest.trim_start_matches([',', ' ']);
+                let keyless = command == "TIME";
+                let channel = command == "PUBLISH" && first.starts_with("ARGV[");
+                assert!(
+                    keyless || channel || first.starts_with("KEYS["),
+                    "{command} on {}",
+                    &first[..first.len().min(30)]
+                );
+                calls += 1;
+            }
+        }
+        assert!(calls > 50, "{calls} calls seen");
+    }
+}

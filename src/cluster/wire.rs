@@ -1,8 +1,12 @@
 //! The names and formats Herald's nodes share in Redis: the keys of a stream, its live channel,
 //! and the announcement a publish sends on it. Pure functions, tested here.
 //!
-//! Every key of one stream carries the stream in a hash tag (`herald:{client:alice}:log`), so a
-//! stream's keys would stay in one slot of a Redis Cluster too.
+//! Every key carries a hash tag, so that whatever one script, transaction or pipeline touches
+//! is in one slot of a Redis Cluster: a stream's keys carry the stream
+//! (`herald:{client:alice}:log`), so streams spread over the shards; the dashboard's and the
+//! webhooks' keys, country streams included, share `{dashboard}`; revocations and the control
+//! channel share `{ctl}`; the live nodes are `{nodes}`, and each node's client set is tagged by
+//! the node.
 //!
 //! An announcement is built by the publish script (`scripts::APPEND`) and read by every node
 //! that follows the stream:
@@ -19,59 +23,95 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::value::RawValue;
 
-use crate::event::{Event, Position, StreamKey};
+use crate::event::{Event, Position, StreamKey, StreamKind};
 use crate::idempotency::Key;
 use crate::identity::{Revocation, Target};
 
 /// Every key and channel Herald uses starts with this.
 pub const PREFIX: &str = "herald:";
 
-/// Where `drop_user` and revocations are told to every node.
-pub const CONTROL_CHANNEL: &str = "herald:control";
+/// The hash tag of every dashboard and webhook key, country streams included: a dashboard
+/// event's publish makes its webhook deliveries in the same script (`scripts::APPEND`), and a
+/// Redis Cluster runs a script only on keys of one slot.
+const DASHBOARD: &str = "{dashboard}";
+
+/// Where `drop_user` and revocations are told to every node. It shares its slot with
+/// `REVOCATIONS`, so a revocation is written and told in one `MULTI`.
+pub const CONTROL_CHANNEL: &str = "herald:{ctl}:control";
 
 /// Revocations in force: a hash of `Target::key` -> end, in ms since 1970.
-pub const REVOCATIONS: &str = "herald:revocations";
+pub const REVOCATIONS: &str = "herald:{ctl}:revocations";
+
+/// The version of this key layout, written once a Redis holds it (`layout.rs`).
+pub const LAYOUT: &str = "herald:{ctl}:layout";
+
+/// Dashboard registrations by id (`dashboard::shared`).
+pub const REGISTRATIONS: &str = "herald:{dashboard}:registrations";
 
 /// Webhook subscriptions by id (`webhook::shared`): a dashboard event's publish reads them to
 /// make its deliveries in the same script.
-pub const SUBSCRIPTIONS: &str = "herald:wh:subscriptions";
+pub const SUBSCRIPTIONS: &str = "herald:{dashboard}:wh:subscriptions";
 
 /// Deliveries due for an attempt (`webhook::shared`), where that script puts them.
-pub const DUE: &str = "herald:wh:due";
+pub const DUE: &str = "herald:{dashboard}:wh:due";
+
+/// Deliveries waiting for their next attempt, scored by when it is due (ms since 1970).
+pub const RETRIES: &str = "herald:{dashboard}:wh:retries";
+
+/// Every pending delivery's record: a hash of delivery id -> JSON (subscription, event,
+/// country, body, attempts made), written by the publish script, so that it names no key of
+/// its own.
+pub const DELIVERIES: &str = "herald:{dashboard}:wh:deliveries";
 
 /// Nodes alive now: a sorted set of node names scored by when their heartbeat expires.
-pub const NODES_KEY: &str = "herald:nodes";
+pub const NODES_KEY: &str = "herald:{nodes}:live";
+
+/// A subscription's attempt log (`webhook::shared`).
+pub fn attempts_key(subscription: &str) -> String {
+    format!("{PREFIX}{DASHBOARD}:wh:attempts:{subscription}")
+}
+
+/// What every key of `stream` starts with after the prefix: its hash tag, so a stream's keys
+/// share a slot, and streams spread over a Redis Cluster's shards. Country (dashboard) streams
+/// share the dashboard's tag instead (see `DASHBOARD`).
+fn scope(stream: &StreamKey) -> String {
+    match stream.kind {
+        StreamKind::Country => format!("{DASHBOARD}:{stream}"),
+        _ => format!("{{{stream}}}"),
+    }
+}
 
 /// The hash of a stream's epoch and newest position.
 pub fn meta_key(stream: &StreamKey) -> String {
-    format!("{PREFIX}{{{stream}}}:meta")
+    format!("{PREFIX}{}:meta", scope(stream))
 }
 
 /// The Redis stream that holds a stream's history, one entry per event, id `<seq>-0`.
 pub fn log_key(stream: &StreamKey) -> String {
-    format!("{PREFIX}{{{stream}}}:log")
+    format!("{PREFIX}{}:log", scope(stream))
 }
 
 /// The PUB/SUB channel of a stream's announcements.
 pub fn live_channel(stream: &StreamKey) -> String {
-    format!("{PREFIX}{{{stream}}}:live")
+    format!("{PREFIX}{}:live", scope(stream))
 }
 
 /// What a publish's idempotency key names in `stream` (`scripts::APPEND`), kept for
 /// `--idempotency-window`. The key comes after the stream's hash tag, so whatever braces it
 /// holds, it stays in the stream's slot.
 pub fn idempotency_key(stream: &StreamKey, key: &Key) -> String {
-    format!("{PREFIX}{{{stream}}}:idem:{}", key.as_str())
+    format!("{PREFIX}{}:idem:{}", scope(stream), key.as_str())
 }
 
 /// The sorted set of an instance's waiting long-polls, scored by when each one's lease ends.
 pub fn polls_key(stream: &StreamKey) -> String {
-    format!("{PREFIX}{{{stream}}}:polls")
+    format!("{PREFIX}{}:polls", scope(stream))
 }
 
-/// The set of access ids a node has WebSocket sessions for.
+/// The set of access ids a node has WebSocket sessions for: tagged by the node, so the nodes'
+/// sets spread over a Redis Cluster's shards and each is one key of its own slot.
 pub fn clients_key(node: &str) -> String {
-    format!("{PREFIX}node:{node}:clients")
+    format!("{PREFIX}{{node:{node}}}:clients")
 }
 
 /// The channel a node sends its own probes on.
@@ -79,10 +119,38 @@ pub fn probe_channel(node: &str) -> String {
     format!("{PREFIX}probe:{node}")
 }
 
+/// The hash slot of `key` in a Redis Cluster: CRC16 (XMODEM) of its hash tag (the text
+/// between the first `{` and the next `}`, when not empty) or else of the whole key, modulo
+/// 16384. Keys of one slot can go in one script, transaction or pipeline.
+pub fn slot(key: &[u8]) -> u16 {
+    let tagged = key.iter().position(|&b| b == b'{').and_then(|open| {
+        let rest = &key[open + 1..];
+        let close = rest.iter().position(|&b| b == b'}')?;
+        (close > 0).then(|| &rest[..close])
+    });
+    let hashed = tagged.unwrap_or(key);
+    let mut crc: u16 = 0;
+    for &byte in hashed {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
+}
+
 /// The stream a live channel belongs to.
 pub fn stream_of_channel(channel: &str) -> Option<StreamKey> {
-    let inner = channel.strip_prefix(PREFIX)?.strip_prefix('{')?;
-    StreamKey::parse(inner.strip_suffix("}:live")?)
+    let scoped = channel.strip_prefix(PREFIX)?.strip_suffix(":live")?;
+    match scoped.strip_prefix(DASHBOARD) {
+        Some(country) => StreamKey::parse(country.strip_prefix(':')?)
+            .filter(|stream| stream.kind == StreamKind::Country),
+        None => StreamKey::parse(scoped.strip_prefix('{')?.strip_suffix('}')?),
+    }
 }
 
 /// A control message: `drop_user` of the access stream it names.
@@ -216,7 +284,6 @@ pub fn entry_seq(id: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::StreamKind;
 
     /// What the publish script sends, built the way it builds it.
     fn encode(epoch: u32, first: u64, created: u64, docs: &[&str]) -> Vec<u8> {
@@ -295,19 +362,64 @@ mod tests {
         assert_eq!(entry_seq(b"42-1"), None);
     }
 
-    /// The part of a key Redis Cluster hashes: inside the first `{` and the first `}` after it.
-    fn hash_tag(key: &str) -> &str {
-        let open = key.find('{').unwrap();
-        let close = key[open + 1..].find('}').unwrap() + open + 1;
-        &key[open + 1..close]
+    #[test]
+    fn slots_are_those_redis_cluster_computes() {
+        // Answers of `CLUSTER KEYSLOT` on Redis 7.0.
+        for (key, expected) in [
+            ("herald:{client:alice}:meta", 14212),
+            ("herald:{country:NO}:meta", 7487),
+            ("herald:{client:bob}:live", 1123),
+            ("herald:wh:due", 1433),
+            ("herald:nodes", 15473),
+            ("herald:control", 12023),
+        ] {
+            assert_eq!(slot(key.as_bytes()), expected, "{key}");
+        }
+        // An empty tag is no tag: the whole key is hashed.
+        assert_ne!(slot(b"herald:{}:a"), slot(b"herald:{}:b"));
+        assert_eq!(slot(b"a{x}b"), slot(b"c{x}d"));
     }
 
     #[test]
-    fn an_idempotency_key_stays_in_its_streams_slot() {
-        let stream = StreamKey::new(StreamKind::Client, "alice");
+    fn whatever_one_script_touches_shares_a_slot() {
+        let same = |keys: &[String]| {
+            let slots: Vec<u16> = keys.iter().map(|k| slot(k.as_bytes())).collect();
+            assert!(slots.windows(2).all(|w| w[0] == w[1]), "{keys:?}");
+        };
+        let alice = StreamKey::new(StreamKind::Client, "alice");
         let key = Key::from_header(b"{x}:}{").unwrap();
-        let idem = idempotency_key(&stream, &key);
+        let idem = idempotency_key(&alice, &key);
         assert_eq!(idem, "herald:{client:alice}:idem:{x}:}{");
-        assert_eq!(hash_tag(&idem), hash_tag(&meta_key(&stream)));
+        same(&[
+            meta_key(&alice),
+            log_key(&alice),
+            idem,
+            live_channel(&alice),
+        ]);
+        let norway = StreamKey::new(StreamKind::Country, "NO");
+        same(&[
+            meta_key(&norway),
+            log_key(&norway),
+            live_channel(&norway),
+            SUBSCRIPTIONS.into(),
+            DUE.into(),
+            RETRIES.into(),
+            DELIVERIES.into(),
+            REGISTRATIONS.into(),
+            attempts_key("{odd}"),
+        ]);
+        same(&[REVOCATIONS.into(), CONTROL_CHANNEL.into(), LAYOUT.into()]);
+        // Streams of the subscriber-facing kinds spread: 64 client streams over three equal
+        // shards.
+        let mut shards = [0; 3];
+        for i in 0..64 {
+            let stream = StreamKey::new(StreamKind::Client, format!("p{i}"));
+            shards[usize::from(slot(meta_key(&stream).as_bytes())) * 3 / 16384] += 1;
+        }
+        assert!(shards.iter().all(|&n| n >= 15), "{shards:?}");
+        for stream in [alice, norway] {
+            assert_eq!(stream_of_channel(&live_channel(&stream)), Some(stream));
+        }
+        assert_eq!(stream_of_channel("herald:{dashboard}:client:x:live"), None);
     }
 }

@@ -10,8 +10,7 @@ use redis::Script;
 use super::registration::Registration;
 use crate::cluster::{answer, ClusterError, Node};
 
-/// Registrations by id.
-pub const REGISTRATIONS: &str = "herald:registrations";
+use crate::cluster::wire::REGISTRATIONS;
 
 /// Rounds of compare-and-set a change may take before it gives up (only under a storm of
 /// concurrent changes to one registration).

@@ -3,7 +3,8 @@
 //!
 //! - subscriptions: one hash, id -> the `Subscription` as JSON (its secret included);
 //! - each subscription's attempt log: a list, newest first, at most `ATTEMPTS_KEPT`;
-//! - each delivery's record: a hash (subscription, event, country, body, attempts made);
+//! - delivery records: one hash, delivery id -> JSON (subscription, event, country, body,
+//!   attempts made);
 //! - due deliveries: a Redis stream read by one consumer group, one consumer per node, so each
 //!   delivery is attempted by one node at a time; an entry stays pending until its attempt is
 //!   settled, and a node that dies leaves its entries to be claimed (`XAUTOCLAIM`) by another
@@ -23,11 +24,8 @@ use redis::aio::ConnectionManager;
 use redis::{Script, Value};
 
 use super::{Attempt, EventKind, Outcome, PendingDelivery, Subscription};
-use crate::cluster::wire::{DUE, SUBSCRIPTIONS};
+use crate::cluster::wire::{attempts_key, DELIVERIES, DUE, RETRIES, SUBSCRIPTIONS};
 use crate::cluster::{answer, ClusterError, Node};
-
-/// Deliveries waiting for their next attempt, scored by when it is due (ms since 1970).
-pub const RETRIES: &str = "herald:wh:retries";
 
 /// The one consumer group of `DUE`: every node's dispatcher.
 pub const GROUP: &str = "dispatchers";
@@ -35,23 +33,13 @@ pub const GROUP: &str = "dispatchers";
 /// Attempts kept per subscription, as on a single node.
 pub const ATTEMPTS_KEPT: usize = 1000;
 
-/// A delivery's record.
-fn delivery_key(id: &str) -> String {
-    format!("herald:wh:delivery:{id}")
-}
-
-/// A subscription's attempt log.
-fn attempts_key(subscription: &str) -> String {
-    format!("herald:wh:attempts:{subscription}")
-}
-
 /// Settles an attempt, whatever its node: acknowledges and deletes the stream entry (an entry
 /// acknowledged but not deleted would stay in the stream forever), logs the attempt, and
 /// schedules the retry or ends the delivery. Only the first settle of an entry does anything
 /// but acknowledge: a claimed entry whose first owner was only slow may be attempted twice, but
 /// it is never retried twice, and a settle sent again (its answer was lost) is not logged twice.
 ///
-/// KEYS: due, retries, delivery, attempt log, subscriptions. ARGV: group, entry id, delivery
+/// KEYS: due, retries, deliveries, attempt log, subscriptions. ARGV: group, entry id, delivery
 /// id, outcome (`succeeded`, `retrying`, `failed`, `disabled`, `dropped`), attempt JSON (`""`
 /// for none), retry delay in ms, subscription id, attempts made, `ATTEMPTS_KEPT`.
 static SETTLE: LazyLock<Script> = LazyLock::new(|| {
@@ -67,14 +55,17 @@ if ARGV[5] ~= '' and redis.call('HEXISTS', KEYS[5], ARGV[7]) == 1 then
   redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[9]) - 1)
 end
 if ARGV[4] == 'retrying' then
-  if redis.call('EXISTS', KEYS[3]) == 1 then
-    redis.call('HSET', KEYS[3], 'attempts', ARGV[8])
+  local record = redis.call('HGET', KEYS[3], ARGV[3])
+  if record then
+    local delivery = cjson.decode(record)
+    delivery.attempts = tonumber(ARGV[8])
+    redis.call('HSET', KEYS[3], ARGV[3], cjson.encode(delivery))
     local t = redis.call('TIME')
     local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
     redis.call('ZADD', KEYS[2], now + tonumber(ARGV[6]), ARGV[3])
   end
 else
-  redis.call('DEL', KEYS[3])
+  redis.call('HDEL', KEYS[3], ARGV[3])
   if ARGV[4] == 'disabled' then
     local json = redis.call('HGET', KEYS[5], ARGV[7])
     if json then
@@ -272,30 +263,33 @@ impl SharedWebhooks {
     /// The delivery an entry names and its subscription; `None` if either is gone (delivered,
     /// deleted, or the subscription disabled), so the entry only needs settling.
     pub async fn work(&self, due: &Due) -> Result<Option<Work>, ClusterError> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("HGETALL").arg(delivery_key(&due.delivery));
-        let mut conn = self.conn.get();
-        let (fields,): (std::collections::HashMap<String, String>,) =
-            answer(&self.node, pipe.query_async(&mut conn)).await?;
-        let field = |name: &str| fields.get(name).cloned();
-        let (Some(subscription), Some(event), Some(country), Some(body)) = (
-            field("subscription"),
-            field("event").as_deref().and_then(EventKind::parse),
-            field("country"),
-            field("body"),
-        ) else {
+        let mut cmd = redis::cmd("HGET");
+        cmd.arg(DELIVERIES).arg(&due.delivery);
+        let record: Option<String> = self.run(cmd).await?;
+        let Some(record) = record.as_deref().and_then(|json| {
+            serde_json::from_str::<Record>(json)
+                .map_err(|e| log::error!("unreadable webhook delivery in Redis: {e}"))
+                .ok()
+        }) else {
             return Ok(None);
         };
-        let Some(found) = self.get(&subscription).await?.filter(|s| !s.disabled) else {
+        let Some(event) = EventKind::parse(&record.event) else {
+            return Ok(None);
+        };
+        let Some(found) = self
+            .get(&record.subscription)
+            .await?
+            .filter(|s| !s.disabled)
+        else {
             return Ok(None);
         };
         let delivery = PendingDelivery {
             id: due.delivery.clone(),
-            subscription,
+            subscription: record.subscription,
             event,
-            country,
-            body,
-            attempts: field("attempts").and_then(|n| n.parse().ok()).unwrap_or(0),
+            country: record.country,
+            body: record.body,
+            attempts: record.attempts,
             next_attempt: std::time::SystemTime::now(),
         };
         Ok(Some(Work {
@@ -318,7 +312,7 @@ impl SharedWebhooks {
         invocation
             .key(DUE)
             .key(RETRIES)
-            .key(delivery_key(&due.delivery))
+            .key(DELIVERIES)
             .key(attempts_key(subscription))
             .key(SUBSCRIPTIONS)
             .arg(GROUP)
@@ -354,6 +348,16 @@ impl SharedWebhooks {
         let (due, delayed): (u64, u64) = answer(&self.node, pipe.query_async(&mut conn)).await?;
         Ok(due + delayed)
     }
+}
+
+/// A delivery's record, as the publish script writes it (`cjson`) and `SETTLE` rewrites it.
+#[derive(serde::Deserialize)]
+struct Record {
+    subscription: String,
+    event: String,
+    country: String,
+    body: String,
+    attempts: u32,
 }
 
 fn parse(json: &str) -> Option<Subscription> {

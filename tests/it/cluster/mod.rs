@@ -10,6 +10,7 @@ mod faces;
 mod failover;
 mod failures;
 mod idempotency;
+mod layout;
 mod revocations;
 mod webhooks;
 

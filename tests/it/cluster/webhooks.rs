@@ -172,8 +172,8 @@ async fn settled(redis: &Redis) {
     wait_for(
         "no delivery due, in flight or waiting for a retry",
         || async {
-            let due = redis.command(&["XLEN", "herald:wh:due"])?;
-            let retries = redis.command(&["ZCARD", "herald:wh:retries"])?;
+            let due = redis.command(&["XLEN", "herald:{dashboard}:wh:due"])?;
+            let retries = redis.command(&["ZCARD", "herald:{dashboard}:wh:retries"])?;
             (due == "0" && retries == "0").then_some(())
         },
     )
@@ -183,7 +183,7 @@ async fn settled(redis: &Redis) {
 /// How many due entries each node's dispatcher holds now (`XPENDING`).
 fn held(redis: &Redis) -> HashMap<String, usize> {
     let summary = redis
-        .query(&["XPENDING", "herald:wh:due", "dispatchers"])
+        .query(&["XPENDING", "herald:{dashboard}:wh:due", "dispatchers"])
         .expect("Redis answers");
     // [count, first id, last id, consumer, count, consumer, count, ...]
     summary[3..]
@@ -391,7 +391,9 @@ async fn retries_survive_a_redis_restart_and_a_lost_group_heals() {
     // A Redis that lost the queue (and its consumer group) under the dispatchers' feet: they
     // make the group again instead of staying stuck on NOGROUP.
     assert_eq!(
-        redis.command(&["DEL", "herald:wh:due"]).as_deref(),
+        redis
+            .command(&["DEL", "herald:{dashboard}:wh:due"])
+            .as_deref(),
         Some("1")
     );
     subscribe(&b, &receiver.url("/ok-after"), "", "REGISTER").await;
