@@ -9,7 +9,7 @@
 
 use std::sync::LazyLock;
 
-use redis::aio::ConnectionManager;
+use super::primary::Conn;
 use redis::{AsyncCommands, Script};
 
 use super::wire;
@@ -44,7 +44,7 @@ return 1",
 
 /// Brings the Redis behind `conn` to this layout unless it holds it already; answers how many
 /// keys moved.
-pub async fn upgrade(conn: &mut ConnectionManager) -> redis::RedisResult<usize> {
+pub async fn upgrade(conn: &mut Conn) -> redis::RedisResult<usize> {
     let version: Option<String> = conn.get(wire::LAYOUT).await?;
     if version.as_deref() == Some(VERSION) {
         return Ok(0);
@@ -79,7 +79,7 @@ pub async fn upgrade(conn: &mut ConnectionManager) -> redis::RedisResult<usize> 
 }
 
 /// Renames `old` to `new` unless `new` exists; answers 1 if it did.
-async fn rename(conn: &mut ConnectionManager, old: &str, new: &str) -> redis::RedisResult<usize> {
+async fn rename(conn: &mut Conn, old: &str, new: &str) -> redis::RedisResult<usize> {
     match conn.rename_nx::<_, _, bool>(old, new).await {
         Ok(true) => Ok(1),
         Ok(false) => {
@@ -93,7 +93,7 @@ async fn rename(conn: &mut ConnectionManager, old: &str, new: &str) -> redis::Re
 }
 
 /// Every key matching `pattern`, by `SCAN` (the Redis may be shared with other data).
-async fn keys(conn: &mut ConnectionManager, pattern: &str) -> redis::RedisResult<Vec<String>> {
+async fn keys(conn: &mut Conn, pattern: &str) -> redis::RedisResult<Vec<String>> {
     let mut found = Vec::new();
     let mut cursor: u64 = 0;
     loop {

@@ -255,7 +255,7 @@ pub async fn run(
 /// Publishes a probe; a connection that broke (Redis restarted) is tried once more, on the
 /// connection the manager makes anew.
 async fn send_probe(
-    conn: &mut redis::aio::ConnectionManager,
+    conn: &mut super::primary::Conn,
     channel: &str,
     n: u64,
 ) -> Result<(), super::ClusterError> {
@@ -287,7 +287,7 @@ fn note(command: Command, channels: &mut HashSet<String>, waiting: &mut Vec<ones
 
 /// Renews the node's heartbeat, writes its client set again if Redis lost it, and reads the
 /// cluster's revocations (a control message may have been missed).
-async fn beat(node: &Node, conn: &mut redis::aio::ConnectionManager, listener: &impl Listener) {
+async fn beat(node: &Node, conn: &mut super::primary::Conn, listener: &impl Listener) {
     if let Err(e) = node.load_revocations(conn).await {
         log::debug!("revocations: {e}");
     }

@@ -22,6 +22,7 @@ mod revocations;
 mod scripts;
 pub mod wire;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -35,8 +36,8 @@ use crate::event::{Event, Position, StreamKey};
 use crate::idempotency::Idempotency;
 use crate::identity::Revocations;
 use crate::store::Retention;
+use primary::Conn;
 use primary::{Link, Primary, Topology, ANSWER_TIMEOUT};
-use redis::aio::ConnectionManager;
 
 /// `--redis`, `--redis-replicas` and `--node-name`, validated.
 #[derive(Debug, Clone)]
@@ -73,10 +74,6 @@ pub enum ClusterError {
     /// it was applied on the primary, but a failover now could lose it.
     #[error("only {acked} of {wanted} Redis replicas hold the write")]
     NotReplicated { acked: u32, wanted: u32 },
-    /// The server is a node of a Redis Cluster: Herald's scripts touch keys of several hash
-    /// slots, which a cluster refuses or, worse, runs when the slots happen to share a node.
-    #[error("it is a node of a Redis Cluster (cluster_enabled:1), which Herald does not run on yet; give a standalone Redis or a Sentinel-watched primary")]
-    RedisCluster,
 }
 
 /// Longest wait for `--redis-replicas` replicas to hold a publish (`WAIT`).
@@ -120,20 +117,19 @@ impl Node {
             let primary = Arc::new(Primary::connect(&config.topology).await?);
             let shared = Link::new(&primary);
             primary.identify(&mut shared.get()).await?;
-            let info: String = redis::cmd("INFO")
-                .arg("cluster")
-                .query_async(&mut shared.get())
-                .await?;
-            redis::RedisResult::Ok((primary, shared, info))
+            redis::RedisResult::Ok((primary, shared))
         };
-        let (primary, shared, info) = tokio::time::timeout(START_TIMEOUT, found)
+        let (primary, shared) = tokio::time::timeout(START_TIMEOUT, found)
             .await
             .map_err(|_| ClusterError::Timeout(START_TIMEOUT))??;
-        if info.lines().any(|line| line.trim() == "cluster_enabled:1") {
-            return Err(ClusterError::RedisCluster);
+        // Keys written by an earlier version take their tagged names first, however long that
+        // takes. (A Redis Cluster never held them: that version refused to run on one.)
+        if !primary.is_cluster() {
+            layout::upgrade(&mut shared.get()).await?;
         }
-        // Keys written by an earlier version take their tagged names first.
-        layout::upgrade(&mut shared.get()).await?;
+        if primary.is_cluster() {
+            log::info!("{} is a node of a Redis Cluster: each request goes to the primary of its key's slot", config.redis_url);
+        }
         let (live, commands) = mpsc::unbounded_channel();
         let node = Node {
             name: config.node.clone(),
@@ -179,13 +175,23 @@ impl Node {
         }
     }
 
+    /// What requests on `key` may share a pipeline with: those of its hash slot on a Redis
+    /// Cluster, any on one server (always 0).
+    fn slot_of(&self, key: &str) -> u16 {
+        if self.primary.is_cluster() {
+            wire::slot(key.as_bytes())
+        } else {
+            0
+        }
+    }
+
     /// A connection of its own for the calling thread, to the primary wherever it is.
     pub fn connection(&self) -> Link {
         Link::new(&self.primary)
     }
 
     /// The nodes whose heartbeat has not ended (see `scripts::LIVE_NODES`).
-    async fn live_nodes(&self, conn: &mut ConnectionManager) -> Result<Vec<String>, ClusterError> {
+    async fn live_nodes(&self, conn: &mut Conn) -> Result<Vec<String>, ClusterError> {
         let mut listing = scripts::LIVE_NODES.prepare_invoke();
         listing.key(wire::NODES_KEY);
         answer(self, listing.invoke_async(conn)).await
@@ -375,6 +381,7 @@ impl StreamLog {
             invocation
         };
         let (first_try, retry) = (invocation(false), invocation(true));
+        let slot = self.node.slot_of(&wire::meta_key(stream));
         let (node, conn, stream) = (self.node.clone(), self.conn.clone(), stream.clone());
         let replicator = self.replicator.clone();
         async move {
@@ -392,7 +399,7 @@ impl StreamLog {
                 let (node, conn, replicator) = (node.clone(), conn.clone(), replicator.clone());
                 async move {
                     match replicator {
-                        Some(replicator) => replicator.run(&scripts::APPEND, call).await,
+                        Some(replicator) => replicator.run(&scripts::APPEND, slot, call).await,
                         None => run_script(&node, &mut conn.get(), &scripts::APPEND, &call).await,
                     }
                 }
@@ -495,16 +502,19 @@ impl StreamLog {
 
     /// Keeps the meta of streams this node follows from expiring while it follows them, so a
     /// stream idle for longer than `--history-ttl` keeps its epoch, and its subscribers' cursors.
+    /// One pipeline on one server; on a Redis Cluster one per slot, as it takes them.
     pub fn keep(&self, streams: impl Iterator<Item = StreamKey>) {
-        let mut pipe = redis::pipe();
+        let mut pipes: BTreeMap<u16, redis::Pipeline> = BTreeMap::new();
         let ttl = ttl_ms(self.node.retention);
         for stream in streams {
-            pipe.cmd("PEXPIRE")
-                .arg(wire::meta_key(&stream))
-                .arg(&ttl)
-                .ignore();
+            let key = wire::meta_key(&stream);
+            let slot = self.node.slot_of(&key);
+            let pipe = pipes.entry(slot).or_insert_with(redis::pipe);
+            pipe.cmd("PEXPIRE").arg(key).arg(&ttl).ignore();
         }
-        self.fire(pipe, "keep followed streams");
+        for pipe in pipes.into_values() {
+            self.fire(pipe, "keep followed streams");
+        }
     }
 
     /// The name of subscriber `id`'s place among a stream's waiting long-polls: unique in the
@@ -576,7 +586,7 @@ impl StreamLog {
 /// `--redis-replicas`, publishes go through `replication::Replicator` instead.
 async fn run_script(
     node: &Node,
-    conn: &mut redis::aio::ConnectionManager,
+    conn: &mut primary::Conn,
     script: &redis::Script,
     call: &redis::Cmd,
 ) -> Result<Value, ClusterError> {

@@ -20,9 +20,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use redis::{IntoConnectionInfo, RedisConnectionInfo};
+use redis::{RedisFuture, Value};
 
 /// Longest wait for one answer from Redis.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
@@ -126,6 +129,9 @@ pub struct Primary {
     run_id: Mutex<Option<String>>,
     /// How many replicas the primary had connected when last identified (`u32::MAX` before).
     replicas: AtomicU32,
+    /// Set when the server named is a node of a Redis Cluster: requests then go to whichever
+    /// primary serves their key's slot.
+    cluster: Option<ClusterClient>,
 }
 
 impl Primary {
@@ -157,13 +163,31 @@ impl Primary {
                 (Some(tokio::sync::Mutex::new(sentinel)), client)
             }
         };
+        let cluster = match topology {
+            Topology::Server(url) if cluster_enabled(&client).await? => Some(
+                ClusterClientBuilder::new([url.as_str()])
+                    // A request redirected or broken on the way comes back to Herald, which
+                    // knows whether it may be sent again (see `mod.rs`, `StreamLog::append`).
+                    .retries(0)
+                    .connection_timeout(CONNECT_TIMEOUT)
+                    .response_timeout(ANSWER_TIMEOUT)
+                    .build()?,
+            ),
+            _ => None,
+        };
         Ok(Self {
             sentinel,
             client: Mutex::new(client),
             generation: tokio::sync::watch::Sender::new(0),
             run_id: Mutex::new(None),
             replicas: AtomicU32::new(u32::MAX),
+            cluster,
         })
+    }
+
+    /// Whether `--redis` names a node of a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.cluster.is_some()
     }
 
     /// Asks the sentinels where the primary is now; a new place moves every link there.
@@ -224,7 +248,13 @@ impl Primary {
     /// Checks that the server at the primary's place is a primary, and records its run id and
     /// how many replicas it has. Answers whether it is another server than the one found there
     /// before (a failover).
-    pub async fn identify(&self, conn: &mut ConnectionManager) -> redis::RedisResult<bool> {
+    ///
+    /// A Redis Cluster has a primary per shard, each failed over by the cluster itself: there
+    /// is no one primary to identify, and nothing to do.
+    pub async fn identify(&self, conn: &mut Conn) -> redis::RedisResult<bool> {
+        if self.is_cluster() {
+            return Ok(false);
+        }
         let mut ask = redis::pipe();
         ask.cmd("ROLE").cmd("INFO").arg("server");
         let (role, info): (redis::Value, String) = ask.query_async(conn).await?;
@@ -267,31 +297,122 @@ impl Primary {
     }
 }
 
+/// Whether the server `client` names is a node of a Redis Cluster (`INFO cluster`).
+async fn cluster_enabled(client: &redis::Client) -> redis::RedisResult<bool> {
+    let info: String = redis::cmd("INFO")
+        .arg("cluster")
+        .query_async(&mut manager(client))
+        .await?;
+    Ok(info.lines().any(|line| line.trim() == "cluster_enabled:1"))
+}
+
 /// A connection to whichever server is the primary now: made on first use, on the thread that
 /// uses it, and made again when the primary moves. Cheap to clone (clones share it).
 #[derive(Clone)]
 pub struct Link {
     primary: Arc<Primary>,
-    held: Arc<Mutex<(u64, ConnectionManager)>>,
+    held: Arc<Mutex<(u64, Conn)>>,
 }
 
 impl Link {
     pub fn new(primary: &Arc<Primary>) -> Self {
         let generation = primary.generation();
         Self {
-            held: Arc::new(Mutex::new((generation, manager(&primary.client())))),
+            held: Arc::new(Mutex::new((generation, Conn::new(primary)))),
             primary: primary.clone(),
         }
     }
 
     /// The connection to use for the next request.
-    pub fn get(&self) -> ConnectionManager {
+    pub fn get(&self) -> Conn {
         let generation = self.primary.generation();
         let mut held = self.held.lock().expect("not poisoned");
         if held.0 != generation {
-            *held = (generation, manager(&self.primary.client()));
+            *held = (generation, Conn::new(&self.primary));
         }
         held.1.clone()
+    }
+}
+
+/// A connection to Redis: to the one primary, or to every primary of a Redis Cluster, each
+/// request sent to the shard of its key (a pipeline's keys must share a slot). Connects on
+/// first use; clones share it.
+#[derive(Clone)]
+pub enum Conn {
+    Server(ConnectionManager),
+    Cluster {
+        client: ClusterClient,
+        made: Arc<tokio::sync::OnceCell<ClusterConnection>>,
+    },
+}
+
+impl Conn {
+    fn new(primary: &Primary) -> Self {
+        match &primary.cluster {
+            None => Conn::Server(manager(&primary.client())),
+            Some(client) => Conn::Cluster {
+                client: client.clone(),
+                made: Arc::default(),
+            },
+        }
+    }
+
+    /// The cluster connection, made now if it is the first use (on the caller's thread: its
+    /// task runs there). A failed attempt is made again on the next use.
+    async fn cluster(
+        client: &ClusterClient,
+        made: &tokio::sync::OnceCell<ClusterConnection>,
+    ) -> redis::RedisResult<ClusterConnection> {
+        let made = made
+            .get_or_try_init(|| async {
+                tokio::time::timeout(
+                    CONNECT_TIMEOUT + ANSWER_TIMEOUT,
+                    client.get_async_connection(),
+                )
+                .await
+                .map_err(|_| {
+                    redis::RedisError::from((
+                        redis::ErrorKind::Io,
+                        "no Redis Cluster node answered in time",
+                    ))
+                })?
+            })
+            .await?;
+        Ok(made.clone())
+    }
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Server(manager) => manager.req_packed_command(cmd),
+            Conn::Cluster { client, made } => Box::pin(async move {
+                let mut conn = Self::cluster(client, made).await?;
+                conn.req_packed_command(cmd).await
+            }),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Server(manager) => manager.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster { client, made } => Box::pin(async move {
+                let mut conn = Self::cluster(client, made).await?;
+                conn.req_packed_commands(pipeline, offset, count).await
+            }),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Server(manager) => manager.get_db(),
+            Conn::Cluster { .. } => 0,
+        }
     }
 }
 

@@ -7,7 +7,11 @@
 //! connection. A pipeline is one write on one connection, so its `WAIT` never answers for
 //! writes made on another (on a connection made anew it would have nothing to wait for, and
 //! answer at once), and a connection that breaks fails the whole group.
+//!
+//! On a Redis Cluster a pipeline goes to one shard, and `WAIT` counts that shard's replicas:
+//! the calls waiting are grouped by their key's slot, one pipeline per slot, sent together.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -23,6 +27,8 @@ const MAX_GROUP: usize = 256;
 /// A call waiting for its group.
 struct Pending {
     script: &'static Script,
+    /// The slot of the call's keys (`Node::slot_of`).
+    slot: u16,
     call: Cmd,
     reply: oneshot::Sender<Result<Value, ClusterError>>,
 }
@@ -46,21 +52,32 @@ impl Replicator {
                         Err(_) => break,
                     }
                 }
-                let answers = commit(&node, &link, &group).await;
-                for (pending, answer) in group.into_iter().zip(answers) {
-                    let _ = pending.reply.send(answer);
+                let mut by_slot: BTreeMap<u16, Vec<Pending>> = BTreeMap::new();
+                for pending in group {
+                    by_slot.entry(pending.slot).or_default().push(pending);
                 }
+                let commits = by_slot.into_values().map(|group| {
+                    let (node, link) = (&node, &link);
+                    async move {
+                        let answers = commit(node, link, &group).await;
+                        for (pending, answer) in group.into_iter().zip(answers) {
+                            let _ = pending.reply.send(answer);
+                        }
+                    }
+                });
+                futures_util::future::join_all(commits).await;
             }
         });
         Self { queue }
     }
 
-    /// Runs `call` (see `scripts::call`) of `script`, and answers once `--redis-replicas`
+    /// Runs `call` (see `scripts::call`) of `script` on keys of `slot`, and answers once `--redis-replicas`
     /// replicas hold what it wrote (`NotReplicated` if they did not within
     /// `REPLICATION_TIMEOUT`: it was applied on the primary all the same).
     pub fn run(
         &self,
         script: &'static Script,
+        slot: u16,
         call: Cmd,
     ) -> impl Future<Output = Result<Value, ClusterError>> + 'static {
         let (reply, answered) = oneshot::channel();
@@ -68,6 +85,7 @@ impl Replicator {
             .queue
             .send(Pending {
                 script,
+                slot,
                 call,
                 reply,
             })

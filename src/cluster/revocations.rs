@@ -67,7 +67,7 @@ impl Node {
     /// even while the live channel counts Redis as away (at start, it has not said yet).
     async fn revocations(
         &self,
-        conn: &mut redis::aio::ConnectionManager,
+        conn: &mut super::primary::Conn,
     ) -> Result<Vec<Revocation>, ClusterError> {
         let mut reading = redis::cmd("HGETALL");
         reading.arg(wire::REVOCATIONS);
@@ -103,7 +103,7 @@ impl Node {
     /// Reads the cluster's revocations into this node's.
     pub async fn load_revocations(
         &self,
-        conn: &mut redis::aio::ConnectionManager,
+        conn: &mut super::primary::Conn,
     ) -> Result<(), ClusterError> {
         let all = self.revocations(conn).await?;
         self.revoked.replace(all);

@@ -19,8 +19,8 @@
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
+use crate::cluster::primary::Conn;
 use crate::cluster::primary::Link;
-use redis::aio::ConnectionManager;
 use redis::{Script, Value};
 
 use super::{Attempt, EventKind, Outcome, PendingDelivery, Subscription};
@@ -215,7 +215,7 @@ impl SharedWebhooks {
     /// `block` for some. Uses `conn`, a connection of its own: the read blocks it.
     pub async fn read(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut Conn,
         own: bool,
         count: usize,
         block: Duration,

@@ -338,33 +338,3 @@ fn a_node_that_cannot_reach_redis_refuses_to_start_in_one_line() {
     );
     assert!(line.contains("--redis"), "{line}");
 }
-
-/// A Redis Cluster node is refused at start in one line, not used: Herald's scripts touch keys
-/// of several hash slots, which a cluster refuses, or runs when those slots share a node, so
-/// a node would fail later, and only on some layouts.
-#[test]
-fn a_redis_cluster_node_is_refused_at_start_in_one_line() {
-    let redis = Redis::start_with(
-        Persistence::None,
-        [
-            "--cluster-enabled",
-            "yes",
-            "--cluster-config-file",
-            "nodes.conf",
-        ]
-        .map(String::from)
-        .to_vec(),
-    );
-    // Every slot served, as in a cluster in use.
-    let slots = redis.command(&["CLUSTER", "ADDSLOTSRANGE", "0", "16383"]);
-    assert_eq!(slots.as_deref(), Some("OK"));
-    let line = crate::process::refusal(
-        crate::process::herald()
-            .args(["serve", "--listen", "127.0.0.1:0", "--jwt-secret", SECRET])
-            .args(["--redis", &redis.url()]),
-    );
-    assert!(
-        line.contains("(--redis): it is a node of a Redis Cluster"),
-        "{line}"
-    );
-}
