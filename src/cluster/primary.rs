@@ -340,42 +340,43 @@ impl Link {
 #[derive(Clone)]
 pub enum Conn {
     Server(ConnectionManager),
-    Cluster {
-        client: ClusterClient,
-        made: Arc<tokio::sync::OnceCell<ClusterConnection>>,
-    },
+    Cluster(Arc<Lazy>),
+}
+
+/// A Redis Cluster connection made on first use.
+pub struct Lazy {
+    client: ClusterClient,
+    made: tokio::sync::OnceCell<ClusterConnection>,
 }
 
 impl Conn {
     fn new(primary: &Primary) -> Self {
         match &primary.cluster {
             None => Conn::Server(manager(&primary.client())),
-            Some(client) => Conn::Cluster {
+            Some(client) => Conn::Cluster(Arc::new(Lazy {
                 client: client.clone(),
-                made: Arc::default(),
-            },
+                made: tokio::sync::OnceCell::new(),
+            })),
         }
     }
+}
 
+impl Lazy {
     /// The cluster connection, made now if it is the first use (on the caller's thread: its
     /// task runs there). A failed attempt is made again on the next use.
-    async fn cluster(
-        client: &ClusterClient,
-        made: &tokio::sync::OnceCell<ClusterConnection>,
-    ) -> redis::RedisResult<ClusterConnection> {
-        let made = made
+    async fn get(&self) -> redis::RedisResult<ClusterConnection> {
+        let made = self
+            .made
             .get_or_try_init(|| async {
-                tokio::time::timeout(
-                    CONNECT_TIMEOUT + ANSWER_TIMEOUT,
-                    client.get_async_connection(),
-                )
-                .await
-                .map_err(|_| {
-                    redis::RedisError::from((
-                        redis::ErrorKind::Io,
-                        "no Redis Cluster node answered in time",
-                    ))
-                })?
+                let connecting = self.client.get_async_connection();
+                tokio::time::timeout(CONNECT_TIMEOUT + ANSWER_TIMEOUT, connecting)
+                    .await
+                    .map_err(|_| {
+                        redis::RedisError::from((
+                            redis::ErrorKind::Io,
+                            "no Redis Cluster node answered in time",
+                        ))
+                    })?
             })
             .await?;
         Ok(made.clone())
@@ -386,8 +387,8 @@ impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, Value> {
         match self {
             Conn::Server(manager) => manager.req_packed_command(cmd),
-            Conn::Cluster { client, made } => Box::pin(async move {
-                let mut conn = Self::cluster(client, made).await?;
+            Conn::Cluster(lazy) => Box::pin(async move {
+                let mut conn = lazy.get().await?;
                 conn.req_packed_command(cmd).await
             }),
         }
@@ -401,8 +402,8 @@ impl ConnectionLike for Conn {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Conn::Server(manager) => manager.req_packed_commands(pipeline, offset, count),
-            Conn::Cluster { client, made } => Box::pin(async move {
-                let mut conn = Self::cluster(client, made).await?;
+            Conn::Cluster(lazy) => Box::pin(async move {
+                let mut conn = lazy.get().await?;
                 conn.req_packed_commands(pipeline, offset, count).await
             }),
         }
@@ -411,7 +412,7 @@ impl ConnectionLike for Conn {
     fn get_db(&self) -> i64 {
         match self {
             Conn::Server(manager) => manager.get_db(),
-            Conn::Cluster { .. } => 0,
+            Conn::Cluster(_) => 0,
         }
     }
 }
