@@ -96,7 +96,7 @@ pub async fn run(
             // failover, which the resync below reads every followed stream after.
             node.primary.locate().await?;
             node.primary.identify(&mut conn.get()).await?;
-            let (mut sink, stream) = node.primary.client().get_async_pubsub().await?.split();
+            let (mut sink, stream) = node.primary.subscriber(&mut conn.get()).await?.split();
             sink.subscribe(&[wire::CONTROL_CHANNEL, probe_channel.as_str()])
                 .await?;
             let all: Vec<&String> = channels.iter().collect();

@@ -405,7 +405,12 @@ impl StreamLog {
                 }
             };
             let answer = match call(first_try).await {
-                Err(ClusterError::Redis(e)) if broken(&e) => call(retry).await?,
+                // A group of publishes redirected by a Redis Cluster in the middle (a slot
+                // migrated between two of its calls) may have run part of it, as may a call
+                // whose connection broke.
+                Err(ClusterError::Redis(e)) if broken(&e) || e.is_cluster_error() => {
+                    call(retry).await?
+                }
                 other => other?,
             };
             let (state, epoch, first, count, created): (u8, u32, u64, u64, u64) =

@@ -23,6 +23,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::SingleNodeRoutingInfo;
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use redis::{IntoConnectionInfo, RedisConnectionInfo};
 use redis::{RedisFuture, Value};
@@ -185,6 +186,38 @@ impl Primary {
         })
     }
 
+    /// A PUB/SUB connection for the live channel: to the primary, or on a Redis Cluster (which
+    /// forwards every `PUBLISH` to every node) to the first node that answers of the one
+    /// `--redis` names and those the cluster lists (`CLUSTER SLOTS`), so the channel outlives
+    /// any one node.
+    pub async fn subscriber(&self, conn: &mut Conn) -> redis::RedisResult<redis::aio::PubSub> {
+        let seed = self.client();
+        if !self.is_cluster() {
+            return seed.get_async_pubsub().await;
+        }
+        let mut failed = match timeout(CONNECT_TIMEOUT, seed.get_async_pubsub()).await {
+            Ok(subscriber) => return Ok(subscriber),
+            Err(e) => e,
+        };
+        let slots: Value = redis::cmd("CLUSTER").arg("SLOTS").query_async(conn).await?;
+        for (host, port) in cluster_nodes(&slots) {
+            let info = seed
+                .get_connection_info()
+                .clone()
+                .set_addr(redis::ConnectionAddr::Tcp(host, port));
+            match timeout(
+                CONNECT_TIMEOUT,
+                redis::Client::open(info)?.get_async_pubsub(),
+            )
+            .await
+            {
+                Ok(subscriber) => return Ok(subscriber),
+                Err(e) => failed = e,
+            }
+        }
+        Err(failed)
+    }
+
     /// Whether `--redis` names a node of a Redis Cluster.
     pub fn is_cluster(&self) -> bool {
         self.cluster.is_some()
@@ -297,6 +330,59 @@ impl Primary {
     }
 }
 
+/// `connecting`, or a timeout error after `within`.
+async fn timeout<T>(
+    within: Duration,
+    connecting: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> redis::RedisResult<T> {
+    tokio::time::timeout(within, connecting)
+        .await
+        .unwrap_or_else(|_| {
+            Err(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "no connection within the timeout",
+            )))
+        })
+}
+
+/// Every node a `CLUSTER SLOTS` answer names (`[[first, last, [host, port, id], ...], ...]`),
+/// primaries first, each once.
+fn cluster_nodes(slots: &Value) -> Vec<(String, u16)> {
+    let mut primaries = Vec::new();
+    let mut replicas = Vec::new();
+    let ranges = match slots {
+        Value::Array(ranges) => ranges.as_slice(),
+        _ => &[],
+    };
+    for range in ranges {
+        let Value::Array(parts) = range else { continue };
+        for (i, node) in parts.iter().skip(2).enumerate() {
+            let Value::Array(node) = node else { continue };
+            let (Some(Value::BulkString(host)), Some(Value::Int(port))) =
+                (node.first(), node.get(1))
+            else {
+                continue;
+            };
+            let (Ok(host), Ok(port)) = (String::from_utf8(host.clone()), u16::try_from(*port))
+            else {
+                continue;
+            };
+            let found = (host, port);
+            let list = if i == 0 {
+                &mut primaries
+            } else {
+                &mut replicas
+            };
+            if !list.contains(&found) {
+                list.push(found);
+            }
+        }
+    }
+    replicas.retain(|node| !primaries.contains(node));
+    primaries.extend(replicas);
+    primaries
+}
+
 /// Whether the server `client` names is a node of a Redis Cluster (`INFO cluster`).
 async fn cluster_enabled(client: &redis::Client) -> redis::RedisResult<bool> {
     let info: String = redis::cmd("INFO")
@@ -368,15 +454,9 @@ impl Lazy {
         let made = self
             .made
             .get_or_try_init(|| async {
-                let connecting = self.client.get_async_connection();
-                tokio::time::timeout(CONNECT_TIMEOUT + ANSWER_TIMEOUT, connecting)
-                    .await
-                    .map_err(|_| {
-                        redis::RedisError::from((
-                            redis::ErrorKind::Io,
-                            "no Redis Cluster node answered in time",
-                        ))
-                    })?
+                // Connecting asks a node for the slots, then connects to every node.
+                let within = CONNECT_TIMEOUT + ANSWER_TIMEOUT;
+                timeout(within, self.client.get_async_connection()).await
             })
             .await?;
         Ok(made.clone())
@@ -389,7 +469,7 @@ impl ConnectionLike for Conn {
             Conn::Server(manager) => manager.req_packed_command(cmd),
             Conn::Cluster(lazy) => Box::pin(async move {
                 let mut conn = lazy.get().await?;
-                conn.req_packed_command(cmd).await
+                redirected(&mut conn, cmd).await
             }),
         }
     }
@@ -414,6 +494,63 @@ impl ConnectionLike for Conn {
             Conn::Server(manager) => manager.get_db(),
             Conn::Cluster(_) => 0,
         }
+    }
+}
+
+/// Sends one command to the shard of its key, following the cluster where a slot moves:
+/// `MOVED` (the slot has a new owner; the client has learnt it) and `TRYAGAIN` (the slot is
+/// being migrated and the command's keys are split) are sent again, `ASK` (this key has
+/// already left for the importing node) goes there after `ASKING`, in one pipeline so no
+/// other request on the connection takes the `ASKING`, and `CLUSTERDOWN`/`MASTERDOWN`/
+/// `LOADING` (a shard failing over) wait and try again. A command answered so ran nowhere, so
+/// sending it again never applies it twice. Gives up after `ANSWER_TIMEOUT`, answering the
+/// last redirection. Anything else (a broken connection, which may have run the command) is
+/// the caller's to judge.
+async fn redirected(conn: &mut ClusterConnection, cmd: &redis::Cmd) -> redis::RedisResult<Value> {
+    use redis::ServerErrorKind::{Ask, BusyLoading, ClusterDown, MasterDown, Moved, TryAgain};
+    let deadline = tokio::time::Instant::now() + ANSWER_TIMEOUT;
+    let mut pause = Duration::from_millis(5);
+    let mut moved = false;
+    let mut sent = conn.req_packed_command(cmd).await;
+    loop {
+        let kind = match &sent {
+            Err(e) => match e.kind() {
+                redis::ErrorKind::Server(kind) => kind,
+                _ => return sent,
+            },
+            Ok(_) => return sent,
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return sent;
+        }
+        sent = match (kind, sent.as_ref().err().and_then(|e| e.redirect_node())) {
+            (Moved, _) if !moved => {
+                moved = true;
+                conn.req_packed_command(cmd).await
+            }
+            (Ask, Some((host, port))) => {
+                let target = SingleNodeRoutingInfo::ByAddress {
+                    host: host.to_string(),
+                    port,
+                };
+                let mut asking = redis::pipe();
+                asking.cmd("ASKING").add_command(cmd.clone());
+                match conn.route_pipeline(asking, 1, 1, target).await {
+                    Ok(mut answers) => match answers.pop() {
+                        Some(answer) => answer.extract_error(),
+                        None => Ok(Value::Nil),
+                    },
+                    Err(e) => Err(e),
+                }
+            }
+            // Moved again: the client may not have learnt the new owner yet.
+            (Moved | TryAgain | ClusterDown | MasterDown | BusyLoading, _) => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(100));
+                conn.req_packed_command(cmd).await
+            }
+            _ => return sent,
+        };
     }
 }
 
@@ -468,5 +605,30 @@ mod tests {
             Topology::parse("redis://127.0.0.1:6379/"),
             Ok(Topology::Server("redis://127.0.0.1:6379/".into()))
         );
+    }
+
+    #[test]
+    fn cluster_slots_name_every_node_primaries_first() {
+        let node = |port: i64| {
+            Value::Array(vec![
+                Value::BulkString(b"10.0.0.1".to_vec()),
+                Value::Int(port),
+                Value::BulkString(b"id".to_vec()),
+            ])
+        };
+        let range = |first: i64, last: i64, nodes: Vec<Value>| {
+            let mut parts = vec![Value::Int(first), Value::Int(last)];
+            parts.extend(nodes);
+            Value::Array(parts)
+        };
+        let slots = Value::Array(vec![
+            range(0, 99, vec![node(7000), node(7003)]),
+            range(100, 199, vec![node(7001), node(7004), node(7005)]),
+            // A primary serving two ranges is listed once.
+            range(200, 16383, vec![node(7000), node(7003)]),
+        ]);
+        let ports: Vec<u16> = cluster_nodes(&slots).into_iter().map(|(_, p)| p).collect();
+        assert_eq!(ports, [7000, 7001, 7003, 7004, 7005]);
+        assert!(cluster_nodes(&Value::Nil).is_empty());
     }
 }
