@@ -10,10 +10,9 @@ use super::*;
 use crate::access::{event, WsClient};
 use crate::instances::{base, create_messages, cursor, messages, poll, reader};
 
-#[actix_rt::test]
-async fn a_publish_on_one_node_reaches_every_face_on_the_others() {
-    let redis = Redis::start(Persistence::None);
-    let nodes = three_nodes(&redis, &[]);
+on_both!(a_publish_on_one_node_reaches_every_face_on_the_others);
+async fn a_publish_on_one_node_reaches_every_face_on_the_others(backend: Backend) {
+    let nodes = three_nodes(&backend, &[]);
     let [a, b, c] = nodes.each_ref().map(root);
 
     // SSE on A and C.
@@ -75,10 +74,9 @@ async fn a_publish_on_one_node_reaches_every_face_on_the_others() {
     ws_c.expect_silence(Duration::from_millis(100)).await;
 }
 
-#[actix_rt::test]
-async fn a_cursor_taken_on_one_node_resumes_on_another() {
-    let redis = Redis::start(Persistence::None);
-    let nodes = three_nodes(&redis, &[]);
+on_both!(a_cursor_taken_on_one_node_resumes_on_another);
+async fn a_cursor_taken_on_one_node_resumes_on_another(backend: Backend) {
+    let nodes = three_nodes(&backend, &[]);
     let [a, b, c] = nodes.each_ref().map(root);
 
     // SSE: the last id seen on A resumes on C with exactly the events after it.
@@ -161,10 +159,9 @@ async fn a_cursor_taken_on_one_node_resumes_on_another() {
     assert_eq!(one.json["message"], "m6");
 }
 
-#[actix_rt::test]
-async fn websocket_replay_clients_and_drop_user_span_the_cluster() {
-    let redis = Redis::start(Persistence::None);
-    let nodes = three_nodes(&redis, &[]);
+on_both!(websocket_replay_clients_and_drop_user_span_the_cluster);
+async fn websocket_replay_clients_and_drop_user_span_the_cluster(backend: Backend) {
+    let nodes = three_nodes(&backend, &[]);
     let [a, b, c] = nodes.each_ref().map(root);
     let (t1, t2) = (token("client1", &[]), token("client2", &[]));
 
@@ -204,11 +201,10 @@ async fn websocket_replay_clients_and_drop_user_span_the_cluster() {
     assert_eq!(two_b.collect(1).await, vec![later]);
 }
 
-#[actix_rt::test]
-async fn the_listener_limit_counts_polls_on_every_node() {
-    let redis = Redis::start(Persistence::None);
+on_both!(the_listener_limit_counts_polls_on_every_node);
+async fn the_listener_limit_counts_polls_on_every_node(backend: Backend) {
     let limit = ["--max-listeners-per-instance", "2"];
-    let nodes = three_nodes(&redis, &limit);
+    let nodes = three_nodes(&backend, &limit);
     let [a, b, c] = nodes.each_ref().map(root);
     let instance = crate::instances::instance();
     let token = reader(&instance);
@@ -243,10 +239,9 @@ async fn the_listener_limit_counts_polls_on_every_node() {
     assert_eq!(again.status, StatusCode::OK, "{}", again.json);
 }
 
-#[actix_rt::test]
-async fn the_demo_page_and_health_name_the_node_that_answered() {
-    let redis = Redis::start(Persistence::None);
-    let node = node(&redis, "node-7", &[]);
+on_both!(the_demo_page_and_health_name_the_node_that_answered);
+async fn the_demo_page_and_health_name_the_node_that_answered(backend: Backend) {
+    let node = node(&backend, "node-7", &[]);
     let mut page = client().get(root(&node)).send().await.unwrap();
     let html = String::from_utf8(page.body().await.unwrap().to_vec()).unwrap();
     assert!(html.contains("served by node <b>node-7</b>"), "{html}");

@@ -5,10 +5,9 @@
 use super::*;
 use crate::idempotency::{assert_one_appended, at_once, Face, Target, FACES};
 
-#[actix_rt::test]
-async fn a_key_used_on_one_node_answers_on_another() {
-    let redis = Redis::start(Persistence::None);
-    let (a, b) = (node(&redis, "a", &[]), node(&redis, "b", &[]));
+on_both!(a_key_used_on_one_node_answers_on_another);
+async fn a_key_used_on_one_node_answers_on_another(backend: Backend) {
+    let (a, b) = (node(&backend, "a", &[]), node(&backend, "b", &[]));
     let (a, b) = (root(&a), root(&b));
     for face in FACES {
         let target = Target::new(face);
@@ -24,15 +23,18 @@ async fn a_key_used_on_one_node_answers_on_another() {
     // The key lives beside the stream's other keys, for the window (5 minutes by default).
     let target = Target::new(Face::Documents);
     target.assert_ok(&target.publish(&a, Some("where"), 1).await, false);
-    let key = format!("herald:{{client:{}}}:idem:where", target.id);
-    let ttl: u64 = redis.command(&["PTTL", &key]).unwrap().parse().unwrap();
+    let key = idempotency_key("client", &target.id, "where");
+    let ttl: u64 = backend
+        .command_on_key(&key, &["PTTL", &key])
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((1..=300_000).contains(&ttl), "{key}: {ttl} ms");
 }
 
-#[actix_rt::test]
-async fn repeats_at_once_on_two_nodes_publish_once() {
-    let redis = Redis::start(Persistence::None);
-    let nodes = [node(&redis, "a", &[]), node(&redis, "b", &[])];
+on_both!(repeats_at_once_on_two_nodes_publish_once);
+async fn repeats_at_once_on_two_nodes_publish_once(backend: Backend) {
+    let nodes = [node(&backend, "a", &[]), node(&backend, "b", &[])];
     let roots = nodes.each_ref().map(root);
     for face in FACES {
         let target = Target::new(face);
@@ -42,11 +44,10 @@ async fn repeats_at_once_on_two_nodes_publish_once() {
     }
 }
 
-#[actix_rt::test]
-async fn after_the_window_a_key_publishes_again_on_any_node() {
-    let redis = Redis::start(Persistence::None);
+on_both!(after_the_window_a_key_publishes_again_on_any_node);
+async fn after_the_window_a_key_publishes_again_on_any_node(backend: Backend) {
     let window = ["--idempotency-window", "1s"];
-    let (a, b) = (node(&redis, "a", &window), node(&redis, "b", &window));
+    let (a, b) = (node(&backend, "a", &window), node(&backend, "b", &window));
     let (a, b) = (root(&a), root(&b));
     let target = Target::new(Face::Documents);
     let first = target.publish(&a, Some("brief"), 1).await;

@@ -1,16 +1,45 @@
 //! Cluster mode: several `herald serve --redis` processes on one real `redis-server` (started
-//! here on a random port, in a directory of its own), talked to with real clients.
+//! here on a random port, in a directory of its own), or on a real Redis Cluster started the
+//! same way (`redis_cluster.rs`), talked to with real clients.
 //!
 //! `faces.rs`: every face across nodes. `failures.rs`: nodes killed, the live channel cut, Redis
 //! restarted, stopped or emptied. `webhooks.rs`: registrations and webhooks shared by the nodes.
-//! `idempotency.rs`: a publish's idempotency key on every node. `failover/`: Redis replicas
-//! and sentinels, the primary killed or moved.
+//! `idempotency.rs`: a publish's idempotency key on every node. `revocations.rs`: revocations
+//! on every node. `failover/`: Redis replicas and sentinels, the primary killed or moved.
+//!
+//! A test that holds on either backend is written once, taking a `Backend`, and `on_both!`
+//! runs it on one Redis (`one_redis`) and on a Redis Cluster (`redis_cluster`). Tests that
+//! restart, stop or empty Redis, or put a proxy or sentinels in front of it, run on one Redis
+//! only.
+
+/// Runs a test on both backends: `on_both!(name);` beside `async fn name(backend: Backend)`
+/// makes a module `name` (modules and functions have names of their own) with the tests
+/// `one_redis` and `redis_cluster`, each starting its backend and handing it to `name`. The
+/// body stays an ordinary function, which rustfmt formats (it leaves macro bodies alone).
+/// Defined before the `mod` lines below, so that their files see it (a `macro_rules!` is in
+/// scope only after its definition).
+macro_rules! on_both {
+    ($name:ident) => {
+        mod $name {
+            #[actix_rt::test]
+            async fn one_redis() {
+                super::$name(super::Backend::one()).await
+            }
+
+            #[actix_rt::test]
+            async fn redis_cluster() {
+                super::$name(super::Backend::cluster()).await
+            }
+        }
+    };
+}
 
 mod faces;
 mod failover;
 mod failures;
 mod idempotency;
 mod layout;
+mod redis_cluster;
 mod revocations;
 mod webhooks;
 
@@ -24,6 +53,28 @@ use serde_json::{json, Value};
 
 use crate::common::*;
 use crate::process::{serve, Served};
+pub use redis_cluster::RedisCluster;
+
+// The Redis keys the tests read or write themselves, all named here: Herald's key layout may
+// change (keys renamed to share a hash slot, say), and then only this place changes.
+
+/// The stream of webhook deliveries due now (read by every node's dispatcher).
+pub const DUE_KEY: &str = "herald:{dashboard}:wh:due";
+/// The sorted set of webhook deliveries waiting for a retry.
+pub const RETRIES_KEY: &str = "herald:{dashboard}:wh:retries";
+/// The consumer group of the dispatchers on `DUE_KEY`.
+pub const DISPATCHERS_GROUP: &str = "dispatchers";
+
+/// The log (a Redis stream) of the event stream `<kind>:<id>` (`client:alice`, say).
+pub fn log_key(kind: &str, id: &str) -> String {
+    format!("herald:{{{kind}:{id}}}:log")
+}
+
+/// Where the idempotency key `key` of a publish to `<kind>:<id>` is kept, beside the stream's
+/// log in its hash slot.
+pub fn idempotency_key(kind: &str, id: &str, key: &str) -> String {
+    format!("herald:{{{kind}:{id}}}:idem:{key}")
+}
 
 /// How Redis keeps its data.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -165,9 +216,52 @@ impl Drop for Redis {
 }
 
 /// Sends one command to the Redis (or sentinel) on `port` and answers every value of the
-/// reply, flattened (nested arrays in order; a nil as an empty string); `None` if nothing
-/// answers.
+/// reply, flattened (nested arrays in order; a nil as an empty string; an error as its text,
+/// `MOVED 3999 127.0.0.1:7001` say); `None` if nothing answers.
 pub fn query(port: u16, args: &[&str]) -> Option<Vec<String>> {
+    let mut values = Vec::new();
+    reply(port, args)?.flatten_into(&mut values);
+    Some(values)
+}
+
+/// One RESP reply with its nesting kept, for the answers whose shape matters (`CLUSTER SLOTS`:
+/// ranges of nodes of fields, where a flattened list could not tell them apart).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// A simple string, error text, integer or bulk string (nil: empty).
+    Value(String),
+    /// An array (nil: empty).
+    Array(Vec<Reply>),
+}
+
+impl Reply {
+    fn flatten_into(self, values: &mut Vec<String>) {
+        match self {
+            Reply::Value(value) => values.push(value),
+            Reply::Array(items) => items.into_iter().for_each(|i| i.flatten_into(values)),
+        }
+    }
+
+    /// The text of a value; `None` for an array.
+    pub fn text(&self) -> Option<&str> {
+        match self {
+            Reply::Value(value) => Some(value),
+            Reply::Array(_) => None,
+        }
+    }
+
+    /// The items of an array; none for a value.
+    pub fn items(&self) -> &[Reply] {
+        match self {
+            Reply::Value(_) => &[],
+            Reply::Array(items) => items,
+        }
+    }
+}
+
+/// Sends one command to the Redis on `port` and answers its reply as Redis nested it; `None`
+/// if nothing answers.
+pub fn reply(port: u16, args: &[&str]) -> Option<Reply> {
     let mut conn = TcpStream::connect(("127.0.0.1", port)).ok()?;
     conn.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     let mut request = format!("*{}\r\n", args.len());
@@ -175,30 +269,35 @@ pub fn query(port: u16, args: &[&str]) -> Option<Vec<String>> {
         request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
     }
     conn.write_all(request.as_bytes()).ok()?;
-    let mut reader = std::io::BufReader::new(conn);
-    let mut values = Vec::new();
-    let mut pending = 1usize;
-    while pending > 0 {
-        pending -= 1;
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut reader, &mut line).ok()?;
-        let line = line.trim_end();
-        if line.is_empty() {
-            return None;
-        }
-        let (kind, rest) = line.split_at(1);
-        match kind {
-            "*" => pending += rest.parse::<i64>().ok()?.max(0) as usize,
-            "$" if rest == "-1" => values.push(String::new()),
-            "$" => {
-                let mut bulk = vec![0u8; rest.parse::<usize>().ok()? + 2];
-                reader.read_exact(&mut bulk).ok()?;
-                values.push(String::from_utf8_lossy(&bulk[..bulk.len() - 2]).to_string());
-            }
-            _ => values.push(rest.to_string()),
-        }
+    read_reply(&mut std::io::BufReader::new(conn))
+}
+
+/// Reads one reply (and, for an array, its items) off a connection.
+fn read_reply(reader: &mut impl std::io::BufRead) -> Option<Reply> {
+    let mut line = String::new();
+    reader.read_line(&mut line).ok()?;
+    let line = line.trim_end();
+    if line.is_empty() {
+        return None;
     }
-    Some(values)
+    let (kind, rest) = line.split_at(1);
+    Some(match kind {
+        "*" => {
+            let len = rest.parse::<i64>().ok()?.max(0) as usize;
+            Reply::Array(
+                (0..len)
+                    .map(|_| read_reply(reader))
+                    .collect::<Option<_>>()?,
+            )
+        }
+        "$" if rest == "-1" => Reply::Value(String::new()),
+        "$" => {
+            let mut bulk = vec![0u8; rest.parse::<usize>().ok()? + 2];
+            reader.read_exact(&mut bulk).ok()?;
+            Reply::Value(String::from_utf8_lossy(&bulk[..bulk.len() - 2]).to_string())
+        }
+        _ => Reply::Value(rest.to_string()),
+    })
 }
 
 /// A TCP proxy in front of Redis that can wedge the PUB/SUB connections going through it: the
@@ -279,9 +378,85 @@ impl WedgingProxy {
     }
 }
 
-/// Starts a node of the cluster on `redis`, with the test secret and publisher key.
-pub fn node(redis: &Redis, name: &str, extra: &[&str]) -> Served {
-    node_on(&redis.url(), name, extra)
+/// What Herald nodes can be started on: one Redis, a Redis Cluster, either of them.
+pub trait RedisUrl {
+    /// The URL given to `herald serve --redis`.
+    fn redis_url(&self) -> String;
+}
+
+impl RedisUrl for Redis {
+    fn redis_url(&self) -> String {
+        self.url()
+    }
+}
+
+impl RedisUrl for RedisCluster {
+    fn redis_url(&self) -> String {
+        self.url()
+    }
+}
+
+impl RedisUrl for Backend {
+    fn redis_url(&self) -> String {
+        self.url()
+    }
+}
+
+/// The Redis a test of `on_both!` runs on.
+pub enum Backend {
+    /// One `redis-server`, without persistence.
+    One(Redis),
+    /// A Redis Cluster of three primaries, each with one replica.
+    Cluster(RedisCluster),
+}
+
+impl Backend {
+    pub fn one() -> Self {
+        Backend::One(Redis::start(Persistence::None))
+    }
+
+    pub fn cluster() -> Self {
+        Backend::Cluster(RedisCluster::start(3, 1))
+    }
+
+    pub fn url(&self) -> String {
+        match self {
+            Backend::One(redis) => redis.url(),
+            Backend::Cluster(cluster) => cluster.url(),
+        }
+    }
+
+    /// Sends a command about `key` (see `query`) to the Redis holding it: the server, or the
+    /// cluster's primary serving the key's slot.
+    pub fn query_on_key(&self, key: &str, args: &[&str]) -> Option<Vec<String>> {
+        match self {
+            Backend::One(redis) => redis.query(args),
+            Backend::Cluster(cluster) => cluster.query_on_key(key, args),
+        }
+    }
+
+    /// The first value of `query_on_key`'s answer.
+    pub fn command_on_key(&self, key: &str, args: &[&str]) -> Option<String> {
+        self.query_on_key(key, args)?.into_iter().next()
+    }
+
+    /// Cuts every PUB/SUB connection (`CLIENT KILL TYPE pubsub`) on every Redis of the
+    /// backend; answers how many were cut in all.
+    pub fn kill_pubsub_clients(&self) -> usize {
+        match self {
+            Backend::One(redis) => redis
+                .command(&["CLIENT", "KILL", "TYPE", "pubsub"])
+                .and_then(|n| n.parse().ok())
+                .expect("Redis answers CLIENT KILL with a count"),
+            Backend::Cluster(cluster) => cluster.kill_pubsub_clients(),
+        }
+    }
+}
+
+/// Starts a node of the cluster on `redis` (one Redis, a Redis Cluster or a `Backend`), with
+/// the test secret and publisher key.
+pub fn node(redis: &impl RedisUrl, name: &str, extra: &[&str]) -> Served {
+    node_on(&redis.redis_url(), name, extra)
 }
 
 /// Starts a node on the Redis at `url`.
@@ -302,7 +477,7 @@ pub fn node_on(url: &str, name: &str, extra: &[&str]) -> Served {
 }
 
 /// Three nodes `a`, `b` and `c` on `redis`, with the same extra flags.
-pub fn three_nodes(redis: &Redis, extra: &[&str]) -> [Served; 3] {
+pub fn three_nodes(redis: &impl RedisUrl, extra: &[&str]) -> [Served; 3] {
     ["a", "b", "c"].map(|name| node(redis, name, extra))
 }
 

@@ -20,10 +20,9 @@ async fn expect_error(stream: &mut SseClient, code: &str) {
     );
 }
 
-#[actix_rt::test]
-async fn a_revocation_on_one_node_closes_the_subject_everywhere() {
-    let redis = Redis::start(Persistence::None);
-    let nodes = [node(&redis, "a", &[]), node(&redis, "b", &[])];
+on_both!(a_revocation_on_one_node_closes_the_subject_everywhere);
+async fn a_revocation_on_one_node_closes_the_subject_everywhere(backend: Backend) {
+    let nodes = [node(&backend, "a", &[]), node(&backend, "b", &[])];
     let [a, b] = nodes.each_ref().map(root);
     let alice = token("alice", &["notification:instance:read"]);
     let mut stream = sse(&a, "alice", None).await;
@@ -45,7 +44,7 @@ async fn a_revocation_on_one_node_closes_the_subject_everywhere() {
     assert_error(&polling.await.unwrap(), 403, "auth_token_revoked");
 
     // Refused on every node, one started after the revocation included.
-    let late = node(&redis, "c", &[]);
+    let late = node(&backend, "c", &[]);
     let c = root(&late);
     for root in [&a, &b, &c] {
         let mut again = sse(root, "alice", None).await;

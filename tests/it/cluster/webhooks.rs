@@ -31,10 +31,9 @@ fn ids(receiver: &Receiver, path: &str) -> HashMap<String, usize> {
     ids
 }
 
-#[actix_rt::test]
-async fn dashboard_changes_on_every_node_fire_once_and_webhooks_are_shared() {
-    let redis = Redis::start(Persistence::None);
-    let nodes = three_nodes(&redis, WEBHOOK_NODE);
+on_both!(dashboard_changes_on_every_node_fire_once_and_webhooks_are_shared);
+async fn dashboard_changes_on_every_node_fire_once_and_webhooks_are_shared(backend: Backend) {
+    let nodes = three_nodes(&backend, WEBHOOK_NODE);
     let [a, b, c] = nodes.each_ref().map(root);
     let receiver = Receiver::start().await;
 
@@ -153,7 +152,7 @@ async fn dashboard_changes_on_every_node_fire_once_and_webhooks_are_shared() {
     assert_eq!(attempts(&a, &gone).await[0]["outcome"], "disabled");
 
     // Nothing was delivered twice, once no attempt can come any more.
-    settled(&redis).await;
+    settled(&backend).await;
     for path in ["/ok-all", "/ok-change", "/gone"] {
         assert!(
             ids(&receiver, path).values().all(|&n| n == 1),
@@ -168,12 +167,12 @@ async fn dashboard_changes_on_every_node_fire_once_and_webhooks_are_shared() {
 /// Waits until the cluster has no delivery left to attempt: none due or in flight (an entry
 /// leaves the due stream only when its attempt is settled) and none waiting for a retry. From
 /// then on no attempt can come, so what the receiver has is all it will get.
-async fn settled(redis: &Redis) {
+async fn settled(backend: &Backend) {
     wait_for(
         "no delivery due, in flight or waiting for a retry",
         || async {
-            let due = redis.command(&["XLEN", "herald:{dashboard}:wh:due"])?;
-            let retries = redis.command(&["ZCARD", "herald:{dashboard}:wh:retries"])?;
+            let due = backend.command_on_key(DUE_KEY, &["XLEN", DUE_KEY])?;
+            let retries = backend.command_on_key(RETRIES_KEY, &["ZCARD", RETRIES_KEY])?;
             (due == "0" && retries == "0").then_some(())
         },
     )
@@ -181,21 +180,21 @@ async fn settled(redis: &Redis) {
 }
 
 /// How many due entries each node's dispatcher holds now (`XPENDING`).
-fn held(redis: &Redis) -> HashMap<String, usize> {
-    let summary = redis
-        .query(&["XPENDING", "herald:{dashboard}:wh:due", "dispatchers"])
+fn held(backend: &Backend) -> HashMap<String, usize> {
+    let summary = backend
+        .query_on_key(DUE_KEY, &["XPENDING", DUE_KEY, DISPATCHERS_GROUP])
         .expect("Redis answers");
-    // [count, first id, last id, consumer, count, consumer, count, ...]
+    // [count, first id, last id, consumer, count, consumer, count, ...], or an error.
+    assert!(summary.len() >= 3, "XPENDING {DUE_KEY}: {summary:?}");
     summary[3..]
         .chunks(2)
         .filter_map(|pair| Some((pair[0].clone(), pair.get(1)?.parse().ok()?)))
         .collect()
 }
 
-#[actix_rt::test]
-async fn the_deliveries_of_a_node_killed_mid_attempt_are_carried_on_by_another() {
-    let redis = Redis::start(Persistence::None);
-    let mut nodes = three_nodes(&redis, WEBHOOK_NODE);
+on_both!(the_deliveries_of_a_node_killed_mid_attempt_are_carried_on_by_another);
+async fn the_deliveries_of_a_node_killed_mid_attempt_are_carried_on_by_another(backend: Backend) {
+    let mut nodes = three_nodes(&backend, WEBHOOK_NODE);
     let [a, b, c] = [0, 1, 2].map(|i| root(&nodes[i]));
     let receiver = Receiver::start().await;
     let (slow, secret) = subscribe(&a, &receiver.url("/slow"), "", "REGISTER").await;
@@ -206,8 +205,9 @@ async fn the_deliveries_of_a_node_killed_mid_attempt_are_carried_on_by_another()
     }
     // Attempts are under way (each takes `SLOW`), some of them B's.
     wait_for("B to hold attempts under way", || async {
-        (held(&redis).get("b").copied().unwrap_or(0) > 0 && !receiver.received("/slow").is_empty())
-            .then_some(())
+        (held(&backend).get("b").copied().unwrap_or(0) > 0
+            && !receiver.received("/slow").is_empty())
+        .then_some(())
     })
     .await;
     nodes[1].child.kill().expect("kill -9 B");
@@ -215,7 +215,7 @@ async fn the_deliveries_of_a_node_killed_mid_attempt_are_carried_on_by_another()
 
     // Every delivery arrives, and every attempt is settled: B holds nothing any more.
     wait_for("every delivery, every attempt settled", || async {
-        let settled = held(&redis).values().all(|&n| n == 0);
+        let settled = held(&backend).values().all(|&n| n == 0);
         (settled && ids(&receiver, "/slow").len() == DELIVERIES).then_some(())
     })
     .await;
@@ -250,15 +250,17 @@ async fn the_deliveries_of_a_node_killed_mid_attempt_are_carried_on_by_another()
     }
 }
 
-#[actix_rt::test]
-async fn a_receiver_down_for_a_while_gets_everything_on_schedule_once() {
-    let redis = Redis::start(Persistence::None);
+on_both!(a_receiver_down_for_a_while_gets_everything_on_schedule_once);
+async fn a_receiver_down_for_a_while_gets_everything_on_schedule_once(backend: Backend) {
     let schedule = [
         "--webhook-allow-private",
         "--webhook-retry-schedule",
         "100ms,200ms,400ms,800ms,1600ms",
     ];
-    let nodes = [node(&redis, "a", &schedule), node(&redis, "b", &schedule)];
+    let nodes = [
+        node(&backend, "a", &schedule),
+        node(&backend, "b", &schedule),
+    ];
     let [a, b] = nodes.each_ref().map(root);
     let receiver = Receiver::start().await;
     let (sub, _) = subscribe(&a, &receiver.url("/recover"), "", "REGISTER").await;
@@ -291,7 +293,7 @@ async fn a_receiver_down_for_a_while_gets_everything_on_schedule_once() {
         (log.iter().filter(|a| a["outcome"] == "succeeded").count() == DELIVERIES).then_some(log)
     })
     .await;
-    settled(&redis).await;
+    settled(&backend).await;
     let log = attempts(&a, &sub).await;
     let mut by_id: HashMap<&str, Vec<&Value>> = HashMap::new();
     for attempt in log.iter().rev() {
@@ -390,21 +392,15 @@ async fn retries_survive_a_redis_restart_and_a_lost_group_heals() {
 
     // A Redis that lost the queue (and its consumer group) under the dispatchers' feet: they
     // make the group again instead of staying stuck on NOGROUP.
-    assert_eq!(
-        redis
-            .command(&["DEL", "herald:{dashboard}:wh:due"])
-            .as_deref(),
-        Some("1")
-    );
+    assert_eq!(redis.command(&["DEL", DUE_KEY]).as_deref(), Some("1"));
     subscribe(&b, &receiver.url("/ok-after"), "", "REGISTER").await;
     register(&a, "FI").await;
     receiver.wait_for("/ok-after", 1).await;
 }
 
-#[actix_rt::test]
-async fn every_node_refuses_private_targets() {
-    let redis = Redis::start(Persistence::None);
-    let nodes = [node(&redis, "a", &[]), node(&redis, "b", &[])];
+on_both!(every_node_refuses_private_targets);
+async fn every_node_refuses_private_targets(backend: Backend) {
+    let nodes = [node(&backend, "a", &[]), node(&backend, "b", &[])];
     for root in nodes.each_ref().map(root) {
         let (code, body) = call(
             &root,

@@ -162,7 +162,7 @@ async fn a_replay_on_another_node_waits_for_the_replicas_to_hold_the_publish() {
     })
     .await;
     replica.signal("STOP");
-    let log = "herald:{client:replay}:log";
+    let log = &log_key("client", "replay");
     // Applied on the primary through A, not replicated within the second.
     let first = publish_keyed(&a, "replay", &doc, key);
     // The same publish through B as soon as A's is applied: still not replicated.

@@ -51,8 +51,8 @@ async fn settled_on(redis: &Redis) {
         3 * DEADLINE,
         "no delivery due, in flight or waiting for a retry",
         || async {
-            let due = redis.command(&["XLEN", "herald:{dashboard}:wh:due"])?;
-            let retries = redis.command(&["ZCARD", "herald:{dashboard}:wh:retries"])?;
+            let due = redis.command(&["XLEN", DUE_KEY])?;
+            let retries = redis.command(&["ZCARD", RETRIES_KEY])?;
             (due == "0" && retries == "0").then_some(())
         },
     )
