@@ -277,7 +277,7 @@ impl RedisCluster {
     /// answer, should the slot have moved since (a failover the node asked has not heard of).
     pub fn query_on_key(&self, key: &str, args: &[&str]) -> Option<Vec<String>> {
         let mut port = self.owner(self.slot(key));
-        // A redirect can only point to another primary, and there are so many of them.
+        // Each redirect names another node: more redirects than nodes is a loop.
         for _ in 0..self.nodes.len() {
             let answer = query(port, args)?;
             match moved_to(&answer) {
@@ -333,7 +333,7 @@ impl RedisCluster {
 
     /// Moves `slot`, with its keys, to the primary on `to_port`, the way `redis-cli --cluster
     /// reshard` does, each step checked; answers once every live node sees the slot there.
-    pub fn migrate_slot(&mut self, slot: u16, to_port: u16) {
+    pub fn migrate_slot(&self, slot: u16, to_port: u16) {
         let from_port = self.owner(slot);
         assert_ne!(from_port, to_port, "slot {slot} is on {to_port} already");
         let id = |port: u16| {
@@ -351,8 +351,8 @@ impl RedisCluster {
                 "{args:?} on {port}"
             );
         };
-        // Keys missing on the source are looked for on the destination from now on, and the
-        // destination answers for the slot to clients that ASK it.
+        // From here the source answers ASK (try the destination) for the slot's keys it no
+        // longer holds, and the destination serves them to clients that say ASKING first.
         ok(
             to_port,
             &["CLUSTER", "SETSLOT", &slot_arg, "IMPORTING", &from_id],
