@@ -17,6 +17,7 @@ contract:
 
 # Redis, three nodes and an nginx load balancer on http://127.0.0.1:8080/ (see docs/cluster.md).
 # REDIS=sentinel: a primary, two replicas and three sentinels instead of one Redis.
+# REDIS=cluster: a Redis Cluster of three primaries and three replicas.
 cluster:
 	REDIS=$(or $(REDIS),single) ./scripts/cluster
 

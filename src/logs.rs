@@ -1,8 +1,13 @@
-//! The process's logger: env_logger (`RUST_LOG`, default `info`), except that what actix-http
-//! logs as an error when a client sends a request it cannot parse (answered 400 or 431) is
-//! logged at debug: a client's mistake is not the server's error.
+//! The process's logger: env_logger (`RUST_LOG`, default `DEFAULT`), except that what
+//! actix-http logs as an error when a client sends a request it cannot parse (answered 400 or
+//! 431) is logged at debug: a client's mistake is not the server's error.
 
 use log::{Level, Log, Metadata, Record};
+
+/// `info`, but for the Redis Cluster client's warnings: each of its connections (one per
+/// thread) warns about a dead cluster node every time it tries it, while Herald says what it
+/// means for the node itself (`/health`, refused publishes).
+const DEFAULT: &str = "info,redis::cluster_handling=error";
 
 /// Where actix-http reports requests it could not parse.
 const DISPATCHER: &str = "actix_http::h1::dispatcher";
@@ -47,7 +52,8 @@ impl Log for Logger {
 /// Installs the logger; call once, first thing.
 pub fn init() {
     let logger =
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).build();
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(DEFAULT))
+            .build();
     let max = logger.filter();
     if log::set_boxed_logger(Box::new(Logger(logger))).is_ok() {
         log::set_max_level(max);

@@ -58,9 +58,11 @@ pub fn serve_with(mut cmd: Command, args: &[&str]) -> Served {
             lines.lock().unwrap().push(line);
         }
     });
-    let addr = rx
-        .recv_timeout(DEADLINE)
-        .expect("server announces its address");
+    let addr = rx.recv_timeout(DEADLINE).unwrap_or_else(|e| {
+        // What the server said instead (a refusal to start, say).
+        let said = log.lock().unwrap().join("\n");
+        panic!("server did not announce its address ({e}); it said:\n{said}")
+    });
     Served { child, addr, log }
 }
 

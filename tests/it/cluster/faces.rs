@@ -212,12 +212,14 @@ async fn the_listener_limit_counts_polls_on_every_node(backend: Backend) {
     let waiting_a = poll(&a, &instance, "deadline=30", &token);
     let waiting_b = poll(&b, &instance, "deadline=30", &token);
     let third = async {
-        // Until both wait, the third may be admitted: try until it is refused.
-        wait_for("a refusal past the limit", || async {
-            let r = poll(&c, &instance, "deadline=1", &token).await;
-            (r.status == StatusCode::CONFLICT).then_some(r)
+        // Once both wait (their places taken in Redis), a third on another node is refused.
+        let polls = polls_key(&instance);
+        wait_for("both polls waiting", || async {
+            let waiting = backend.command_on_key(&polls, &["ZCARD", &polls]);
+            (waiting.as_deref() == Some("2")).then_some(())
         })
-        .await
+        .await;
+        poll(&c, &instance, "deadline=1", &token).await
     };
     let refused = async {
         let refused = third.await;

@@ -76,6 +76,11 @@ pub fn idempotency_key(kind: &str, id: &str, key: &str) -> String {
     format!("herald:{{{kind}:{id}}}:idem:{key}")
 }
 
+/// The long-polls waiting on instance `id`, counted on every node (a sorted set of leases).
+pub fn polls_key(id: &str) -> String {
+    format!("herald:{{instance:{id}}}:polls")
+}
+
 /// How Redis keeps its data.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Persistence {
