@@ -31,16 +31,16 @@ use crate::event::{Event, StreamKey};
 use crate::identity::Target;
 
 /// How often the live channel is probed.
-const PROBE_INTERVAL: Duration = Duration::from_millis(500);
+pub(super) const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 
 /// A probe not heard back within this means the subscription is broken.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+pub(super) const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Longest wait between two attempts to reconnect.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// How often the node renews its heartbeat.
-const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
+pub(super) const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
 
 /// How long a heartbeat lasts: a node that stops renewing it (killed) drops out of `/clients`
 /// after this.
@@ -82,6 +82,9 @@ pub async fn run(
     mut commands: mpsc::UnboundedReceiver<Command>,
     listener: impl Listener,
 ) {
+    if node.primary.is_cluster() {
+        return super::shards::run(node, commands, listener).await;
+    }
     let mut channels: HashSet<String> = HashSet::new();
     // Follows asked for while disconnected, answered once subscribed.
     let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
@@ -96,7 +99,7 @@ pub async fn run(
             // failover, which the resync below reads every followed stream after.
             node.primary.locate().await?;
             node.primary.identify(&mut conn.get()).await?;
-            let (mut sink, stream) = node.primary.subscriber(&mut conn.get()).await?.split();
+            let (mut sink, stream) = node.primary.client().get_async_pubsub().await?.split();
             sink.subscribe(&[wire::CONTROL_CHANNEL, probe_channel.as_str()])
                 .await?;
             let all: Vec<&String> = channels.iter().collect();
@@ -192,28 +195,8 @@ pub async fn run(
                             probe = None;
                             node.set_reachable(true);
                         }
-                    } else if channel == wire::CONTROL_CHANNEL {
-                        if let Some(stream) = wire::dropped_stream(payload) {
-                            listener.dropped(stream);
-                        }
-                        match wire::control(payload) {
-                            Some(wire::Control::Revoke(revocation)) => {
-                                node.revoked.insert(&revocation);
-                                listener.revoked(revocation.target);
-                            }
-                            Some(wire::Control::Lift(target)) => {
-                                node.revoked.remove(&target);
-                            }
-                            None => {}
-                        }
-                    } else if let Some(stream) = wire::stream_of_channel(channel) {
-                        match wire::decode(&stream, payload) {
-                            Ok(announced) => listener.announced(stream, announced.events),
-                            Err(e) => {
-                                log::warn!("{stream}: {e}; reading it from history");
-                                listener.resync(Some(stream));
-                            }
-                        }
+                    } else {
+                        heard(&node, &listener, channel, payload);
                     }
                 }
                 _ = probe_tick.tick() => match probe {
@@ -252,6 +235,33 @@ pub async fn run(
     }
 }
 
+/// Passes on what was heard on `channel`: a control message or a stream's announcement.
+pub(super) fn heard(node: &Node, listener: &impl Listener, channel: &str, payload: &[u8]) {
+    if channel == wire::CONTROL_CHANNEL {
+        if let Some(stream) = wire::dropped_stream(payload) {
+            listener.dropped(stream);
+        }
+        match wire::control(payload) {
+            Some(wire::Control::Revoke(revocation)) => {
+                node.revoked.insert(&revocation);
+                listener.revoked(revocation.target);
+            }
+            Some(wire::Control::Lift(target)) => {
+                node.revoked.remove(&target);
+            }
+            None => {}
+        }
+    } else if let Some(stream) = wire::stream_of_channel(channel) {
+        match wire::decode(&stream, payload) {
+            Ok(announced) => listener.announced(stream, announced.events),
+            Err(e) => {
+                log::warn!("{stream}: {e}; reading it from history");
+                listener.resync(Some(stream));
+            }
+        }
+    }
+}
+
 /// Publishes a probe; a connection that broke (Redis restarted) is tried once more, on the
 /// connection the manager makes anew.
 async fn send_probe(
@@ -287,7 +297,7 @@ fn note(command: Command, channels: &mut HashSet<String>, waiting: &mut Vec<ones
 
 /// Renews the node's heartbeat, writes its client set again if Redis lost it, and reads the
 /// cluster's revocations (a control message may have been missed).
-async fn beat(node: &Node, conn: &mut super::primary::Conn, listener: &impl Listener) {
+pub(super) async fn beat(node: &Node, conn: &mut super::primary::Conn, listener: &impl Listener) {
     if let Err(e) = node.load_revocations(conn).await {
         log::debug!("revocations: {e}");
     }

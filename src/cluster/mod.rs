@@ -18,8 +18,10 @@ mod layout;
 pub mod live;
 pub mod primary;
 mod replication;
+mod resp;
 mod revocations;
 mod scripts;
+mod shards;
 pub mod wire;
 
 use std::collections::BTreeMap;
@@ -185,6 +187,16 @@ impl Node {
         }
     }
 
+    /// How a message is published on a channel of the cluster's (`live.rs`, `shards.rs`): by
+    /// `SPUBLISH` on a Redis Cluster, where each shard carries its own slots' channels.
+    fn publish(&self) -> &'static str {
+        if self.primary.is_cluster() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        }
+    }
+
     /// A connection of its own for the calling thread, to the primary wherever it is.
     pub fn connection(&self) -> Link {
         Link::new(&self.primary)
@@ -231,7 +243,7 @@ impl Node {
             async move { answer(self, remove.query_async::<i64>(&mut conn)).await }
         });
         futures_util::future::try_join_all(unlisted).await?;
-        let mut telling = redis::cmd("PUBLISH");
+        let mut telling = redis::cmd(self.publish());
         telling
             .arg(wire::CONTROL_CHANNEL)
             .arg(wire::drop_message(stream));
@@ -356,6 +368,7 @@ impl StreamLog {
         };
         let fingerprint = idempotency.map_or(String::new(), |i| i.fingerprint.hex());
         let window = self.node.retention.idempotency_window.as_millis().max(1);
+        let sharded = self.node.primary.is_cluster();
         let invocation = |retry: bool| {
             let mut keys = vec![wire::meta_key(stream), wire::log_key(stream)];
             if dashboard {
@@ -374,7 +387,8 @@ impl StreamLog {
                 .arg(if retry { "1" } else { "0" })
                 .arg(&webhook_time)
                 .arg(&fingerprint)
-                .arg(window.to_string());
+                .arg(window.to_string())
+                .arg(if sharded { "sharded" } else { "" });
             for doc in &data {
                 invocation.arg(doc.get());
             }

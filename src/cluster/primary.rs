@@ -186,36 +186,13 @@ impl Primary {
         })
     }
 
-    /// A PUB/SUB connection for the live channel: to the primary, or on a Redis Cluster (which
-    /// forwards every `PUBLISH` to every node) to the first node that answers of the one
-    /// `--redis` names and those the cluster lists (`CLUSTER SLOTS`), so the channel outlives
-    /// any one node.
-    pub async fn subscriber(&self, conn: &mut Conn) -> redis::RedisResult<redis::aio::PubSub> {
-        let seed = self.client();
-        if !self.is_cluster() {
-            return seed.get_async_pubsub().await;
-        }
-        let mut failed = match timeout(CONNECT_TIMEOUT, seed.get_async_pubsub()).await {
-            Ok(subscriber) => return Ok(subscriber),
-            Err(e) => e,
-        };
-        let slots: Value = redis::cmd("CLUSTER").arg("SLOTS").query_async(conn).await?;
-        for (host, port) in cluster_nodes(&slots) {
-            let info = seed
-                .get_connection_info()
-                .clone()
-                .set_addr(redis::ConnectionAddr::Tcp(host, port));
-            match timeout(
-                CONNECT_TIMEOUT,
-                redis::Client::open(info)?.get_async_pubsub(),
-            )
-            .await
-            {
-                Ok(subscriber) => return Ok(subscriber),
-                Err(e) => failed = e,
-            }
-        }
-        Err(failed)
+    /// The credentials `--redis` gives the servers (username, password), for connections
+    /// made without the client (`shards.rs`).
+    pub fn auth(&self) -> Option<(Option<String>, String)> {
+        let info = self.client();
+        let settings = info.get_connection_info().redis_settings();
+        let password = settings.password()?.to_string();
+        Some((settings.username().map(str::to_string), password))
     }
 
     /// Whether `--redis` names a node of a Redis Cluster.
@@ -345,42 +322,38 @@ async fn timeout<T>(
         })
 }
 
-/// Every node a `CLUSTER SLOTS` answer names (`[[first, last, [host, port, id], ...], ...]`),
-/// primaries first, each once.
-fn cluster_nodes(slots: &Value) -> Vec<(String, u16)> {
-    let mut primaries = Vec::new();
-    let mut replicas = Vec::new();
+/// Which primary serves which slots, from a `CLUSTER SLOTS` answer (`[[first, last, [host,
+/// port, id], replicas...], ...]`).
+pub fn slot_owners(slots: &Value) -> Vec<(u16, u16, (String, u16))> {
     let ranges = match slots {
         Value::Array(ranges) => ranges.as_slice(),
         _ => &[],
     };
-    for range in ranges {
-        let Value::Array(parts) = range else { continue };
-        for (i, node) in parts.iter().skip(2).enumerate() {
-            let Value::Array(node) = node else { continue };
+    ranges
+        .iter()
+        .filter_map(|range| {
+            let Value::Array(parts) = range else {
+                return None;
+            };
+            let number = |i: usize| match parts.get(i) {
+                Some(Value::Int(n)) => u16::try_from(*n).ok(),
+                _ => None,
+            };
+            let Some(Value::Array(primary)) = parts.get(2) else {
+                return None;
+            };
             let (Some(Value::BulkString(host)), Some(Value::Int(port))) =
-                (node.first(), node.get(1))
+                (primary.first(), primary.get(1))
             else {
-                continue;
+                return None;
             };
-            let (Ok(host), Ok(port)) = (String::from_utf8(host.clone()), u16::try_from(*port))
-            else {
-                continue;
-            };
-            let found = (host, port);
-            let list = if i == 0 {
-                &mut primaries
-            } else {
-                &mut replicas
-            };
-            if !list.contains(&found) {
-                list.push(found);
-            }
-        }
-    }
-    replicas.retain(|node| !primaries.contains(node));
-    primaries.extend(replicas);
-    primaries
+            let addr = (
+                String::from_utf8(host.clone()).ok()?,
+                u16::try_from(*port).ok()?,
+            );
+            Some((number(0)?, number(1)?, addr))
+        })
+        .collect()
 }
 
 /// Whether the server `client` names is a node of a Redis Cluster (`INFO cluster`).
@@ -608,7 +581,7 @@ mod tests {
     }
 
     #[test]
-    fn cluster_slots_name_every_node_primaries_first() {
+    fn cluster_slots_name_the_primary_of_every_range() {
         let node = |port: i64| {
             Value::Array(vec![
                 Value::BulkString(b"10.0.0.1".to_vec()),
@@ -623,12 +596,14 @@ mod tests {
         };
         let slots = Value::Array(vec![
             range(0, 99, vec![node(7000), node(7003)]),
-            range(100, 199, vec![node(7001), node(7004), node(7005)]),
-            // A primary serving two ranges is listed once.
-            range(200, 16383, vec![node(7000), node(7003)]),
+            range(100, 16383, vec![node(7001), node(7004), node(7005)]),
+            Value::Int(1),
         ]);
-        let ports: Vec<u16> = cluster_nodes(&slots).into_iter().map(|(_, p)| p).collect();
-        assert_eq!(ports, [7000, 7001, 7003, 7004, 7005]);
-        assert!(cluster_nodes(&Value::Nil).is_empty());
+        let at = |port: u16| ("10.0.0.1".to_string(), port);
+        assert_eq!(
+            slot_owners(&slots),
+            [(0, 99, at(7000)), (100, 16383, at(7001))]
+        );
+        assert!(slot_owners(&Value::Nil).is_empty());
     }
 }

@@ -40,7 +40,7 @@ impl Node {
             .arg(&key)
             .arg(revocation.until_ms)
             .ignore()
-            .cmd("PUBLISH")
+            .cmd(self.publish())
             .arg(wire::CONTROL_CHANNEL)
             .arg(wire::revoke_message(revocation))
             .ignore();
@@ -56,7 +56,7 @@ impl Node {
             .arg(wire::REVOCATIONS)
             .arg(target.key())
             .ignore()
-            .cmd("PUBLISH")
+            .cmd(self.publish())
             .arg(wire::CONTROL_CHANNEL)
             .arg(wire::lift_message(target))
             .ignore();

@@ -36,7 +36,8 @@ pub const KEY_REUSED: u8 = 2;
 /// only if the stream has none), the publish's own random id, whether this is a retry (`1`),
 /// the creation time as the webhook body's `time` (`""` but for dashboard streams), the
 /// fingerprint of the documents in hex (`""` without a key), `--idempotency-window` in ms,
-/// then one JSON document per event. Returns `{state, epoch, first seq, count, creation time
+/// `sharded` to announce by `SPUBLISH` (a Redis Cluster: the channel shares the stream's slot,
+/// so only its shard carries it) or `""` for `PUBLISH`, then one JSON document per event. Returns `{state, epoch, first seq, count, creation time
 /// in µs}`, state `APPENDED`, `REPLAYED` or `KEY_REUSED` (then nothing else is set).
 ///
 /// An idempotency key, when there is one, is looked at first: a key that names a publish of
@@ -59,7 +60,7 @@ pub const KEY_REUSED: u8 = 2;
 pub static APPEND: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-local n = #ARGV - 10
+local n = #ARGV - 11
 -- The idempotency key first: a publish it names is answered, not appended again.
 if ARGV[9] ~= '' then
   local e, s, c, t, f, p = string.match(redis.call('GET', KEYS[3]) or '',
@@ -97,7 +98,7 @@ local last = redis.call('HINCRBY', KEYS[1], 'head', n)
 local first = last - n + 1
 local out = {epoch, ' ', string.format('%d', first), ' ', ARGV[4], '\n'}
 for i = 1, n do
-  local doc = ARGV[10 + i]
+  local doc = ARGV[11 + i]
   redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], string.format('%d-0', first + i - 1),
     't', ARGV[4], 'd', doc, 'p', ARGV[6])
   out[#out + 1] = string.format('%d:', #doc)
@@ -106,7 +107,7 @@ end
 if #KEYS == 5 then
   local subscriptions = redis.call('HVALS', KEYS[3])
   for i = 1, n do
-    local event = cjson.decode(ARGV[10 + i])
+    local event = cjson.decode(ARGV[11 + i])
     for _, json in ipairs(subscriptions) do
       local s = cjson.decode(json)
       if not s.disabled and s.event == event.event
@@ -127,7 +128,11 @@ if ARGV[9] ~= '' then
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
-redis.call('PUBLISH', ARGV[1], table.concat(out))
+if ARGV[11] == 'sharded' then
+  redis.call('SPUBLISH', ARGV[1], table.concat(out))
+else
+  redis.call('PUBLISH', ARGV[1], table.concat(out))
+end
 return {0, tonumber(epoch), first, n, tonumber(ARGV[4])}
 "#,
     )
@@ -253,7 +258,8 @@ mod tests {
                 let (command, rest) = call.split_once('\'').unwrap();
                 let first = rest.trim_start_matches([',', ' ']);
                 let keyless = command == "TIME";
-                let channel = command == "PUBLISH" && first.starts_with("ARGV[");
+                let channel =
+                    matches!(command, "PUBLISH" | "SPUBLISH") && first.starts_with("ARGV[");
                 assert!(
                     keyless || channel || first.starts_with("KEYS["),
                     "{command} on {}",
