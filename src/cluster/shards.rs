@@ -16,7 +16,8 @@
 //! channels by itself (an unsolicited `sunsubscribe`); a subscription sent to a node that does
 //! not own the slot answers `MOVED`: both send the channel to its new owner.
 //!
-//! The node counts Redis as reachable (`/health`) while every shard's connection is up.
+//! The node counts Redis as reachable (`/health`) while every shard's connection is up or, cut,
+//! is being made again.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -54,7 +55,9 @@ enum Order {
 enum Heard {
     /// Connected, and every channel it was given is subscribed.
     Up,
-    Down(String),
+    /// Not connected. `cut`: a connection that was up ended and is being made again at once;
+    /// otherwise making one failed.
+    Down { why: String, cut: bool },
     Subscribed(String),
     Message(String, Vec<u8>),
     /// The channel is no longer subscribed there: its slot moved (to this address, if known).
@@ -64,7 +67,11 @@ enum Heard {
 /// One primary, as the supervisor sees it.
 struct Shard {
     orders: mpsc::UnboundedSender<Order>,
+    /// Connected, and its channels subscribed.
     up: bool,
+    /// Counted as reachable: from its first `Up` until a connection cannot be made (a cut
+    /// that reconnects at once does not make Redis unreachable, as on one Redis).
+    reachable: bool,
     /// The channel its probes go on: one of its slots', chosen anew when slots move.
     probe: String,
     /// The probe sent and not heard back yet.
@@ -145,6 +152,7 @@ pub async fn run(
                 Heard::Up => {
                     if let Some(shard) = shards.get_mut(&addr) {
                         shard.up = true;
+                        shard.reachable = true;
                         shard.sent = None;
                     }
                     reachability(&node, &shards);
@@ -163,10 +171,11 @@ pub async fn run(
                         }
                     }
                 }
-                Heard::Down(e) => {
-                    log::debug!("Redis Cluster shard {}:{}: {e}", addr.0, addr.1);
+                Heard::Down { why, cut } => {
+                    log::debug!("Redis Cluster shard {}:{}: {why}", addr.0, addr.1);
                     if let Some(shard) = shards.get_mut(&addr) {
                         shard.up = false;
+                        shard.reachable &= cut;
                     }
                     for f in followed.values_mut() {
                         if f.owner.as_ref() == Some(&addr) {
@@ -348,9 +357,9 @@ fn subscribe(
     let _ = shard.orders.send(Order::Subscribe(channels));
 }
 
-/// `/health` and fast refusals: Redis is reachable while every shard's connection is up.
+/// `/health` and fast refusals: Redis is reachable while every shard is.
 fn reachability(node: &Node, shards: &HashMap<Addr, Shard>) {
-    node.set_reachable(!shards.is_empty() && shards.values().all(|s| s.up));
+    node.set_reachable(!shards.is_empty() && shards.values().all(|s| s.reachable));
 }
 
 /// The primary that serves `slot`.
@@ -397,6 +406,7 @@ fn start(
     Shard {
         orders,
         up: false,
+        reachable: false,
         probe,
         sent: None,
     }
@@ -424,7 +434,7 @@ async fn connection(
                     Ok(Err(e)) => e.to_string(),
                     _ => "no connection within the timeout".to_string(),
                 };
-                if !tell(Heard::Down(why)) {
+                if !tell(Heard::Down { why, cut: false }) {
                     return;
                 }
                 let until = tokio::time::sleep(backoff);
@@ -495,7 +505,7 @@ async fn connection(
         match failure {
             Ok(()) => return,
             Err(why) => {
-                if !tell(Heard::Down(why)) {
+                if !tell(Heard::Down { why, cut: true }) {
                     return;
                 }
             }
