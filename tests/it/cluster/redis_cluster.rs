@@ -1,9 +1,11 @@
 //! A real Redis Cluster of the test's own: `redis-server` nodes on random ports in one
 //! temporary directory, joined by `redis-cli --cluster create`, with the means to route keys,
 //! move a slot, and kill, restart or freeze a node. `reshard.rs`: such a cluster resharded
-//! and failed over under publishers and subscribers of every face.
+//! and failed over under publishers and subscribers of every face; `webhooks.rs`: the shard
+//! of the dashboard failed over under registrations whose events fire webhooks.
 
 mod reshard;
+mod webhooks;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

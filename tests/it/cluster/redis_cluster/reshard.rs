@@ -20,7 +20,7 @@ const BALLAST: usize = 5000;
 /// Runs `work`, which waits on Redis with blocking sleeps (`RedisCluster`'s methods), on the
 /// blocking pool, so that the publishers and subscribers on the test's runtime go on
 /// meanwhile. A panic there is the test's.
-async fn off_runtime<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+pub(super) async fn off_runtime<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
     match actix_rt::task::spawn_blocking(work).await {
         Ok(value) => value,
         Err(e) => std::panic::resume_unwind(e.into_panic()),
@@ -385,7 +385,7 @@ async fn shard_killed_under_load(named: bool) {
 /// Prints the nodes' own warnings and errors (publishes refused, the live channel
 /// reconnecting), each message once with how often it came, for what a run went through;
 /// redis-rs's, a line per reconnect attempt, are left out.
-fn print_node_log(nodes: &[crate::process::Served]) {
+pub(super) fn print_node_log(nodes: &[crate::process::Served]) {
     for (name, node) in ["A", "B"].iter().zip(nodes) {
         let log = node.log.lock().unwrap();
         let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
