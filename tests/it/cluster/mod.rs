@@ -6,6 +6,8 @@
 //! restarted, stopped or emptied. `webhooks.rs`: registrations and webhooks shared by the nodes.
 //! `idempotency.rs`: a publish's idempotency key on every node. `revocations.rs`: revocations
 //! on every node. `failover/`: Redis replicas and sentinels, the primary killed or moved.
+//! `load.rs`: publishers and subscribers of every face on two nodes, for the tests that
+//! disrupt Redis under load (a Sentinel failover, a Redis Cluster resharded or failed over).
 //!
 //! A test that holds on either backend is written once, taking a `Backend`, and `on_both!`
 //! runs it on one Redis (`one_redis`) and on a Redis Cluster (`redis_cluster`). Tests that
@@ -39,6 +41,7 @@ mod failover;
 mod failures;
 mod idempotency;
 mod layout;
+mod load;
 mod redis_cluster;
 mod revocations;
 mod webhooks;

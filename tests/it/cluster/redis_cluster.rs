@@ -1,6 +1,11 @@
 //! A real Redis Cluster of the test's own: `redis-server` nodes on random ports in one
 //! temporary directory, joined by `redis-cli --cluster create`, with the means to route keys,
-//! move a slot, and kill, restart or freeze a node.
+//! move a slot, and kill, restart or freeze a node. `reshard.rs`: such a cluster resharded
+//! and failed over under publishers and subscribers of every face; `webhooks.rs`: the shard
+//! of the dashboard failed over under registrations whose events fire webhooks.
+
+mod reshard;
+mod webhooks;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -78,6 +83,22 @@ fn info_field(port: u16, args: &[&str], field: &str) -> Option<String> {
     info.lines()
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .map(str::to_string)
+}
+
+/// How many primaries `CLUSTER NODES` of the node on `port` lists.
+fn primaries_listed(port: u16) -> Option<usize> {
+    let listing = query(port, &["CLUSTER", "NODES"])?.into_iter().next()?;
+    // `<id> <ip>:<port>@<bus port> <flags> ...`, flags such as `myself,master`.
+    Some(
+        listing
+            .lines()
+            .filter(|line| {
+                line.split_whitespace()
+                    .nth(2)
+                    .is_some_and(|flags| flags.split(',').any(|f| f == "master"))
+            })
+            .count(),
+    )
 }
 
 /// The port a `MOVED <slot> <host>:<port>` error points to; `None` for any other answer.
@@ -164,6 +185,13 @@ impl RedisCluster {
                     }
                     _ => false,
                 }
+            });
+        }
+        // A node learns that another became a replica by gossip, after redis-cli returned: the
+        // roles are read once every node lists as many primaries as were asked for.
+        for node in &cluster.nodes {
+            wait_until("every node to list the primaries asked for", || {
+                primaries_listed(node.port) == Some(primaries)
             });
         }
         cluster.read_nodes();

@@ -17,6 +17,7 @@ use std::time::Instant;
 
 use herald::event::Position;
 
+use super::load::{health_status, position};
 use super::*;
 
 /// The name the sentinels monitor the primary under.
@@ -114,13 +115,6 @@ fn sentinel_url(sentinels: &[Sentinel]) -> String {
     format!("redis+sentinel://{}/{MASTER}", hosts.join(","))
 }
 
-/// The `status` of a node's `/health`.
-async fn health_status(root: &str) -> Option<String> {
-    let mut res = client().get(format!("{root}/health")).send().await.ok()?;
-    let body = res.json::<Value>().await.ok()?;
-    Some(body["status"].as_str()?.to_string())
-}
-
 /// Publishes document `doc` to `client_id`'s stream with an idempotency key, as a producer
 /// that retries does; the status, or `None` if the node did not answer.
 async fn publish_keyed(root: &str, client_id: &str, doc: &str, key: &str) -> Option<StatusCode> {
@@ -189,11 +183,6 @@ async fn a_replay_on_another_node_waits_for_the_replicas_to_hold_the_publish() {
     let event = on_b.expect_event().await;
     assert!(event.data.contains(&doc), "{}", event.data);
     assert_eq!(primary.command(&["XLEN", log]).as_deref(), Some("1"));
-}
-
-/// The position of an id a face handed out.
-fn position(id: &str) -> Position {
-    Position::from_cursor(id).unwrap_or_else(|| panic!("not a cursor: {id}"))
 }
 
 /// What `collect` does at a gap.
