@@ -25,7 +25,7 @@ use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::SingleNodeRoutingInfo;
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
-use redis::{IntoConnectionInfo, RedisConnectionInfo};
+use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo};
 use redis::{RedisFuture, Value};
 
 /// Longest wait for one answer from Redis.
@@ -165,15 +165,18 @@ impl Primary {
             }
         };
         let cluster = match topology {
-            Topology::Server(url) if cluster_enabled(&client).await? => Some(
-                ClusterClientBuilder::new([url.as_str()])
-                    // A request redirected or broken on the way comes back to Herald, which
-                    // knows whether it may be sent again (see `mod.rs`, `StreamLog::append`).
-                    .retries(0)
-                    .connection_timeout(CONNECT_TIMEOUT)
-                    .response_timeout(ANSWER_TIMEOUT)
-                    .build()?,
-            ),
+            Topology::Server(_) => match cluster_seeds(&client).await? {
+                None => None,
+                Some(seeds) => Some(
+                    ClusterClientBuilder::new(seeds)
+                        // A request redirected or broken on the way comes back to Herald, which
+                        // knows whether it may be sent again (see `mod.rs`, `StreamLog::append`).
+                        .retries(0)
+                        .connection_timeout(CONNECT_TIMEOUT)
+                        .response_timeout(ANSWER_TIMEOUT)
+                        .build()?,
+                ),
+            },
             _ => None,
         };
         Ok(Self {
@@ -325,44 +328,92 @@ async fn timeout<T>(
 /// Which primary serves which slots, from a `CLUSTER SLOTS` answer (`[[first, last, [host,
 /// port, id], replicas...], ...]`).
 pub fn slot_owners(slots: &Value) -> Vec<(u16, u16, (String, u16))> {
-    let ranges = match slots {
-        Value::Array(ranges) => ranges.as_slice(),
-        _ => &[],
-    };
-    ranges
-        .iter()
-        .filter_map(|range| {
-            let Value::Array(parts) = range else {
-                return None;
-            };
+    slot_ranges(slots)
+        .filter_map(|parts| {
             let number = |i: usize| match parts.get(i) {
                 Some(Value::Int(n)) => u16::try_from(*n).ok(),
                 _ => None,
             };
-            let Some(Value::Array(primary)) = parts.get(2) else {
-                return None;
-            };
-            let (Some(Value::BulkString(host)), Some(Value::Int(port))) =
-                (primary.first(), primary.get(1))
-            else {
-                return None;
-            };
-            let addr = (
-                String::from_utf8(host.clone()).ok()?,
-                u16::try_from(*port).ok()?,
-            );
-            Some((number(0)?, number(1)?, addr))
+            Some((number(0)?, number(1)?, node_address(parts.get(2)?)?))
         })
         .collect()
 }
 
-/// Whether the server `client` names is a node of a Redis Cluster (`INFO cluster`).
-async fn cluster_enabled(client: &redis::Client) -> redis::RedisResult<bool> {
+/// Every node, primary or replica, a `CLUSTER SLOTS` answer names, once each.
+fn slot_nodes(slots: &Value) -> Vec<(String, u16)> {
+    let mut nodes: Vec<(String, u16)> = Vec::new();
+    for address in
+        slot_ranges(slots).flat_map(|parts| parts.iter().skip(2).filter_map(node_address))
+    {
+        if !nodes.contains(&address) {
+            nodes.push(address);
+        }
+    }
+    nodes
+}
+
+/// The ranges of a `CLUSTER SLOTS` answer, each as its parts.
+fn slot_ranges(slots: &Value) -> impl Iterator<Item = &[Value]> {
+    let ranges = match slots {
+        Value::Array(ranges) => ranges.as_slice(),
+        _ => &[],
+    };
+    ranges.iter().filter_map(|range| match range {
+        Value::Array(parts) => Some(parts.as_slice()),
+        _ => None,
+    })
+}
+
+/// `host:port` of a node entry of `CLUSTER SLOTS` (`[host, port, id, ...]`).
+fn node_address(node: &Value) -> Option<(String, u16)> {
+    let Value::Array(node) = node else {
+        return None;
+    };
+    let (Some(Value::BulkString(host)), Some(Value::Int(port))) = (node.first(), node.get(1))
+    else {
+        return None;
+    };
+    Some((
+        String::from_utf8(host.clone()).ok()?,
+        u16::try_from(*port).ok()?,
+    ))
+}
+
+/// When the server `client` names is a node of a Redis Cluster (`INFO cluster`), every node
+/// `CLUSTER SLOTS` lists besides it, with the same credentials: all of them seed the cluster
+/// client, so a connection first made after the named node died still finds the cluster.
+async fn cluster_seeds(client: &redis::Client) -> redis::RedisResult<Option<Vec<ConnectionInfo>>> {
+    let mut conn = manager(client);
     let info: String = redis::cmd("INFO")
         .arg("cluster")
-        .query_async(&mut manager(client))
+        .query_async(&mut conn)
         .await?;
-    Ok(info.lines().any(|line| line.trim() == "cluster_enabled:1"))
+    if !info.lines().any(|line| line.trim() == "cluster_enabled:1") {
+        return Ok(None);
+    }
+    let slots: Value = redis::cmd("CLUSTER")
+        .arg("SLOTS")
+        .query_async(&mut conn)
+        .await?;
+    let named = client.get_connection_info().clone();
+    let mut seeds = vec![named.clone()];
+    for (host, port) in slot_nodes(&slots) {
+        let addr = match named.addr() {
+            ConnectionAddr::TcpTls {
+                insecure,
+                tls_params,
+                ..
+            } => ConnectionAddr::TcpTls {
+                host,
+                port,
+                insecure: *insecure,
+                tls_params: tls_params.clone(),
+            },
+            _ => ConnectionAddr::Tcp(host, port),
+        };
+        seeds.push(named.clone().set_addr(addr));
+    }
+    Ok(Some(seeds))
 }
 
 /// A connection to whichever server is the primary now: made on first use, on the thread that
@@ -501,11 +552,14 @@ async fn redirected(conn: &mut ClusterConnection, cmd: &redis::Cmd) -> redis::Re
                 moved = true;
                 conn.req_packed_command(cmd).await
             }
-            (Ask, Some((host, port))) => {
-                let target = SingleNodeRoutingInfo::ByAddress {
-                    host: host.to_string(),
-                    port,
+            (Ask, Some((address, _slot))) => {
+                let Some((host, port)) = address
+                    .rsplit_once(':')
+                    .and_then(|(host, port)| Some((host.to_string(), port.parse().ok()?)))
+                else {
+                    return sent;
                 };
+                let target = SingleNodeRoutingInfo::ByAddress { host, port };
                 let mut asking = redis::pipe();
                 asking.cmd("ASKING").add_command(cmd.clone());
                 match conn.route_pipeline(asking, 1, 1, target).await {
@@ -581,7 +635,7 @@ mod tests {
     }
 
     #[test]
-    fn cluster_slots_name_the_primary_of_every_range() {
+    fn cluster_slots_name_the_primary_of_every_range_and_every_node() {
         let node = |port: i64| {
             Value::Array(vec![
                 Value::BulkString(b"10.0.0.1".to_vec()),
@@ -596,14 +650,20 @@ mod tests {
         };
         let slots = Value::Array(vec![
             range(0, 99, vec![node(7000), node(7003)]),
-            range(100, 16383, vec![node(7001), node(7004), node(7005)]),
+            range(100, 199, vec![node(7001), node(7004), node(7005)]),
+            range(200, 16383, vec![node(7000), node(7003)]),
             Value::Int(1),
         ]);
         let at = |port: u16| ("10.0.0.1".to_string(), port);
         assert_eq!(
             slot_owners(&slots),
-            [(0, 99, at(7000)), (100, 16383, at(7001))]
+            [
+                (0, 99, at(7000)),
+                (100, 199, at(7001)),
+                (200, 16383, at(7000))
+            ]
         );
         assert!(slot_owners(&Value::Nil).is_empty());
+        assert_eq!(slot_nodes(&slots), [7000, 7003, 7001, 7004, 7005].map(at));
     }
 }

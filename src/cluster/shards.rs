@@ -57,7 +57,10 @@ enum Heard {
     Up,
     /// Not connected. `cut`: a connection that was up ended and is being made again at once;
     /// otherwise making one failed.
-    Down { why: String, cut: bool },
+    Down {
+        why: String,
+        cut: bool,
+    },
     Subscribed(String),
     Message(String, Vec<u8>),
     /// The channel is no longer subscribed there: its slot moved (to this address, if known).

@@ -194,13 +194,7 @@ async fn reshard_under_load(replicas: usize) {
 /// `MIGRATING`, the destination `IMPORTING`, and the stream's keys already at the destination.
 /// The source answers a publish to the stream with `ASK`; the node sends `ASKING` and the
 /// publish to the destination, which serves it, and acknowledges it.
-///
-/// Ignored until `primary.rs` `redirected()` is fixed: it reads redis-rs's `redirect_node()`,
-/// which is `(address, slot)`, as `(host, port)`, so the `ASKING` pipeline is routed to the
-/// address `127.0.0.1:<port>:<slot>`, which no connection has (`ClusterConnectionNotFound`),
-/// and the publish is refused with a 503. Run it with `--ignored`.
 #[actix_rt::test]
-#[ignore = "redirected() routes ASK to 'host:port:slot' (redirect_node() is (address, slot))"]
 async fn a_publish_to_a_half_moved_slot_follows_ask_to_the_importing_node() {
     let cluster = RedisCluster::start(3, 0);
     let node = node(&cluster, "a", &[]);
@@ -385,14 +379,7 @@ async fn shard_killed_under_load(named: bool) {
 /// The node `--redis` names killed for good (its replica promoted): every Broker shard of a
 /// node goes on publishing, including those whose cluster connection was not made yet (it is
 /// made on a shard's first use), on streams of every shard of Redis.
-///
-/// Ignored until `primary.rs` is fixed: the cluster client is built with the named node as its
-/// only seed (`ClusterClientBuilder::new([url])`), and each Broker shard makes its connection
-/// (`Lazy`) on first use, so a shard first used after that node died answers every publish
-/// with 503 `Failed to create initial connections - Io: Connection refused`, for as long as
-/// that one node is away, though the cluster serves every slot. Run it with `--ignored`.
 #[actix_rt::test]
-#[ignore = "a Broker shard's cluster connection can only be made through the node --redis names"]
 async fn streams_first_used_after_the_named_node_died_are_served() {
     let cluster = RedisCluster::start(3, 1);
     let node = node(&cluster, "a", &["--workers", "4"]);
