@@ -16,8 +16,8 @@
 //! channels by itself (an unsolicited `sunsubscribe`); a subscription sent to a node that does
 //! not own the slot answers `MOVED`: both send the channel to its new owner.
 //!
-//! The node counts Redis as reachable (`/health`) while every shard's connection is up or, cut,
-//! is being made again.
+//! The node counts Redis as reachable (`/health`) while any shard is: one whose connection is
+//! up or, cut, is being made again.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -178,6 +178,9 @@ pub async fn run(
                     log::debug!("Redis Cluster shard {}:{}: {why}", addr.0, addr.1);
                     if let Some(shard) = shards.get_mut(&addr) {
                         shard.up = false;
+                        if shard.reachable && !cut {
+                            log::warn!("Redis Cluster shard {}:{} unreachable ({why}): publishes to its streams answer 503 until it is back or failed over", addr.0, addr.1);
+                        }
                         shard.reachable &= cut;
                     }
                     for f in followed.values_mut() {
@@ -360,9 +363,12 @@ fn subscribe(
     let _ = shard.orders.send(Order::Subscribe(channels));
 }
 
-/// `/health` and fast refusals: Redis is reachable while every shard is.
+/// `/health` and fast refusals: Redis is reachable while any shard is. A shard that is away
+/// (its primary died, until a replica is promoted) refuses the publishes to its own streams,
+/// each after its attempt; the other shards' streams are served meanwhile, on every node, so no
+/// node leaves its load balancer for it.
 fn reachability(node: &Node, shards: &HashMap<Addr, Shard>) {
-    node.set_reachable(!shards.is_empty() && shards.values().all(|s| s.reachable));
+    node.set_reachable(shards.values().any(|s| s.reachable));
 }
 
 /// The primary that serves `slot`.
