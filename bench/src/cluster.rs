@@ -13,8 +13,12 @@
 //!   of a node killed with attempts under way.
 //! - 13 (Herald only): the cost of `--redis-replicas 1`: scenario 10's workload on a Redis
 //!   with one replica, each publish acknowledged only once the replica holds it (the script
-//!   and `WAIT 1 1000` in one pipeline). nchan has no such setting. Its notes compare it with
-//!   scenario 10 when both ran (`compare_replicated`).
+//!   and `WAIT 1 1000` in one pipeline). nchan has no such setting.
+//! - 15 (Herald only): scenario 10's workload on a Redis Cluster of three primaries, on the
+//!   same core as scenario 10's one Redis, then how evenly 10,000 streams spread over them
+//!   (one publish to each, and the keys each primary gained).
+//!
+//! The notes of 13 and 15 compare them with scenario 10 when both ran (`compare_with_10`).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -57,13 +61,27 @@ const TAKEOVER_REGISTRATIONS: usize = 30;
 /// Scenario 10 with one Redis replica and `--redis-replicas`.
 pub const REPLICATED: u8 = 13;
 
+/// Scenario 10 on a Redis Cluster.
+pub const SHARDED: u8 = 15;
+
+/// The primaries of scenario 15's Redis Cluster.
+const PRIMARIES: usize = 3;
+
+/// Streams scenario 15 spreads over the primaries, and the connections that publish to them.
+pub const SPREAD_STREAMS: usize = 10_000;
+const SPREAD_CONNECTIONS: usize = 16;
+
+/// Keys a stream with one event has in Redis: its meta and its log.
+const KEYS_PER_STREAM: u64 = 2;
+
 /// `--redis-replicas` of scenario 13: every replica it has.
 const REPLICAS: &str = "1";
 
-/// The figure scenarios 10 and 13 are compared on.
+/// The figures scenarios 13 and 15 are compared with 10 on.
 const PUBLISH_RATE: &str = "single-event publishes/s";
+const REDIS_PER_MILLION: &str = "Redis CPU-seconds per 1M publishes";
 
-/// How scenario 13's note on scenario 10 begins, so it is added once.
+/// How the notes of 13 and 15 on scenario 10 begin, so each is added once.
 const COMPARED: &str = "against scenario 10";
 
 pub async fn run_one(scenario: u8, peer: Peer, programs: &Programs, sizes: &Sizes) -> Outcome {
@@ -79,6 +97,7 @@ pub async fn run_one(scenario: u8, peer: Peer, programs: &Programs, sizes: &Size
             ],
         ),
         REPLICATED => Cluster::start_replicated(peer, programs, 2, &["--redis-replicas", REPLICAS]),
+        SHARDED => Cluster::start_sharded(peer, programs, 2, PRIMARIES),
         _ => Cluster::start(peer, programs, 2, &[]),
     };
     let mut cluster = match started {
@@ -88,7 +107,7 @@ pub async fn run_one(scenario: u8, peer: Peer, programs: &Programs, sizes: &Size
     let addrs = cluster.addrs();
     let meter = Meter::cluster(
         cluster.nodes.iter().map(|n| n.serving_pid()),
-        cluster.redis.pid(),
+        cluster.primaries().map(|r| r.pid()),
     )
     .with_replica(cluster.replica.as_ref().map(|r| r.pid()));
     let cross = Addrs {
@@ -109,6 +128,11 @@ pub async fn run_one(scenario: u8, peer: Peer, programs: &Programs, sizes: &Size
         8 => fanout::run(8, peer, cross, fan(Transport::Sse), meter).await,
         9 => fanout::run(9, peer, cross, fan(Transport::Ws), meter).await,
         10 | REPLICATED => publish_rate(scenario, peer, &cluster, sizes.publish_posts, meter).await,
+        SHARDED => {
+            let mut out = publish_rate(scenario, peer, &cluster, sizes.publish_posts, meter).await;
+            spread(peer, &cluster, &mut out).await;
+            out
+        }
         11 => resume(peer, addrs[0], addrs[1]).await,
         12 => {
             let mut out = webhook::run(
@@ -127,7 +151,7 @@ pub async fn run_one(scenario: u8, peer: Peer, programs: &Programs, sizes: &Size
     }
 }
 
-/// Scenarios 10 and 13: single-event publishes over both nodes, with Redis's share of the
+/// Scenarios 10, 13 and 15: single-event publishes over both nodes, with Redis's share of the
 /// work.
 async fn publish_rate(
     scenario: u8,
@@ -137,13 +161,25 @@ async fn publish_rate(
     meter: Meter,
 ) -> Outcome {
     let mut out = Outcome::new(scenario, peer);
-    let before = cluster.redis.used_memory();
+    let used_memory =
+        || -> anyhow::Result<u64> { cluster.primaries().map(|r| r.used_memory()).sum() };
+    let before = used_memory();
     let measuring = meter.start();
     let rate = publish::measure(peer, &cluster.addrs(), 1, total, PUBLISH_DEADLINE).await;
     let busy = measuring.finish();
     out.add(PUBLISH_RATE, rate.events_per_sec, "req/s", Better::Higher);
     out.notes.extend(rate.note);
+    let published = rate.hist.len();
     out.add_latency(rate.hist, "single publish");
+    if let Some(seconds) = busy.redis_seconds().filter(|_| published > 0) {
+        // What a publish costs Redis, wherever it lands: the figure shards are sized by.
+        out.add(
+            REDIS_PER_MILLION,
+            seconds / published as f64 * 1e6,
+            "s",
+            Better::Lower,
+        );
+    }
     busy.report(&mut out);
     if cluster.replica.is_some() {
         // With a replica, `used_memory` also grows by the replication backlog as it fills (up
@@ -154,7 +190,7 @@ async fn publish_rate(
     // Each publisher has a stream of its own; each stream keeps its newest 1,000.
     let per_stream = total / publish::PUBLISHERS as u64;
     let kept = per_stream.min(KEPT_PER_STREAM) * publish::PUBLISHERS as u64;
-    match (before, cluster.redis.used_memory()) {
+    match (before, used_memory()) {
         (Ok(before), Ok(after)) if kept > 0 => out.add(
             "Redis memory per 1M retained events",
             after.saturating_sub(before) as f64 / kept as f64 * 1e6 / (1024.0 * 1024.0),
@@ -167,59 +203,72 @@ async fn publish_rate(
     out
 }
 
-/// Once scenario 13 (Herald) and scenario 10 (Herald) have both run in this invocation, in
-/// either order, adds to 13's notes what `--redis-replicas 1` cost against 10: the ratio of
-/// the rates and both latencies. With `finished` (every scenario has run) and no rate of 10
-/// to compare with, says so beside 13's own figures instead. Answers the note added, if any.
-pub fn compare_replicated(outcomes: &mut [Outcome], finished: bool) -> Option<String> {
+/// Scenarios whose notes read them against scenario 10, and what scenario 10 has instead.
+const AGAINST_10: [(u8, &str); 2] = [(REPLICATED, "no replica"), (SHARDED, "one Redis")];
+
+/// Once scenario 13 or 15 (Herald) and scenario 10 (Herald) have both run in this invocation,
+/// in either order, adds to 13's or 15's notes how it compares with 10: the ratio of the
+/// rates, both latencies and Redis's CPU per publish. With `finished` (every scenario has
+/// run) and no rate of 10 to compare with, says so beside its own figures instead. Answers
+/// the notes added, each with its scenario.
+pub fn compare_with_10(outcomes: &mut [Outcome], finished: bool) -> Vec<(u8, String)> {
+    AGAINST_10
+        .iter()
+        .filter_map(|&(scenario, plain)| {
+            let note = compare_one(outcomes, scenario, plain, finished)?;
+            Some((scenario, note))
+        })
+        .collect()
+}
+
+fn compare_one(
+    outcomes: &mut [Outcome],
+    scenario: u8,
+    plain: &str,
+    finished: bool,
+) -> Option<String> {
     let find = |s: u8| {
         outcomes.iter().position(|o| {
             o.scenario == s && o.peer == Peer::HeraldCluster && o.figure(PUBLISH_RATE).is_some()
         })
     };
-    let replicated = find(REPLICATED)?;
-    if outcomes[replicated]
-        .notes
-        .iter()
-        .any(|n| n.starts_with(COMPARED))
-    {
+    let here = find(scenario)?;
+    if outcomes[here].notes.iter().any(|n| n.starts_with(COMPARED)) {
         return None;
     }
-    let latencies = |o: &Outcome| {
-        (
+    let figures = |o: &Outcome| {
+        [
+            o.figure(PUBLISH_RATE).unwrap_or_default(),
             o.figure("single publish latency p50").unwrap_or(f64::NAN),
             o.figure("single publish latency p99").unwrap_or(f64::NAN),
-        )
+            o.figure(REDIS_PER_MILLION).unwrap_or(f64::NAN),
+        ]
     };
-    let ours = &outcomes[replicated];
-    let rate = ours.figure(PUBLISH_RATE).unwrap_or_default();
-    let (p50, p99) = latencies(ours);
+    let [rate, p50, p99, redis] = figures(&outcomes[here]);
     let note = match find(10) {
-        Some(plain) => {
-            let theirs = &outcomes[plain];
-            let base = theirs.figure(PUBLISH_RATE).unwrap_or_default();
-            let (base_p50, base_p99) = latencies(theirs);
+        Some(base) => {
+            let [base, base_p50, base_p99, base_redis] = figures(&outcomes[base]);
             let ratio = if base > 0.0 {
                 format!("{:.2}x", rate / base)
             } else {
                 "–".into()
             };
             format!(
-                "{COMPARED} (same run, no replica): {ratio} its publishes/s ({} vs {} req/s); \
-                 latency p50 {p50:.2} vs {base_p50:.2} ms, p99 {p99:.2} vs {base_p99:.2} ms",
+                "{COMPARED} (same run, {plain}): {ratio} its publishes/s ({} vs {} req/s); \
+                 latency p50 {p50:.2} vs {base_p50:.2} ms, p99 {p99:.2} vs {base_p99:.2} ms; \
+                 Redis CPU-seconds per 1M publishes {redis:.1} vs {base_redis:.1}",
                 fmt_value(rate),
                 fmt_value(base),
             )
         }
         None if finished => format!(
-            "{COMPARED}: no rate of it in this invocation, so no ratio (`SCENARIO=10,13` runs \
-             both); with --redis-replicas {REPLICAS}: {} req/s, latency p50 {p50:.2} ms, \
-             p99 {p99:.2} ms",
+            "{COMPARED}: no rate of it in this invocation, so no ratio (`SCENARIO=10,{scenario}` \
+             runs both); here: {} req/s, latency p50 {p50:.2} ms, p99 {p99:.2} ms",
             fmt_value(rate),
         ),
         None => return None,
     };
-    outcomes[replicated].notes.push(note.clone());
+    outcomes[here].notes.push(note.clone());
     Some(note)
 }
 
@@ -369,4 +418,75 @@ async fn resume_once(
         }
     }
     Ok(started.elapsed())
+}
+
+/// Scenario 15's spread: one publish to each of `SPREAD_STREAMS` streams, over both nodes, and
+/// the keys each primary gained, as streams (`KEYS_PER_STREAM` each) against an even share.
+async fn spread(peer: Peer, cluster: &Cluster, out: &mut Outcome) {
+    let before: anyhow::Result<Vec<u64>> = cluster.primaries().map(|r| r.keys()).collect();
+    let addrs = cluster.addrs();
+    let publishers: Vec<_> = (0..SPREAD_CONNECTIONS)
+        .map(|c| {
+            let addr = addrs[c % addrs.len()];
+            tokio::task::spawn_local(async move {
+                let mut conn = Conn::connect(addr).await.map_err(|e| e.to_string())?;
+                for i in (c..SPREAD_STREAMS).step_by(SPREAD_CONNECTIONS) {
+                    let request = peer::sse_publish(peer, &format!("spread-{i}"), i as u64);
+                    let (head, body) = conn.request(&request).await.map_err(|e| e.to_string())?;
+                    if head.status != 202 {
+                        return Err(format!(
+                            "a publish answered {}: {}",
+                            head.status,
+                            String::from_utf8_lossy(&body)
+                        ));
+                    }
+                }
+                Ok::<(), String>(())
+            })
+        })
+        .collect();
+    for publisher in publishers {
+        let done = publisher.await.unwrap_or_else(|e| Err(e.to_string()));
+        if let Err(e) = done {
+            out.notes.push(format!("spread not measured: {e}"));
+            return;
+        }
+    }
+    let after: anyhow::Result<Vec<u64>> = cluster.primaries().map(|r| r.keys()).collect();
+    let (before, after) = match (before, after) {
+        (Ok(b), Ok(a)) => (b, a),
+        (Err(e), _) | (_, Err(e)) => {
+            out.notes.push(format!("spread not measured: {e:#}"));
+            return;
+        }
+    };
+    let streams: Vec<f64> = before
+        .iter()
+        .zip(&after)
+        .map(|(b, a)| a.saturating_sub(*b) as f64 / KEYS_PER_STREAM as f64)
+        .collect();
+    let even = SPREAD_STREAMS as f64 / streams.len() as f64;
+    let fullest = streams.iter().copied().fold(0.0, f64::max);
+    let emptiest = streams.iter().copied().fold(f64::INFINITY, f64::min);
+    out.add(
+        "streams on the fullest primary, of an even share",
+        fullest / even * 100.0,
+        "%",
+        Better::Lower,
+    );
+    out.add(
+        "streams on the emptiest primary, of an even share",
+        emptiest / even * 100.0,
+        "%",
+        Better::Higher,
+    );
+    out.notes.push(format!(
+        "{SPREAD_STREAMS} streams over {} primaries: {}",
+        streams.len(),
+        streams
+            .iter()
+            .map(|n| format!("{n:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
 }

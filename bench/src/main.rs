@@ -157,7 +157,7 @@ fn peers_of(scenario: u8) -> &'static [Peer] {
         7 => &[Peer::HeraldSqlite],
         8..=11 => &[Peer::HeraldCluster, Peer::NchanCluster],
         // nchan has no setting like `--redis-replicas` to compare scenario 13 with.
-        12 | cluster::REPLICATED => &[Peer::HeraldCluster],
+        12 | cluster::REPLICATED | cluster::SHARDED => &[Peer::HeraldCluster],
         _ => &[Peer::HeraldMemory, Peer::Nchan],
     }
 }
@@ -392,6 +392,14 @@ HTTP/2: subscribers and publishers use HTTP/1.1 over TLS 1.3. On a fresh server 
 scenario 1's fan-out (same subscribers, publishers, window and publishes) over TLS, then \
 scenario 4's {idle} idle SSE subscribers over TLS, measured the same way (handshakes done before \
 the memory is read).\n\
+- Scenario 15 (Herald only): 10's workload on a Redis Cluster of three primaries and no \
+replicas (`redis-server --cluster-enabled yes`, joined by `redis-cli --cluster create`, which \
+gives each a third of the slots), all three pinned to the server core beside the nodes, as 10's \
+one Redis is; Redis CPU is the three together, with the busiest apart. \
+Redis CPU-seconds per 1M publishes (10, 13 and 15) = Redis's CPU time over the measured phase / \
+the publishes answered in it. Then the spread: one publish to each of {spread} client streams \
+over both nodes, and the keys each primary gained (`DBSIZE`), two per stream, against an even \
+share. Its notes give the ratios to 10 when both ran.\n\
 - CPU busy: user + system time of the serving process and of the load generator over the \
 measured phase (`/proc/<pid>/stat`, 10 ms ticks), as a share of one core. A server near 100% \
 with the load generator below it means the server was the limit; a load generator at 90% or \
@@ -411,13 +419,15 @@ more is flagged in the notes.",
         resumes = 10,
         wt = cluster::WEBHOOK_TIMEOUT,
         takeover = 30,
+        spread = cluster::SPREAD_STREAMS,
     )
 }
 
-/// Prints a note added to scenario 13 after its own figures were printed.
-fn print_replicated_note(note: Option<String>) {
-    if let Some(note) = note {
-        println!("[scenario {}] note: {note}", cluster::REPLICATED);
+/// Prints the notes on scenario 10 added to scenarios whose figures were printed before
+/// (`printed` is the scenario just printed, whose notes came with it).
+fn print_notes_on_10(notes: Vec<(u8, String)>, printed: u8) {
+    for (scenario, note) in notes.into_iter().filter(|(s, _)| *s != printed) {
+        println!("[scenario {scenario}] note: {note}");
     }
 }
 
@@ -473,21 +483,19 @@ fn main() -> anyhow::Result<()> {
             for &peer in peers_of(s) {
                 let o = run_one(s, peer, &programs, &sizes).await;
                 outcomes.push(o);
-                // Scenario 13 is read against scenario 10, whichever of them ran first.
-                let note = cluster::compare_replicated(&mut outcomes, false);
+                // Scenarios 13 and 15 are read against 10, whichever of them ran first.
+                let notes = cluster::compare_with_10(&mut outcomes, false);
                 // Herald SQLite against the durable anchor, once both have run.
                 let durable = publish::compare_durable(&mut outcomes);
                 let o = outcomes.last().expect("just pushed");
                 o.print();
-                if o.scenario != cluster::REPLICATED {
-                    print_replicated_note(note);
-                }
+                print_notes_on_10(notes, o.scenario);
                 if let (Some(n), false) = (durable, o.peer == Peer::HeraldSqlite) {
                     println!("[scenario 6] note ({}): {n}", Peer::HeraldSqlite.label());
                 }
             }
         }
-        print_replicated_note(cluster::compare_replicated(&mut outcomes, true));
+        print_notes_on_10(cluster::compare_with_10(&mut outcomes, true), 0);
         outcomes
     });
     std::fs::create_dir_all(&out_dir)?;

@@ -146,7 +146,7 @@ pub fn fmt_value(v: f64) -> String {
 }
 
 /// Scenario titles, in the order of the issues.
-pub const TITLES: [&str; 14] = [
+pub const TITLES: [&str; 15] = [
     "SSE fan-out: 1 stream, 1,000 subscribers, 10,000 publishes",
     "WebSocket fan-out: 1 stream, 1,000 subscribers, 10,000 publishes",
     "Many streams: 10,000 SSE subscribers on 10,000 streams, one publish each",
@@ -161,6 +161,7 @@ pub const TITLES: [&str; 14] = [
     "Cluster webhooks (Herald only): 3 nodes, deliveries/s and takeover of a killed node",
     "Cluster, publish rate with a Redis replica and --redis-replicas 1 (Herald only): scenario 10's workload",
     "HTTPS (TLS 1.3, HTTP/1.1 subscribers): scenario 1's SSE fan-out and scenario 4's idle memory per connection",
+    "Redis Cluster, publish rate with history (Herald only): scenario 10's workload on three primaries, and the spread of 10,000 streams",
 ];
 
 /// A target of the issue: a figure of Herald compared with nchan's (ratio) or a bound.

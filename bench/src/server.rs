@@ -422,6 +422,30 @@ impl RedisServer {
         ([127, 0, 0, 1], self.port).into()
     }
 
+    /// A node for a Redis Cluster, not joined yet (`Cluster::start_sharded` joins them).
+    fn start_cluster_node(programs: &Programs) -> anyhow::Result<RedisServer> {
+        Self::spawn(
+            programs,
+            NO_PERSISTENCE,
+            &[
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "5000",
+            ],
+        )
+    }
+
+    /// Keys this server holds (`DBSIZE`).
+    pub fn keys(&self) -> anyhow::Result<u64> {
+        let got = self.query(&["DBSIZE"])?;
+        got.first()
+            .and_then(|n| n.parse().ok())
+            .context("DBSIZE answered no number")
+    }
+
     /// A replica of `primary`, configured and pinned as the primary is. It answers at once
     /// but holds nothing until `wait_synced`.
     pub fn start_replica(
@@ -551,13 +575,16 @@ impl Drop for RedisServer {
     }
 }
 
-/// Nodes of one peer on one Redis, the primary of `replica` if there is one.
+/// Nodes of one peer on one Redis, the primary of `replica` if there is one, or on a Redis
+/// Cluster of `redis` and `shards` (its other primaries).
 pub struct Cluster {
     pub nodes: Vec<Server>,
     /// Dropped after the nodes, which stop before their Redis.
     pub replica: Option<RedisServer>,
-    /// Dropped last.
+    /// The Redis the nodes are given (`--redis`). Dropped last with `shards`.
     pub redis: RedisServer,
+    /// The other primaries of a Redis Cluster (scenario 15); empty on one Redis.
+    pub shards: Vec<RedisServer>,
 }
 
 impl Cluster {
@@ -605,7 +632,66 @@ impl Cluster {
             nodes,
             replica,
             redis,
+            shards: Vec::new(),
         })
+    }
+
+    /// Nodes on a Redis Cluster of `primaries` primaries and no replicas, all on the server
+    /// core (joined by `redis-cli --cluster create`, which spreads the slots evenly).
+    pub fn start_sharded(
+        peer: Peer,
+        programs: &Programs,
+        nodes: usize,
+        primaries: usize,
+    ) -> anyhow::Result<Cluster> {
+        let mut servers = (0..primaries)
+            .map(|_| RedisServer::start_cluster_node(programs))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let addresses: Vec<String> = servers
+            .iter()
+            .map(|r| format!("127.0.0.1:{}", r.port))
+            .collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .context("cannot run redis-cli (Debian package redis-tools)")?;
+        if !created.status.success() {
+            bail!(
+                "redis-cli --cluster create failed: {}",
+                String::from_utf8_lossy(&created.stdout)
+            );
+        }
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !servers.iter().all(|r| {
+            r.query(&["CLUSTER", "INFO"])
+                .is_ok_and(|info| info.concat().contains("cluster_state:ok"))
+        }) {
+            if Instant::now() > deadline {
+                bail!("the Redis Cluster was not ok within {START_TIMEOUT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let redis = servers.remove(0);
+        let nodes = (0..nodes)
+            .map(|i| {
+                let name = format!("node-{i}");
+                Server::start_on(peer, programs, Some((redis.port, &name)), None, &[])
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Cluster {
+            nodes,
+            replica: None,
+            redis,
+            shards: servers,
+        })
+    }
+
+    /// Every primary of the Redis: one, or each of a Redis Cluster's.
+    pub fn primaries(&self) -> impl Iterator<Item = &RedisServer> {
+        std::iter::once(&self.redis).chain(&self.shards)
     }
 
     pub fn addrs(&self) -> Vec<SocketAddr> {
