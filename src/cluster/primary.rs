@@ -1,7 +1,7 @@
 //! Where the cluster's Redis primary is now, and connections that follow it through failovers.
 //!
-//! `--redis` names one server (`redis://`, `rediss://`: a Redis, or a managed endpoint that
-//! moves to a new primary by itself), or Redis Sentinels and the primary they watch
+//! `--redis` names one server (`redis://`: a Redis, a managed endpoint that moves to a new
+//! primary by itself, or any node of a Redis Cluster, detected at start), or Redis Sentinels and the primary they watch
 //! (`redis+sentinel://[:password@]h1:26379,h2:26379/mymaster[/db]`; the password and the db
 //! are the primary's, the sentinels are asked without one).
 //!
