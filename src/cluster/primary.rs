@@ -1,9 +1,9 @@
 //! Where the cluster's Redis primary is now, and connections that follow it through failovers.
 //!
 //! `--redis` names one server (`redis://`: a Redis, a managed endpoint that moves to a new
-//! primary by itself, or any node of a Redis Cluster, detected at start), or Redis Sentinels and the primary they watch
-//! (`redis+sentinel://[:password@]h1:26379,h2:26379/mymaster[/db]`; the password and the db
-//! are the primary's, the sentinels are asked without one).
+//! primary by itself, or any node of a Redis Cluster, detected at start), or Redis Sentinels
+//! and the primary they watch (`redis+sentinel://[:password@]h1:26379,h2:26379/mymaster[/db]`;
+//! the password and the db are the primary's, the sentinels are asked without one).
 //!
 //! The live channel (`live.rs`) locates the primary each time it (re)connects, and under
 //! Sentinel `watch` asks again every `LOCATE_INTERVAL` (a primary handed over alive keeps its
