@@ -27,6 +27,11 @@ async fn keys_of_the_untagged_layout_move_to_their_tagged_names_at_start() {
         let (sub, secret) = subscribe(&a, &receiver.url("/ok"), "NO", "REGISTER").await;
         register(&a, "NO").await;
         receiver.wait_for("/ok", 1).await;
+        // Settled: its attempt is logged and its record gone, so the keys below are all there is.
+        wait_for("the attempt logged", || async {
+            (attempts(&a, &sub).await.len() == 1).then_some(())
+        })
+        .await;
         let r = revoke(&a, &json!({"sub": "alice", "ttl": 120})).await;
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.json);
         (sub, secret)
@@ -106,6 +111,10 @@ async fn keys_of_the_untagged_layout_move_to_their_tagged_names_at_start() {
     // The country stream goes on from its head, and no old name is left.
     register(&b, "NO").await;
     receiver.wait_for("/ok", 3).await;
+    wait_for("the attempt logged", || async {
+        (attempts(&b, &sub).await.len() == 3).then_some(())
+    })
+    .await;
     let next = redis
         .command(&["HGET", "herald:{dashboard}:country:NO:meta", "head"])
         .unwrap();
