@@ -1,6 +1,7 @@
 //! The demo page in headless Chromium (Debian's `chromium` and `chromium-driver`), driven
 //! through WebDriver like a person would: click, type, and see the result on the page.
 
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -27,7 +28,10 @@ pub struct Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        let _ = self.driver.kill();
+        // The whole process group: Chromium outlives a chromedriver killed alone, and every
+        // test left a browser running behind it.
+        let group = self.driver.id() as libc::pid_t;
+        unsafe { libc::kill(-group, libc::SIGKILL) };
         let _ = self.driver.wait();
     }
 }
@@ -50,6 +54,8 @@ impl Browser {
             .port();
         let driver = Command::new("chromedriver")
             .arg(format!("--port={port}"))
+            // A group of its own, which the browser it starts joins: `drop` ends them together.
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
