@@ -61,10 +61,8 @@ pub enum PublishError {
     Unavailable,
 }
 
-/// The store writer's answer to an append; sent back into the Broker's mailbox so the Broker
-/// fans out and acks on its own thread, in commit order.
-#[derive(Message)]
-#[rtype(result = "()")]
+/// The store writer's answer to an append; left in the Broker's `Acks` so the Broker fans out
+/// and acks on its own thread, in commit order.
 pub struct Committed {
     /// The events that were (or failed to be) made durable.
     pub events: Vec<Arc<Event>>,
@@ -75,6 +73,11 @@ pub struct Committed {
     /// The publish's idempotency key: the repeats waiting for this commit get its answer.
     pub key: Option<Key>,
 }
+
+/// Tells the Broker that its `Acks` hold answers of the store.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct TakeCommitted;
 
 /// Where a new subscriber starts reading.
 #[derive(Debug, Clone)]

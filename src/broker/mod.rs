@@ -4,11 +4,12 @@
 //! State: per stream, its `History` (positions and retained events) and its subscribers; on a
 //! node of its own, the idempotency keys of its publishes (`idempotency.rs`).
 //! Handles `Publish` (assigns positions, hands the batch to the store writer; a publish whose
-//! key names an earlier one is answered with that one's positions instead), `Committed`
-//! (appends to history, acks the publisher and, once the thread has run what else is ready,
-//! fans out to subscribers), `Subscribe` / `Unsubscribe`, and `Drain`. Sends `Deliver` and
-//! `Close` to sessions; a session on the shard's own thread gets live events straight in its
-//! queue instead (`broker::sink`), and a `Close` when that queue is full.
+//! key names an earlier one is answered with that one's positions instead), `TakeCommitted`
+//! (the store's answers, `Acks`: appends to history, acks the publisher and, once the thread
+//! has run what else is ready, fans out to subscribers), `Subscribe` / `Unsubscribe`, and
+//! `Drain`. Sends `Deliver` and `Close` to sessions; a session on the shard's own thread gets
+//! live events straight in its queue instead (`broker::sink`), and a `Close` when that queue is
+//! full.
 //! `WatchKind` registers a recipient (the WebhookDispatcher) for every stream of one kind.
 //! `CloseStream` and `ListSubscribed` answer the WebSocket face's `drop_user` and `clients`;
 //! `CloseRevoked` closes the sessions of a revoked subject or token on every face, and a
@@ -145,6 +146,36 @@ pub struct Broker {
     /// On its own: the idempotency keys of this shard's streams (in a cluster Redis keeps
     /// them).
     keys: Keys,
+    /// The store's answers to this shard's appends, left by the sync thread.
+    acks: Arc<Acks>,
+}
+
+/// The store's answers to a Broker's appends, in commit order, until it takes them. The sync
+/// thread completes a round of groups before the Broker is told (`TakeCommitted`), so the
+/// Broker's thread is woken once per round rather than once per publish.
+#[derive(Default)]
+struct Acks(std::sync::Mutex<Vec<Committed>>);
+
+impl Acks {
+    /// Leaves an answer; true if it is the first since the Broker last took them (the Broker
+    /// is to be told).
+    fn push(&self, committed: Committed) -> bool {
+        let mut acks = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        acks.push(committed);
+        acks.len() == 1
+    }
+
+    fn take(&self) -> Vec<Committed> {
+        std::mem::take(
+            &mut *self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
 }
 
 impl Broker {
@@ -205,6 +236,7 @@ impl Broker {
             leased: HashSet::new(),
             revocations,
             keys,
+            acks: Arc::default(),
         }
     }
 
@@ -492,18 +524,22 @@ impl Handler<Publish> for Broker {
         });
         let (reply, acked) = oneshot::channel();
         let broker = ctx.address();
+        let acks = self.acks.clone();
         let committed = events.clone();
         let key = key.map(|idempotency| idempotency.key);
         store.append(
             events,
             kept,
             Box::new(move |result| {
-                broker.do_send(Committed {
+                let committed = Committed {
                     events: committed,
                     result,
                     reply,
                     key,
-                })
+                };
+                if acks.push(committed) {
+                    crate::store::after_completions(move || broker.do_send(TakeCommitted));
+                }
             }),
         );
         Box::pin(async move { acked.await.unwrap_or(Err(PublishError::Unavailable)) })
@@ -553,10 +589,19 @@ impl Broker {
     }
 }
 
-impl Handler<Committed> for Broker {
+impl Handler<TakeCommitted> for Broker {
     type Result = ();
 
-    fn handle(&mut self, msg: Committed, ctx: &mut Self::Context) {
+    fn handle(&mut self, _: TakeCommitted, ctx: &mut Self::Context) {
+        for committed in self.acks.take() {
+            self.committed(committed, ctx);
+        }
+    }
+}
+
+impl Broker {
+    /// Applies the store's answer to one append.
+    fn committed(&mut self, msg: Committed, ctx: &mut Context<Self>) {
         let stream = msg.events.first().map(|e| e.stream.clone());
         if let Err(e) = msg.result {
             log::error!("publish of {} events failed: {e}", msg.events.len());

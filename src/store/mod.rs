@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 pub use sqlite::SqliteStore;
-pub use writer::{Done, StoreWriter};
+pub use writer::{after_completions, Done, StoreWriter};
 
 use crate::event::{Event, StreamKey};
 use crate::idempotency::{Kept, Key, Remembered};

@@ -13,6 +13,7 @@
 //! store at all: `StoreWriter::in_memory` completes every batch at once on the caller's thread,
 //! since there is nothing to wait for.
 
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -43,6 +44,36 @@ const AHEAD_LIMIT: Duration = Duration::from_millis(5);
 
 /// Called on the sync thread once the batch's group is committed and synced (or failed).
 pub type Done = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
+/// A wake-up a completion asks for (`after_completions`).
+type Wake = Box<dyn FnOnce()>;
+
+thread_local! {
+    /// Set on the sync thread while it calls a round's completions: the wake-ups they ask for,
+    /// run once the round is done.
+    static DEFERRED: RefCell<Option<Vec<Wake>>> = const { RefCell::new(None) };
+}
+
+/// Runs `wake` once the completions being called now have all been called: at the end of the
+/// sync thread's round, at once anywhere else.
+///
+/// A completion that wakes its Broker's thread hands it the core there and then when the two
+/// share one, and the sync thread gets it back to call the next completion: two context
+/// switches per publish (`make bench` scenario 6 pins the server to one core). A Broker that
+/// gathers its completions and asks to be woken here is woken once per round.
+pub fn after_completions(wake: impl FnOnce() + 'static) {
+    let wake: Wake = Box::new(wake);
+    let now = DEFERRED.with_borrow_mut(|deferred| match deferred {
+        Some(deferred) => {
+            deferred.push(wake);
+            None
+        }
+        None => Some(wake),
+    });
+    if let Some(wake) = now {
+        wake();
+    }
+}
 
 enum Command {
     Append {
@@ -242,13 +273,11 @@ impl WriterThread {
         // A group was committed that no sync has begun on yet: the next one waits for that
         // sync (it could not be covered by an earlier one), gathering meanwhile.
         let mut ahead: Option<Instant> = None;
-        // Every handle is gone: what was gathered is committed at once, then the thread ends.
-        let mut closing = false;
         loop {
             let now = Instant::now();
             let due = if gathered.is_empty() {
                 None
-            } else if closing || gathered.len() >= MAX_GROUP {
+            } else if gathered.len() + self.rx.len() >= MAX_GROUP {
                 Some(now)
             } else if let Some(since) = ahead {
                 Some(since + AHEAD_LIMIT)
@@ -264,19 +293,37 @@ impl WriterThread {
                 }
                 ahead = Some(Instant::now());
             } else {
-                let until = due.map_or(next_upkeep, |due| due.min(next_upkeep));
-                channel::select! {
-                    recv(self.rx) -> cmd => match cmd {
-                        Ok(cmd) => gathered.push(cmd),
-                        Err(_) if gathered.is_empty() => return,
-                        Err(_) => closing = true,
-                    },
-                    recv(self.paced) -> signal => match signal {
-                        Ok(()) => ahead = None,
-                        // The sync thread is gone: nothing could complete any more.
-                        Err(_) => return,
-                    },
-                    default(until.saturating_duration_since(now)) => {}
+                let wait = due
+                    .map_or(next_upkeep, |due| due.min(next_upkeep))
+                    .saturating_duration_since(now);
+                let signal = if gathered.is_empty() {
+                    channel::select! {
+                        recv(self.rx) -> cmd => match cmd {
+                            Ok(cmd) => {
+                                gathered.push(cmd);
+                                None
+                            }
+                            // Every handle is gone and nothing is left to commit.
+                            Err(_) => return,
+                        },
+                        recv(self.paced) -> signal => Some(signal),
+                        default(wait) => None,
+                    }
+                } else {
+                    // A group is gathering and its commit has a time: what comes meanwhile
+                    // waits in the channel, where the commit takes it. Waking for each command
+                    // would switch away from the workers on every publish (they share a core
+                    // in make bench), only to sleep again.
+                    channel::select! {
+                        recv(self.paced) -> signal => Some(signal),
+                        default(wait) => None,
+                    }
+                };
+                match signal {
+                    Some(Ok(())) => ahead = None,
+                    // The sync thread is gone: nothing could complete any more.
+                    Some(Err(_)) => return,
+                    None => {}
                 }
             }
             // Checked after every group too, so a store that is never idle still gets upkeep.
@@ -385,6 +432,7 @@ impl SyncThread {
             } else {
                 Ok(())
             };
+            DEFERRED.set(Some(Vec::new()));
             for group in groups {
                 let result = group.result.and(synced.clone());
                 for done in group.done {
@@ -393,6 +441,9 @@ impl SyncThread {
                 for (done, flushed) in group.flushed {
                     done(flushed.and(synced.clone()));
                 }
+            }
+            for wake in DEFERRED.take().unwrap_or_default() {
+                wake();
             }
             next = rx.try_recv().ok();
         }
@@ -419,6 +470,8 @@ mod tests {
         SyncBegan,
         SyncEnded,
         Done(String),
+        /// A wake-up a completion asked for (`after_completions`).
+        Woke(String),
     }
 
     type Log = Arc<Mutex<Vec<Seen>>>;
@@ -507,7 +560,11 @@ mod tests {
                     vec![record],
                     Box::new(move |result| {
                         log.lock().unwrap().push(Seen::Done(id.clone()));
-                        tx.send((id, result)).unwrap();
+                        // Reported once woken, so every wake-up is logged when `run` returns.
+                        after_completions(move || {
+                            log.lock().unwrap().push(Seen::Woke(id.clone()));
+                            tx.send((id, result)).unwrap();
+                        });
                     }),
                 );
                 thread::sleep(Duration::from_micros(200));
@@ -564,6 +621,40 @@ mod tests {
         assert!(
             overlapped > 10,
             "only {overlapped} commits overlapped a sync"
+        );
+    }
+
+    #[test]
+    fn wake_ups_wait_for_every_completion_of_the_round() {
+        let (log, results) = run(300, false);
+        let mut woken_this_round = false;
+        let mut rounds_with_many = 0;
+        let mut done_this_round = 0;
+        for s in &log {
+            match s {
+                Seen::SyncEnded => {
+                    woken_this_round = false;
+                    rounds_with_many += usize::from(done_this_round > 1);
+                    done_this_round = 0;
+                }
+                Seen::Done(id) => {
+                    assert!(
+                        !woken_this_round,
+                        "{id} completed after a wake-up of its round"
+                    );
+                    done_this_round += 1;
+                }
+                Seen::Woke(_) => woken_this_round = true,
+                _ => {}
+            }
+        }
+        for (id, _) in &results {
+            let woken = log.iter().filter(|s| **s == Seen::Woke(id.clone())).count();
+            assert_eq!(woken, 1, "{id} was woken {woken} times");
+        }
+        assert!(
+            rounds_with_many > 10,
+            "only {rounds_with_many} rounds completed several writes"
         );
     }
 
