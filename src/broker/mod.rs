@@ -40,7 +40,7 @@ pub mod sink;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use actix::prelude::*;
@@ -154,27 +154,23 @@ pub struct Broker {
 /// thread completes a round of groups before the Broker is told (`TakeCommitted`), so the
 /// Broker's thread is woken once per round rather than once per publish.
 #[derive(Default)]
-struct Acks(std::sync::Mutex<Vec<Committed>>);
+struct Acks(Mutex<Vec<Committed>>);
 
 impl Acks {
     /// Leaves an answer; true if it is the first since the Broker last took them (the Broker
     /// is to be told).
     fn push(&self, committed: Committed) -> bool {
-        let mut acks = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut acks = self.lock();
         acks.push(committed);
         acks.len() == 1
     }
 
     fn take(&self) -> Vec<Committed> {
-        std::mem::take(
-            &mut *self
-                .0
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        )
+        std::mem::take(&mut *self.lock())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<Committed>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
