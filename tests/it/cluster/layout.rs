@@ -16,6 +16,15 @@ fn keys(redis: &Redis) -> Vec<String> {
     keys
 }
 
+/// Waits until `n` attempts of subscription `sub` are logged. An attempt's settle writes its
+/// log entry and removes the delivery's record in one script, so its keys are then final.
+async fn attempts_logged(root: &String, sub: &str, n: usize) {
+    wait_for("the attempt logged", || async {
+        (attempts(root, sub).await.len() == n).then_some(())
+    })
+    .await;
+}
+
 #[actix_rt::test]
 async fn keys_of_the_untagged_layout_move_to_their_tagged_names_at_start() {
     let redis = Redis::start(Persistence::None);
@@ -28,10 +37,7 @@ async fn keys_of_the_untagged_layout_move_to_their_tagged_names_at_start() {
         register(&a, "NO").await;
         receiver.wait_for("/ok", 1).await;
         // Settled: its attempt is logged and its record gone, so the keys below are all there is.
-        wait_for("the attempt logged", || async {
-            (attempts(&a, &sub).await.len() == 1).then_some(())
-        })
-        .await;
+        attempts_logged(&a, &sub, 1).await;
         let r = revoke(&a, &json!({"sub": "alice", "ttl": 120})).await;
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.json);
         (sub, secret)
@@ -95,10 +101,7 @@ async fn keys_of_the_untagged_layout_move_to_their_tagged_names_at_start() {
     assert_eq!(got[1].headers["webhook-id"], "msg_upgraded");
     assert_eq!(got[1].body, body);
     verify(&got[1], &secret, &sub, "NO", "REGISTER");
-    wait_for("the attempt logged", || async {
-        (attempts(&b, &sub).await.len() == 2).then_some(())
-    })
-    .await;
+    attempts_logged(&b, &sub, 2).await;
     // Registrations and the revocation are as they were.
     let (_, listed) = call(&b, "GET", "/dashboard/v1/registrations", None).await;
     assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
@@ -111,10 +114,7 @@ async fn keys_of_the_untagged_layout_move_to_their_tagged_names_at_start() {
     // The country stream goes on from its head, and no old name is left.
     register(&b, "NO").await;
     receiver.wait_for("/ok", 3).await;
-    wait_for("the attempt logged", || async {
-        (attempts(&b, &sub).await.len() == 3).then_some(())
-    })
-    .await;
+    attempts_logged(&b, &sub, 3).await;
     let next = redis
         .command(&["HGET", "herald:{dashboard}:country:NO:meta", "head"])
         .unwrap();
